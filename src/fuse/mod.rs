@@ -1,0 +1,827 @@
+//! The thin FUSE adapter: decode a request, call the union, encode the reply. Any logic
+//! beyond that belongs in `union`.
+
+pub mod handles;
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    SessionACL, TimeOrNow, WriteFlags,
+};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::sys::{self, Stat};
+use crate::union::Union;
+use crate::union::node::Node;
+use crate::union::ops::{Caller, New, SetAttr};
+use handles::{Handle, Handles, OpenDir, OpenFile};
+
+pub struct UnionFs {
+    union: Arc<Union>,
+    handles: Handles,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.errno)
+}
+
+/// Log a failed operation at the level it deserves: a missing name is routine.
+fn fail(e: &Error) -> Errno {
+    if e.errno == libc::ENOENT {
+        log::debug!("{e}");
+    } else {
+        log::debug!("error: {e}");
+    }
+    errno(e)
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn attr(st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(st.st_ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn time_spec(t: Option<TimeOrNow>) -> sys::TimeSpec {
+    t.map(|t| match t {
+        TimeOrNow::Now => None,
+        TimeOrNow::SpecificTime(s) => Some(match s.duration_since(UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (s, n) = (-(d.as_secs() as i64), d.subsec_nanos() as i64);
+                if n == 0 { (s, 0) } else { (s - 1, 1_000_000_000 - n) }
+            }
+        }),
+    })
+}
+
+fn caller(req: &Request, umask: u32) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        umask,
+    }
+}
+
+impl UnionFs {
+    pub fn new(union: Arc<Union>, config: &Config) -> UnionFs {
+        UnionFs {
+            union,
+            handles: Handles::default(),
+            ttl: config.timeout,
+            negative_ttl: config.negative_timeout,
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
+        self.union.node(ino.0).map_err(|e| fail(&e))
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.handles.get(fh.0).ok_or(Errno::EBADF)
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, st: &Stat) {
+        reply.entry(&self.ttl, &attr(st), Generation(0));
+    }
+
+    /// Run `f` on the real file of an open handle. A read-only handle opened on a lower
+    /// file is first reopened from the upper if the file has been copied up since.
+    fn with_file<T>(
+        &self,
+        fh: FileHandle,
+        f: impl FnOnce(&std::fs::File) -> io::Result<T>,
+    ) -> Result<T, Errno> {
+        let h = self.file(fh)?;
+        let Handle::File(of) = &*h else {
+            return Err(Errno::EISDIR);
+        };
+        if of.file.read().1 > 0 && of.node.layer() == 0 {
+            if let Ok(fresh) = self.union.open(&of.node, of.flags) {
+                *of.file.write() = fresh;
+            }
+        }
+        let guard = of.file.read();
+        f(&guard.0).map_err(Errno::from)
+    }
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
+        let supported = config.capabilities() & wanted;
+        let _ = config.add_capabilities(supported);
+        log::info!(
+            "kernel FUSE {:?}; readdirplus {}, entry/attr ttl {:?}, negative ttl {:?}",
+            config.kernel_abi(),
+            supported.contains(InitFlags::FUSE_DO_READDIRPLUS),
+            self.ttl,
+            self.negative_ttl
+        );
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.union.shutdown();
+        log::info!("unmounted");
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = match self.node(parent) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.union.lookup(&parent, name) {
+            Ok(Some((_, st))) => self.reply_entry(reply, &st),
+            // A negative entry the kernel may cache: a miss costs a probe of every layer.
+            Ok(None) => {
+                let mut st = sys::zeroed_stat();
+                st.st_mode = libc::S_IFREG;
+                reply.entry(&self.negative_ttl, &attr(&st), Generation(0));
+            }
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.nodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        // An open file may be unlinked: its handle still knows it.
+        if let Some(fh) = fh {
+            if let Ok(mut st) = self.with_file(fh, |f| sys::fstat(f.as_raw_fd())) {
+                self.union.present(&node, &mut st);
+                return reply.attr(&self.ttl, &attr(&st));
+            }
+        }
+        match self.union.getattr(&node) {
+            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_spec(atime),
+            mtime: time_spec(mtime),
+        };
+        // Truncate through an open upper handle when there is one (the name may be gone).
+        let handle = fh.and_then(|fh| self.handles.get(fh.0));
+        let file = handle.as_deref().and_then(|h| match h {
+            Handle::File(of) if of.file.read().1 == 0 => Some(of),
+            _ => None,
+        });
+        let guard = file.map(|of| of.file.read());
+        match self.union.setattr(&node, a, guard.as_ref().map(|g| &g.0)) {
+            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino).and_then(|n| self.union.readlink(&n).map_err(|e| fail(&e))) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let what = New::Special {
+            mode,
+            rdev: rdev as u64,
+        };
+        self.make(req, parent, name, what, umask, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make(req, parent, name, New::Dir { mode }, umask, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.node(parent).and_then(|p| self.union.unlink(&p, name).map_err(|e| fail(&e))) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.node(parent).and_then(|p| self.union.rmdir(&p, name).map_err(|e| fail(&e))) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let what = New::Symlink {
+            target: target.as_os_str(),
+        };
+        self.make(req, parent, link_name, what, 0, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let res = self.node(parent).and_then(|p| {
+            let np = self.node(newparent)?;
+            self.union
+                .rename(&p, name, &np, newname, flags.bits())
+                .map_err(|e| fail(&e))
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let res = self.node(ino).and_then(|n| {
+            let np = self.node(newparent)?;
+            self.union.link(&n, &np, newname).map_err(|e| fail(&e))
+        });
+        match res {
+            Ok(st) => self.reply_entry(reply, &st),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.union.open(&node, flags.0) {
+            Ok(file) => {
+                let fh = self.handles.insert(Handle::File(OpenFile {
+                    node,
+                    file: parking_lot::RwLock::new(file),
+                    flags: flags.0 & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
+                }));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let res = self.with_file(fh, |f| {
+            let mut buf = vec![0u8; size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                match f.read_at(&mut buf[done..], offset + done as u64)? {
+                    0 => break,
+                    n => done += n,
+                }
+            }
+            buf.truncate(done);
+            Ok(buf)
+        });
+        match res {
+            Ok(buf) => reply.data(&buf),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.with_file(fh, |f| f.write_all_at(data, offset)) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.with_file(fh, |f| sys::fsync(f.as_raw_fd(), datasync)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.union.list(&node) {
+            Ok(entries) => {
+                let fh = self.handles.insert(Handle::Dir(OpenDir {
+                    node,
+                    entries: parking_lot::Mutex::new(entries),
+                }));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.snapshot(fh, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Ok(h) = self.file(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let Handle::Dir(od) = &*h else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let entries = match self.snapshot(fh, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let off = i as u64 + 1;
+            if e.name == "." || e.name == ".." {
+                // The kernel does not link dot entries; no lookup is counted for them.
+                let mut st = sys::zeroed_stat();
+                st.st_ino = e.ino;
+                st.st_mode = libc::S_IFDIR;
+                if reply.add(INodeNo(e.ino), off, &e.name, &Duration::ZERO, &attr(&st), Generation(0)) {
+                    break;
+                }
+                continue;
+            }
+            let (node, st) = match self.union.lookup(&od.node, &e.name) {
+                Ok(Some(found)) => found,
+                _ => continue, // gone since the snapshot
+            };
+            if reply.add(INodeNo(node.ino), off, &e.name, &self.ttl, &attr(&st), Generation(0)) {
+                // Not sent after all: give back the reference the lookup counted.
+                self.union.nodes.forget(node.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(fail(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let res = self.node(ino).and_then(|n| {
+            self.union
+                .setxattr(&n, name, value, flags)
+                .map_err(|e| fail(&e))
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.node(ino).and_then(|n| self.union.getxattr(&n, name).map_err(|e| errno(&e))) {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.node(ino).and_then(|n| self.union.listxattr(&n).map_err(|e| fail(&e))) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                reply_xattr(reply, size, &buf);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.node(ino).and_then(|n| self.union.removexattr(&n, name).map_err(|e| errno(&e))) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let res = self.node(parent).and_then(|p| {
+            self.union
+                .create(&p, name, New::File { mode, flags }, caller(req, umask))
+                .map_err(|e| fail(&e))
+        });
+        match res {
+            Ok((node, st, Some(file))) => {
+                let fh = self.handles.insert(Handle::File(OpenFile {
+                    node,
+                    file: parking_lot::RwLock::new((file, 0)),
+                    flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
+                }));
+                reply.created(
+                    &self.ttl,
+                    &attr(&st),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.with_file(fh, |f| sys::fallocate(f.as_raw_fd(), mode, offset, length)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.with_file(fh, |f| sys::lseek(f.as_raw_fd(), offset, whence)) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let res = self.with_file(fh_in, |src| {
+            let src = src.try_clone()?;
+            Ok(src)
+        });
+        let res = res.and_then(|src| {
+            self.with_file(fh_out, |dst| {
+                let (mut si, mut so) = (offset_in as i64, offset_out as i64);
+                let want = len.min(u32::MAX as u64 / 2) as usize;
+                sys::copy_file_range(src.as_raw_fd(), &mut si, dst.as_raw_fd(), &mut so, want)
+            })
+        });
+        match res {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+impl UnionFs {
+    /// Create any kind of entry and reply with it.
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        what: New<'_>,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let res = self.node(parent).and_then(|p| {
+            self.union
+                .create(&p, name, what, caller(req, umask))
+                .map_err(|e| fail(&e))
+        });
+        match res {
+            Ok((_, st, _)) => self.reply_entry(reply, &st),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// The directory snapshot of a handle; reading from offset 0 takes a fresh one
+    /// (rewinddir must see the directory as it is now).
+    fn snapshot(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<Vec<crate::union::readdir::DirEntry>, Errno> {
+        let h = self.file(fh)?;
+        let Handle::Dir(od) = &*h else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut entries = od.entries.lock();
+        if offset == 0 {
+            *entries = self.union.list(&od.node).map_err(|e| fail(&e))?;
+        }
+        Ok(entries.clone())
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+/// Mount options for the kernel, from the configuration.
+pub fn mount_config(config: &Config) -> fuser::Config {
+    let mut opts = vec![
+        MountOption::FSName(fsname(config)),
+        MountOption::Subtype("unionmount".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if config.read_only {
+        opts.push(MountOption::RO);
+    }
+    if sys::geteuid() == 0 {
+        // As root we serve container root filesystems: device nodes and set-id programs work.
+        opts.push(MountOption::Dev);
+        opts.push(MountOption::Suid);
+    }
+    let mut c = fuser::Config::default();
+    c.mount_options = opts;
+    c.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    c.n_threads = Some(config.threads.max(1));
+    c.clone_fd = true;
+    c
+}
+
+fn fsname(config: &Config) -> String {
+    config
+        .upper()
+        .or(config.branches.first())
+        .map(|b| b.path.display().to_string())
+        .unwrap_or_else(|| "unionmount".into())
+        .replace([',', ' '], "_")
+}
+

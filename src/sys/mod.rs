@@ -1,0 +1,462 @@
+//! The libc boundary: every `unsafe` block of the crate lives here.
+//!
+//! All path arguments are single names relative to a directory fd (`*at()` calls), so no
+//! operation ever resolves a path string that a branch could redirect with a symlink.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+pub type Stat = libc::stat;
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+pub fn openat(dir: RawFd, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: c is a valid NUL-terminated string; the returned fd is owned by us.
+    let fd = check(unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: fd was just returned by openat and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An O_PATH handle on a directory, never following a symlink.
+pub fn open_dir_path(dir: RawFd, name: &OsStr) -> io::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
+/// Open a real file for I/O; the caller's flags minus those that would create or follow.
+pub fn open_file(dir: RawFd, name: &OsStr, flags: i32) -> io::Result<File> {
+    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY) | libc::O_NOFOLLOW;
+    openat(dir, name, flags, 0).map(File::from)
+}
+
+/// An all-zero stat, to fill in by hand.
+pub fn zeroed_stat() -> Stat {
+    // SAFETY: libc::stat is plain data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+pub fn fstatat(dir: RawFd, name: &OsStr) -> io::Result<Stat> {
+    let c = cstr(name)?;
+    // SAFETY: zeroed stat is a valid out-parameter for fstatat.
+    let mut st: Stat = unsafe { std::mem::zeroed() };
+    // SAFETY: c and st are valid for the duration of the call.
+    check(unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st)
+}
+
+pub fn fstat(fd: RawFd) -> io::Result<Stat> {
+    // SAFETY: zeroed stat is a valid out-parameter for fstat.
+    let mut st: Stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is valid for the duration of the call.
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
+}
+
+/// stat of the directory an O_PATH fd refers to.
+pub fn fstat_path(fd: RawFd) -> io::Result<Stat> {
+    fstatat_empty(fd)
+}
+
+fn fstatat_empty(fd: RawFd) -> io::Result<Stat> {
+    // SAFETY: zeroed stat is a valid out-parameter.
+    let mut st: Stat = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty C string with AT_EMPTY_PATH stats fd itself.
+    check(unsafe {
+        libc::fstatat(
+            fd,
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+pub fn mkdirat(dir: RawFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: c is a valid C string.
+    check(unsafe { libc::mkdirat(dir, c.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknodat(dir: RawFd, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: c is a valid C string.
+    check(unsafe { libc::mknodat(dir, c.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlinkat(target: &OsStr, dir: RawFd, name: &OsStr) -> io::Result<()> {
+    let (t, c) = (cstr(target)?, cstr(name)?);
+    // SAFETY: both are valid C strings.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir, c.as_ptr()) }).map(drop)
+}
+
+pub fn readlinkat(dir: RawFd, name: &OsStr) -> io::Result<Vec<u8>> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buf is writable for buf.len() bytes.
+    let n = unsafe { libc::readlinkat(dir, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+pub fn unlinkat(dir: RawFd, name: &OsStr, is_dir: bool) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: c is a valid C string.
+    check(unsafe { libc::unlinkat(dir, c.as_ptr(), flags) }).map(drop)
+}
+
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+
+pub fn renameat2(
+    olddir: RawFd,
+    old: &OsStr,
+    newdir: RawFd,
+    new: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let (o, n) = (cstr(old)?, cstr(new)?);
+    // SAFETY: both are valid C strings.
+    check(unsafe { libc::renameat2(olddir, o.as_ptr(), newdir, n.as_ptr(), flags) }).map(drop)
+}
+
+pub fn linkat(olddir: RawFd, old: &OsStr, newdir: RawFd, new: &OsStr) -> io::Result<()> {
+    let (o, n) = (cstr(old)?, cstr(new)?);
+    // SAFETY: both are valid C strings.
+    check(unsafe { libc::linkat(olddir, o.as_ptr(), newdir, n.as_ptr(), 0) }).map(drop)
+}
+
+pub fn fchownat(dir: RawFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    let c = cstr(name)?;
+    let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+    // SAFETY: c is a valid C string; -1 leaves an id unchanged.
+    check(unsafe { libc::fchownat(dir, c.as_ptr(), u, g, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+}
+
+pub fn fchmodat(dir: RawFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: c is a valid C string.
+    check(unsafe { libc::fchmodat(dir, c.as_ptr(), mode, 0) }).map(drop)
+}
+
+pub fn fchmod(fd: RawFd, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd we hold.
+    check(unsafe { libc::fchmod(fd, mode) }).map(drop)
+}
+
+/// A timestamp to set: `None` leaves it unchanged, `Some(None)` means now.
+pub type TimeSpec = Option<Option<(i64, i64)>>;
+
+fn timespec(t: TimeSpec) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(None) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(Some((s, ns))) => libc::timespec {
+            tv_sec: s,
+            tv_nsec: ns,
+        },
+    }
+}
+
+pub fn utimensat(dir: RawFd, name: &OsStr, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
+    let c = cstr(name)?;
+    let ts = [timespec(atime), timespec(mtime)];
+    // SAFETY: c and ts are valid for the call.
+    check(unsafe { libc::utimensat(dir, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+        .map(drop)
+}
+
+pub fn ftruncate(fd: RawFd, size: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd we hold.
+    check(unsafe { libc::ftruncate(fd, size as i64) }).map(drop)
+}
+
+pub fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd we hold.
+    check(unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) }).map(drop)
+}
+
+pub fn fsync(fd: RawFd, data_only: bool) -> io::Result<()> {
+    // SAFETY: plain syscalls on an fd we hold.
+    check(unsafe {
+        if data_only {
+            libc::fdatasync(fd)
+        } else {
+            libc::fsync(fd)
+        }
+    })
+    .map(drop)
+}
+
+pub fn lseek(fd: RawFd, offset: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall on an fd we hold.
+    let r = unsafe { libc::lseek(fd, offset, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Share the source's extents (reflink) where the filesystem can.
+pub fn ficlone(dst: RawFd, src: RawFd) -> io::Result<()> {
+    // SAFETY: FICLONE takes the source fd as its argument.
+    check(unsafe { libc::ioctl(dst, libc::FICLONE, src) }).map(drop)
+}
+
+pub fn copy_file_range(
+    src: RawFd,
+    src_off: &mut i64,
+    dst: RawFd,
+    dst_off: &mut i64,
+    len: usize,
+) -> io::Result<usize> {
+    // SAFETY: the offsets are valid for writes for the duration of the call.
+    let n = unsafe { libc::copy_file_range(src, src_off, dst, dst_off, len, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+pub fn fstatvfs(fd: RawFd) -> io::Result<libc::statvfs> {
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: st is valid for the call.
+    check(unsafe { libc::fstatvfs(fd, &mut st) })?;
+    Ok(st)
+}
+
+/// The path through /proc that names `name` inside the directory `dir` without following
+/// a symlink at `name`: used for the xattr calls that have no `*at()` form.
+pub fn proc_path(dir: RawFd, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{dir}"));
+    if !name.is_empty() {
+        p.push(name);
+    }
+    p
+}
+
+/// Raise the open-file limit to the hard limit: every merged directory the kernel holds
+/// keeps one O_PATH fd per layer it spans.
+pub fn raise_nofile_limit() {
+    // SAFETY: zeroed rlimit is a valid out-parameter; getrlimit/setrlimit are plain syscalls.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask cannot fail.
+    unsafe {
+        libc::umask(mask);
+    }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Detach from the terminal: fork, and let the parent wait for the child's word.
+/// Returns in the child; the parent exits with the status the child reports.
+pub fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: called before any thread is spawned, so the child is a full copy.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
+}
+
+pub fn setsid() {
+    // SAFETY: plain syscall; failure (already a leader) is harmless.
+    unsafe {
+        libc::setsid();
+    }
+}
+
+/// Point stdin/stdout/stderr at /dev/null once the daemon is detached.
+pub fn redirect_stdio_to_null() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard fds, which we own.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
+/// Block SIGINT/SIGTERM/SIGHUP in this thread (and so in threads spawned after), and wait
+/// for one of them in a thread of its own.
+pub fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask on the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+pub fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: set is a valid sigset; sig is a valid out-parameter.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+    sig
+}
+
+/// Detach the mount at `path` (used when a signal asks us to stop).
+pub fn umount_lazy(path: &CStr) -> io::Result<()> {
+    // SAFETY: path is a valid C string.
+    check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
+pub fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Extended attributes of `name` inside `dir` (`.` for the directory itself), never
+/// following a symlink at `name`.
+pub fn lgetxattr(dir: RawFd, name: &OsStr, attr: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let (p, a) = (cstr(proc_path(dir, name).as_os_str())?, cstr(attr)?);
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: buf is writable for buf.len() bytes; p and a are valid C strings.
+        let n = unsafe {
+            libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) => return Ok(None),
+            Some(libc::ERANGE) => {
+                // SAFETY: a null buffer of size 0 asks for the value's size.
+                let need =
+                    unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), std::ptr::null_mut(), 0) };
+                if need < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                buf.resize(need as usize + 1, 0);
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+pub fn lsetxattr(
+    dir: RawFd,
+    name: &OsStr,
+    attr: &OsStr,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
+    let (p, a) = (cstr(proc_path(dir, name).as_os_str())?, cstr(attr)?);
+    // SAFETY: value is readable for value.len() bytes; p and a are valid C strings.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            a.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn lremovexattr(dir: RawFd, name: &OsStr, attr: &OsStr) -> io::Result<()> {
+    let (p, a) = (cstr(proc_path(dir, name).as_os_str())?, cstr(attr)?);
+    // SAFETY: p and a are valid C strings.
+    check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
+}
+
+/// Attribute names, each without its NUL.
+pub fn llistxattr(dir: RawFd, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
+    let p = cstr(proc_path(dir, name).as_os_str())?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: buf is writable for buf.len() bytes; p is a valid C string.
+        let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => {
+                // SAFETY: a null buffer of size 0 asks for the list's size.
+                let need = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+                if need < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                buf.resize(need as usize + 1, 0);
+            }
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(e),
+        }
+    }
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+

@@ -1,0 +1,192 @@
+//! The branch stack: one O_PATH fd per branch root, the upper on top, and the work
+//! directory where copy-ups are assembled before they are moved into place.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::Config;
+use crate::error::{Context, Error, Result};
+use crate::sys;
+
+/// Default work directory inside the upper. Its name begins `.wh..wh.`, so it is hidden
+/// from the merged view and can never be created through it.
+pub const DEFAULT_WORKDIR: &str = ".wh..wh..work";
+
+#[derive(Debug)]
+pub struct Layer {
+    /// 0 is the top of the stack.
+    pub index: usize,
+    pub path: PathBuf,
+    pub spec: String,
+    pub root: Arc<OwnedFd>,
+    pub writable: bool,
+    pub dev: u64,
+}
+
+/// Where copy-ups and opaque directories are built: same filesystem as the upper, so a
+/// finished object is published by one rename.
+#[derive(Debug)]
+pub struct WorkDir {
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    /// The work dir was made by us inside the upper and is removed again at unmount.
+    owned: Option<(Arc<OwnedFd>, OsString)>,
+    counter: AtomicU64,
+}
+
+impl WorkDir {
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// A fresh name for an object under construction.
+    pub fn temp_name(&self) -> OsString {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#{}-{n}", std::process::id()))
+    }
+
+    /// Remove everything in the work dir: leftovers of a crash are incomplete by definition.
+    fn clean(&self) -> Result<()> {
+        let dir = sys::openat(
+            self.raw(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .op("open workdir")?;
+        remove_tree_contents(dir.as_raw_fd()).map_err(|e| e.at(self.path.display()))
+    }
+}
+
+/// Delete every entry below `dir` (the directory itself stays).
+pub fn remove_tree_contents(dir: RawFd) -> Result<()> {
+    let entries = std::fs::read_dir(sys::proc_path(dir, OsStr::new(""))).op("readdir")?;
+    for entry in entries {
+        let entry = entry.op("readdir")?;
+        let name = entry.file_name();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir {
+            let sub = sys::openat(
+                dir,
+                &name,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .op("open")?;
+            remove_tree_contents(sub.as_raw_fd())?;
+        }
+        sys::unlinkat(dir, &name, is_dir).op("unlink")?;
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+pub struct LayerStack {
+    pub layers: Vec<Layer>,
+    pub work: Option<WorkDir>,
+}
+
+impl LayerStack {
+    /// Open every branch; prepare (and clean) the work directory if there is an upper.
+    pub fn open(config: &Config) -> Result<LayerStack> {
+        let mut layers = Vec::with_capacity(config.branches.len());
+        for (index, b) in config.branches.iter().enumerate() {
+            let root = open_root(&b.path).map_err(|e| e.at(b.path.display()).in_layer(index))?;
+            let st = sys::fstat_path(root.as_raw_fd()).op("stat branch")?;
+            layers.push(Layer {
+                index,
+                path: b.path.clone(),
+                spec: b.spec.clone(),
+                root: Arc::new(root),
+                writable: b.writable && index == 0 && !config.read_only,
+                dev: st.st_dev,
+            });
+        }
+        let work = match layers.first().filter(|l| l.writable) {
+            Some(upper) => Some(open_workdir(upper, config.workdir.as_deref())?),
+            None => None,
+        };
+        if let Some(w) = &work {
+            w.clean()?;
+        }
+        Ok(LayerStack { layers, work })
+    }
+
+    pub fn upper(&self) -> Option<&Layer> {
+        self.layers.first().filter(|l| l.writable)
+    }
+
+    pub fn work(&self) -> Result<&WorkDir> {
+        self.work.as_ref().ok_or(Error::new(libc::EROFS, "work dir"))
+    }
+
+    /// Remove the work directory we created inside the upper (clean unmount).
+    pub fn close(&self) {
+        if let Some(w) = &self.work {
+            let _ = w.clean();
+            if let Some((parent, name)) = &w.owned {
+                let _ = sys::unlinkat(parent.as_raw_fd(), name, true);
+            }
+        }
+    }
+}
+
+fn open_root(path: &Path) -> Result<OwnedFd> {
+    sys::openat(
+        libc::AT_FDCWD,
+        path.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .op("open branch")
+}
+
+fn open_workdir(upper: &Layer, configured: Option<&Path>) -> Result<WorkDir> {
+    let (path, fd, owned) = match configured {
+        Some(p) => {
+            // overlayfs-style: the work dir is given; we use a subdirectory of our own so
+            // cleaning it never touches anything else.
+            if !p.exists() {
+                std::fs::create_dir_all(p)
+                    .op("create workdir")
+                    .map_err(|e| e.at(p.display()))?;
+            }
+            let parent = Arc::new(open_root(p).map_err(|e| e.at(p.display()))?);
+            let name = OsString::from("unionmount");
+            let fd = ensure_dir(parent.as_raw_fd(), &name).map_err(|e| e.at(p.display()))?;
+            (p.join(&name), fd, None)
+        }
+        None => {
+            let name = OsString::from(DEFAULT_WORKDIR);
+            let fd = ensure_dir(upper.root.as_raw_fd(), &name)
+                .map_err(|e| e.at(upper.path.display()).in_layer(0))?;
+            (
+                upper.path.join(DEFAULT_WORKDIR),
+                fd,
+                Some((upper.root.clone(), name)),
+            )
+        }
+    };
+    let st = sys::fstat_path(fd.as_raw_fd()).op("stat workdir")?;
+    if st.st_dev != upper.dev {
+        return Err(Error::new(libc::EXDEV, "workdir not on the upper's filesystem").at(path.display()));
+    }
+    Ok(WorkDir {
+        path,
+        fd,
+        owned,
+        counter: AtomicU64::new(0),
+    })
+}
+
+fn ensure_dir(parent: RawFd, name: &OsStr) -> Result<OwnedFd> {
+    match sys::mkdirat(parent, name, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(Error::io(e, "create workdir")),
+    }
+    sys::open_dir_path(parent, name).op("open workdir")
+}

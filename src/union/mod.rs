@@ -1,0 +1,187 @@
+//! The filesystem's meaning, independent of FUSE: a stack of layers resolved top-down,
+//! whiteouts, copy-up, and the namespace operations. Nothing here imports fuser, so unit
+//! tests drive it on temp-dir branches without mounting.
+
+pub mod copyup;
+pub mod layer;
+pub mod node;
+pub mod ops;
+pub mod readdir;
+pub mod resolve;
+pub mod whiteout;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use crate::config::{Config, WhiteoutFormat};
+use crate::error::{Context, Error, Result};
+use crate::sys::{self, Stat};
+use layer::LayerStack;
+use node::{LayerDir, Node, NodeState, NodeTable};
+
+/// The FUSE root's node id; the merged root always carries it.
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub whiteout: WhiteoutFormat,
+    /// Skip the fsync that makes a copy-up durable before it is published.
+    pub volatile: bool,
+}
+
+#[derive(Debug)]
+pub struct Union {
+    pub stack: LayerStack,
+    pub nodes: NodeTable,
+    pub opts: Options,
+    /// Bumped by every rename of a directory that spans lower layers: locations computed
+    /// before it may be stale and are recomputed on next use.
+    generation: AtomicU64,
+    /// Distinct st_dev values of the layers, in stack order: tags inode numbers so files
+    /// from different filesystems never share one.
+    devs: Vec<u64>,
+}
+
+impl Union {
+    pub fn new(config: &Config) -> Result<Union> {
+        let stack = LayerStack::open(config)?;
+        let mut devs: Vec<u64> = Vec::new();
+        for l in &stack.layers {
+            if !devs.contains(&l.dev) {
+                devs.push(l.dev);
+            }
+        }
+        let u = Union {
+            stack,
+            nodes: NodeTable::default(),
+            opts: Options {
+                whiteout: config.whiteout,
+                volatile: config.volatile,
+            },
+            generation: AtomicU64::new(0),
+            devs,
+        };
+        let root = u.make_root()?;
+        u.nodes.insert_root(Arc::new(root));
+        Ok(u)
+    }
+
+    fn make_root(&self) -> Result<Node> {
+        let mut dirs = Vec::new();
+        for l in &self.stack.layers {
+            let (opaque, xwhiteouts) = self.dir_markers(l.root.as_raw_fd())?;
+            dirs.push(LayerDir {
+                layer: l.index,
+                fd: l.root.clone(),
+                xwhiteouts,
+            });
+            if opaque {
+                break;
+            }
+        }
+        Ok(Node::new(
+            ROOT_INO,
+            libc::S_IFDIR,
+            NodeState {
+                parent: None,
+                name: OsString::from("."),
+                links: Vec::new(),
+                layer: 0,
+                dirs,
+                generation: 0,
+            },
+        ))
+    }
+
+    pub fn root(&self) -> Arc<Node> {
+        self.nodes.get(ROOT_INO).expect("root node is never forgotten")
+    }
+
+    pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes
+            .get(ino)
+            .ok_or_else(|| Error::new(libc::ESTALE, "find node").at(format!("#{ino}")))
+    }
+
+    pub fn writable(&self) -> bool {
+        self.stack.upper().is_some()
+    }
+
+    /// Fail with EROFS unless there is an upper branch to write to.
+    pub fn check_writable(&self, op: &'static str) -> Result<()> {
+        if self.writable() {
+            Ok(())
+        } else {
+            Err(Error::new(libc::EROFS, op))
+        }
+    }
+
+    /// The inode number a real file shows through the mount: its own, tagged with its
+    /// filesystem when the branches span several (as overlayfs' xino does).
+    pub fn ino_of(&self, st: &Stat) -> u64 {
+        let tag = match self.devs.iter().position(|d| *d == st.st_dev) {
+            Some(i) => i as u64,
+            None => self.devs.len() as u64,
+        };
+        let ino = st.st_ino ^ (tag << 48);
+        if ino == ROOT_INO { ino | 1 << 63 } else { ino }
+    }
+
+    /// Attributes of a node as the merged view shows them.
+    pub fn getattr(&self, node: &Arc<Node>) -> Result<Stat> {
+        let loc = self.locate(node)?;
+        let mut st = sys::fstatat(loc.dir.as_raw_fd(), &loc.name)
+            .op("stat")
+            .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
+        self.present(node, &mut st);
+        Ok(st)
+    }
+
+    /// Dress a real stat as the node's: its inode number, and nlink 1 for a directory
+    /// merged from several layers (its true count is unknown, as on overlayfs).
+    pub fn present(&self, node: &Node, st: &mut Stat) {
+        st.st_ino = node.ino;
+        if node.is_dir() && node.state().dirs.len() > 1 {
+            st.st_nlink = 1;
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump_generation(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Opaque marker and overlay xattrs of a directory (given as an O_PATH fd).
+    pub fn dir_markers(&self, dir: i32) -> Result<(bool, bool)> {
+        if sys::fstatat(dir, whiteout::OPAQUE_MARKER.as_ref()).is_ok() {
+            return Ok((true, false));
+        }
+        let mut xwhiteouts = false;
+        for attr in whiteout::OPAQUE_XATTRS {
+            match sys::lgetxattr(dir, ".".as_ref(), attr.as_ref()) {
+                Ok(Some(v)) => match whiteout::parse_opaque_xattr(&v) {
+                    Some(whiteout::OpaqueXattr::Opaque) => return Ok((true, false)),
+                    Some(whiteout::OpaqueXattr::HasXattrWhiteouts) => xwhiteouts = true,
+                    None => {}
+                },
+                // trusted.* is unreadable without privilege; unsupported means absent.
+                Ok(None) | Err(_) => {}
+            }
+        }
+        Ok((false, xwhiteouts))
+    }
+
+    /// Clean unmount: drop the work directory we made.
+    pub fn shutdown(&self) {
+        self.stack.close();
+    }
+}

@@ -1,0 +1,221 @@
+//! A merged entry: which file it is (its inode number for life), where it hangs in the
+//! merged tree, and where it really lives in each layer.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// A directory's presence in one layer.
+#[derive(Debug, Clone)]
+pub struct LayerDir {
+    pub layer: usize,
+    /// O_PATH fd of the directory in that layer.
+    pub fd: Arc<OwnedFd>,
+    /// Overlay opaque xattr "x": empty files in here may be xattr whiteouts.
+    pub xwhiteouts: bool,
+}
+
+impl LayerDir {
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[derive(Debug)]
+pub struct NodeState {
+    /// None only for the root.
+    pub parent: Option<Arc<Node>>,
+    pub name: OsString,
+    /// Further names of a hard-linked file seen through the mount.
+    pub links: Vec<(Arc<Node>, OsString)>,
+    /// Topmost layer holding the entry.
+    pub layer: usize,
+    /// Directories: every layer that contributes, top first, cut at an opaque one.
+    pub dirs: Vec<LayerDir>,
+    /// Rename generation this location was computed in (see `Union::refresh`).
+    pub generation: u64,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    /// `S_IFMT` bits: a node never changes type.
+    pub kind: u32,
+    state: RwLock<NodeState>,
+    /// Kernel lookup count; the node leaves the table when it drops to zero.
+    lookups: AtomicU64,
+    /// Serialises copy-up of this node: two writers copy up once.
+    pub copy_up_lock: Mutex<()>,
+}
+
+impl Node {
+    pub fn new(ino: u64, kind: u32, state: NodeState) -> Node {
+        Node {
+            ino,
+            kind,
+            state: RwLock::new(state),
+            lookups: AtomicU64::new(0),
+            copy_up_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    pub fn state(&self) -> RwLockReadGuard<'_, NodeState> {
+        self.state.read()
+    }
+
+    pub fn state_mut(&self) -> RwLockWriteGuard<'_, NodeState> {
+        self.state.write()
+    }
+
+    pub fn layer(&self) -> usize {
+        self.state.read().layer
+    }
+
+    /// The directory's fd in `layer`, if it is present there.
+    pub fn dir_in(&self, layer: usize) -> Option<Arc<OwnedFd>> {
+        let st = self.state.read();
+        st.dirs
+            .iter()
+            .find(|d| d.layer == layer)
+            .map(|d| d.fd.clone())
+    }
+
+    /// Path inside the merged tree, for messages and logs only (never for I/O).
+    pub fn path(&self) -> String {
+        let mut parts = Vec::new();
+        let mut cur: Option<Arc<Node>> = None;
+        {
+            let st = self.state.read();
+            if st.parent.is_some() {
+                parts.push(st.name.clone());
+                cur = st.parent.clone();
+            }
+        }
+        while let Some(n) = cur {
+            let st = n.state.read();
+            if st.parent.is_none() {
+                break;
+            }
+            parts.push(st.name.clone());
+            cur = st.parent.clone();
+        }
+        let mut s = String::new();
+        for p in parts.iter().rev() {
+            s.push('/');
+            s.push_str(&p.to_string_lossy());
+        }
+        if s.is_empty() {
+            s.push('/');
+        }
+        s
+    }
+
+    /// Forget `name` under `parent` as one of this node's names, after an unlink or rename.
+    /// Returns false if the node has no name left.
+    pub fn drop_name(&self, parent: &Arc<Node>, name: &OsStr) -> bool {
+        let mut st = self.state.write();
+        st.links
+            .retain(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name));
+        let primary = st
+            .parent
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, parent) && st.name == name);
+        if primary {
+            if let Some((p, n)) = st.links.pop() {
+                st.parent = Some(p);
+                st.name = n;
+            } else {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Record a further name for a hard-linked file.
+    pub fn add_name(&self, parent: &Arc<Node>, name: &OsStr) {
+        let mut st = self.state.write();
+        let known = |p: &Arc<Node>, n: &OsStr| Arc::ptr_eq(p, parent) && n == name;
+        if st.parent.as_ref().is_some_and(|p| known(p, &st.name))
+            || st.links.iter().any(|(p, n)| known(p, n))
+        {
+            return;
+        }
+        st.links.push((parent.clone(), name.to_owned()));
+    }
+}
+
+/// Every node the kernel holds, by inode number (which is also the FUSE nodeid).
+#[derive(Debug, Default)]
+pub struct NodeTable {
+    map: DashMap<u64, Arc<Node>>,
+}
+
+impl NodeTable {
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.map.get(&ino).map(|n| n.clone())
+    }
+
+    /// The live node for `ino`, or `make()` inserted as new; either way the kernel now holds
+    /// one more reference. Counted under the map's lock so a racing forget cannot drop it.
+    pub fn get_or_insert(&self, ino: u64, make: impl FnOnce() -> Node) -> (Arc<Node>, bool) {
+        match self.map.entry(ino) {
+            dashmap::Entry::Occupied(o) => {
+                o.get().lookups.fetch_add(1, Ordering::AcqRel);
+                (o.get().clone(), false)
+            }
+            dashmap::Entry::Vacant(v) => {
+                let node = Arc::new(make());
+                node.lookups.store(1, Ordering::Release);
+                v.insert(node.clone());
+                (node, true)
+            }
+        }
+    }
+
+    /// One more kernel reference to a node we hand out again (link, rename replies).
+    pub fn remember(&self, node: &Arc<Node>) {
+        match self.map.entry(node.ino) {
+            dashmap::Entry::Occupied(o) => {
+                o.get().lookups.fetch_add(1, Ordering::AcqRel);
+            }
+            dashmap::Entry::Vacant(v) => {
+                node.lookups.store(1, Ordering::Release);
+                v.insert(node.clone());
+            }
+        }
+    }
+
+    /// The kernel dropped `n` references; remove the node when none are left.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.map.remove_if(&ino, |_, node| {
+            let prev = node.lookups.fetch_sub(n, Ordering::AcqRel);
+            prev <= n
+        });
+    }
+
+    pub fn insert_root(&self, node: Arc<Node>) {
+        node.lookups.store(u64::MAX / 2, Ordering::Relaxed);
+        self.map.insert(node.ino, node);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every live node (used after a directory rename, which is rare).
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+}

@@ -1,0 +1,606 @@
+//! Operations that change the merged tree: what each one means across layers.
+//!
+//! Every change lands in the upper layer. Deleting a name that a lower layer still shows
+//! leaves a whiteout; creating over a whiteout removes it (a directory made there is opaque,
+//! so the old lower contents stay hidden). Where two on-disk steps are needed, the order
+//! is chosen so that a crash between them leaves the old state or the new one: an entry
+//! beside a `.wh.` of its own name in the same layer wins over it.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use super::Union;
+use super::layer::remove_tree_contents;
+use super::node::Node;
+use super::resolve::{Found, Loc};
+use super::whiteout;
+use crate::config::WhiteoutFormat;
+use crate::error::{Context, Error, Result};
+use crate::sys::{self, Stat, TimeSpec};
+
+/// What to create.
+#[derive(Debug, Clone, Copy)]
+pub enum New<'a> {
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Special { mode: u32, rdev: u64 },
+    Symlink { target: &'a OsStr },
+}
+
+/// Who asks: new entries belong to the caller, not to the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub umask: u32,
+}
+
+/// Attribute changes of a setattr; `None` leaves a field alone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: TimeSpec,
+    pub mtime: TimeSpec,
+}
+
+fn is_enoent(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
+fn exists(dir: RawFd, name: &OsStr) -> bool {
+    sys::fstatat(dir, name).is_ok()
+}
+
+fn child_path(parent: &Node, name: &OsStr) -> String {
+    let p = parent.path();
+    let sep = if p.ends_with('/') { "" } else { "/" };
+    format!("{p}{sep}{}", name.to_string_lossy())
+}
+
+impl Union {
+    fn check_new_name(&self, op: &'static str, parent: &Node, name: &OsStr) -> Result<()> {
+        self.check_writable(op)?;
+        if whiteout::is_reserved(name) {
+            return Err(Error::new(libc::EPERM, op).at(child_path(parent, name)));
+        }
+        Ok(())
+    }
+
+    /// Does a layer below the upper still show `name` in `parent`?
+    pub fn lower_shows(&self, parent: &Arc<Node>, name: &OsStr) -> Result<bool> {
+        let wh = whiteout::whiteout_name(name);
+        for d in self.dirs_of(parent)?.iter().filter(|d| d.layer > 0) {
+            match sys::fstatat(d.raw(), name) {
+                Ok(st) => return Ok(!self.is_whiteout(d, name, &st)),
+                Err(e) if is_enoent(&e) => {
+                    if exists(d.raw(), &wh) {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(Error::io(e, "lookup").in_layer(d.layer)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Mark an upper directory opaque: nothing of the lower layers shows through it.
+    fn mark_opaque(&self, dir: RawFd, name: &OsStr) -> Result<()> {
+        match self.opts.whiteout {
+            WhiteoutFormat::WhFiles => {
+                let d = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+                    .op("open dir")?;
+                sys::openat(
+                    d.as_raw_fd(),
+                    whiteout::OPAQUE_MARKER.as_ref(),
+                    libc::O_CREAT | libc::O_WRONLY,
+                    0o600,
+                )
+                .op("create opaque marker")
+                .map(drop)
+            }
+            WhiteoutFormat::Overlay => sys::lsetxattr(
+                dir,
+                name,
+                whiteout::OPAQUE_XATTRS[0].as_ref(),
+                b"y",
+                0,
+            )
+            .op("set opaque xattr"),
+        }
+    }
+
+    /// Put a whiteout for `name` in the upper dir `up`, replacing the upper entry there if
+    /// `existing` says there is one (`Some(is_dir)`).
+    fn put_whiteout(&self, up: RawFd, name: &OsStr, existing: Option<bool>) -> Result<()> {
+        match self.opts.whiteout {
+            WhiteoutFormat::WhFiles => {
+                // Whiteout first: until the entry is gone it still wins over the whiteout.
+                sys::openat(
+                    up,
+                    &whiteout::whiteout_name(name),
+                    libc::O_CREAT | libc::O_WRONLY,
+                    0o600,
+                )
+                .op("create whiteout")?;
+                if let Some(is_dir) = existing {
+                    remove_entry(up, name, is_dir)?;
+                }
+                Ok(())
+            }
+            WhiteoutFormat::Overlay => {
+                let work = self.stack.work()?;
+                let tmp = work.temp_name();
+                sys::mknodat(work.raw(), &tmp, libc::S_IFCHR, 0).op("create whiteout")?;
+                let flags = if existing.is_some() {
+                    sys::RENAME_EXCHANGE
+                } else {
+                    sys::RENAME_NOREPLACE
+                };
+                sys::renameat2(work.raw(), &tmp, up, name, flags).op("publish whiteout")?;
+                if let Some(is_dir) = existing {
+                    remove_entry(work.raw(), &tmp, is_dir)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Create a new entry in the merged directory `parent`.
+    pub fn create(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        what: New<'_>,
+        caller: Caller,
+    ) -> Result<(Arc<Node>, Stat, Option<File>)> {
+        let path = child_path(parent, name);
+        self.check_new_name("create", parent, name)?;
+        if self.probe(parent, name)?.is_some() {
+            return Err(Error::new(libc::EEXIST, "create").at(path));
+        }
+        let up = self.upper_dir(parent)?;
+        let up = up.as_raw_fd();
+        let wh = whiteout::whiteout_name(name);
+        let has_wh_file = exists(up, &wh);
+        // An overlay-format whiteout under the very name: replace it in one rename.
+        let exact_whiteout = sys::fstatat(up, name).is_ok();
+        let opaque = matches!(what, New::Dir { .. }) && (has_wh_file || exact_whiteout);
+
+        let pst = sys::fstat_path(up).op("stat parent")?;
+        let inherit_gid = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if inherit_gid { pst.st_gid } else { caller.gid };
+        let file = if opaque || exact_whiteout {
+            let work = self.stack.work()?;
+            let tmp = work.temp_name();
+            let file = make(work.raw(), &tmp, what, caller, inherit_gid, gid)
+                .map_err(|e| e.at(&path))?;
+            if opaque {
+                self.mark_opaque(work.raw(), &tmp)?;
+            }
+            if exact_whiteout {
+                sys::renameat2(work.raw(), &tmp, up, name, sys::RENAME_EXCHANGE)
+                    .op("create over whiteout")?;
+                remove_entry(work.raw(), &tmp, false)?;
+            } else {
+                sys::renameat2(work.raw(), &tmp, up, name, sys::RENAME_NOREPLACE)
+                    .op("create")?;
+            }
+            file
+        } else {
+            make(up, name, what, caller, inherit_gid, gid).map_err(|e| e.at(&path))?
+        };
+        if has_wh_file {
+            sys::unlinkat(up, &wh, false).op("remove whiteout")?;
+        }
+        let found = self
+            .probe(parent, name)?
+            .ok_or_else(|| Error::new(libc::EIO, "create").at(&path))?;
+        let (node, st) = self.bind(parent, name, found);
+        log::debug!("create {path}");
+        Ok((node, st, file))
+    }
+
+    /// Remove a non-directory.
+    pub fn unlink(&self, parent: &Arc<Node>, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    /// Remove an empty directory.
+    pub fn rmdir(&self, parent: &Arc<Node>, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: &Arc<Node>, name: &OsStr, dir: bool) -> Result<()> {
+        let op = if dir { "rmdir" } else { "unlink" };
+        let path = child_path(parent, name);
+        self.check_writable(op)?;
+        let found = self
+            .probe(parent, name)?
+            .ok_or_else(|| Error::new(libc::ENOENT, op).at(&path))?;
+        let is_dir = found.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        match (dir, is_dir) {
+            (true, false) => return Err(Error::new(libc::ENOTDIR, op).at(&path)),
+            (false, true) => return Err(Error::new(libc::EISDIR, op).at(&path)),
+            _ => {}
+        }
+        let in_upper = found.layer == 0;
+        let ino = found.ino;
+        if is_dir {
+            let node = self.node_for(parent, name, found);
+            if !self.is_empty_dir(&node)? {
+                return Err(Error::new(libc::ENOTEMPTY, op).at(&path));
+            }
+        }
+        let lower = self.lower_shows(parent, name)?;
+        let up = self.upper_dir(parent)?;
+        let existing = in_upper.then_some(is_dir);
+        if lower {
+            self.put_whiteout(up.as_raw_fd(), name, existing)?;
+        } else if let Some(is_dir) = existing {
+            remove_entry(up.as_raw_fd(), name, is_dir)?;
+        }
+        if let Some(node) = self.nodes.get(ino) {
+            node.drop_name(parent, name);
+        }
+        log::debug!("{op} {path}{}", if lower { " (whiteout)" } else { "" });
+        Ok(())
+    }
+
+    /// Rename within the merged tree. A directory that spans lower layers moves as a whole
+    /// upper copy marked opaque, so no EXDEV ever reaches the caller.
+    pub fn rename(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        newparent: &Arc<Node>,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let path = child_path(parent, name);
+        self.check_writable("rename")?;
+        if whiteout::is_reserved(newname) {
+            return Err(Error::new(libc::EPERM, "rename").at(child_path(newparent, newname)));
+        }
+        let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        let src = self
+            .probe(parent, name)?
+            .ok_or_else(|| Error::new(libc::ENOENT, "rename").at(&path))?;
+        let dst = self.probe(newparent, newname)?;
+        if let Some(d) = &dst {
+            if d.ino == src.ino && !exchange {
+                return Ok(()); // two names of one file: POSIX says do nothing
+            }
+            if flags & sys::RENAME_NOREPLACE != 0 {
+                return Err(Error::new(libc::EEXIST, "rename").at(&path));
+            }
+        } else if exchange {
+            return Err(Error::new(libc::ENOENT, "rename").at(child_path(newparent, newname)));
+        }
+        let src_dir = is_dir_found(&src);
+        if let (Some(d), false) = (&dst, exchange) {
+            match (src_dir, is_dir_found(d)) {
+                (true, false) => return Err(Error::new(libc::ENOTDIR, "rename").at(&path)),
+                (false, true) => return Err(Error::new(libc::EISDIR, "rename").at(&path)),
+                _ => {}
+            }
+        }
+        let src_spans_lower = src.layer > 0 || src.dirs.iter().any(|d| d.layer > 0);
+        let src_node = self.node_for(parent, name, src);
+        let dst_node = dst.map(|d| self.node_for(newparent, newname, d));
+        if let (Some(d), false) = (&dst_node, exchange) {
+            if d.is_dir() && !self.is_empty_dir(d)? {
+                return Err(Error::new(libc::ENOTEMPTY, "rename").at(&path));
+            }
+        }
+        let dst_spans_lower = dst_node
+            .as_ref()
+            .is_some_and(|d| d.state().layer > 0 || d.state().dirs.iter().any(|x| x.layer > 0));
+
+        self.copy_up_for_move(&src_node)?;
+        if exchange {
+            if let Some(d) = &dst_node {
+                self.copy_up_for_move(d)?;
+            }
+        }
+        let up_src = self.upper_dir(parent)?;
+        let up_dst = self.upper_dir(newparent)?;
+        let (us, ud) = (up_src.as_raw_fd(), up_dst.as_raw_fd());
+        let src_lower = self.lower_shows(parent, name)?;
+        let dst_lower = self.lower_shows(newparent, newname)?;
+        // A directory arriving where a lower layer has the name must hide it.
+        if src_node.is_dir() && dst_lower {
+            self.mark_opaque(us, name)?;
+        }
+        if exchange {
+            if dst_node.as_ref().is_some_and(|d| d.is_dir()) && src_lower {
+                self.mark_opaque(ud, newname)?;
+            }
+        } else if let Some(d) = &dst_node {
+            // Replacing an (empty) upper directory: clear its markers so rename can.
+            if d.is_dir() && d.state().layer == 0 {
+                if let Ok(fd) = sys::openat(
+                    ud,
+                    newname,
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                ) {
+                    remove_tree_contents(fd.as_raw_fd())?;
+                }
+            }
+        }
+        let kflags = if exchange { sys::RENAME_EXCHANGE } else { 0 };
+        sys::renameat2(us, name, ud, newname, kflags)
+            .op("rename")
+            .map_err(|e| e.at(&path).in_layer(0))?;
+        if !exchange {
+            if src_lower {
+                self.put_whiteout(us, name, None)?;
+            }
+            match sys::unlinkat(ud, &whiteout::whiteout_name(newname), false) {
+                Err(e) if !is_enoent(&e) => return Err(Error::io(e, "remove whiteout")),
+                _ => {}
+            }
+        }
+        // The moved entries keep their inode numbers across remounts.
+        self.keep_origin(ud, newname, src_node.ino);
+        if let Some(d) = dst_node.as_ref().filter(|_| exchange) {
+            self.keep_origin(us, name, d.ino);
+        }
+
+        // Bookkeeping: names, and locations that may now be stale.
+        src_node.drop_name(parent, name);
+        {
+            let mut s = src_node.state_mut();
+            s.parent = Some(newparent.clone());
+            s.name = newname.to_owned();
+        }
+        if let Some(d) = &dst_node {
+            if exchange {
+                let mut s = d.state_mut();
+                s.parent = Some(parent.clone());
+                s.name = name.to_owned();
+            } else {
+                d.drop_name(newparent, newname);
+            }
+        }
+        self.refresh(&src_node)?;
+        if let Some(d) = dst_node.as_ref().filter(|_| exchange) {
+            self.refresh(d)?;
+        }
+        if (src_node.is_dir() && src_spans_lower) || (exchange && dst_spans_lower) {
+            self.bump_generation();
+        }
+        log::debug!(
+            "rename {path} -> {}",
+            child_path(newparent, newname)
+        );
+        Ok(())
+    }
+
+    /// Bring a rename's source entirely into the upper: a directory with lower parts is
+    /// copied up with its whole subtree and made opaque.
+    fn copy_up_for_move(&self, node: &Arc<Node>) -> Result<()> {
+        if !node.is_dir() {
+            self.copy_up(node)?;
+            return Ok(());
+        }
+        let spans_lower = node.state().dirs.iter().any(|d| d.layer > 0);
+        if !spans_lower {
+            return Ok(());
+        }
+        self.copy_up_tree(node)?;
+        let loc = self.locate(node)?;
+        self.mark_opaque(loc.raw(), &loc.name)?;
+        let mut s = node.state_mut();
+        s.dirs.retain(|d| d.layer == 0);
+        Ok(())
+    }
+
+    fn keep_origin(&self, dir: RawFd, name: &OsStr, ino: u64) {
+        if let Ok(st) = sys::fstatat(dir, name) {
+            if st.st_mode & libc::S_IFMT != libc::S_IFLNK && self.ino_of(&st) != ino {
+                let _ = sys::lsetxattr(dir, name, whiteout::ORIGIN_XATTR.as_ref(), &ino.to_le_bytes(), 0);
+            }
+        }
+    }
+
+    /// A new name for an existing file.
+    pub fn link(&self, node: &Arc<Node>, newparent: &Arc<Node>, newname: &OsStr) -> Result<Stat> {
+        let path = child_path(newparent, newname);
+        self.check_new_name("link", newparent, newname)?;
+        if node.is_dir() {
+            return Err(Error::new(libc::EPERM, "link").at(path));
+        }
+        if self.probe(newparent, newname)?.is_some() {
+            return Err(Error::new(libc::EEXIST, "link").at(path));
+        }
+        let loc = self.copy_up(node)?;
+        let up = self.upper_dir(newparent)?;
+        sys::linkat(loc.raw(), &loc.name, up.as_raw_fd(), newname)
+            .op("link")
+            .map_err(|e| e.at(&path))?;
+        match sys::unlinkat(up.as_raw_fd(), &whiteout::whiteout_name(newname), false) {
+            Err(e) if !is_enoent(&e) => return Err(Error::io(e, "remove whiteout")),
+            _ => {}
+        }
+        node.add_name(newparent, newname);
+        self.nodes.remember(node);
+        self.getattr(node)
+    }
+
+    /// Open a node's file for I/O; opening for writing copies it up first.
+    pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<(File, usize)> {
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let loc = if writing {
+            self.copy_up(node)?
+        } else {
+            self.locate(node)?
+        };
+        let f = sys::open_file(loc.raw(), &loc.name, flags)
+            .op("open")
+            .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
+        Ok((f, loc.layer))
+    }
+
+    /// Change attributes. `file` is an open upper handle to use for truncation, if any.
+    pub fn setattr(&self, node: &Arc<Node>, a: SetAttr, file: Option<&File>) -> Result<Stat> {
+        let path = node.path();
+        let loc = self.copy_up(node)?;
+        let wrap = |e: Error| e.at(&path).in_layer(0);
+        if let Some(size) = a.size {
+            match file {
+                Some(f) => sys::ftruncate(f.as_raw_fd(), size).op("truncate").map_err(wrap)?,
+                None => {
+                    let f = sys::open_file(loc.raw(), &loc.name, libc::O_WRONLY)
+                        .op("truncate")
+                        .map_err(wrap)?;
+                    sys::ftruncate(f.as_raw_fd(), size).op("truncate").map_err(wrap)?;
+                }
+            }
+        }
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid)
+                .op("chown")
+                .map_err(wrap)?;
+        }
+        if let Some(mode) = a.mode {
+            sys::fchmodat(loc.raw(), &loc.name, mode & 0o7777)
+                .op("chmod")
+                .map_err(wrap)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            sys::utimensat(loc.raw(), &loc.name, a.atime, a.mtime)
+                .op("utimens")
+                .map_err(wrap)?;
+        }
+        self.getattr(node)
+    }
+
+    pub fn readlink(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        let loc = self.locate(node)?;
+        sys::readlinkat(loc.raw(), &loc.name)
+            .op("readlink")
+            .map_err(|e| e.at(node.path()).in_layer(loc.layer))
+    }
+
+    pub fn getxattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<Vec<u8>> {
+        if whiteout::is_private_xattr(attr) {
+            return Err(Error::new(libc::ENODATA, "getxattr"));
+        }
+        let loc = self.locate(node)?;
+        sys::lgetxattr(loc.raw(), &loc.name, attr)
+            .op("getxattr")
+            .map_err(|e| e.at(node.path()).in_layer(loc.layer))?
+            .ok_or_else(|| Error::new(libc::ENODATA, "getxattr"))
+    }
+
+    pub fn listxattr(&self, node: &Arc<Node>) -> Result<Vec<Vec<u8>>> {
+        let loc = self.locate(node)?;
+        let mut names = sys::llistxattr(loc.raw(), &loc.name)
+            .op("listxattr")
+            .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
+        names.retain(|n| !whiteout::is_private_xattr(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n)));
+        Ok(names)
+    }
+
+    pub fn setxattr(&self, node: &Arc<Node>, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if whiteout::is_private_xattr(attr) {
+            return Err(Error::new(libc::EPERM, "setxattr").at(node.path()));
+        }
+        let loc = self.copy_up(node)?;
+        sys::lsetxattr(loc.raw(), &loc.name, attr, value, flags)
+            .op("setxattr")
+            .map_err(|e| e.at(node.path()).in_layer(0))
+    }
+
+    pub fn removexattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<()> {
+        // Nothing to remove means nothing to copy up.
+        self.getxattr(node, attr)?;
+        let loc = self.copy_up(node)?;
+        sys::lremovexattr(loc.raw(), &loc.name, attr)
+            .op("removexattr")
+            .map_err(|e| e.at(node.path()).in_layer(0))
+    }
+
+    /// Space figures of the upper (or the top layer of a read-only stack).
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        let top = &self.stack.layers[0];
+        sys::fstatvfs(top.root.as_raw_fd()).op("statfs")
+    }
+
+    /// Where a node is now (for callers outside the union module).
+    pub fn location(&self, node: &Arc<Node>) -> Result<Loc> {
+        self.locate(node)
+    }
+}
+
+fn is_dir_found(f: &Found) -> bool {
+    f.st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// Remove an upper entry; a directory may still hold whiteouts and markers.
+fn remove_entry(dir: RawFd, name: &OsStr, is_dir: bool) -> Result<()> {
+    if is_dir {
+        let fd = sys::openat(
+            dir,
+            name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .op("open dir")?;
+        remove_tree_contents(fd.as_raw_fd())?;
+    }
+    sys::unlinkat(dir, name, is_dir).op("remove")
+}
+
+/// Make the object itself, owned by the caller. Returns the open file for `New::File`.
+fn make(
+    dir: RawFd,
+    name: &OsStr,
+    what: New<'_>,
+    caller: Caller,
+    inherit_gid: bool,
+    gid: u32,
+) -> Result<Option<File>> {
+    let perm = |mode: u32| mode & 0o7777 & !caller.umask;
+    let mut set_id_bits = 0;
+    let file = match what {
+        New::File { mode, flags } => {
+            set_id_bits = perm(mode) & (libc::S_ISUID | libc::S_ISGID);
+            let flags = (flags & !libc::O_NOFOLLOW) | libc::O_CREAT | libc::O_EXCL;
+            Some(File::from(sys::openat(dir, name, flags, perm(mode)).op("create")?))
+        }
+        New::Dir { mode } => {
+            let m = perm(mode) | if inherit_gid { libc::S_ISGID } else { 0 };
+            sys::mkdirat(dir, name, m).op("mkdir")?;
+            None
+        }
+        New::Special { mode, rdev } => {
+            sys::mknodat(dir, name, (mode & libc::S_IFMT) | perm(mode), rdev).op("mknod")?;
+            None
+        }
+        New::Symlink { target } => {
+            sys::symlinkat(target, dir, name).op("symlink")?;
+            None
+        }
+    };
+    match sys::fchownat(dir, name, Some(caller.uid), Some(gid)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && sys::geteuid() != 0 => {}
+        Err(e) => return Err(Error::io(e, "chown new entry")),
+    }
+    if set_id_bits != 0 {
+        // chown cleared them; put back what the caller asked for.
+        let mode = match what {
+            New::File { mode, .. } => perm(mode),
+            _ => 0,
+        };
+        sys::fchmodat(dir, name, mode).op("chmod new entry")?;
+    }
+    Ok(file)
+}

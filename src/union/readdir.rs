@@ -1,0 +1,118 @@
+//! The merged listing of a directory: each name once, from the topmost layer that has it,
+//! whiteouts and markers applied and hidden. A listing is a snapshot, so offsets into it
+//! stay valid while entries come and go (seekdir/telldir).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::unix::fs::{DirEntryExt, FileTypeExt};
+use std::sync::Arc;
+
+use super::Union;
+use super::node::Node;
+use super::whiteout;
+use crate::error::{Context, Result};
+use crate::sys;
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+}
+
+fn kind_of(ft: std::fs::FileType) -> u32 {
+    if ft.is_dir() {
+        libc::S_IFDIR
+    } else if ft.is_symlink() {
+        libc::S_IFLNK
+    } else if ft.is_char_device() {
+        libc::S_IFCHR
+    } else if ft.is_block_device() {
+        libc::S_IFBLK
+    } else if ft.is_fifo() {
+        libc::S_IFIFO
+    } else if ft.is_socket() {
+        libc::S_IFSOCK
+    } else {
+        libc::S_IFREG
+    }
+}
+
+impl Union {
+    /// Snapshot the merged listing of `dir`, with `.` and `..` first.
+    pub fn list(&self, dir: &Arc<Node>) -> Result<Vec<DirEntry>> {
+        let dirs = self.dirs_of(dir)?;
+        let parent_ino = dir.state().parent.as_ref().map_or(dir.ino, |p| p.ino);
+        let mut out = vec![
+            DirEntry {
+                name: ".".into(),
+                ino: dir.ino,
+                kind: libc::S_IFDIR,
+            },
+            DirEntry {
+                name: "..".into(),
+                ino: parent_ino,
+                kind: libc::S_IFDIR,
+            },
+        ];
+        let mut seen: HashSet<OsString> = HashSet::new();
+        for d in &dirs {
+            // `.wh.` files hide names in the layers below, not in their own.
+            let mut hide_below = Vec::new();
+            let entries = std::fs::read_dir(sys::proc_path(d.raw(), "".as_ref()))
+                .op("readdir")
+                .map_err(|e| e.at(dir.path()).in_layer(d.layer))?;
+            for entry in entries {
+                let entry = entry
+                    .op("readdir")
+                    .map_err(|e| e.at(dir.path()).in_layer(d.layer))?;
+                let name = entry.file_name();
+                if let Some(target) = whiteout::whited_out(&name) {
+                    hide_below.push(target.to_owned());
+                    continue;
+                }
+                if whiteout::is_reserved(&name) || seen.contains(&name) {
+                    continue;
+                }
+                let ft = entry.file_type().op("readdir")?;
+                let mut kind = kind_of(ft);
+                let needs_stat = ft.is_char_device() || (d.xwhiteouts && ft.is_file());
+                let st = if needs_stat || d.layer == 0 {
+                    match sys::fstatat(d.raw(), &name) {
+                        Ok(st) => Some(st),
+                        Err(_) => continue, // gone since the listing was read
+                    }
+                } else {
+                    None
+                };
+                if let Some(st) = &st {
+                    if self.is_whiteout(d, &name, st) {
+                        seen.insert(name);
+                        continue;
+                    }
+                    kind = st.st_mode & libc::S_IFMT;
+                }
+                let ino = match &st {
+                    Some(st) => self.derive_ino(Some(d.raw()), &name, d.layer, st),
+                    None => {
+                        let mut st = sys::zeroed_stat();
+                        st.st_ino = entry.ino();
+                        st.st_dev = self.stack.layers[d.layer].dev;
+                        self.ino_of(&st)
+                    }
+                };
+                seen.insert(name.clone());
+                out.push(DirEntry { name, ino, kind });
+            }
+            seen.extend(hide_below);
+        }
+        Ok(out)
+    }
+
+    /// Is the merged directory empty (for rmdir and rename over a directory)?
+    pub fn is_empty_dir(&self, dir: &Arc<Node>) -> Result<bool> {
+        Ok(self.list(dir)?.len() <= 2)
+    }
+}
+

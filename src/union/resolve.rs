@@ -1,0 +1,276 @@
+//! Lookup: resolve a name top-down through the parent's layers. Resolution stops at a
+//! whiteout, at a non-directory, and after an opaque directory; directories found in
+//! several layers merge.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use super::node::{LayerDir, Node, NodeState};
+use super::whiteout;
+use super::{ROOT_INO, Union};
+use crate::error::{Context, Error, Result};
+use crate::sys::{self, Stat};
+
+/// Where a node's real entry is: `name` inside the directory `dir` of layer `layer`.
+#[derive(Debug, Clone)]
+pub struct Loc {
+    pub dir: Arc<OwnedFd>,
+    pub name: OsString,
+    pub layer: usize,
+}
+
+impl Loc {
+    pub fn raw(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.dir.as_raw_fd()
+    }
+}
+
+/// What a probe of one name found.
+#[derive(Debug)]
+pub struct Found {
+    /// Topmost layer holding the entry, and its stat there.
+    pub layer: usize,
+    pub st: Stat,
+    /// For a directory, every contributing layer.
+    pub dirs: Vec<LayerDir>,
+    pub ino: u64,
+}
+
+fn is_dir(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+impl Union {
+    /// Resolve `name` in `parent`. `Ok(None)` means it does not exist in the merged view.
+    /// A found node is counted as one more kernel reference.
+    pub fn lookup(&self, parent: &Arc<Node>, name: &OsStr) -> Result<Option<(Arc<Node>, Stat)>> {
+        let Some(found) = self.probe(parent, name)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.bind(parent, name, found)))
+    }
+
+    /// Turn a probe result into the node the kernel will hold.
+    pub(crate) fn bind(&self, parent: &Arc<Node>, name: &OsStr, found: Found) -> (Arc<Node>, Stat) {
+        let generation = self.generation();
+        let kind = found.st.st_mode & libc::S_IFMT;
+        let Found {
+            layer,
+            mut st,
+            dirs,
+            ino,
+        } = found;
+        let (node, fresh) = self.nodes.get_or_insert(ino, || {
+            Node::new(
+                ino,
+                kind,
+                NodeState {
+                    parent: Some(parent.clone()),
+                    name: name.to_owned(),
+                    links: Vec::new(),
+                    layer,
+                    dirs: dirs.clone(),
+                    generation,
+                },
+            )
+        });
+        if !fresh {
+            let mut s = node.state_mut();
+            let same_place =
+                s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && s.name == name;
+            if node.is_dir() || same_place {
+                s.parent = Some(parent.clone());
+                s.name = name.to_owned();
+                s.layer = layer;
+                s.dirs = dirs;
+                s.generation = generation;
+            } else {
+                drop(s);
+                node.add_name(parent, name);
+            }
+        }
+        self.present(&node, &mut st);
+        (node, st)
+    }
+
+    /// The node for a probed entry without counting a kernel reference: the live one if
+    /// the kernel holds it, else a transient one that lives as long as the caller needs it.
+    pub(crate) fn node_for(&self, parent: &Arc<Node>, name: &OsStr, found: Found) -> Arc<Node> {
+        if let Some(n) = self.nodes.get(found.ino) {
+            return n;
+        }
+        Arc::new(Node::new(
+            found.ino,
+            found.st.st_mode & libc::S_IFMT,
+            NodeState {
+                parent: Some(parent.clone()),
+                name: name.to_owned(),
+                links: Vec::new(),
+                layer: found.layer,
+                dirs: found.dirs,
+                generation: self.generation(),
+            },
+        ))
+    }
+
+    /// The parent's layer directories, recomputed first if a directory rename made them stale.
+    pub fn dirs_of(&self, dir: &Arc<Node>) -> Result<Vec<LayerDir>> {
+        if !dir.is_dir() {
+            return Err(Error::new(libc::ENOTDIR, "lookup").at(dir.path()));
+        }
+        self.refresh_if_stale(dir)?;
+        Ok(dir.state().dirs.clone())
+    }
+
+    /// Probe `name` in every layer of `parent`, top-down.
+    pub fn probe(&self, parent: &Arc<Node>, name: &OsStr) -> Result<Option<Found>> {
+        if whiteout::is_reserved(name) || name == "." || name == ".." {
+            return Ok(None);
+        }
+        let pdirs = self.dirs_of(parent)?;
+        let wh = whiteout::whiteout_name(name);
+        let mut top: Option<(usize, Stat)> = None;
+        let mut dirs = Vec::new();
+        for d in &pdirs {
+            let st = match sys::fstatat(d.raw(), name) {
+                Ok(st) => st,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    if sys::fstatat(d.raw(), &wh).is_ok() {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::io(e, "lookup")
+                        .at(format!("{}/{}", parent.path(), name.to_string_lossy()))
+                        .in_layer(d.layer));
+                }
+            };
+            if self.is_whiteout(d, name, &st) {
+                break;
+            }
+            if top.is_some() && !is_dir(&st) {
+                break; // a non-directory below a directory ends the merge
+            }
+            if top.is_none() {
+                top = Some((d.layer, st));
+            }
+            if !is_dir(&st) {
+                break;
+            }
+            let fd = sys::open_dir_path(d.raw(), name)
+                .op("open dir")
+                .map_err(|e| e.at(name.to_string_lossy()).in_layer(d.layer))?;
+            let (opaque, xwhiteouts) = self.dir_markers(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+            dirs.push(LayerDir {
+                layer: d.layer,
+                fd: Arc::new(fd),
+                xwhiteouts,
+            });
+            // Opaque, or deleted-and-recreated in this same layer: nothing below shows.
+            if opaque || sys::fstatat(d.raw(), &wh).is_ok() {
+                break;
+            }
+        }
+        let Some((layer, st)) = top else {
+            return Ok(None);
+        };
+        let ino = self.derive_ino(pdirs_layer_fd(&pdirs, layer), name, layer, &st);
+        Ok(Some(Found {
+            layer,
+            st,
+            dirs,
+            ino,
+        }))
+    }
+
+    /// One rule for inode numbers, shared by lookup and readdir: an upper entry that
+    /// records its origin (copy-up, rename) keeps it; anything else shows its own.
+    pub(crate) fn derive_ino(&self, dir: Option<i32>, name: &OsStr, layer: usize, st: &Stat) -> u64 {
+        if layer == 0 && self.writable() && st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            if let Some(dir) = dir {
+                if let Ok(Some(v)) = sys::lgetxattr(dir, name, whiteout::ORIGIN_XATTR.as_ref()) {
+                    if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+                        return u64::from_le_bytes(b);
+                    }
+                }
+            }
+        }
+        self.ino_of(st)
+    }
+
+    /// Is this entry a whiteout in any of the formats we read?
+    pub(crate) fn is_whiteout(&self, d: &LayerDir, name: &OsStr, st: &Stat) -> bool {
+        if whiteout::is_whiteout_dev(st) {
+            return true;
+        }
+        d.xwhiteouts
+            && whiteout::may_be_xattr_whiteout(st)
+            && whiteout::WHITEOUT_XATTRS
+                .iter()
+                .any(|a| matches!(sys::lgetxattr(d.raw(), name, a.as_ref()), Ok(Some(_))))
+    }
+
+    /// Where the node's topmost real entry is now.
+    pub fn locate(&self, node: &Arc<Node>) -> Result<Loc> {
+        if node.ino == ROOT_INO {
+            let st = node.state();
+            let d = &st.dirs[0];
+            return Ok(Loc {
+                dir: d.fd.clone(),
+                name: OsString::from("."),
+                layer: d.layer,
+            });
+        }
+        self.refresh_if_stale(node)?;
+        if let Some(loc) = self.try_locate(node) {
+            return Ok(loc);
+        }
+        self.refresh(node)?;
+        self.try_locate(node)
+            .ok_or_else(|| Error::new(libc::ESTALE, "locate").at(node.path()))
+    }
+
+    fn try_locate(&self, node: &Node) -> Option<Loc> {
+        let (parent, name, layer) = {
+            let st = node.state();
+            (st.parent.clone()?, st.name.clone(), st.layer)
+        };
+        let dir = parent.dir_in(layer)?;
+        Some(Loc { dir, name, layer })
+    }
+
+    fn refresh_if_stale(&self, node: &Arc<Node>) -> Result<()> {
+        if node.ino != ROOT_INO && node.state().generation != self.generation() {
+            self.refresh(node)?;
+        }
+        Ok(())
+    }
+
+    /// Re-resolve a node at its (primary) name. If the name now holds another file, or
+    /// nothing, the node keeps its last known location (an unlinked file stays usable).
+    pub(crate) fn refresh(&self, node: &Arc<Node>) -> Result<()> {
+        let generation = self.generation();
+        let (parent, name) = {
+            let st = node.state();
+            match st.parent.clone() {
+                Some(p) => (p, st.name.clone()),
+                None => return Ok(()),
+            }
+        };
+        let found = self.probe(&parent, &name)?;
+        let mut st = node.state_mut();
+        if let Some(f) = found.filter(|f| f.ino == node.ino) {
+            st.layer = f.layer;
+            st.dirs = f.dirs;
+        }
+        st.generation = generation;
+        Ok(())
+    }
+}
+
+fn pdirs_layer_fd(pdirs: &[LayerDir], layer: usize) -> Option<i32> {
+    pdirs.iter().find(|d| d.layer == layer).map(LayerDir::raw)
+}

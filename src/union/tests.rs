@@ -1,0 +1,334 @@
+//! Unit tests of the union logic on temp-dir branches, without mounting.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Union;
+use super::node::Node;
+use super::ops::{Caller, New};
+use crate::config::{Branch, Config, WhiteoutFormat};
+
+struct Stack {
+    _tmp: tempfile::TempDir,
+    upper: PathBuf,
+    lowers: Vec<PathBuf>,
+}
+
+impl Stack {
+    fn new(n_lowers: usize) -> Stack {
+        let tmp = tempfile::tempdir().unwrap();
+        let upper = tmp.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        let lowers: Vec<PathBuf> = (0..n_lowers)
+            .map(|i| {
+                let p = tmp.path().join(format!("lower{i}"));
+                fs::create_dir(&p).unwrap();
+                p
+            })
+            .collect();
+        Stack {
+            _tmp: tmp,
+            upper,
+            lowers,
+        }
+    }
+
+    fn union(&self) -> Union {
+        let mut branches = vec![Branch {
+            path: self.upper.clone(),
+            writable: true,
+            spec: "upper=RW".into(),
+        }];
+        for (i, l) in self.lowers.iter().enumerate() {
+            branches.push(Branch {
+                path: l.clone(),
+                writable: false,
+                spec: format!("lower{i}=RO"),
+            });
+        }
+        let config = Config {
+            branches,
+            mountpoint: PathBuf::from("/nonexistent"),
+            workdir: None,
+            foreground: true,
+            debug: false,
+            read_only: false,
+            allow_other: false,
+            timeout: Duration::from_secs(1),
+            negative_timeout: Duration::from_secs(1),
+            whiteout: WhiteoutFormat::WhFiles,
+            volatile: true,
+            threads: 1,
+        };
+        Union::new(&config).unwrap()
+    }
+}
+
+fn write(p: &Path, data: &str) {
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(p, data).unwrap();
+}
+
+/// Walk a merged path from the root, one lookup per component.
+fn walk(u: &Union, path: &str) -> Option<Arc<Node>> {
+    let mut cur = u.root();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        cur = u.lookup(&cur, OsStr::new(part)).unwrap()?.0;
+    }
+    Some(cur)
+}
+
+fn names(u: &Union, path: &str) -> Vec<String> {
+    let dir = walk(u, path).unwrap();
+    let mut v: Vec<String> = u
+        .list(&dir)
+        .unwrap()
+        .into_iter()
+        .skip(2)
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn read(u: &Union, path: &str) -> String {
+    let (mut f, _) = u.open(&walk(u, path).unwrap(), libc::O_RDONLY).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    s
+}
+
+const ME: Caller = Caller {
+    uid: 0,
+    gid: 0,
+    umask: 0o022,
+};
+
+#[test]
+fn topmost_file_wins_and_directories_merge() {
+    let s = Stack::new(2);
+    write(&s.lowers[1].join("d/a"), "bottom a");
+    write(&s.lowers[1].join("d/b"), "bottom b");
+    write(&s.lowers[0].join("d/a"), "middle a");
+    write(&s.upper.join("d/c"), "top c");
+    let u = s.union();
+    assert_eq!(read(&u, "d/a"), "middle a");
+    assert_eq!(read(&u, "d/b"), "bottom b");
+    assert_eq!(names(&u, "d"), ["a", "b", "c"]);
+}
+
+#[test]
+fn whiteouts_in_every_format_hide_lower_entries() {
+    let s = Stack::new(2);
+    write(&s.lowers[1].join("a"), "x");
+    write(&s.lowers[1].join("b"), "x");
+    write(&s.lowers[1].join("c/inner"), "x");
+    write(&s.lowers[0].join(".wh.a"), "");
+    // An overlayfs whiteout is a char device 0/0; only root may make one.
+    let chardev = crate::sys::mknodat(
+        libc::AT_FDCWD,
+        s.lowers[0].join("b").as_os_str(),
+        libc::S_IFCHR,
+        0,
+    )
+    .is_ok();
+    write(&s.lowers[0].join("c/.wh..wh..opq"), "");
+    write(&s.lowers[0].join("c/new"), "x");
+    let u = s.union();
+    assert!(walk(&u, "a").is_none());
+    if chardev {
+        assert!(walk(&u, "b").is_none());
+        assert_eq!(names(&u, ""), ["c"]);
+    }
+    assert!(walk(&u, "c/inner").is_none(), "opaque dir must hide lower entries");
+    assert_eq!(names(&u, "c"), ["new"]);
+    assert!(walk(&u, ".wh.a").is_none(), "markers never show");
+}
+
+#[test]
+fn copy_up_creates_parents_with_their_metadata() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("p/q/file"), "data");
+    fs::set_permissions(s.lowers[0].join("p"), fs::Permissions::from_mode(0o750)).unwrap();
+    let u = s.union();
+    let node = walk(&u, "p/q/file").unwrap();
+    let (mut f, layer) = u.open(&node, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    assert_eq!(layer, 0);
+    f.write_all(b"+more").unwrap();
+    assert_eq!(fs::read_to_string(s.upper.join("p/q/file")).unwrap(), "data+more");
+    assert_eq!(fs::read_to_string(s.lowers[0].join("p/q/file")).unwrap(), "data");
+    let mode = fs::metadata(s.upper.join("p")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o750);
+    assert_eq!(node.ino, walk(&u, "p/q/file").unwrap().ino, "inode kept across copy-up");
+}
+
+#[test]
+fn unlink_of_lower_file_leaves_whiteout() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("opt/hello.txt"), "hello");
+    let u = s.union();
+    let opt = walk(&u, "opt").unwrap();
+    u.unlink(&opt, OsStr::new("hello.txt")).unwrap();
+    assert!(s.upper.join("opt/.wh.hello.txt").exists());
+    assert!(s.lowers[0].join("opt/hello.txt").exists());
+    assert!(walk(&u, "opt/hello.txt").is_none());
+    assert!(names(&u, "opt").is_empty());
+}
+
+#[test]
+fn recreate_removes_whiteout_and_mkdir_over_whiteout_is_opaque() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("f"), "old");
+    write(&s.lowers[0].join("d/old"), "old");
+    let u = s.union();
+    let root = u.root();
+    u.unlink(&root, OsStr::new("f")).unwrap();
+    let (_, _, file) = u
+        .create(&root, OsStr::new("f"), New::File { mode: libc::S_IFREG | 0o644, flags: libc::O_WRONLY }, ME)
+        .unwrap();
+    file.unwrap().write_all(b"new").unwrap();
+    assert!(!s.upper.join(".wh.f").exists());
+    assert_eq!(read(&u, "f"), "new");
+
+    let d = walk(&u, "d").unwrap();
+    u.unlink(&d, OsStr::new("old")).unwrap();
+    u.rmdir(&root, OsStr::new("d")).unwrap();
+    assert!(s.upper.join(".wh.d").exists());
+    u.create(&root, OsStr::new("d"), New::Dir { mode: 0o755 }, ME).unwrap();
+    assert!(!s.upper.join(".wh.d").exists());
+    assert!(s.upper.join("d/.wh..wh..opq").exists());
+    assert!(walk(&u, "d/old").is_none());
+    assert!(names(&u, "d").is_empty());
+}
+
+#[test]
+fn rmdir_of_non_empty_merged_dir_fails() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("d/x"), "x");
+    let u = s.union();
+    let e = u.rmdir(&u.root(), OsStr::new("d")).unwrap_err();
+    assert_eq!(e.errno, libc::ENOTEMPTY);
+}
+
+#[test]
+fn reserved_names_cannot_be_created() {
+    let s = Stack::new(1);
+    let u = s.union();
+    let e = u
+        .create(&u.root(), OsStr::new(".wh.x"), New::Dir { mode: 0o755 }, ME)
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EPERM);
+    assert!(!s.upper.join(".wh.x").exists());
+}
+
+#[test]
+fn rename_of_lower_directory_moves_whole_tree() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("src/a"), "A");
+    write(&s.lowers[0].join("src/sub/b"), "B");
+    write(&s.lowers[0].join("dst/stale"), "S");
+    let u = s.union();
+    let root = u.root();
+    let dst = walk(&u, "dst").unwrap();
+    u.unlink(&dst, OsStr::new("stale")).unwrap();
+    u.rename(&root, OsStr::new("src"), &root, OsStr::new("dst"), 0)
+        .unwrap();
+    assert!(walk(&u, "src").is_none());
+    assert_eq!(read(&u, "dst/a"), "A");
+    assert_eq!(read(&u, "dst/sub/b"), "B");
+    assert!(walk(&u, "dst/stale").is_none(), "old destination contents stay hidden");
+    assert_eq!(names(&u, "dst"), ["a", "sub"]);
+    assert!(s.upper.join(".wh.src").exists());
+    assert!(s.lowers[0].join("src/a").exists(), "lower untouched");
+}
+
+#[test]
+fn rename_exchange_and_noreplace() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("a"), "A");
+    write(&s.upper.join("b"), "B");
+    let u = s.union();
+    let root = u.root();
+    let e = u
+        .rename(&root, OsStr::new("a"), &root, OsStr::new("b"), crate::sys::RENAME_NOREPLACE)
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EEXIST);
+    u.rename(&root, OsStr::new("a"), &root, OsStr::new("b"), crate::sys::RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(read(&u, "a"), "B");
+    assert_eq!(read(&u, "b"), "A");
+}
+
+#[test]
+fn hard_link_shares_inode() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("f"), "F");
+    let u = s.union();
+    let root = u.root();
+    let f = walk(&u, "f").unwrap();
+    u.link(&f, &root, OsStr::new("g")).unwrap();
+    let g = walk(&u, "g").unwrap();
+    assert_eq!(f.ino, g.ino);
+    let st = u.getattr(&g).unwrap();
+    assert_eq!(st.st_nlink, 2);
+    assert_eq!(
+        fs::metadata(s.upper.join("f")).unwrap().ino(),
+        fs::metadata(s.upper.join("g")).unwrap().ino()
+    );
+}
+
+#[test]
+fn readdir_inode_numbers_match_lookup() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("lower"), "x");
+    write(&s.upper.join("upper"), "x");
+    let u = s.union();
+    let root = u.root();
+    // copy one up so its inode comes from the origin record
+    u.setattr(
+        &walk(&u, "lower").unwrap(),
+        super::ops::SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    for e in u.list(&root).unwrap().into_iter().skip(2) {
+        let n = walk(&u, &e.name.to_string_lossy()).unwrap();
+        assert_eq!(n.ino, e.ino, "{:?}", e.name);
+    }
+}
+
+#[test]
+fn work_dir_is_cleaned_and_hidden() {
+    let s = Stack::new(1);
+    let work = s.upper.join(super::layer::DEFAULT_WORKDIR);
+    write(&work.join("#junk"), "half a copy");
+    let u = s.union();
+    assert!(work.exists());
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
+    assert!(names(&u, "").is_empty());
+    u.shutdown();
+    assert!(!work.exists());
+}
+
+#[test]
+fn special_files_and_symlinks() {
+    let s = Stack::new(1);
+    let u = s.union();
+    let root = u.root();
+    u.create(&root, OsStr::new("fifo"), New::Special { mode: libc::S_IFIFO | 0o644, rdev: 0 }, ME)
+        .unwrap();
+    u.create(&root, OsStr::new("ln"), New::Symlink { target: OsStr::new("fifo") }, ME)
+        .unwrap();
+    assert!(fs::symlink_metadata(s.upper.join("fifo")).unwrap().file_type().is_fifo());
+    assert_eq!(u.readlink(&walk(&u, "ln").unwrap()).unwrap(), b"fifo");
+}

@@ -1,0 +1,122 @@
+//! How deletions and opaque directories are spelled on disk: a pure codec.
+//!
+//! Read in every format, in every layer:
+//! - `.wh.<name>` files and `.wh..wh..opq` markers (OCI image layers, AUFS);
+//! - a character device 0/0 named `<name>` (kernel overlayfs, Docker overlay2);
+//! - `trusted.overlay.opaque` / `user.overlay.opaque` = "y" on a directory; and, in a
+//!   directory whose opaque xattr is "x", empty files carrying `*.overlay.whiteout`.
+//!
+//! Written as `.wh.` files by default (no privilege needed), or in the overlay format.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::sys::Stat;
+
+pub const WH_PREFIX: &[u8] = b".wh.";
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// Names starting `.wh..wh.` are AUFS metadata (the opaque marker, our work dir), never
+/// whiteouts of a user-visible name.
+const META_PREFIX: &[u8] = b".wh..wh.";
+
+pub const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
+/// Our own bookkeeping xattr: the inode number a copied-up file keeps.
+pub const ORIGIN_XATTR: &str = "user.unionmount.origin";
+
+/// A name that can never be seen or created through the mount.
+pub fn is_reserved(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WH_PREFIX)
+}
+
+/// `.wh.<name>` for `name`.
+pub fn whiteout_name(name: &OsStr) -> OsString {
+    let mut v = WH_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    OsString::from_vec(v)
+}
+
+/// The name a `.wh.<name>` file deletes, or None for any other name (markers included).
+pub fn whited_out(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if b.starts_with(META_PREFIX) {
+        return None;
+    }
+    b.strip_prefix(WH_PREFIX)
+        .filter(|rest| !rest.is_empty())
+        .map(OsStr::from_bytes)
+}
+
+/// A character device 0/0: overlayfs' whiteout.
+pub fn is_whiteout_dev(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// Could this entry be an xattr whiteout (worth reading its xattrs)?
+pub fn may_be_xattr_whiteout(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0
+}
+
+/// Value of an overlay opaque xattr: "y" opaque, "x" not opaque but holds xattr whiteouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpaqueXattr {
+    Opaque,
+    HasXattrWhiteouts,
+}
+
+pub fn parse_opaque_xattr(value: &[u8]) -> Option<OpaqueXattr> {
+    match value {
+        b"y" => Some(OpaqueXattr::Opaque),
+        b"x" => Some(OpaqueXattr::HasXattrWhiteouts),
+        _ => None,
+    }
+}
+
+/// Xattrs that describe the layering itself: never shown through the mount, never copied up.
+pub fn is_private_xattr(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.starts_with(b"trusted.overlay.")
+        || b.starts_with(b"user.overlay.")
+        || b.starts_with(b"user.unionmount.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whiteout_names_round_trip() {
+        let wh = whiteout_name(OsStr::new("hello.txt"));
+        assert_eq!(wh, ".wh.hello.txt");
+        assert_eq!(whited_out(&wh), Some(OsStr::new("hello.txt")));
+        assert!(is_reserved(&wh));
+    }
+
+    #[test]
+    fn markers_are_not_whiteouts() {
+        assert_eq!(whited_out(OsStr::new(OPAQUE_MARKER)), None);
+        assert_eq!(whited_out(OsStr::new(".wh..wh..work")), None);
+        assert_eq!(whited_out(OsStr::new(".wh.")), None);
+        assert_eq!(whited_out(OsStr::new("plain")), None);
+        assert!(is_reserved(OsStr::new(OPAQUE_MARKER)));
+        assert!(!is_reserved(OsStr::new(".whx")));
+    }
+
+    #[test]
+    fn opaque_xattr_values() {
+        assert_eq!(parse_opaque_xattr(b"y"), Some(OpaqueXattr::Opaque));
+        assert_eq!(
+            parse_opaque_xattr(b"x"),
+            Some(OpaqueXattr::HasXattrWhiteouts)
+        );
+        assert_eq!(parse_opaque_xattr(b"n"), None);
+    }
+
+    #[test]
+    fn private_xattrs() {
+        assert!(is_private_xattr(OsStr::new("trusted.overlay.opaque")));
+        assert!(is_private_xattr(OsStr::new("user.unionmount.origin")));
+        assert!(!is_private_xattr(OsStr::new("user.comment")));
+        assert!(!is_private_xattr(OsStr::new("security.capability")));
+    }
+}
