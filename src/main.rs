@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use unionmount::config::{Config, parse_mount_options};
-use unionmount::fuse::{UnionFs, mount_config};
+use unionmount::fuse::{self, UnionFs};
 use unionmount::sys;
 use unionmount::union::Union;
 
@@ -133,7 +133,7 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>) -> ExitCode {
     // Signals are taken by one thread of their own, so block them before any other starts.
     let signals = sys::block_signals();
     let fs = UnionFs::new(union.clone(), config);
-    let mut session = match fuser::Session::new(fs, &config.mountpoint, &mount_config(config)) {
+    let (session, mut unmounter) = match fuse::mount(fs, config) {
         Ok(s) => s,
         Err(e) => {
             union.shutdown();
@@ -152,7 +152,6 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>) -> ExitCode {
         config.branches.len(),
         if config.read_only { "read-only" } else { "read-write" }
     );
-    let mut unmounter = session.unmount_callable();
     std::thread::spawn(move || {
         let sig = sys::wait_signal(&signals);
         log::info!("signal {sig}: unmounting");

@@ -789,8 +789,65 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
     }
 }
 
-/// Mount options for the kernel, from the configuration.
-pub fn mount_config(config: &Config) -> fuser::Config {
+/// How to end the mount from inside the daemon (on SIGINT/SIGTERM).
+pub enum Unmount {
+    /// We mounted it ourselves with mount(2).
+    Direct(std::ffi::CString),
+    /// fusermount3 mounted it for us.
+    Helper(fuser::SessionUnmounter),
+}
+
+impl Unmount {
+    pub fn unmount(&mut self) -> io::Result<()> {
+        match self {
+            Unmount::Direct(path) => sys::umount_lazy(path),
+            Unmount::Helper(u) => u.unmount(),
+        }
+    }
+}
+
+/// Mount `fs` at the configured mount point. As root we call mount(2) ourselves so the
+/// mount shows as `fuse.unionmount`; otherwise fusermount3 does it.
+pub fn mount(fs: UnionFs, config: &Config) -> io::Result<(fuser::Session<UnionFs>, Unmount)> {
+    let session_config = session_config(config);
+    if sys::geteuid() != 0 {
+        let mut s = fuser::Session::new(fs, &config.mountpoint, &session_config)?;
+        let u = Unmount::Helper(s.unmount_callable());
+        return Ok((s, u));
+    }
+    let mode = sys::fstatat(libc::AT_FDCWD, config.mountpoint.as_os_str())?.st_mode;
+    let mut options = format!(
+        "rootmode={:o},user_id=0,group_id=0,default_permissions",
+        mode & libc::S_IFMT
+    );
+    if config.allow_other {
+        options.push_str(",allow_other");
+    }
+    let mut flags = 0;
+    if config.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let fd = sys::mount_fuse(
+        &fsname(config),
+        &config.mountpoint,
+        "fuse.unionmount",
+        flags,
+        &options,
+    )?;
+    let path = std::ffi::CString::new(config.mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let acl = session_config.acl;
+    match fuser::Session::from_fd(fs, fd, acl, session_config) {
+        Ok(s) => Ok((s, Unmount::Direct(path))),
+        Err(e) => {
+            let _ = sys::umount_lazy(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Session settings: worker threads, and the options fusermount3 passes to the kernel.
+fn session_config(config: &Config) -> fuser::Config {
     let mut opts = vec![
         MountOption::FSName(fsname(config)),
         MountOption::Subtype("unionmount".into()),
@@ -798,11 +855,6 @@ pub fn mount_config(config: &Config) -> fuser::Config {
     ];
     if config.read_only {
         opts.push(MountOption::RO);
-    }
-    if sys::geteuid() == 0 {
-        // As root we serve container root filesystems: device nodes and set-id programs work.
-        opts.push(MountOption::Dev);
-        opts.push(MountOption::Suid);
     }
     let mut c = fuser::Config::default();
     c.mount_options = opts;
@@ -824,4 +876,3 @@ fn fsname(config: &Config) -> String {
         .unwrap_or_else(|| "unionmount".into())
         .replace([',', ' '], "_")
 }
-

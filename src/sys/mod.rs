@@ -460,3 +460,37 @@ pub fn llistxattr(dir: RawFd, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
         .collect())
 }
 
+
+/// Mount a FUSE filesystem directly (needs CAP_SYS_ADMIN): open /dev/fuse and mount(2) it
+/// with the given type ("fuse.<subtype>") and options; returns the /dev/fuse fd.
+pub fn mount_fuse(
+    source: &str,
+    target: &std::path::Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    options: &str,
+) -> io::Result<OwnedFd> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let fd = OwnedFd::from(dev);
+    let data = format!("fd={},{options}", fd.as_raw_fd());
+    let (src, tgt, ty, data) = (
+        cstr(OsStr::new(source))?,
+        cstr(target.as_os_str())?,
+        cstr(OsStr::new(fstype))?,
+        cstr(OsStr::new(&data))?,
+    );
+    // SAFETY: all arguments are valid C strings for the duration of the call.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            ty.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })?;
+    Ok(fd)
+}

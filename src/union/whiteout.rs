@@ -21,8 +21,9 @@ const META_PREFIX: &[u8] = b".wh..wh.";
 
 pub const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
-/// Our own bookkeeping xattr: the inode number a copied-up file keeps.
-pub const ORIGIN_XATTR: &str = "user.unionmount.origin";
+/// Our own bookkeeping xattr: the inode number a copied-up file keeps. trusted.* so that
+/// only a privileged daemon writes it and image tools (which copy user.*) leave it out.
+pub const ORIGIN_XATTR: &str = "trusted.unionmount.origin";
 
 /// A name that can never be seen or created through the mount.
 pub fn is_reserved(name: &OsStr) -> bool {
@@ -77,6 +78,7 @@ pub fn is_private_xattr(name: &OsStr) -> bool {
     let b = name.as_bytes();
     b.starts_with(b"trusted.overlay.")
         || b.starts_with(b"user.overlay.")
+        || b.starts_with(b"trusted.unionmount.")
         || b.starts_with(b"user.unionmount.")
 }
 
@@ -115,7 +117,7 @@ mod tests {
     #[test]
     fn private_xattrs() {
         assert!(is_private_xattr(OsStr::new("trusted.overlay.opaque")));
-        assert!(is_private_xattr(OsStr::new("user.unionmount.origin")));
+        assert!(is_private_xattr(OsStr::new(ORIGIN_XATTR)));
         assert!(!is_private_xattr(OsStr::new("user.comment")));
         assert!(!is_private_xattr(OsStr::new("security.capability")));
     }

@@ -1,0 +1,1138 @@
+//! What the user asked for: the branch stack and the mount options, parsed and validated
+//! before anything is mounted or created.
+
+use std::ffi::CString;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Return early with a `ConfigError` built like `format!`.
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(ConfigError(format!($($arg)*)))
+    };
+}
+
+/// One branch of the stack, top first in `Config::branches`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    /// Canonical absolute path of the branch directory.
+    pub path: PathBuf,
+    /// Only the first branch may be writable.
+    pub writable: bool,
+    /// The spec text the user wrote for this branch (for messages and `which`).
+    pub spec: String,
+}
+
+/// Whiteout format written to the upper branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutFormat {
+    /// `.wh.<name>` files and `.wh..wh..opq` markers (OCI/AUFS); needs no privilege.
+    #[default]
+    WhFiles,
+    /// Kernel overlayfs: char device 0/0 and `trusted.overlay.opaque` (needs CAP_MKNOD/SYS_ADMIN).
+    Overlay,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Top first. If the first is writable it is the upper; all others are read-only lowers.
+    pub branches: Vec<Branch>,
+    pub mountpoint: PathBuf,
+    /// Where copy-ups are built; must be on the upper's filesystem. `None`: a hidden
+    /// directory inside the upper (see `union::layer::DEFAULT_WORKDIR`).
+    pub workdir: Option<PathBuf>,
+    pub foreground: bool,
+    pub debug: bool,
+    pub read_only: bool,
+    pub allow_other: bool,
+    /// Entry and attribute cache time in the kernel.
+    pub timeout: Duration,
+    /// Negative-entry cache time in the kernel.
+    pub negative_timeout: Duration,
+    pub whiteout: WhiteoutFormat,
+    /// Skip fsync of copy-ups (containers' `volatile`).
+    pub volatile: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+impl Config {
+    /// Index of the writable branch, if the stack has one.
+    pub fn upper(&self) -> Option<&Branch> {
+        self.branches.first().filter(|b| b.writable)
+    }
+
+    /// Check the branches (a spec, or `-o lowerdir=`/`upperdir=`), the mount point and the
+    /// options, and build the configuration. Nothing on disk is created or changed; the first
+    /// problem found comes back as one line naming the branch, directory or option.
+    pub fn build(
+        branches: Option<&str>,
+        mountpoint: &Path,
+        opts: &MountOpts,
+        foreground: bool,
+        debug: bool,
+    ) -> Result<Config, ConfigError> {
+        // (path as written, writable, spec text), top first.
+        let specs: Vec<(PathBuf, bool, String)> = match (branches, &opts.lowerdir) {
+            (Some(_), Some(_)) => {
+                bail!("branches given twice: as BRANCHES and as -o lowerdir= (use one)")
+            }
+            (_, None) if opts.upperdir.is_some() => bail!("option 'upperdir' needs 'lowerdir'"),
+            (Some(spec), None) => parse_branches(spec)?
+                .into_iter()
+                .map(|(path, mode, text)| (path, mode == Some(true), text))
+                .collect(),
+            (None, Some(lowers)) => {
+                let upper = opts.upperdir.iter().map(|u| (u, true));
+                upper
+                    .chain(lowers.iter().map(|l| (l, false)))
+                    .map(|(p, w)| (p.clone(), w, p.display().to_string()))
+                    .collect()
+            }
+            (None, None) => {
+                bail!("no branches: give BRANCHES (dir=RW:dir=RO:...) or -o lowerdir=DIR[:DIR...]")
+            }
+        };
+        if specs.is_empty() {
+            bail!("at least one branch is required");
+        }
+
+        let mut dirs: Vec<Dir> = Vec::with_capacity(specs.len());
+        let mut out = Vec::with_capacity(specs.len());
+        for (path, writable, spec) in specs {
+            let dir = Dir::check(format!("branch '{}'", path.display()), &path)?;
+            access(&path, libc::R_OK | libc::X_OK).map_err(|e| {
+                ConfigError(format!("{}: not readable ({})", dir.label, os_msg(&e)))
+            })?;
+            if let Some(prev) = dirs.iter().find(|d| d.same(&dir)) {
+                bail!("{} is the same directory as {}", dir.label, prev.label);
+            }
+            if writable && !opts.read_only {
+                let ro = read_only_fs(&dir.canon).map_err(|e| dir.io_err(&e))?;
+                if ro {
+                    bail!("upper {} is on a read-only filesystem", dir.label);
+                }
+                access(&path, libc::W_OK).map_err(|e| {
+                    ConfigError(format!(
+                        "upper {}: not writable ({})",
+                        dir.label,
+                        os_msg(&e)
+                    ))
+                })?;
+            }
+            out.push(Branch {
+                path: dir.canon.clone(),
+                writable,
+                spec,
+            });
+            dirs.push(dir);
+        }
+        let upper = out[0].writable.then(|| &dirs[0]);
+        // Writes to the upper must never show up in a lower, nor the other way round.
+        if let Some(upper) = upper {
+            dirs[1..].iter().try_for_each(|d| disjoint(d, upper))?;
+        }
+
+        let mp = Dir::check(
+            format!("mount point '{}'", mountpoint.display()),
+            mountpoint,
+        )?;
+        dirs.iter().try_for_each(|d| disjoint(&mp, d))?;
+
+        let workdir = match &opts.workdir {
+            Some(w) => Some(check_workdir(w, upper, &dirs, &mp)?),
+            None => None,
+        };
+
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        Ok(Config {
+            read_only: opts.read_only || !out[0].writable,
+            branches: out,
+            mountpoint: mp.canon,
+            workdir,
+            foreground,
+            debug,
+            allow_other: opts.allow_other || root,
+            timeout: opts.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            negative_timeout: opts.negative_timeout.unwrap_or(DEFAULT_TIMEOUT),
+            whiteout: opts.whiteout.unwrap_or_default(),
+            volatile: opts.volatile,
+            threads: opts.threads.unwrap_or((threads * 2).clamp(2, 8)),
+        })
+    }
+}
+
+/// Kernel entry/attribute and negative-entry cache time unless `-o timeout=`/`negative_timeout=`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One segment of a branch spec: the path as written, the mode (`Some(true)` RW,
+/// `Some(false)` RO, `None` unspecified, which means RO) and the segment text.
+pub type BranchSpec = (PathBuf, Option<bool>, String);
+
+/// Split a unionfs-fuse style spec `dir[=RW|=RO]:dir[=RO]:...` (top first). Only the first
+/// branch may be RW; a spec without RW is a read-only union.
+pub fn parse_branches(spec: &str) -> Result<Vec<BranchSpec>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, seg) in spec.split(':').enumerate() {
+        if seg.is_empty() {
+            bail!("malformed branch spec '{spec}': branch {} is empty", i + 1);
+        }
+        // The last '=' starts the mode, so a path may contain '=' if a mode follows.
+        let (path, mode) = match seg.rsplit_once('=') {
+            None => (seg, None),
+            Some((p, m)) if m.eq_ignore_ascii_case("rw") => (p, Some(true)),
+            Some((p, m)) if m.eq_ignore_ascii_case("ro") => (p, Some(false)),
+            Some((_, m)) => bail!("branch '{seg}': unknown mode '{m}' (use RW or RO)"),
+        };
+        if path.is_empty() {
+            bail!("branch '{seg}': empty path");
+        }
+        if mode == Some(true) && i > 0 {
+            bail!("branch '{path}': only the first branch may be RW");
+        }
+        out.push((PathBuf::from(path), mode, seg.to_string()));
+    }
+    Ok(out)
+}
+
+/// What the `-o` lists asked for; `None`/`false` means "not given" and `Config::build`
+/// applies the default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MountOpts {
+    /// `ro` (a later `rw` clears it).
+    pub read_only: bool,
+    /// `allow_other` (`allow_root` clears it).
+    pub allow_other: bool,
+    /// `timeout=SECS`: entry and attribute cache time.
+    pub timeout: Option<Duration>,
+    /// `negative_timeout=SECS`.
+    pub negative_timeout: Option<Duration>,
+    /// `whiteout=wh|overlay`.
+    pub whiteout: Option<WhiteoutFormat>,
+    /// `volatile`.
+    pub volatile: bool,
+    /// `threads=N`, 1..=64.
+    pub threads: Option<usize>,
+    /// `workdir=DIR`.
+    pub workdir: Option<PathBuf>,
+    /// `lowerdir=L1:L2:...`, top first.
+    pub lowerdir: Option<Vec<PathBuf>>,
+    /// `upperdir=U`.
+    pub upperdir: Option<PathBuf>,
+    /// `fsname=NAME`: accepted and recorded; `Config` has no field for it yet.
+    pub fsname: Option<String>,
+    /// `subtype=NAME`: accepted and recorded; `Config` has no field for it yet.
+    pub subtype: Option<String>,
+}
+
+/// Ordinary mount flags that mean nothing here (or are always on) but must not be refused,
+/// so fstab lines and scripts written for other filesystems work.
+const IGNORED: &[&str] = &[
+    "default_permissions",
+    "nodev",
+    "dev",
+    "nosuid",
+    "suid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "async",
+    "sync",
+    "dirsync",
+    "auto_unmount",
+    "noacl",
+    "cow",
+    "nonempty",
+];
+
+/// Parse `-o` arguments, each a comma-separated list; later options override earlier ones.
+pub fn parse_mount_options(opts: &[String]) -> Result<MountOpts, ConfigError> {
+    let mut o = MountOpts::default();
+    for item in opts
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (item, None),
+        };
+        let flag = |set: &mut bool, on: bool| match value {
+            None => {
+                *set = on;
+                Ok(())
+            }
+            Some(_) => Err(ConfigError(format!("option '{key}' takes no value"))),
+        };
+        let text = |v: Option<&str>| match v {
+            Some(v) if !v.is_empty() => Ok(v.to_string()),
+            _ => Err(ConfigError(format!(
+                "option '{key}' needs a value ({key}=...)"
+            ))),
+        };
+        match key {
+            "ro" => flag(&mut o.read_only, true)?,
+            "rw" => flag(&mut o.read_only, false)?,
+            "allow_other" => flag(&mut o.allow_other, true)?,
+            "allow_root" => flag(&mut o.allow_other, false)?,
+            "volatile" => flag(&mut o.volatile, true)?,
+            "timeout" => o.timeout = Some(seconds(item, &text(value)?)?),
+            "negative_timeout" => o.negative_timeout = Some(seconds(item, &text(value)?)?),
+            "whiteout" => {
+                o.whiteout = Some(match text(value)?.as_str() {
+                    "wh" => WhiteoutFormat::WhFiles,
+                    "overlay" => WhiteoutFormat::Overlay,
+                    _ => bail!("option '{item}': use whiteout=wh or whiteout=overlay"),
+                })
+            }
+            "threads" => match text(value)?.parse::<usize>() {
+                Ok(n @ 1..=64) => o.threads = Some(n),
+                _ => bail!("option '{item}': threads must be a number from 1 to 64"),
+            },
+            "workdir" => o.workdir = Some(text(value)?.into()),
+            "upperdir" => o.upperdir = Some(text(value)?.into()),
+            "lowerdir" => {
+                let list = text(value)?;
+                if list.split(':').any(str::is_empty) {
+                    bail!("option '{item}': empty directory in the list");
+                }
+                o.lowerdir = Some(list.split(':').map(PathBuf::from).collect());
+            }
+            "fsname" => o.fsname = Some(text(value)?),
+            "subtype" => o.subtype = Some(text(value)?),
+            k if value.is_none() && IGNORED.contains(&k) => {}
+            _ => bail!("unknown option '{item}'"),
+        }
+    }
+    Ok(o)
+}
+
+/// Non-negative, finite seconds, fractions allowed.
+fn seconds(item: &str, v: &str) -> Result<Duration, ConfigError> {
+    v.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| ConfigError(format!("option '{item}': not a number of seconds")))
+}
+
+/// The one line the user sees when the command line is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A directory named on the command line, checked to exist.
+#[derive(Clone)]
+struct Dir {
+    /// How messages name it: `branch '/x'`, `mount point '/m'`.
+    label: String,
+    canon: PathBuf,
+    /// (st_dev, st_ino), `None` for a workdir not created yet.
+    id: Option<(u64, u64)>,
+}
+
+impl Dir {
+    fn check(label: String, path: &Path) -> Result<Dir, ConfigError> {
+        let md = match fs::metadata(path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("{label}: no such directory"),
+            Err(e) => bail!("{label}: {}", os_msg(&e)),
+        };
+        if !md.is_dir() {
+            bail!("{label}: not a directory");
+        }
+        match fs::canonicalize(path) {
+            Ok(canon) => Ok(Dir {
+                label,
+                canon,
+                id: Some((md.dev(), md.ino())),
+            }),
+            Err(e) => bail!("{label}: {}", os_msg(&e)),
+        }
+    }
+
+    /// Same directory, also when reached through a symlink or a bind mount.
+    fn same(&self, other: &Dir) -> bool {
+        self.canon == other.canon || (self.id.is_some() && self.id == other.id)
+    }
+
+    fn io_err(&self, e: &io::Error) -> ConfigError {
+        ConfigError(format!("{}: {}", self.label, os_msg(e)))
+    }
+}
+
+/// Refuse two directories that share files: the same one, or one inside the other
+/// (`starts_with` compares whole components).
+fn disjoint(a: &Dir, b: &Dir) -> Result<(), ConfigError> {
+    if a.same(b) {
+        bail!("{} is the same directory as {}", a.label, b.label);
+    }
+    if a.canon.starts_with(&b.canon) {
+        bail!("{} is inside {}", a.label, b.label);
+    }
+    if b.canon.starts_with(&a.canon) {
+        bail!("{} is inside {}", b.label, a.label);
+    }
+    Ok(())
+}
+
+/// `workdir=` must be a directory, or not exist yet inside an existing directory: the mount
+/// creates it then (`LayerStack::open`); `build` itself creates nothing. It must be on the
+/// upper's filesystem (finished copy-ups are renamed out of it), writable, and share no tree
+/// with a branch or the mount point (the mount empties a subdirectory of it).
+fn check_workdir(
+    w: &Path,
+    upper: Option<&Dir>,
+    branches: &[Dir],
+    mp: &Dir,
+) -> Result<PathBuf, ConfigError> {
+    let label = format!("workdir '{}'", w.display());
+    let Some(upper) = upper else {
+        bail!("{label}: a workdir needs a writable (RW) upper branch");
+    };
+    // `on` is the workdir itself or, if it does not exist yet, its parent.
+    let (on, work) = match fs::symlink_metadata(w) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = match w.parent() {
+                Some(p) if p.as_os_str().is_empty() => Path::new("."),
+                Some(p) => p,
+                None => bail!("{label}: no such directory"),
+            };
+            let (Some(last), true) = (w.file_name(), parent.is_dir()) else {
+                bail!("{label}: no such directory, nor a parent directory to create it in");
+            };
+            let on = Dir::check(label.clone(), parent)?;
+            let canon = on.canon.join(last);
+            (
+                on,
+                Dir {
+                    label,
+                    canon,
+                    id: None,
+                },
+            )
+        }
+        _ => {
+            let on = Dir::check(label, w)?;
+            (on.clone(), on)
+        }
+    };
+    if on.id.map(|id| id.0) != upper.id.map(|id| id.0) {
+        bail!(
+            "{} is not on the filesystem of the upper {}",
+            work.label,
+            upper.label
+        );
+    }
+    branches
+        .iter()
+        .chain([mp])
+        .try_for_each(|d| disjoint(&work, d))?;
+    access(&on.canon, libc::R_OK | libc::W_OK | libc::X_OK)
+        .map_err(|e| ConfigError(format!("{}: not writable ({})", work.label, os_msg(&e))))?;
+    Ok(work.canon)
+}
+
+/// An I/O error's text without the " (os error N)" suffix.
+fn os_msg(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn c_path(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
+}
+
+/// access(2): checks with the real uid, as the daemon will act.
+fn access(p: &Path, mode: libc::c_int) -> io::Result<()> {
+    let c = c_path(p)?;
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
+    match unsafe { libc::access(c.as_ptr(), mode) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+fn read_only_fs(p: &Path) -> io::Result<bool> {
+    let c = c_path(p)?;
+    // SAFETY: `c` is a NUL-terminated path; statvfs only writes into `st`, a plain C struct
+    // for which all zeroes is a valid value.
+    let (rc, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut st), st)
+    };
+    match rc {
+        0 => Ok(st.f_flag & libc::ST_RDONLY != 0),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use tempfile::TempDir;
+
+    /// A temp dir with `upper/`, `lower0..2/` and `mnt/`; `root` is canonical.
+    struct Fx {
+        _tmp: TempDir,
+        root: PathBuf,
+    }
+
+    impl Fx {
+        fn new() -> Fx {
+            let tmp = TempDir::new().unwrap();
+            let root = tmp.path().canonicalize().unwrap();
+            for d in ["upper", "lower0", "lower1", "lower2", "mnt"] {
+                fs::create_dir(root.join(d)).unwrap();
+            }
+            Fx { _tmp: tmp, root }
+        }
+        fn p(&self, rel: &str) -> PathBuf {
+            self.root.join(rel)
+        }
+        fn s(&self, rel: &str) -> String {
+            self.p(rel).display().to_string()
+        }
+        /// `upper=RW:lower0=RO`
+        fn spec(&self) -> String {
+            format!("{}=RW:{}=RO", self.s("upper"), self.s("lower0"))
+        }
+        fn build(&self, spec: &str, mnt: &str, opts: &[&str]) -> Result<Config, ConfigError> {
+            Config::build(Some(spec), &self.p(mnt), &opts_of(opts), false, false)
+        }
+        /// `build` fails with a message containing every one of `want`.
+        fn refused(&self, spec: &str, mnt: &str, opts: &[&str], want: &[&str]) {
+            let msg = self.build(spec, mnt, opts).unwrap_err().to_string();
+            for w in want {
+                assert!(msg.contains(w), "{msg:?} does not mention {w:?}");
+            }
+            assert!(!msg.contains('\n'), "{msg:?} is more than one line");
+        }
+        /// Every path under the root with its mode and mtime.
+        fn listing(&self) -> BTreeMap<PathBuf, (u32, i64, i64)> {
+            fn walk(p: &Path, out: &mut BTreeMap<PathBuf, (u32, i64, i64)>) {
+                let md = fs::symlink_metadata(p).unwrap();
+                out.insert(p.to_path_buf(), (md.mode(), md.mtime(), md.mtime_nsec()));
+                if md.is_dir() {
+                    for e in fs::read_dir(p).unwrap() {
+                        walk(&e.unwrap().path(), out);
+                    }
+                }
+            }
+            let mut out = BTreeMap::new();
+            walk(&self.root, &mut out);
+            out
+        }
+    }
+
+    fn opts_of(list: &[&str]) -> MountOpts {
+        parse_mount_options(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn opt_err(list: &[&str]) -> String {
+        let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        parse_mount_options(&list).unwrap_err().to_string()
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    // ---- parse_branches ----
+
+    #[test]
+    fn branch_modes_are_case_insensitive_and_default_to_unspecified() {
+        let got = parse_branches("/u=rw:/a=RO:/b:/c=Ro").unwrap();
+        let want = [("/u", Some(true), "/u=rw"), ("/a", Some(false), "/a=RO")];
+        let want = want
+            .into_iter()
+            .chain([("/b", None, "/b"), ("/c", Some(false), "/c=Ro")]);
+        let want: Vec<BranchSpec> = want.map(|(p, m, t)| (p.into(), m, t.into())).collect();
+        assert_eq!(got, want);
+        assert_eq!(parse_branches("/u=RW").unwrap()[0].1, Some(true));
+    }
+
+    #[test]
+    fn branch_path_may_contain_equals_before_the_mode() {
+        let got = parse_branches("/x=y=RO").unwrap();
+        assert_eq!(
+            got,
+            vec![(PathBuf::from("/x=y"), Some(false), "/x=y=RO".into())]
+        );
+    }
+
+    #[test]
+    fn empty_branch_segments_are_malformed() {
+        for spec in ["a::b", ":a", "a:", "", ":", "/u=RW::/l=RO"] {
+            let msg = parse_branches(spec).unwrap_err().to_string();
+            assert!(
+                msg.contains("malformed") && msg.contains(spec),
+                "{spec:?}: {msg}"
+            );
+        }
+        let msg = parse_branches("a:=RO").unwrap_err().to_string();
+        assert!(msg.contains("empty path") && msg.contains("=RO"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_mode_is_refused() {
+        let msg = parse_branches("/u=RW:/l=RX").unwrap_err().to_string();
+        assert!(
+            msg.contains("/l=RX") && msg.contains("unknown mode 'RX'"),
+            "{msg}"
+        );
+        assert!(
+            parse_branches("/u=")
+                .unwrap_err()
+                .0
+                .contains("unknown mode")
+        );
+        assert!(
+            parse_branches("/a=b")
+                .unwrap_err()
+                .0
+                .contains("unknown mode 'b'")
+        );
+    }
+
+    #[test]
+    fn only_the_first_branch_may_be_rw() {
+        let msg = parse_branches("/l=RO:/u=RW").unwrap_err().to_string();
+        assert!(
+            msg.contains("'/u'") && msg.contains("only the first branch may be RW"),
+            "{msg}"
+        );
+        let msg = parse_branches("/u=RW:/l=rw").unwrap_err().to_string();
+        assert!(msg.contains("'/l'") && msg.contains("RW"), "{msg}");
+    }
+
+    // ---- parse_mount_options ----
+
+    #[test]
+    fn several_option_lists_later_wins() {
+        let o = opts_of(&["ro,allow_other", "timeout=0.5,threads=4", "rw,volatile"]);
+        assert!(!o.read_only && o.allow_other && o.volatile);
+        assert_eq!(o.timeout, Some(Duration::from_millis(500)));
+        assert_eq!(o.threads, Some(4));
+        assert!(opts_of(&["rw", "ro"]).read_only);
+        assert!(!opts_of(&["allow_other,allow_root"]).allow_other);
+        assert_eq!(opts_of(&[]), MountOpts::default());
+        assert_eq!(
+            opts_of(&["ro,,", ""]),
+            MountOpts {
+                read_only: true,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn timeouts_parse_as_seconds() {
+        let o = opts_of(&["timeout=2,negative_timeout=1.25"]);
+        assert_eq!(o.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(o.negative_timeout, Some(Duration::from_millis(1250)));
+        assert_eq!(opts_of(&["timeout=0"]).timeout, Some(Duration::ZERO));
+        for bad in [
+            "timeout=abc",
+            "timeout=-1",
+            "timeout=inf",
+            "timeout=nan",
+            "timeout=",
+            "timeout",
+        ] {
+            assert!(opt_err(&[bad]).contains("timeout"), "{bad}");
+        }
+        assert!(opt_err(&["negative_timeout=x"]).contains("negative_timeout=x"));
+    }
+
+    #[test]
+    fn unknown_options_are_refused_by_name() {
+        assert_eq!(opt_err(&["bogus_option"]), "unknown option 'bogus_option'");
+        assert_eq!(
+            opt_err(&["ro", "ro,bogus_option=1"]),
+            "unknown option 'bogus_option=1'"
+        );
+        assert_eq!(opt_err(&["nodev=1"]), "unknown option 'nodev=1'");
+        assert!(opt_err(&["ro=1"]).contains("'ro' takes no value"));
+    }
+
+    #[test]
+    fn ordinary_mount_flags_are_accepted() {
+        assert_eq!(opts_of(&[&IGNORED.join(",")]), MountOpts::default());
+    }
+
+    #[test]
+    fn valued_options() {
+        let o = opts_of(&["lowerdir=/a:/b,upperdir=/u,workdir=/w", "whiteout=overlay"]);
+        assert_eq!(
+            o.lowerdir,
+            Some(vec![PathBuf::from("/a"), PathBuf::from("/b")])
+        );
+        assert_eq!(
+            (o.upperdir.unwrap(), o.workdir.unwrap()),
+            ("/u".into(), "/w".into())
+        );
+        assert_eq!(o.whiteout, Some(WhiteoutFormat::Overlay));
+        assert_eq!(
+            opts_of(&["whiteout=wh"]).whiteout,
+            Some(WhiteoutFormat::WhFiles)
+        );
+        let o = opts_of(&["fsname=merged,subtype=u"]);
+        assert_eq!(
+            (o.fsname.as_deref(), o.subtype.as_deref()),
+            (Some("merged"), Some("u"))
+        );
+        assert_eq!(opts_of(&["threads=1"]).threads, Some(1));
+        assert_eq!(opts_of(&["threads=64"]).threads, Some(64));
+        for bad in ["threads=0", "threads=65", "threads=x"] {
+            assert!(opt_err(&[bad]).contains(bad), "{bad}");
+        }
+        assert!(opt_err(&["whiteout=aufs"]).contains("whiteout=aufs"));
+        assert!(opt_err(&["lowerdir=/a::/b"]).contains("lowerdir=/a::/b"));
+        assert!(opt_err(&["upperdir="]).contains("'upperdir' needs a value"));
+        assert!(opt_err(&["workdir"]).contains("'workdir' needs a value"));
+    }
+
+    // ---- Config::build: accepted ----
+
+    #[test]
+    fn upper_rw_over_base_ro() {
+        let fx = Fx::new();
+        let c = fx.build(&fx.spec(), "mnt", &[]).unwrap();
+        let want = vec![
+            Branch {
+                path: fx.p("upper"),
+                writable: true,
+                spec: format!("{}=RW", fx.s("upper")),
+            },
+            Branch {
+                path: fx.p("lower0"),
+                writable: false,
+                spec: format!("{}=RO", fx.s("lower0")),
+            },
+        ];
+        assert_eq!(c.branches, want);
+        assert_eq!(c.upper(), Some(&want[0]));
+        assert_eq!(c.mountpoint, fx.p("mnt"));
+        assert!(!c.read_only && !c.volatile && !c.foreground && !c.debug);
+        assert_eq!(c.allow_other, is_root());
+        assert_eq!(
+            (c.timeout, c.negative_timeout),
+            (DEFAULT_TIMEOUT, DEFAULT_TIMEOUT)
+        );
+        assert_eq!(c.timeout, Duration::from_secs(1));
+        assert_eq!(c.whiteout, WhiteoutFormat::WhFiles);
+        assert!((2..=8).contains(&c.threads), "{}", c.threads);
+        assert_eq!(c.workdir, None);
+    }
+
+    #[test]
+    fn options_reach_the_config() {
+        let fx = Fx::new();
+        let o = ["timeout=3,negative_timeout=0,threads=5,volatile,whiteout=overlay,allow_other"];
+        let c = Config::build(Some(&fx.spec()), &fx.p("mnt"), &opts_of(&o), true, true).unwrap();
+        assert_eq!(
+            (c.timeout, c.negative_timeout),
+            (Duration::from_secs(3), Duration::ZERO)
+        );
+        assert_eq!(
+            (c.threads, c.volatile, c.whiteout),
+            (5, true, WhiteoutFormat::Overlay)
+        );
+        assert!(c.allow_other && c.foreground && c.debug);
+    }
+
+    #[test]
+    fn paths_are_canonicalised_and_spec_text_kept() {
+        let fx = Fx::new();
+        symlink(fx.p("upper"), fx.p("link")).unwrap();
+        let spec = format!(
+            "{}/./link=RW:{}/../lower0",
+            fx.root.display(),
+            fx.s("upper")
+        );
+        let c = fx.build(&spec, "mnt/..//mnt", &[]).unwrap();
+        assert_eq!(c.branches[0].path, fx.p("upper"));
+        assert_eq!(
+            c.branches[0].spec,
+            format!("{}/./link=RW", fx.root.display())
+        );
+        assert_eq!(c.branches[1].path, fx.p("lower0"));
+        assert_eq!(c.mountpoint, fx.p("mnt"));
+    }
+
+    #[test]
+    fn no_rw_branch_is_a_read_only_union() {
+        let fx = Fx::new();
+        let spec = format!(
+            "{}:{}=RO:{}=ro",
+            fx.s("lower0"),
+            fx.s("lower1"),
+            fx.s("lower2")
+        );
+        let c = fx.build(&spec, "mnt", &[]).unwrap();
+        assert!(c.read_only && c.upper().is_none());
+        assert_eq!(c.branches.len(), 3);
+        assert!(c.branches.iter().all(|b| !b.writable));
+        // `-o ro` makes a stack with an upper read-only too.
+        let c = fx.build(&fx.spec(), "mnt", &["ro"]).unwrap();
+        assert!(c.read_only && c.branches[0].writable);
+    }
+
+    #[test]
+    fn overlay_style_options() {
+        let fx = Fx::new();
+        fs::create_dir(fx.p("work")).unwrap();
+        let o = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            fx.s("lower0"),
+            fx.s("lower1"),
+            fx.s("upper"),
+            fx.s("work")
+        );
+        let c = Config::build(None, &fx.p("mnt"), &opts_of(&[&o]), false, false).unwrap();
+        let got: Vec<_> = c
+            .branches
+            .iter()
+            .map(|b| (b.path.clone(), b.writable))
+            .collect();
+        let want = [("upper", true), ("lower0", false), ("lower1", false)];
+        assert_eq!(got, want.map(|(d, w)| (fx.p(d), w)));
+        assert_eq!(c.branches[1].spec, fx.s("lower0"));
+        assert_eq!(c.workdir, Some(fx.p("work")));
+        assert!(!c.read_only);
+        // lowerdir alone: read-only.
+        let o = format!("lowerdir={}:{}", fx.s("lower0"), fx.s("lower1"));
+        let c = Config::build(None, &fx.p("mnt"), &opts_of(&[&o]), false, false).unwrap();
+        assert!(c.read_only && c.upper().is_none() && c.branches.len() == 2);
+    }
+
+    #[test]
+    fn sixty_four_lowers() {
+        let fx = Fx::new();
+        let mut spec = format!("{}=RW", fx.s("upper"));
+        for i in 0..64 {
+            fs::create_dir(fx.p(&format!("l{i}"))).unwrap();
+            spec.push_str(&format!(":{}=RO", fx.s(&format!("l{i}"))));
+        }
+        let c = fx.build(&spec, "mnt", &[]).unwrap();
+        assert_eq!(c.branches.len(), 65);
+        assert_eq!(c.branches[64].path, fx.p("l63"));
+        assert_eq!(c.branches.iter().filter(|b| b.writable).count(), 1);
+    }
+
+    #[test]
+    fn workdir_may_be_created_later_but_build_creates_nothing() {
+        let fx = Fx::new();
+        let before = fx.listing();
+        let c = fx
+            .build(&fx.spec(), "mnt", &[&format!("workdir={}", fx.s("work"))])
+            .unwrap();
+        assert_eq!(c.workdir, Some(fx.p("work")));
+        assert_eq!(fx.listing(), before);
+    }
+
+    // ---- Config::build: refused ----
+
+    #[test]
+    fn missing_branch() {
+        let fx = Fx::new();
+        let spec = format!("{}=RW:{}=RO", fx.s("upper"), fx.s("nope"));
+        fx.refused(
+            &spec,
+            "mnt",
+            &[],
+            &[&format!("branch '{}': no such directory", fx.s("nope"))],
+        );
+    }
+
+    #[test]
+    fn branch_that_is_a_file() {
+        let fx = Fx::new();
+        fs::write(fx.p("file"), "x").unwrap();
+        let spec = format!("{}=RW:{}=RO", fx.s("upper"), fx.s("file"));
+        fx.refused(
+            &spec,
+            "mnt",
+            &[],
+            &[&format!("branch '{}': not a directory", fx.s("file"))],
+        );
+    }
+
+    #[test]
+    fn unreadable_branch() {
+        if is_root() {
+            eprintln!("skipped: root can read any directory");
+            return;
+        }
+        let fx = Fx::new();
+        fs::set_permissions(fx.p("lower0"), fs::Permissions::from_mode(0o300)).unwrap();
+        let want = format!(
+            "branch '{}': not readable (Permission denied)",
+            fx.s("lower0")
+        );
+        let msg = fx.build(&fx.spec(), "mnt", &[]).unwrap_err().0;
+        fs::set_permissions(fx.p("lower0"), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(msg, want);
+    }
+
+    #[test]
+    fn same_directory_twice() {
+        let fx = Fx::new();
+        let (u, l) = (fx.s("upper"), fx.s("lower0"));
+        fx.refused(
+            &format!("{u}=RW:{l}=RO:{l}=RO"),
+            "mnt",
+            &[],
+            &[&l, "same directory"],
+        );
+        fx.refused(
+            &format!("{u}=RW:{u}=RO"),
+            "mnt",
+            &[],
+            &[&u, "same directory"],
+        );
+        fx.refused(
+            &format!("{u}=RW:{l}:{l}/."),
+            "mnt",
+            &[],
+            &[&format!("'{l}/.'"), "same"],
+        );
+        symlink(fx.p("lower0"), fx.p("alias")).unwrap();
+        let a = fx.s("alias");
+        fx.refused(
+            &format!("{u}=RW:{l}:{a}"),
+            "mnt",
+            &[],
+            &[&a, &l, "same directory"],
+        );
+    }
+
+    #[test]
+    fn lower_and_upper_must_not_nest() {
+        let fx = Fx::new();
+        fs::create_dir(fx.p("upper/sub")).unwrap();
+        fs::create_dir(fx.p("lower0/sub")).unwrap();
+        let (u, l) = (fx.s("upper"), fx.s("lower0"));
+        let spec = format!("{u}=RW:{u}/sub=RO");
+        fx.refused(
+            &spec,
+            "mnt",
+            &[],
+            &[&format!("branch '{u}/sub' is inside branch '{u}'")],
+        );
+        let spec = format!("{l}/sub=RW:{l}=RO");
+        fx.refused(
+            &spec,
+            "mnt",
+            &[],
+            &[&format!("branch '{l}/sub' is inside branch '{l}'")],
+        );
+        // Read-only branches may nest.
+        fx.build(&format!("{l}:{l}/sub"), "mnt", &[]).unwrap();
+    }
+
+    #[test]
+    fn bad_mount_point() {
+        let fx = Fx::new();
+        fs::write(fx.p("file"), "x").unwrap();
+        fs::create_dir(fx.p("upper/m")).unwrap();
+        fs::create_dir(fx.p("lower0/m")).unwrap();
+        let spec = fx.spec();
+        let mp = |rel: &str| format!("mount point '{}'", fx.s(rel));
+        fx.refused(
+            &spec,
+            "nomnt",
+            &[],
+            &[&format!("{}: no such directory", mp("nomnt"))],
+        );
+        fx.refused(
+            &spec,
+            "file",
+            &[],
+            &[&format!("{}: not a directory", mp("file"))],
+        );
+        for b in ["upper", "lower0"] {
+            let want = format!("{} is the same directory as branch '{}'", mp(b), fx.s(b));
+            fx.refused(&spec, b, &[], &[&want]);
+            let want = format!("{} is inside branch '{}'", mp(&format!("{b}/m")), fx.s(b));
+            fx.refused(&spec, &format!("{b}/m"), &[], &[&want]);
+        }
+        let mnt = Config::build(Some(&spec), &fx.root, &MountOpts::default(), false, false);
+        let want = format!(
+            "branch '{}' is inside mount point '{}'",
+            fx.s("upper"),
+            fx.root.display()
+        );
+        assert_eq!(mnt.unwrap_err().0, want);
+    }
+
+    #[test]
+    fn upper_on_a_read_only_filesystem() {
+        // A read-only mount of the host's (commonly /sys or /proc/sys in containers).
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let ro = info.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let ro = f.get(5)?.split(',').any(|o| o == "ro");
+            let p = Path::new(*f.get(4)?);
+            (ro && (p.starts_with("/sys") || p.starts_with("/proc")) && p.is_dir()).then_some(p)
+        });
+        let Some(ro) = ro else {
+            eprintln!("skipped: no read-only /sys or /proc mount here");
+            return;
+        };
+        let fx = Fx::new();
+        let spec = format!("{}=RW:{}", ro.display(), fx.s("lower0"));
+        let want = format!(
+            "upper branch '{}' is on a read-only filesystem",
+            ro.display()
+        );
+        fx.refused(&spec, "mnt", &[], &[&want]);
+        fx.build(&spec, "mnt", &["ro"]).unwrap();
+    }
+
+    #[test]
+    fn branch_sources_conflict_or_are_missing() {
+        let fx = Fx::new();
+        let none = Config::build(None, &fx.p("mnt"), &MountOpts::default(), false, false);
+        assert!(none.unwrap_err().0.contains("no branches"));
+        let lower = format!("lowerdir={}", fx.s("lower0"));
+        fx.refused(&fx.spec(), "mnt", &[&lower], &["lowerdir", "twice"]);
+        let upper = format!("upperdir={}", fx.s("upper"));
+        let only_upper = Config::build(None, &fx.p("mnt"), &opts_of(&[&upper]), false, false);
+        assert_eq!(
+            only_upper.unwrap_err().0,
+            "option 'upperdir' needs 'lowerdir'"
+        );
+        fx.refused(&fx.spec(), "mnt", &[&upper], &["upperdir"]);
+        let o = opts_of(&[&format!("lowerdir={}", fx.s("nope"))]);
+        let r = Config::build(None, &fx.p("mnt"), &o, false, false);
+        assert_eq!(
+            r.unwrap_err().0,
+            format!("branch '{}': no such directory", fx.s("nope"))
+        );
+        let o = MountOpts {
+            lowerdir: Some(vec![]),
+            ..Default::default()
+        };
+        let r = Config::build(None, &fx.p("mnt"), &o, false, false);
+        assert!(r.unwrap_err().0.contains("at least one branch"));
+    }
+
+    #[test]
+    fn bad_workdir() {
+        let fx = Fx::new();
+        fs::write(fx.p("file"), "x").unwrap();
+        fs::create_dir(fx.p("upper/w")).unwrap();
+        let (spec, ro_spec) = (fx.spec(), format!("{}=RO", fx.s("lower0")));
+        let w = |rel: &str| format!("workdir={}", fx.s(rel));
+        let label = |rel: &str| format!("workdir '{}'", fx.s(rel));
+        fx.refused(&ro_spec, "mnt", &[&w("work")], &[&label("work"), "upper"]);
+        fx.refused(
+            &spec,
+            "mnt",
+            &[&w("no/work")],
+            &[&label("no/work"), "no such directory"],
+        );
+        fx.refused(
+            &spec,
+            "mnt",
+            &[&w("file")],
+            &[&format!("{}: not a directory", label("file"))],
+        );
+        fx.refused(
+            &spec,
+            "mnt",
+            &[&w("file/w")],
+            &[&label("file/w"), "Not a directory"],
+        );
+        let lower = format!("branch '{}'", fx.s("lower0"));
+        fx.refused(
+            &spec,
+            "mnt",
+            &[&w("lower0")],
+            &[&label("lower0"), "same directory", &lower],
+        );
+        fx.refused(
+            &spec,
+            "mnt",
+            &[&w("lower0/w")],
+            &[&format!("{} is inside {lower}", label("lower0/w"))],
+        );
+        fx.refused(
+            &spec,
+            "mnt",
+            &[&w("upper")],
+            &[&label("upper"), "same directory"],
+        );
+        fx.refused(
+            &spec,
+            "mnt",
+            &[&w("upper/w")],
+            &[&label("upper/w"), "is inside branch"],
+        );
+        fx.refused(
+            &spec,
+            "mnt",
+            &[&w("mnt/w")],
+            &[&label("mnt/w"), "inside mount point"],
+        );
+        let root = format!("workdir={}", fx.root.display());
+        let want = format!(
+            "branch '{}' is inside workdir '{}'",
+            fx.s("upper"),
+            fx.root.display()
+        );
+        fx.refused(&spec, "mnt", &[&root], &[&want]);
+        // /proc is never on the temp dir's filesystem.
+        let want = format!(
+            "workdir '/proc' is not on the filesystem of the upper branch '{}'",
+            fx.s("upper")
+        );
+        fx.refused(&spec, "mnt", &["workdir=/proc"], &[&want]);
+    }
+
+    #[test]
+    fn refusals_create_nothing() {
+        let fx = Fx::new();
+        fs::write(fx.p("file"), "x").unwrap();
+        let before = fx.listing();
+        let (u, l) = (fx.s("upper"), fx.s("lower0"));
+        let cases: &[(String, &str, &[&str])] = &[
+            (format!("{u}=RW:{}=RO", fx.s("nope")), "mnt", &[]),
+            (format!("{u}=RW:{u}/x=RO"), "mnt", &[]),
+            (format!("{u}=RW:{l}=RO"), "nomnt", &[]),
+            (format!("{u}=RW:{l}=RO"), "upper", &[]),
+            (format!("{u}=RW:{l}=RO"), "mnt", &["workdir=/proc"]),
+        ];
+        for (spec, mnt, opts) in cases {
+            assert!(fx.build(spec, mnt, opts).is_err(), "{spec} {mnt} {opts:?}");
+        }
+        let nested = format!("workdir={}", fx.s("nowhere/work"));
+        assert!(fx.build(&fx.spec(), "mnt", &[&nested]).is_err());
+        let inside = format!("workdir={}", fx.s("lower0/work"));
+        assert!(fx.build(&fx.spec(), "mnt", &[&inside]).is_err());
+        assert_eq!(fx.listing(), before);
+    }
+}

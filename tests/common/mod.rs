@@ -1,0 +1,684 @@
+//! Test harness: temp branches, a real FUSE mount of the `unionmount` binary, and tree snapshots.
+//!
+//! Every `Mount` snapshots its read-only branches before the daemon starts and, when dropped
+//! (even after a failed assertion), unmounts, waits for the daemon, and — unless the test is
+//! already failing — asserts that the daemon exited cleanly, the mount is gone, and the
+//! read-only branches are byte-for-byte, mode-for-mode unchanged.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_unionmount");
+/// Hidden work directory the daemon may keep in the upper while mounted.
+pub const WORKDIR: &str = ".wh..wh..work";
+/// Opaque-directory marker file.
+pub const OPQ: &str = ".wh..wh..opq";
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Fixture: a TempDir holding upper/, lower0/.., mnt/
+// ---------------------------------------------------------------------------------------------
+
+pub struct Fixture {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub upper: PathBuf,
+    pub lowers: Vec<PathBuf>,
+    pub mnt: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Fixture {
+    pub fn new(n_lowers: usize) -> Fixture {
+        let tmp = tempfile::Builder::new()
+            .prefix("unionmount-test.")
+            .tempdir()
+            .unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let upper = root.join("upper");
+        let mnt = root.join("mnt");
+        fs::create_dir(&upper).unwrap();
+        fs::create_dir(&mnt).unwrap();
+        let lowers: Vec<PathBuf> = (0..n_lowers)
+            .map(|i| root.join(format!("lower{i}")))
+            .collect();
+        for l in &lowers {
+            fs::create_dir(l).unwrap();
+        }
+        let log = root.join("unionmount.log");
+        Fixture {
+            tmp,
+            root,
+            upper,
+            lowers,
+            mnt,
+            log,
+        }
+    }
+
+    /// `lower<i>/rel`
+    pub fn l(&self, i: usize, rel: &str) -> PathBuf {
+        self.lowers[i].join(rel)
+    }
+    /// `upper/rel`
+    pub fn u(&self, rel: &str) -> PathBuf {
+        self.upper.join(rel)
+    }
+    /// `mnt/rel`
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// `upper=RW:lower0=RO:lower1=RO...`
+    pub fn spec(&self) -> String {
+        let mut parts = vec![format!("{}=RW", self.upper.display())];
+        parts.extend(self.lowers.iter().map(|l| format!("{}=RO", l.display())));
+        parts.join(":")
+    }
+
+    /// `lower0=RO:lower1=RO...` (no writable branch)
+    pub fn ro_spec(&self) -> String {
+        let parts: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|l| format!("{}=RO", l.display()))
+            .collect();
+        parts.join(":")
+    }
+
+    /// `unionmount -f EXTRA... SPEC MNT`; every lower is checked unchanged after unmount.
+    pub fn mount(&self, extra: &[&str]) -> Mount {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.push(self.spec());
+        args.push(self.mnt.display().to_string());
+        self.mount_args(args, self.lowers.clone())
+    }
+
+    /// `unionmount -f ARGS...` mounted on `self.mnt`; `read_only` branches are checked unchanged.
+    pub fn mount_args(&self, args: Vec<String>, read_only: Vec<PathBuf>) -> Mount {
+        Mount::start(args, &self.mnt, &self.log, read_only)
+    }
+
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mount guard
+// ---------------------------------------------------------------------------------------------
+
+pub struct Mount {
+    pub mnt: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Child,
+    exit: Option<ExitStatus>,
+    /// The daemon exited without being killed by the harness.
+    exited_by_itself: bool,
+    watched: Vec<(PathBuf, Snapshot)>,
+    stopped: bool,
+}
+
+impl Mount {
+    pub fn start(args: Vec<String>, mnt: &Path, log: &Path, read_only: Vec<PathBuf>) -> Mount {
+        let watched = read_only.into_iter().map(|d| {
+            let s = snapshot(&d);
+            (d, s)
+        });
+        let watched: Vec<_> = watched.collect();
+        let mut logf = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        writeln!(logf, "=== {BIN} -f {}", args.join(" ")).unwrap();
+        let child = Command::new(BIN)
+            .arg("-f")
+            .args(&args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn unionmount");
+        let mut m = Mount {
+            mnt: mnt.to_path_buf(),
+            args,
+            log: log.to_path_buf(),
+            child,
+            exit: None,
+            exited_by_itself: false,
+            watched,
+            stopped: false,
+        };
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        while mount_fstype(mnt).is_none() {
+            if let Some(st) = m.child.try_wait().unwrap() {
+                m.exit = Some(st);
+                m.exited_by_itself = true;
+                panic!(
+                    "unionmount exited ({st}) before mounting {}\n{}",
+                    mnt.display(),
+                    log_tail(log)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} not mounted after {MOUNT_TIMEOUT:?}\n{}",
+                    mnt.display(),
+                    log_tail(log)
+                );
+            }
+            sleep(Duration::from_millis(10));
+        }
+        m
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Wait up to `timeout` for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.is_some() {
+            return self.exit;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.exit = Some(st);
+                self.exited_by_itself = true;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Unmount (fusermount3 -u, else umount -l), wait for the daemon, kill it if it hangs.
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        if mount_fstype(&self.mnt).is_some() {
+            let ok = quiet(Command::new("fusermount3").arg("-u").arg(&self.mnt));
+            if !ok {
+                quiet(Command::new("umount").arg("-l").arg(&self.mnt));
+            }
+        }
+        if self.wait_exit(MOUNT_TIMEOUT).is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+        // A daemon that died leaves a dead mount behind; never leave one around.
+        if mount_fstype(&self.mnt).is_some() {
+            quiet(Command::new("umount").arg("-l").arg(&self.mnt));
+        }
+    }
+
+    /// Unmount and run every end-of-mount check (what Drop does, but explicit).
+    pub fn unmount(mut self) {
+        self.stop_and_check();
+    }
+
+    /// Unmount (with all checks) and mount again with the same arguments.
+    pub fn remount(mut self) -> Mount {
+        self.stop_and_check();
+        let dirs = self.watched.iter().map(|(d, _)| d.clone()).collect();
+        Mount::start(self.args.clone(), &self.mnt, &self.log, dirs)
+    }
+
+    fn stop_and_check(&mut self) {
+        let was_stopped = self.stopped;
+        self.stop();
+        if was_stopped || std::thread::panicking() {
+            return;
+        }
+        let log = log_tail(&self.log);
+        assert!(
+            self.exited_by_itself,
+            "unionmount did not exit within {MOUNT_TIMEOUT:?} of unmount; killed\n{log}"
+        );
+        let st = self.exit.unwrap();
+        assert!(
+            st.success(),
+            "unionmount exited with {st} after unmount\n{log}"
+        );
+        assert!(
+            mount_fstype(&self.mnt).is_none(),
+            "{} still mounted",
+            self.mnt.display()
+        );
+        for (dir, before) in &self.watched {
+            let after = snapshot(dir);
+            let diff = snapshot_diff(before, &after);
+            assert!(
+                diff.is_empty(),
+                "read-only branch {} was modified:\n{}",
+                dir.display(),
+                diff
+            );
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop_and_check();
+    }
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn log_tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(80);
+    format!(
+        "--- last lines of {} ---\n{}",
+        log.display(),
+        lines[start..].join("\n")
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc/self/mountinfo
+// ---------------------------------------------------------------------------------------------
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// (mount point, fstype) of every mount.
+pub fn mounts() -> Vec<(PathBuf, String)> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mp) = left.split(' ').nth(4) else {
+            continue;
+        };
+        let fstype = right.split(' ').next().unwrap_or("").to_string();
+        out.push((PathBuf::from(unescape_mountinfo(mp)), fstype));
+    }
+    out
+}
+
+/// fstype of the (topmost) mount on exactly `path`, if any.
+pub fn mount_fstype(path: &Path) -> Option<String> {
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|(mp, _)| mp == path)
+        .map(|(_, t)| t)
+}
+
+/// Mount points at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    mounts()
+        .into_iter()
+        .map(|(mp, _)| mp)
+        .filter(|mp| mp.starts_with(dir))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots of branch trees
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    Char(u64),
+    Block(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    /// Permission bits incl. setuid/setgid/sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Regular files only (0 otherwise).
+    pub size: u64,
+    pub mtime: (i64, i64),
+    /// Hash of a regular file's content, or a symlink's target.
+    pub data: String,
+    /// Sorted `user.*` and `trusted.*` extended attributes.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+pub type Snapshot = BTreeMap<String, Entry>;
+
+/// Metadata, content hash/target and xattrs of one path (not following symlinks).
+pub fn entry(path: &Path) -> Entry {
+    let md = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+    let ft = md.file_type();
+    let kind = if ft.is_file() {
+        Kind::File
+    } else if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else if ft.is_char_device() {
+        Kind::Char(md.rdev())
+    } else {
+        Kind::Block(md.rdev())
+    };
+    let data = match kind {
+        Kind::File => {
+            let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            format!("{:016x}", h.finish())
+        }
+        Kind::Symlink => fs::read_link(path).unwrap().display().to_string(),
+        _ => String::new(),
+    };
+    let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Ok(names) = xattr::list(path) {
+        for n in names {
+            let n = n.to_string_lossy().into_owned();
+            if n.starts_with("user.") || n.starts_with("trusted.") {
+                let v = xattr::get(path, &n).ok().flatten().unwrap_or_default();
+                xattrs.push((n, v));
+            }
+        }
+    }
+    xattrs.sort();
+    Entry {
+        size: if kind == Kind::File { md.size() } else { 0 },
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: (md.mtime(), md.mtime_nsec()),
+        data,
+        xattrs,
+    }
+}
+
+/// Every entry under `dir` (relative paths, "" is `dir` itself), skipping the work directory.
+pub fn snapshot(dir: &Path) -> Snapshot {
+    fn walk(base: &Path, rel: &Path, out: &mut Snapshot) {
+        let p = base.join(rel);
+        let e = entry(&p);
+        let is_dir = e.kind == Kind::Dir;
+        out.insert(rel.display().to_string(), e);
+        if is_dir {
+            for de in fs::read_dir(&p).unwrap() {
+                let name = de.unwrap().file_name();
+                if name == WORKDIR {
+                    continue;
+                }
+                walk(base, &rel.join(name), out);
+            }
+        }
+    }
+    let mut out = Snapshot::new();
+    walk(dir, Path::new(""), &mut out);
+    out
+}
+
+/// Human-readable differences between two snapshots ("" if equal).
+pub fn snapshot_diff(a: &Snapshot, b: &Snapshot) -> String {
+    let mut s = String::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => s += &format!("  removed {k:?}: {v:?}\n"),
+            Some(w) if w != v => {
+                s += &format!("  changed {k:?}:\n    before {v:?}\n    after  {w:?}\n")
+            }
+            _ => {}
+        }
+    }
+    for (k, w) in b {
+        if !a.contains_key(k) {
+            s += &format!("  added {k:?}: {w:?}\n");
+        }
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers for populating branches and asserting
+// ---------------------------------------------------------------------------------------------
+
+pub fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// -1 -> last OS error.
+pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Write `content` to `path`, creating parent directories.
+pub fn put(path: &Path, content: &str) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// `put` then chmod.
+pub fn put_mode(path: &Path, content: &str, mode: u32) {
+    put(path, content);
+    set_mode(path, mode);
+}
+
+pub fn mkdir_p(path: &Path) {
+    fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir -p {}: {e}", path.display()));
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+pub fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+}
+
+/// Set atime and mtime (not following symlinks).
+pub fn set_mtime(path: &Path, sec: i64, nsec: i64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as _,
+    };
+    let times = [ts, ts];
+    cvt(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cstr(path).as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// Overlayfs-style whiteout: a char device 0/0.
+pub fn mknod_whiteout(path: &Path) {
+    cvt(unsafe {
+        libc::mknod(
+            cstr(path).as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(0, 0),
+        )
+    })
+    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
+}
+
+pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
+    cvt(unsafe { libc::mkfifo(cstr(path).as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+/// renameat2(AT_FDCWD, from, AT_FDCWD, to, flags) through the raw syscall.
+pub fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
+    let (f, t) = (cstr(from), cstr(to));
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    };
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Sorted names in a directory, exactly as readdir returns them (minus . and ..).
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `names`, ignoring the daemon's work directory (for upper directories).
+pub fn upper_names(dir: &Path) -> Vec<String> {
+    names(dir).into_iter().filter(|n| n != WORKDIR).collect()
+}
+
+/// Names as `["a", "b"]` literal helper.
+pub fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn lexists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+/// The errno of a failed result; panics (with `what`) on success.
+pub fn errno<T: std::fmt::Debug>(r: io::Result<T>, what: &str) -> i32 {
+    match r {
+        Ok(v) => panic!("{what}: expected an error, got Ok({v:?})"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("{what}: not an OS error: {e}")),
+    }
+}
+
+pub fn assert_errno<T: std::fmt::Debug>(r: io::Result<T>, expected: i32, what: &str) {
+    let got = errno(r, what);
+    assert_eq!(
+        got,
+        expected,
+        "{what}: expected {}, got {}",
+        io::Error::from_raw_os_error(expected),
+        io::Error::from_raw_os_error(got)
+    );
+}
+
+/// The path does not exist (lstat gives ENOENT).
+pub fn assert_gone(path: &Path) {
+    assert_errno(
+        fs::symlink_metadata(path),
+        libc::ENOENT,
+        &format!("lstat {}", path.display()),
+    );
+}
+
+/// A regular, empty-or-not file (the `.wh.` whiteout / opaque marker format).
+pub fn assert_regular_file(path: &Path) {
+    let md = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+    assert!(
+        md.file_type().is_file(),
+        "{} is not a regular file: {:?}",
+        path.display(),
+        md.file_type()
+    );
+}
+
+pub fn ino(path: &Path) -> u64 {
+    fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()))
+        .ino()
+}
+
+/// name -> d_ino as readdir reports it.
+pub fn dir_inos(dir: &Path) -> BTreeMap<String, u64> {
+    use std::os::unix::fs::DirEntryExt;
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), e.ino())
+        })
+        .collect()
+}
+
+pub fn mode_of(path: &Path) -> u32 {
+    fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()))
+        .mode()
+        & 0o7777
+}
