@@ -1,11 +1,9 @@
 //! What the user asked for: the branch stack and the mount options, parsed and validated
 //! before anything is mounted or created.
 
-use std::ffi::CString;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -150,8 +148,7 @@ impl Config {
         };
 
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = crate::sys::geteuid() == 0;
         Ok(Config {
             read_only: opts.read_only || !out[0].writable,
             branches: out,
@@ -457,32 +454,13 @@ fn os_msg(e: &io::Error) -> String {
     }
 }
 
-fn c_path(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
-}
-
 /// access(2): checks with the real uid, as the daemon will act.
 fn access(p: &Path, mode: libc::c_int) -> io::Result<()> {
-    let c = c_path(p)?;
-    // SAFETY: `c` is a NUL-terminated path that lives across the call.
-    match unsafe { libc::access(c.as_ptr(), mode) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
+    crate::sys::access(p, mode)
 }
 
 fn read_only_fs(p: &Path) -> io::Result<bool> {
-    let c = c_path(p)?;
-    // SAFETY: `c` is a NUL-terminated path; statvfs only writes into `st`, a plain C struct
-    // for which all zeroes is a valid value.
-    let (rc, st) = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(c.as_ptr(), &mut st), st)
-    };
-    match rc {
-        0 => Ok(st.f_flag & libc::ST_RDONLY != 0),
-        _ => Err(io::Error::last_os_error()),
-    }
+    Ok(crate::sys::statvfs(p)?.f_flag & libc::ST_RDONLY != 0)
 }
 
 #[cfg(test)]
@@ -555,8 +533,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() == 0 }
+        crate::sys::geteuid() == 0
     }
 
     // ---- parse_branches ----

@@ -9,4 +9,3 @@ pub mod error;
 pub mod fuse;
 pub mod sys;
 pub mod union;
-

@@ -150,7 +150,11 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>) -> ExitCode {
             .join(":"),
         config.mountpoint.display(),
         config.branches.len(),
-        if config.read_only { "read-only" } else { "read-write" }
+        if config.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        }
     );
     std::thread::spawn(move || {
         let sig = sys::wait_signal(&signals);

@@ -612,6 +612,8 @@ fn rename_over_existing() {
         s, "B",
         "a descriptor open on the replaced file still reads it"
     );
+    // An open descriptor would keep the mount busy across the remount below.
+    drop(old_b);
 
     fs::write(fx.m("c"), "C").unwrap();
     fs::rename(fx.m("c"), fx.m("x")).unwrap();

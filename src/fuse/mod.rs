@@ -13,10 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    SessionACL, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::config::Config;
@@ -96,7 +95,11 @@ fn time_spec(t: Option<TimeOrNow>) -> sys::TimeSpec {
             Err(e) => {
                 let d = e.duration();
                 let (s, n) = (-(d.as_secs() as i64), d.subsec_nanos() as i64);
-                if n == 0 { (s, 0) } else { (s - 1, 1_000_000_000 - n) }
+                if n == 0 {
+                    (s, 0)
+                } else {
+                    (s - 1, 1_000_000_000 - n)
+                }
             }
         }),
     })
@@ -143,10 +146,11 @@ impl UnionFs {
         let Handle::File(of) = &*h else {
             return Err(Errno::EISDIR);
         };
-        if of.file.read().1 > 0 && of.node.layer() == 0 {
-            if let Ok(fresh) = self.union.open(&of.node, of.flags) {
-                *of.file.write() = fresh;
-            }
+        if of.file.read().1 > 0
+            && of.node.layer() == 0
+            && let Ok(fresh) = self.union.open(&of.node, of.flags)
+        {
+            *of.file.write() = fresh;
         }
         let guard = of.file.read();
         f(&guard.0).map_err(Errno::from)
@@ -205,11 +209,11 @@ impl Filesystem for UnionFs {
             Err(e) => return reply.error(e),
         };
         // An open file may be unlinked: its handle still knows it.
-        if let Some(fh) = fh {
-            if let Ok(mut st) = self.with_file(fh, |f| sys::fstat(f.as_raw_fd())) {
-                self.union.present(&node, &mut st);
-                return reply.attr(&self.ttl, &attr(&st));
-            }
+        if let Some(fh) = fh
+            && let Ok(mut st) = self.with_file(fh, |f| sys::fstat(f.as_raw_fd()))
+        {
+            self.union.present(&node, &mut st);
+            return reply.attr(&self.ttl, &attr(&st));
         }
         match self.union.getattr(&node) {
             Ok(st) => reply.attr(&self.ttl, &attr(&st)),
@@ -261,7 +265,10 @@ impl Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino).and_then(|n| self.union.readlink(&n).map_err(|e| fail(&e))) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.readlink(&n).map_err(|e| fail(&e)))
+        {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -297,14 +304,20 @@ impl Filesystem for UnionFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.node(parent).and_then(|p| self.union.unlink(&p, name).map_err(|e| fail(&e))) {
+        match self
+            .node(parent)
+            .and_then(|p| self.union.unlink(&p, name).map_err(|e| fail(&e)))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.node(parent).and_then(|p| self.union.rmdir(&p, name).map_err(|e| fail(&e))) {
+        match self
+            .node(parent)
+            .and_then(|p| self.union.rmdir(&p, name).map_err(|e| fail(&e)))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -530,7 +543,14 @@ impl Filesystem for UnionFs {
                 let mut st = sys::zeroed_stat();
                 st.st_ino = e.ino;
                 st.st_mode = libc::S_IFDIR;
-                if reply.add(INodeNo(e.ino), off, &e.name, &Duration::ZERO, &attr(&st), Generation(0)) {
+                if reply.add(
+                    INodeNo(e.ino),
+                    off,
+                    &e.name,
+                    &Duration::ZERO,
+                    &attr(&st),
+                    Generation(0),
+                ) {
                     break;
                 }
                 continue;
@@ -539,7 +559,14 @@ impl Filesystem for UnionFs {
                 Ok(Some(found)) => found,
                 _ => continue, // gone since the snapshot
             };
-            if reply.add(INodeNo(node.ino), off, &e.name, &self.ttl, &attr(&st), Generation(0)) {
+            if reply.add(
+                INodeNo(node.ino),
+                off,
+                &e.name,
+                &self.ttl,
+                &attr(&st),
+                Generation(0),
+            ) {
                 // Not sent after all: give back the reference the lookup counted.
                 self.union.nodes.forget(node.ino, 1);
                 break;
@@ -609,14 +636,20 @@ impl Filesystem for UnionFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.node(ino).and_then(|n| self.union.getxattr(&n, name).map_err(|e| errno(&e))) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.getxattr(&n, name).map_err(|e| errno(&e)))
+        {
             Ok(v) => reply_xattr(reply, size, &v),
             Err(e) => reply.error(e),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.node(ino).and_then(|n| self.union.listxattr(&n).map_err(|e| fail(&e))) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.listxattr(&n).map_err(|e| fail(&e)))
+        {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -630,7 +663,10 @@ impl Filesystem for UnionFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.node(ino).and_then(|n| self.union.removexattr(&n, name).map_err(|e| errno(&e))) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.removexattr(&n, name).map_err(|e| errno(&e)))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }

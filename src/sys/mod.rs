@@ -257,6 +257,23 @@ pub fn fstatvfs(fd: RawFd) -> io::Result<libc::statvfs> {
     Ok(st)
 }
 
+/// access(2) on a path given by the user (configuration checks only).
+pub fn access(path: &std::path::Path, mode: i32) -> io::Result<()> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: c is a valid C string.
+    check(unsafe { libc::access(c.as_ptr(), mode) }).map(drop)
+}
+
+/// statvfs(2) on a path given by the user (configuration checks only).
+pub fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c and st are valid for the call.
+    check(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
+    Ok(st)
+}
+
 /// The path through /proc that names `name` inside the directory `dir` without following
 /// a symlink at `name`: used for the xattr calls that have no `*at()` form.
 pub fn proc_path(dir: RawFd, name: &OsStr) -> PathBuf {
@@ -377,9 +394,8 @@ pub fn lgetxattr(dir: RawFd, name: &OsStr, attr: &OsStr) -> io::Result<Option<Ve
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: buf is writable for buf.len() bytes; p and a are valid C strings.
-        let n = unsafe {
-            libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        };
+        let n =
+            unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n >= 0 {
             buf.truncate(n as usize);
             return Ok(Some(buf));
@@ -459,7 +475,6 @@ pub fn llistxattr(dir: RawFd, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
         .map(<[u8]>::to_vec)
         .collect())
 }
-
 
 /// Mount a FUSE filesystem directly (needs CAP_SYS_ADMIN): open /dev/fuse and mount(2) it
 /// with the given type ("fuse.<subtype>") and options; returns the /dev/fuse fd.

@@ -29,15 +29,15 @@ struct Unpublished<'a> {
 impl Drop for Unpublished<'_> {
     fn drop(&mut self) {
         if self.armed {
-            if self.is_dir {
-                if let Ok(fd) = sys::openat(
+            if self.is_dir
+                && let Ok(fd) = sys::openat(
                     self.dir,
                     self.name,
                     libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
                     0,
-                ) {
-                    let _ = super::layer::remove_tree_contents(fd.as_raw_fd());
-                }
+                )
+            {
+                let _ = super::layer::remove_tree_contents(fd.as_raw_fd());
             }
             let _ = sys::unlinkat(self.dir, self.name, self.is_dir);
         }
@@ -117,7 +117,8 @@ impl Union {
         match kind {
             libc::S_IFDIR => sys::mkdirat(work.raw(), &tmp, 0o700).op("copy-up mkdir")?,
             libc::S_IFREG => {
-                let from = sys::open_file(src.raw(), &src.name, libc::O_RDONLY).op("copy-up open")?;
+                let from =
+                    sys::open_file(src.raw(), &src.name, libc::O_RDONLY).op("copy-up open")?;
                 let to = File::from(
                     sys::openat(
                         work.raw(),
@@ -142,21 +143,19 @@ impl Union {
             _ => sys::mknodat(work.raw(), &tmp, st.st_mode, st.st_rdev).op("copy-up mknod")?,
         }
         copy_xattrs(src.raw(), &src.name, work.raw(), &tmp)?;
-        if kind != libc::S_IFLNK {
-            // Keep the inode number the file showed before: overlayfs' "origin".
-            let _ = sys::lsetxattr(
-                work.raw(),
-                &tmp,
-                whiteout::ORIGIN_XATTR.as_ref(),
-                &ino.to_le_bytes(),
-                0,
-            );
-        }
+        // Keep the inode number the file showed before: overlayfs' "origin".
+        let _ = sys::lsetxattr(
+            work.raw(),
+            &tmp,
+            whiteout::ORIGIN_XATTR.as_ref(),
+            &ino.to_le_bytes(),
+            0,
+        );
         set_owner_mode_times(work.raw(), &tmp, st)?;
-        if let Some(f) = &data {
-            if !self.opts.volatile {
-                sys::fsync(f.as_raw_fd(), false).op("copy-up fsync")?;
-            }
+        if let Some(f) = &data
+            && !self.opts.volatile
+        {
+            sys::fsync(f.as_raw_fd(), false).op("copy-up fsync")?;
         }
         sys::renameat2(
             work.raw(),
@@ -167,6 +166,7 @@ impl Union {
         )
         .op("copy-up publish")?;
         guard.armed = false;
+        self.record_origin(up_parent, &src.name, ino);
         Ok(())
     }
 
@@ -250,7 +250,9 @@ pub fn copy_data(from: &File, to: &File, size: u64) -> std::io::Result<()> {
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
             Err(_) => off, // no SEEK_DATA support: treat everything as data
         };
-        let hole = sys::lseek(src, data, libc::SEEK_HOLE).unwrap_or(end).min(end);
+        let hole = sys::lseek(src, data, libc::SEEK_HOLE)
+            .unwrap_or(end)
+            .min(end);
         copy_range(from, to, data, hole)?;
         off = hole.max(data + 1);
     }

@@ -120,7 +120,9 @@ impl LayerStack {
     }
 
     pub fn work(&self) -> Result<&WorkDir> {
-        self.work.as_ref().ok_or(Error::new(libc::EROFS, "work dir"))
+        self.work
+            .as_ref()
+            .ok_or(Error::new(libc::EROFS, "work dir"))
     }
 
     /// Remove the work directory we created inside the upper (clean unmount).
@@ -172,7 +174,9 @@ fn open_workdir(upper: &Layer, configured: Option<&Path>) -> Result<WorkDir> {
     };
     let st = sys::fstat_path(fd.as_raw_fd()).op("stat workdir")?;
     if st.st_dev != upper.dev {
-        return Err(Error::new(libc::EXDEV, "workdir not on the upper's filesystem").at(path.display()));
+        return Err(
+            Error::new(libc::EXDEV, "workdir not on the upper's filesystem").at(path.display()),
+        );
     }
     Ok(WorkDir {
         path,

@@ -45,6 +45,9 @@ pub struct Union {
     /// Distinct st_dev values of the layers, in stack order: tags inode numbers so files
     /// from different filesystems never share one.
     devs: Vec<u64>,
+    /// Upper (st_dev, st_ino) -> the inode number it shows: set by copy-up and rename, so a
+    /// node keeps its number for the life of the mount even where no xattr can record it.
+    pub(crate) origins: dashmap::DashMap<(u64, u64), u64>,
 }
 
 impl Union {
@@ -65,6 +68,7 @@ impl Union {
             },
             generation: AtomicU64::new(0),
             devs,
+            origins: Default::default(),
         };
         let root = u.make_root()?;
         u.nodes.insert_root(Arc::new(root));
@@ -99,7 +103,9 @@ impl Union {
     }
 
     pub fn root(&self) -> Arc<Node> {
-        self.nodes.get(ROOT_INO).expect("root node is never forgotten")
+        self.nodes
+            .get(ROOT_INO)
+            .expect("root node is never forgotten")
     }
 
     pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
@@ -167,14 +173,13 @@ impl Union {
         }
         let mut xwhiteouts = false;
         for attr in whiteout::OPAQUE_XATTRS {
-            match sys::lgetxattr(dir, ".".as_ref(), attr.as_ref()) {
-                Ok(Some(v)) => match whiteout::parse_opaque_xattr(&v) {
+            // trusted.* is unreadable without privilege; unreadable or unsupported means absent.
+            if let Ok(Some(v)) = sys::lgetxattr(dir, ".".as_ref(), attr.as_ref()) {
+                match whiteout::parse_opaque_xattr(&v) {
                     Some(whiteout::OpaqueXattr::Opaque) => return Ok((true, false)),
                     Some(whiteout::OpaqueXattr::HasXattrWhiteouts) => xwhiteouts = true,
                     None => {}
-                },
-                // trusted.* is unreadable without privilege; unsupported means absent.
-                Ok(None) | Err(_) => {}
+                }
             }
         }
         Ok((false, xwhiteouts))

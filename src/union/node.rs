@@ -139,6 +139,18 @@ impl Node {
         true
     }
 
+    /// One of the node's names moved (rename): update that name, whichever it is.
+    pub fn move_name(&self, from: (&Arc<Node>, &OsStr), to: (&Arc<Node>, &OsStr)) {
+        let mut st = self.state.write();
+        let is_from = |p: &Arc<Node>, n: &OsStr| Arc::ptr_eq(p, from.0) && n == from.1;
+        if st.parent.as_ref().is_some_and(|p| is_from(p, &st.name)) || st.links.is_empty() {
+            st.parent = Some(to.0.clone());
+            st.name = to.1.to_owned();
+        } else if let Some(l) = st.links.iter_mut().find(|(p, n)| is_from(p, n)) {
+            *l = (to.0.clone(), to.1.to_owned());
+        }
+    }
+
     /// Record a further name for a hard-linked file.
     pub fn add_name(&self, parent: &Arc<Node>, name: &OsStr) {
         let mut st = self.state.write();

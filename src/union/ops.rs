@@ -92,8 +92,13 @@ impl Union {
     fn mark_opaque(&self, dir: RawFd, name: &OsStr) -> Result<()> {
         match self.opts.whiteout {
             WhiteoutFormat::WhFiles => {
-                let d = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
-                    .op("open dir")?;
+                let d = sys::openat(
+                    dir,
+                    name,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .op("open dir")?;
                 sys::openat(
                     d.as_raw_fd(),
                     whiteout::OPAQUE_MARKER.as_ref(),
@@ -103,14 +108,10 @@ impl Union {
                 .op("create opaque marker")
                 .map(drop)
             }
-            WhiteoutFormat::Overlay => sys::lsetxattr(
-                dir,
-                name,
-                whiteout::OPAQUE_XATTRS[0].as_ref(),
-                b"y",
-                0,
-            )
-            .op("set opaque xattr"),
+            WhiteoutFormat::Overlay => {
+                sys::lsetxattr(dir, name, whiteout::OPAQUE_XATTRS[0].as_ref(), b"y", 0)
+                    .op("set opaque xattr")
+            }
         }
     }
 
@@ -177,8 +178,8 @@ impl Union {
         let file = if opaque || exact_whiteout {
             let work = self.stack.work()?;
             let tmp = work.temp_name();
-            let file = make(work.raw(), &tmp, what, caller, inherit_gid, gid)
-                .map_err(|e| e.at(&path))?;
+            let file =
+                make(work.raw(), &tmp, what, caller, inherit_gid, gid).map_err(|e| e.at(&path))?;
             if opaque {
                 self.mark_opaque(work.raw(), &tmp)?;
             }
@@ -187,8 +188,7 @@ impl Union {
                     .op("create over whiteout")?;
                 remove_entry(work.raw(), &tmp, false)?;
             } else {
-                sys::renameat2(work.raw(), &tmp, up, name, sys::RENAME_NOREPLACE)
-                    .op("create")?;
+                sys::renameat2(work.raw(), &tmp, up, name, sys::RENAME_NOREPLACE).op("create")?;
             }
             file
         } else {
@@ -230,6 +230,10 @@ impl Union {
         }
         let in_upper = found.layer == 0;
         let ino = found.ino;
+        if in_upper && found.st.st_nlink <= 1 {
+            // Its upper inode number may be reused by the next file created.
+            self.origins.remove(&(found.st.st_dev, found.st.st_ino));
+        }
         if is_dir {
             let node = self.node_for(parent, name, found);
             if !self.is_empty_dir(&node)? {
@@ -290,22 +294,27 @@ impl Union {
             }
         }
         let src_spans_lower = src.layer > 0 || src.dirs.iter().any(|d| d.layer > 0);
+        if let Some(d) = dst
+            .as_ref()
+            .filter(|d| d.layer == 0 && d.st.st_nlink <= 1 && !exchange)
+        {
+            self.origins.remove(&(d.st.st_dev, d.st.st_ino));
+        }
         let src_node = self.node_for(parent, name, src);
         let dst_node = dst.map(|d| self.node_for(newparent, newname, d));
-        if let (Some(d), false) = (&dst_node, exchange) {
-            if d.is_dir() && !self.is_empty_dir(d)? {
-                return Err(Error::new(libc::ENOTEMPTY, "rename").at(&path));
-            }
+        if let (Some(d), false) = (&dst_node, exchange)
+            && d.is_dir()
+            && !self.is_empty_dir(d)?
+        {
+            return Err(Error::new(libc::ENOTEMPTY, "rename").at(&path));
         }
         let dst_spans_lower = dst_node
             .as_ref()
             .is_some_and(|d| d.state().layer > 0 || d.state().dirs.iter().any(|x| x.layer > 0));
 
         self.copy_up_for_move(&src_node)?;
-        if exchange {
-            if let Some(d) = &dst_node {
-                self.copy_up_for_move(d)?;
-            }
+        if exchange && let Some(d) = &dst_node {
+            self.copy_up_for_move(d)?;
         }
         let up_src = self.upper_dir(parent)?;
         let up_dst = self.upper_dir(newparent)?;
@@ -322,15 +331,16 @@ impl Union {
             }
         } else if let Some(d) = &dst_node {
             // Replacing an (empty) upper directory: clear its markers so rename can.
-            if d.is_dir() && d.state().layer == 0 {
-                if let Ok(fd) = sys::openat(
+            if d.is_dir()
+                && d.state().layer == 0
+                && let Ok(fd) = sys::openat(
                     ud,
                     newname,
                     libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
                     0,
-                ) {
-                    remove_tree_contents(fd.as_raw_fd())?;
-                }
+                )
+            {
+                remove_tree_contents(fd.as_raw_fd())?;
             }
         }
         let kflags = if exchange { sys::RENAME_EXCHANGE } else { 0 };
@@ -353,17 +363,10 @@ impl Union {
         }
 
         // Bookkeeping: names, and locations that may now be stale.
-        src_node.drop_name(parent, name);
-        {
-            let mut s = src_node.state_mut();
-            s.parent = Some(newparent.clone());
-            s.name = newname.to_owned();
-        }
+        src_node.move_name((parent, name), (newparent, newname));
         if let Some(d) = &dst_node {
             if exchange {
-                let mut s = d.state_mut();
-                s.parent = Some(parent.clone());
-                s.name = name.to_owned();
+                d.move_name((newparent, newname), (parent, name));
             } else {
                 d.drop_name(newparent, newname);
             }
@@ -375,10 +378,7 @@ impl Union {
         if (src_node.is_dir() && src_spans_lower) || (exchange && dst_spans_lower) {
             self.bump_generation();
         }
-        log::debug!(
-            "rename {path} -> {}",
-            child_path(newparent, newname)
-        );
+        log::debug!("rename {path} -> {}", child_path(newparent, newname));
         Ok(())
     }
 
@@ -401,11 +401,21 @@ impl Union {
         Ok(())
     }
 
+    /// A moved entry keeps its inode number: in memory for this mount, and in the origin
+    /// xattr for the next one.
     fn keep_origin(&self, dir: RawFd, name: &OsStr, ino: u64) {
-        if let Ok(st) = sys::fstatat(dir, name) {
-            if st.st_mode & libc::S_IFMT != libc::S_IFLNK && self.ino_of(&st) != ino {
-                let _ = sys::lsetxattr(dir, name, whiteout::ORIGIN_XATTR.as_ref(), &ino.to_le_bytes(), 0);
-            }
+        let Ok(st) = sys::fstatat(dir, name) else {
+            return;
+        };
+        if self.ino_of(&st) != ino {
+            let _ = sys::lsetxattr(
+                dir,
+                name,
+                whiteout::ORIGIN_XATTR.as_ref(),
+                &ino.to_le_bytes(),
+                0,
+            );
+            self.record_origin(dir, name, ino);
         }
     }
 
@@ -454,12 +464,16 @@ impl Union {
         let wrap = |e: Error| e.at(&path).in_layer(0);
         if let Some(size) = a.size {
             match file {
-                Some(f) => sys::ftruncate(f.as_raw_fd(), size).op("truncate").map_err(wrap)?,
+                Some(f) => sys::ftruncate(f.as_raw_fd(), size)
+                    .op("truncate")
+                    .map_err(wrap)?,
                 None => {
                     let f = sys::open_file(loc.raw(), &loc.name, libc::O_WRONLY)
                         .op("truncate")
                         .map_err(wrap)?;
-                    sys::ftruncate(f.as_raw_fd(), size).op("truncate").map_err(wrap)?;
+                    sys::ftruncate(f.as_raw_fd(), size)
+                        .op("truncate")
+                        .map_err(wrap)?;
                 }
             }
         }
@@ -504,7 +518,9 @@ impl Union {
         let mut names = sys::llistxattr(loc.raw(), &loc.name)
             .op("listxattr")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
-        names.retain(|n| !whiteout::is_private_xattr(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n)));
+        names.retain(|n| {
+            !whiteout::is_private_xattr(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n))
+        });
         Ok(names)
     }
 
@@ -573,7 +589,9 @@ fn make(
         New::File { mode, flags } => {
             set_id_bits = perm(mode) & (libc::S_ISUID | libc::S_ISGID);
             let flags = (flags & !libc::O_NOFOLLOW) | libc::O_CREAT | libc::O_EXCL;
-            Some(File::from(sys::openat(dir, name, flags, perm(mode)).op("create")?))
+            Some(File::from(
+                sys::openat(dir, name, flags, perm(mode)).op("create")?,
+            ))
         }
         New::Dir { mode } => {
             let m = perm(mode) | if inherit_gid { libc::S_ISGID } else { 0 };

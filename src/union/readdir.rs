@@ -115,4 +115,3 @@ impl Union {
         Ok(self.list(dir)?.len() <= 2)
     }
 }
-

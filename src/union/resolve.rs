@@ -188,17 +188,34 @@ impl Union {
 
     /// One rule for inode numbers, shared by lookup and readdir: an upper entry that
     /// records its origin (copy-up, rename) keeps it; anything else shows its own.
-    pub(crate) fn derive_ino(&self, dir: Option<i32>, name: &OsStr, layer: usize, st: &Stat) -> u64 {
-        if layer == 0 && self.writable() && st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-            if let Some(dir) = dir {
-                if let Ok(Some(v)) = sys::lgetxattr(dir, name, whiteout::ORIGIN_XATTR.as_ref()) {
-                    if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
-                        return u64::from_le_bytes(b);
-                    }
-                }
+    pub(crate) fn derive_ino(
+        &self,
+        dir: Option<i32>,
+        name: &OsStr,
+        layer: usize,
+        st: &Stat,
+    ) -> u64 {
+        if layer == 0 && self.writable() {
+            if let Some(ino) = self.origins.get(&(st.st_dev, st.st_ino)) {
+                return *ino;
+            }
+            let recorded = dir.and_then(|d| {
+                sys::lgetxattr(d, name, whiteout::ORIGIN_XATTR.as_ref())
+                    .ok()
+                    .flatten()
+            });
+            if let Some(Ok(b)) = recorded.map(|v| <[u8; 8]>::try_from(v.as_slice())) {
+                return u64::from_le_bytes(b);
             }
         }
         self.ino_of(st)
+    }
+
+    /// Remember which inode number the upper entry `name` in `dir` carries (copy-up, rename).
+    pub(crate) fn record_origin(&self, dir: i32, name: &OsStr, ino: u64) {
+        if let Ok(st) = sys::fstatat(dir, name) {
+            self.origins.insert((st.st_dev, st.st_ino), ino);
+        }
     }
 
     /// Is this entry a whiteout in any of the formats we read?

@@ -147,7 +147,10 @@ fn whiteouts_in_every_format_hide_lower_entries() {
         assert!(walk(&u, "b").is_none());
         assert_eq!(names(&u, ""), ["c"]);
     }
-    assert!(walk(&u, "c/inner").is_none(), "opaque dir must hide lower entries");
+    assert!(
+        walk(&u, "c/inner").is_none(),
+        "opaque dir must hide lower entries"
+    );
     assert_eq!(names(&u, "c"), ["new"]);
     assert!(walk(&u, ".wh.a").is_none(), "markers never show");
 }
@@ -162,11 +165,25 @@ fn copy_up_creates_parents_with_their_metadata() {
     let (mut f, layer) = u.open(&node, libc::O_WRONLY | libc::O_APPEND).unwrap();
     assert_eq!(layer, 0);
     f.write_all(b"+more").unwrap();
-    assert_eq!(fs::read_to_string(s.upper.join("p/q/file")).unwrap(), "data+more");
-    assert_eq!(fs::read_to_string(s.lowers[0].join("p/q/file")).unwrap(), "data");
-    let mode = fs::metadata(s.upper.join("p")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        fs::read_to_string(s.upper.join("p/q/file")).unwrap(),
+        "data+more"
+    );
+    assert_eq!(
+        fs::read_to_string(s.lowers[0].join("p/q/file")).unwrap(),
+        "data"
+    );
+    let mode = fs::metadata(s.upper.join("p"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
     assert_eq!(mode, 0o750);
-    assert_eq!(node.ino, walk(&u, "p/q/file").unwrap().ino, "inode kept across copy-up");
+    assert_eq!(
+        node.ino,
+        walk(&u, "p/q/file").unwrap().ino,
+        "inode kept across copy-up"
+    );
 }
 
 #[test]
@@ -191,7 +208,15 @@ fn recreate_removes_whiteout_and_mkdir_over_whiteout_is_opaque() {
     let root = u.root();
     u.unlink(&root, OsStr::new("f")).unwrap();
     let (_, _, file) = u
-        .create(&root, OsStr::new("f"), New::File { mode: libc::S_IFREG | 0o644, flags: libc::O_WRONLY }, ME)
+        .create(
+            &root,
+            OsStr::new("f"),
+            New::File {
+                mode: libc::S_IFREG | 0o644,
+                flags: libc::O_WRONLY,
+            },
+            ME,
+        )
         .unwrap();
     file.unwrap().write_all(b"new").unwrap();
     assert!(!s.upper.join(".wh.f").exists());
@@ -201,7 +226,8 @@ fn recreate_removes_whiteout_and_mkdir_over_whiteout_is_opaque() {
     u.unlink(&d, OsStr::new("old")).unwrap();
     u.rmdir(&root, OsStr::new("d")).unwrap();
     assert!(s.upper.join(".wh.d").exists());
-    u.create(&root, OsStr::new("d"), New::Dir { mode: 0o755 }, ME).unwrap();
+    u.create(&root, OsStr::new("d"), New::Dir { mode: 0o755 }, ME)
+        .unwrap();
     assert!(!s.upper.join(".wh.d").exists());
     assert!(s.upper.join("d/.wh..wh..opq").exists());
     assert!(walk(&u, "d/old").is_none());
@@ -243,7 +269,10 @@ fn rename_of_lower_directory_moves_whole_tree() {
     assert!(walk(&u, "src").is_none());
     assert_eq!(read(&u, "dst/a"), "A");
     assert_eq!(read(&u, "dst/sub/b"), "B");
-    assert!(walk(&u, "dst/stale").is_none(), "old destination contents stay hidden");
+    assert!(
+        walk(&u, "dst/stale").is_none(),
+        "old destination contents stay hidden"
+    );
     assert_eq!(names(&u, "dst"), ["a", "sub"]);
     assert!(s.upper.join(".wh.src").exists());
     assert!(s.lowers[0].join("src/a").exists(), "lower untouched");
@@ -257,11 +286,23 @@ fn rename_exchange_and_noreplace() {
     let u = s.union();
     let root = u.root();
     let e = u
-        .rename(&root, OsStr::new("a"), &root, OsStr::new("b"), crate::sys::RENAME_NOREPLACE)
+        .rename(
+            &root,
+            OsStr::new("a"),
+            &root,
+            OsStr::new("b"),
+            crate::sys::RENAME_NOREPLACE,
+        )
         .unwrap_err();
     assert_eq!(e.errno, libc::EEXIST);
-    u.rename(&root, OsStr::new("a"), &root, OsStr::new("b"), crate::sys::RENAME_EXCHANGE)
-        .unwrap();
+    u.rename(
+        &root,
+        OsStr::new("a"),
+        &root,
+        OsStr::new("b"),
+        crate::sys::RENAME_EXCHANGE,
+    )
+    .unwrap();
     assert_eq!(read(&u, "a"), "B");
     assert_eq!(read(&u, "b"), "A");
 }
@@ -325,10 +366,30 @@ fn special_files_and_symlinks() {
     let s = Stack::new(1);
     let u = s.union();
     let root = u.root();
-    u.create(&root, OsStr::new("fifo"), New::Special { mode: libc::S_IFIFO | 0o644, rdev: 0 }, ME)
-        .unwrap();
-    u.create(&root, OsStr::new("ln"), New::Symlink { target: OsStr::new("fifo") }, ME)
-        .unwrap();
-    assert!(fs::symlink_metadata(s.upper.join("fifo")).unwrap().file_type().is_fifo());
+    u.create(
+        &root,
+        OsStr::new("fifo"),
+        New::Special {
+            mode: libc::S_IFIFO | 0o644,
+            rdev: 0,
+        },
+        ME,
+    )
+    .unwrap();
+    u.create(
+        &root,
+        OsStr::new("ln"),
+        New::Symlink {
+            target: OsStr::new("fifo"),
+        },
+        ME,
+    )
+    .unwrap();
+    assert!(
+        fs::symlink_metadata(s.upper.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     assert_eq!(u.readlink(&walk(&u, "ln").unwrap()).unwrap(), b"fifo");
 }

@@ -430,7 +430,10 @@ pub fn entry(path: &Path) -> Entry {
     if let Ok(names) = xattr::list(path) {
         for n in names {
             let n = n.to_string_lossy().into_owned();
-            if n.starts_with("user.") || n.starts_with("trusted.") {
+            // trusted.unionmount.* is unionmount's own bookkeeping (the inode number a
+            // copied-up file keeps), not part of the file's content.
+            let ours = n.starts_with("trusted.unionmount.");
+            if (n.starts_with("user.") || n.starts_with("trusted.")) && !ours {
                 let v = xattr::get(path, &n).ok().flatten().unwrap_or_default();
                 xattrs.push((n, v));
             }
