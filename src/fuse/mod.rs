@@ -486,16 +486,15 @@ impl Filesystem for UnionFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match self.union.list(&node) {
-            Ok(entries) => {
-                let fh = self.handles.insert(Handle::Dir(OpenDir {
-                    node,
-                    entries: parking_lot::Mutex::new(entries),
-                }));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
-            Err(e) => reply.error(fail(&e)),
+        if !node.is_dir() {
+            return reply.error(Errno::ENOTDIR);
         }
+        // The listing is taken by the first readdir (offset 0).
+        let fh = self.handles.insert(Handle::Dir(OpenDir {
+            node,
+            entries: parking_lot::Mutex::new(Vec::new()),
+        }));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
     fn readdir(

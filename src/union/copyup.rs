@@ -58,6 +58,15 @@ impl Union {
 
     /// Make sure `node` has its own entry in the upper layer and return where it is.
     pub fn copy_up(&self, node: &Arc<Node>) -> Result<Loc> {
+        self.copy_up_with(node, true)
+    }
+
+    /// Copy up for a caller about to truncate the file to nothing: metadata only.
+    pub fn copy_up_truncated(&self, node: &Arc<Node>) -> Result<Loc> {
+        self.copy_up_with(node, false)
+    }
+
+    fn copy_up_with(&self, node: &Arc<Node>, with_data: bool) -> Result<Loc> {
         self.check_writable("copy-up")?;
         let loc = self.locate(node)?;
         if loc.layer == 0 {
@@ -78,7 +87,7 @@ impl Union {
         let st = sys::fstatat(loc.raw(), &loc.name)
             .op("copy-up stat")
             .map_err(|e| e.at(&path).in_layer(loc.layer))?;
-        self.copy_entry(&loc, &st, up_parent.as_raw_fd(), node.ino)
+        self.copy_entry(&loc, &st, up_parent.as_raw_fd(), node.ino, with_data)
             .map_err(|e| e.at(&path).in_layer(loc.layer))?;
         let upper = Loc {
             dir: up_parent,
@@ -103,7 +112,14 @@ impl Union {
     }
 
     /// Build a copy of `src` in the work dir and publish it as `src.name` in `up_parent`.
-    fn copy_entry(&self, src: &Loc, st: &Stat, up_parent: RawFd, ino: u64) -> Result<()> {
+    fn copy_entry(
+        &self,
+        src: &Loc,
+        st: &Stat,
+        up_parent: RawFd,
+        ino: u64,
+        with_data: bool,
+    ) -> Result<()> {
         let work = self.stack.work()?;
         let tmp = work.temp_name();
         let kind = st.st_mode & libc::S_IFMT;
@@ -128,7 +144,9 @@ impl Union {
                     )
                     .op("copy-up create")?,
                 );
-                copy_data(&from, &to, st.st_size as u64).op("copy-up data")?;
+                if with_data {
+                    copy_data(&from, &to, st.st_size as u64).op("copy-up data")?;
+                }
                 data = Some(to);
             }
             libc::S_IFLNK => {

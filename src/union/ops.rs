@@ -446,7 +446,9 @@ impl Union {
     /// Open a node's file for I/O; opening for writing copies it up first.
     pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<(File, usize)> {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let loc = if writing {
+        let loc = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            self.copy_up_truncated(node)?
+        } else if writing {
             self.copy_up(node)?
         } else {
             self.locate(node)?
@@ -460,7 +462,11 @@ impl Union {
     /// Change attributes. `file` is an open upper handle to use for truncation, if any.
     pub fn setattr(&self, node: &Arc<Node>, a: SetAttr, file: Option<&File>) -> Result<Stat> {
         let path = node.path();
-        let loc = self.copy_up(node)?;
+        let loc = if a.size == Some(0) {
+            self.copy_up_truncated(node)?
+        } else {
+            self.copy_up(node)?
+        };
         let wrap = |e: Error| e.at(&path).in_layer(0);
         if let Some(size) = a.size {
             match file {
