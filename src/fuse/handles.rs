@@ -1,7 +1,9 @@
 //! Open files and directory snapshots, by FUSE file handle.
 
 use std::fs::File;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use fuser::BackingId;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
@@ -17,6 +19,8 @@ pub struct OpenFile {
     /// reopened from the upper once the file has been copied up, so readers see writes.
     pub file: RwLock<(File, usize)>,
     pub flags: i32,
+    /// Keeps the kernel's backing id alive while this handle is open.
+    pub backing: Option<Arc<BackingId>>,
 }
 
 #[derive(Debug)]
@@ -50,5 +54,79 @@ impl Handles {
 
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         self.map.remove(&fh).map(|(_, h)| h)
+    }
+}
+
+/// How the kernel does a file's I/O.
+#[derive(Debug)]
+pub enum IoMode {
+    /// Reads and writes go straight to the real file (FUSE passthrough).
+    Passthrough(Arc<BackingId>),
+    /// Through the daemon, with the page cache kept across opens.
+    Cached,
+}
+
+#[derive(Debug, Default)]
+struct NodeIo {
+    backing: Weak<BackingId>,
+    real: (u64, u64),
+    cached: usize,
+}
+
+/// The I/O mode of every open node. The kernel holds an inode in one mode at a time: while
+/// a passthrough open is live every other open must be passthrough to the same backing
+/// file, and while a cached open is live none may be passthrough (either mistake is EIO).
+/// So a lower file that may still be copied up is read through the daemon: its upper copy
+/// will be a different backing file. Upper files, and every file of a read-only stack,
+/// use passthrough, all opens of one real file sharing one backing id.
+#[derive(Debug, Default)]
+pub struct Backings {
+    map: DashMap<u64, NodeIo>,
+}
+
+impl Backings {
+    pub fn choose(
+        &self,
+        ino: u64,
+        real: (u64, u64),
+        may_copy_up: bool,
+        register: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> IoMode {
+        let mut io = self.map.entry(ino).or_default();
+        if let Some(live) = io.backing.upgrade() {
+            if io.real == real {
+                return IoMode::Passthrough(live);
+            }
+            log::warn!("#{ino}: open of another real file while a passthrough open is live");
+        }
+        if may_copy_up || io.cached > 0 {
+            io.cached += 1;
+            return IoMode::Cached;
+        }
+        match register() {
+            Ok(id) => {
+                let id = Arc::new(id);
+                io.backing = Arc::downgrade(&id);
+                io.real = real;
+                IoMode::Passthrough(id)
+            }
+            Err(e) => {
+                log::debug!("passthrough refused for #{ino}: {e}");
+                io.cached += 1;
+                IoMode::Cached
+            }
+        }
+    }
+
+    /// A handle of `ino` closed (its backing id already dropped).
+    pub fn release(&self, ino: u64, was_cached: bool) {
+        if let Some(mut io) = self.map.get_mut(&ino)
+            && was_cached
+        {
+            io.cached = io.cached.saturating_sub(1);
+        }
+        self.map.remove_if(&ino, |_, io| {
+            io.cached == 0 && io.backing.strong_count() == 0
+        });
     }
 }

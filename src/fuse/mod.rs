@@ -24,11 +24,14 @@ use crate::sys::{self, Stat};
 use crate::union::Union;
 use crate::union::node::Node;
 use crate::union::ops::{Caller, New, SetAttr};
-use handles::{Handle, Handles, OpenDir, OpenFile};
+use handles::{Backings, Handle, Handles, IoMode, OpenDir, OpenFile};
 
 pub struct UnionFs {
     union: Arc<Union>,
     handles: Handles,
+    backings: Backings,
+    /// The kernel agreed to FUSE passthrough (decided at init).
+    passthrough: bool,
     ttl: Duration,
     negative_ttl: Duration,
 }
@@ -118,6 +121,8 @@ impl UnionFs {
         UnionFs {
             union,
             handles: Handles::default(),
+            backings: Backings::default(),
+            passthrough: false,
             ttl: config.timeout,
             negative_ttl: config.negative_timeout,
         }
@@ -164,12 +169,26 @@ impl Filesystem for UnionFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_AUTO_INVAL_DATA;
-        let supported = config.capabilities() & wanted;
+            | InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        let mut supported = config.capabilities() & wanted;
+        // Passthrough needs CAP_SYS_ADMIN; a stack depth of 2 lets branches sit on overlayfs.
+        if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && sys::geteuid() == 0
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            supported |= InitFlags::FUSE_PASSTHROUGH;
+            self.passthrough = true;
+        }
         let _ = config.add_capabilities(supported);
         log::info!(
-            "kernel FUSE {:?}; readdirplus {}, entry/attr ttl {:?}, negative ttl {:?}",
+            "kernel FUSE {:?}; data {}, readdirplus {}, entry/attr ttl {:?}, negative ttl {:?}",
             config.kernel_abi(),
+            if self.passthrough {
+                "passthrough"
+            } else {
+                "through the daemon (page cache kept)"
+            },
             supported.contains(InitFlags::FUSE_DO_READDIRPLUS),
             self.ttl,
             self.negative_ttl
@@ -382,16 +401,17 @@ impl Filesystem for UnionFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match self.union.open(&node, flags.0) {
-            Ok(file) => {
-                let fh = self.handles.insert(Handle::File(OpenFile {
-                    node,
-                    file: parking_lot::RwLock::new(file),
-                    flags: flags.0 & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
-                }));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+        let (file, layer) = match self.union.open(&node, flags.0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(fail(&e)),
+        };
+        let mode = self.io_mode(&node, &file, layer, || reply.open_backing(&file));
+        let (fh, backing) = self.insert_file(node, file, layer, flags.0, &mode);
+        match (&mode, backing) {
+            (IoMode::Passthrough(_), Some(b)) => {
+                reply.opened_passthrough(fh, FopenFlags::empty(), &b)
             }
-            Err(e) => reply.error(fail(&e)),
+            _ => reply.opened(fh, fopen_flags(&mode)),
         }
     }
 
@@ -463,7 +483,13 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(fh.0);
+        if let Some(h) = self.handles.remove(fh.0)
+            && let Handle::File(of) = &*h
+        {
+            let (ino, cached) = (of.node.ino, of.backing.is_none());
+            drop(h);
+            self.backings.release(ino, cached);
+        }
         reply.ok();
     }
 
@@ -693,18 +719,20 @@ impl Filesystem for UnionFs {
         });
         match res {
             Ok((node, st, Some(file))) => {
-                let fh = self.handles.insert(Handle::File(OpenFile {
-                    node,
-                    file: parking_lot::RwLock::new((file, 0)),
-                    flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
-                }));
-                reply.created(
-                    &self.ttl,
-                    &attr(&st),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                );
+                let mode = self.io_mode(&node, &file, 0, || reply.open_backing(&file));
+                let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
+                let a = attr(&st);
+                match (&mode, backing) {
+                    (IoMode::Passthrough(_), Some(b)) => reply.created_passthrough(
+                        &self.ttl,
+                        &a,
+                        Generation(0),
+                        fh,
+                        FopenFlags::empty(),
+                        &b,
+                    ),
+                    _ => reply.created(&self.ttl, &a, Generation(0), fh, fopen_flags(&mode)),
+                }
             }
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(e),
@@ -774,6 +802,47 @@ impl Filesystem for UnionFs {
 }
 
 impl UnionFs {
+    /// Passthrough where the kernel allows it, else through the daemon.
+    fn io_mode(
+        &self,
+        node: &Node,
+        file: &std::fs::File,
+        layer: usize,
+        register: impl FnOnce() -> io::Result<fuser::BackingId>,
+    ) -> IoMode {
+        if !self.passthrough {
+            return IoMode::Cached;
+        }
+        let may_copy_up = layer > 0 && self.union.writable();
+        match sys::fstat(file.as_raw_fd()) {
+            Ok(st) => self
+                .backings
+                .choose(node.ino, (st.st_dev, st.st_ino), may_copy_up, register),
+            Err(_) => IoMode::Cached,
+        }
+    }
+
+    fn insert_file(
+        &self,
+        node: Arc<Node>,
+        file: std::fs::File,
+        layer: usize,
+        flags: i32,
+        mode: &IoMode,
+    ) -> (FileHandle, Option<Arc<fuser::BackingId>>) {
+        let backing = match mode {
+            IoMode::Passthrough(b) => Some(b.clone()),
+            _ => None,
+        };
+        let fh = self.handles.insert(Handle::File(OpenFile {
+            node,
+            file: parking_lot::RwLock::new((file, layer)),
+            flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
+            backing: backing.clone(),
+        }));
+        (FileHandle(fh), backing)
+    }
+
     /// Create any kind of entry and reply with it.
     fn make(
         &self,
@@ -811,6 +880,15 @@ impl UnionFs {
             *entries = self.union.list(&od.node).map_err(|e| fail(&e))?;
         }
         Ok(entries.clone())
+    }
+}
+
+fn fopen_flags(mode: &IoMode) -> FopenFlags {
+    match mode {
+        IoMode::Passthrough(_) => FopenFlags::empty(),
+        // File data changes only through us (or by hand in a lower, which the attribute
+        // timeout and auto_inval_data catch): keep the page cache across opens.
+        IoMode::Cached => FopenFlags::FOPEN_KEEP_CACHE,
     }
 }
 

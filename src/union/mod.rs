@@ -98,6 +98,7 @@ impl Union {
                 layer: 0,
                 dirs,
                 generation: 0,
+                unlinked: false,
             },
         ))
     }

@@ -38,6 +38,9 @@ pub struct NodeState {
     pub dirs: Vec<LayerDir>,
     /// Rename generation this location was computed in (see `Union::refresh`).
     pub generation: u64,
+    /// Every name is gone (it may live on through open files). If its inode number shows up
+    /// again, it is a new file that the filesystem gave the freed number.
+    pub unlinked: bool,
 }
 
 #[derive(Debug)]
@@ -133,6 +136,7 @@ impl Node {
                 st.parent = Some(p);
                 st.name = n;
             } else {
+                st.unlinked = true;
                 return false;
             }
         }
@@ -177,11 +181,25 @@ impl NodeTable {
 
     /// The live node for `ino`, or `make()` inserted as new; either way the kernel now holds
     /// one more reference. Counted under the map's lock so a racing forget cannot drop it.
-    pub fn get_or_insert(&self, ino: u64, make: impl FnOnce() -> Node) -> (Arc<Node>, bool) {
+    /// A live node of another type under the same number is a freed-and-reused inode number:
+    /// it is replaced, keeping the count, since the kernel's forgets for the old inode will
+    /// still arrive under this number.
+    pub fn get_or_insert(
+        &self,
+        ino: u64,
+        kind: u32,
+        make: impl FnOnce() -> Node,
+    ) -> (Arc<Node>, bool) {
         match self.map.entry(ino) {
-            dashmap::Entry::Occupied(o) => {
-                o.get().lookups.fetch_add(1, Ordering::AcqRel);
-                (o.get().clone(), false)
+            dashmap::Entry::Occupied(mut o) => {
+                let count = o.get().lookups.fetch_add(1, Ordering::AcqRel) + 1;
+                if o.get().kind == kind {
+                    return (o.get().clone(), false);
+                }
+                let node = Arc::new(make());
+                node.lookups.store(count, Ordering::Release);
+                o.insert(node.clone());
+                (node, true)
             }
             dashmap::Entry::Vacant(v) => {
                 let node = Arc::new(make());

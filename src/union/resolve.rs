@@ -62,7 +62,7 @@ impl Union {
             dirs,
             ino,
         } = found;
-        let (node, fresh) = self.nodes.get_or_insert(ino, || {
+        let (node, fresh) = self.nodes.get_or_insert(ino, kind, || {
             Node::new(
                 ino,
                 kind,
@@ -73,6 +73,7 @@ impl Union {
                     layer,
                     dirs: dirs.clone(),
                     generation,
+                    unlinked: false,
                 },
             )
         });
@@ -80,7 +81,11 @@ impl Union {
             let mut s = node.state_mut();
             let same_place =
                 s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && s.name == name;
-            if node.is_dir() || same_place {
+            if node.is_dir() || same_place || s.unlinked {
+                if s.unlinked {
+                    s.links.clear();
+                    s.unlinked = false;
+                }
                 s.parent = Some(parent.clone());
                 s.name = name.to_owned();
                 s.layer = layer;
@@ -111,6 +116,7 @@ impl Union {
                 layer: found.layer,
                 dirs: found.dirs,
                 generation: self.generation(),
+                unlinked: false,
             },
         ))
     }
