@@ -132,6 +132,15 @@ impl UnionFs {
         self.union.node(ino.0).map_err(|e| fail(&e))
     }
 
+    /// Run a union operation on the node `ino`, its error reduced to the errno.
+    fn on<T>(
+        &self,
+        ino: INodeNo,
+        f: impl FnOnce(Arc<Node>) -> crate::error::Result<T>,
+    ) -> Result<T, Errno> {
+        f(self.node(ino)?).map_err(|e| fail(&e))
+    }
+
     fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         self.handles.get(fh.0).ok_or(Errno::EBADF)
     }
@@ -284,10 +293,7 @@ impl Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self
-            .node(ino)
-            .and_then(|n| self.union.readlink(&n).map_err(|e| fail(&e)))
-        {
+        match self.on(ino, |n| self.union.readlink(&n)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -323,23 +329,11 @@ impl Filesystem for UnionFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .node(parent)
-            .and_then(|p| self.union.unlink(&p, name).map_err(|e| fail(&e)))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, self.on(parent, |p| self.union.unlink(&p, name)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .node(parent)
-            .and_then(|p| self.union.rmdir(&p, name).map_err(|e| fail(&e)))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, self.on(parent, |p| self.union.rmdir(&p, name)));
     }
 
     fn symlink(
@@ -366,16 +360,12 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let res = self.node(parent).and_then(|p| {
-            let np = self.node(newparent)?;
-            self.union
-                .rename(&p, name, &np, newname, flags.bits())
-                .map_err(|e| fail(&e))
+        let res = self.node(newparent).and_then(|np| {
+            self.on(parent, |p| {
+                self.union.rename(&p, name, &np, newname, flags.bits())
+            })
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, res);
     }
 
     fn link(
@@ -386,10 +376,9 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let res = self.node(ino).and_then(|n| {
-            let np = self.node(newparent)?;
-            self.union.link(&n, &np, newname).map_err(|e| fail(&e))
-        });
+        let res = self
+            .node(newparent)
+            .and_then(|np| self.on(ino, |n| self.union.link(&n, &np, newname)));
         match res {
             Ok(st) => self.reply_entry(reply, &st),
             Err(e) => reply.error(e),
@@ -649,15 +638,10 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let res = self.node(ino).and_then(|n| {
-            self.union
-                .setxattr(&n, name, value, flags)
-                .map_err(|e| fail(&e))
-        });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            self.on(ino, |n| self.union.setxattr(&n, name, value, flags)),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -671,10 +655,7 @@ impl Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self
-            .node(ino)
-            .and_then(|n| self.union.listxattr(&n).map_err(|e| fail(&e)))
-        {
+        match self.on(ino, |n| self.union.listxattr(&n)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -688,13 +669,7 @@ impl Filesystem for UnionFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .node(ino)
-            .and_then(|n| self.union.removexattr(&n, name).map_err(|e| errno(&e)))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, self.on(ino, |n| self.union.removexattr(&n, name)));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -889,6 +864,13 @@ fn fopen_flags(mode: &IoMode) -> FopenFlags {
         // File data changes only through us (or by hand in a lower, which the attribute
         // timeout and auto_inval_data catch): keep the page cache across opens.
         IoMode::Cached => FopenFlags::FOPEN_KEEP_CACHE,
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, res: Result<(), Errno>) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 
