@@ -6,19 +6,30 @@
 //! is chosen so that a crash between them leaves the old state or the new one: an entry
 //! beside a `.wh.` of its own name in the same layer wins over it.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use super::Union;
 use super::layer::remove_tree_contents;
-use super::node::Node;
+use super::node::{LayerDir, Node};
 use super::resolve::{Found, Loc};
 use super::whiteout;
 use crate::config::WhiteoutFormat;
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat, TimeSpec};
+
+/// How a rename's source got into the upper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    /// Nothing to bring along (a non-directory, or an upper-only directory).
+    Plain,
+    /// A directory copied up alone, its lower parts found through a redirect.
+    Redirect,
+    /// A directory copied up with its whole subtree, made opaque.
+    Whole,
+}
 
 /// What to create.
 #[derive(Debug, Clone, Copy)]
@@ -293,7 +304,6 @@ impl Union {
                 _ => {}
             }
         }
-        let src_spans_lower = src.layer > 0 || src.dirs.iter().any(|d| d.layer > 0);
         if let Some(d) = dst
             .as_ref()
             .filter(|d| d.layer == 0 && d.st.st_nlink <= 1 && !exchange)
@@ -308,25 +318,24 @@ impl Union {
         {
             return Err(Error::new(libc::ENOTEMPTY, "rename").at(&path));
         }
-        let dst_spans_lower = dst_node
-            .as_ref()
-            .is_some_and(|d| d.state().layer > 0 || d.state().dirs.iter().any(|x| x.layer > 0));
-
-        self.copy_up_for_move(&src_node)?;
-        if exchange && let Some(d) = &dst_node {
-            self.copy_up_for_move(d)?;
-        }
+        let src_move = self.copy_up_for_move(&src_node)?;
+        let dst_move = match &dst_node {
+            Some(d) if exchange => self.copy_up_for_move(d)?,
+            _ => Move::Plain,
+        };
         let up_src = self.upper_dir(parent)?;
         let up_dst = self.upper_dir(newparent)?;
         let (us, ud) = (up_src.as_raw_fd(), up_dst.as_raw_fd());
         let src_lower = self.lower_shows(parent, name)?;
         let dst_lower = self.lower_shows(newparent, newname)?;
         // A directory arriving where a lower layer has the name must hide it.
-        if src_node.is_dir() && dst_lower {
+        // (A redirected one finds its lower parts by its redirect, not by its name.)
+        if src_node.is_dir() && dst_lower && src_move != Move::Redirect {
             self.mark_opaque(us, name)?;
         }
         if exchange {
-            if dst_node.as_ref().is_some_and(|d| d.is_dir()) && src_lower {
+            let dst_dir = dst_node.as_ref().is_some_and(|d| d.is_dir());
+            if dst_dir && src_lower && dst_move != Move::Redirect {
                 self.mark_opaque(ud, newname)?;
             }
         } else if let Some(d) = &dst_node {
@@ -375,30 +384,51 @@ impl Union {
         if let Some(d) = dst_node.as_ref().filter(|_| exchange) {
             self.refresh(d)?;
         }
-        if (src_node.is_dir() && src_spans_lower) || (exchange && dst_spans_lower) {
+        // Nodes below a directory copied up whole may still point into the lower layers.
+        if src_move == Move::Whole || dst_move == Move::Whole {
             self.bump_generation();
         }
         log::debug!("rename {path} -> {}", child_path(newparent, newname));
         Ok(())
     }
 
-    /// Bring a rename's source entirely into the upper: a directory with lower parts is
-    /// copied up with its whole subtree and made opaque.
-    fn copy_up_for_move(&self, node: &Arc<Node>) -> Result<()> {
+    /// Bring a rename's source into the upper so it can move by one rename. A directory
+    /// with lower parts is copied up alone and records where its lower parts are (a
+    /// redirect), so no file data moves; where that cannot be recorded (an unprivileged
+    /// daemon cannot write trusted.* xattrs) its whole subtree is copied up and made opaque.
+    fn copy_up_for_move(&self, node: &Arc<Node>) -> Result<Move> {
         if !node.is_dir() {
             self.copy_up(node)?;
-            return Ok(());
+            return Ok(Move::Plain);
         }
-        let spans_lower = node.state().dirs.iter().any(|d| d.layer > 0);
-        if !spans_lower {
-            return Ok(());
+        let Some(lower) = node.state().dirs.iter().find(|d| d.layer > 0).cloned() else {
+            return Ok(Move::Plain);
+        };
+        let loc = self.copy_up(node)?;
+        let value = match sys::lgetxattr(loc.raw(), &loc.name, whiteout::REDIRECT_XATTR.as_ref()) {
+            Ok(Some(_)) => return Ok(Move::Redirect),
+            _ => self
+                .lower_path(&lower)
+                .map(|p| whiteout::format_redirect(&p)),
+        };
+        let recorded = value.is_some_and(|v| {
+            let attr = whiteout::REDIRECT_XATTR.as_ref();
+            sys::lsetxattr(loc.raw(), &loc.name, attr, &v, 0).is_ok()
+        });
+        if recorded {
+            return Ok(Move::Redirect);
         }
         self.copy_up_tree(node)?;
-        let loc = self.locate(node)?;
         self.mark_opaque(loc.raw(), &loc.name)?;
-        let mut s = node.state_mut();
-        s.dirs.retain(|d| d.layer == 0);
-        Ok(())
+        node.state_mut().dirs.retain(|d| d.layer == 0);
+        Ok(Move::Whole)
+    }
+
+    /// Path of a lower directory from its layer's root, as components.
+    fn lower_path(&self, d: &LayerDir) -> Option<Vec<OsString>> {
+        let real = std::fs::read_link(sys::proc_path(d.raw(), "".as_ref())).ok()?;
+        let rel = real.strip_prefix(&self.stack.layers[d.layer].path).ok()?;
+        Some(rel.iter().map(|c| c.to_owned()).collect())
     }
 
     /// A moved entry keeps its inode number: in memory for this mount, and in the origin

@@ -136,10 +136,41 @@ impl Union {
             return Ok(None);
         }
         let pdirs = self.dirs_of(parent)?;
+        let found = self
+            .probe_layers(&pdirs, name)
+            .map_err(|e| e.at(format!("{}/{}", parent.path(), name.to_string_lossy())))?;
+        let Some((layer, st, mut dirs)) = found else {
+            return Ok(None);
+        };
+        // A directory moved in the upper finds its lower parts where it came from.
+        if layer == 0 && is_dir(&st) && self.writable() {
+            if let Some(path) = self.redirect_of(pdirs[0].raw(), name) {
+                dirs.truncate(1);
+                if !self.dir_markers(dirs[0].raw())?.0 {
+                    dirs.extend(self.lower_dirs_at(&path)?);
+                }
+            }
+        }
+        let ino = self.derive_ino(pdirs_layer_fd(&pdirs, layer), name, layer, &st);
+        Ok(Some(Found {
+            layer,
+            st,
+            dirs,
+            ino,
+        }))
+    }
+
+    /// The resolution rule over a list of layer directories: the topmost entry, and for a
+    /// directory every layer it merges from.
+    fn probe_layers(
+        &self,
+        pdirs: &[LayerDir],
+        name: &OsStr,
+    ) -> Result<Option<(usize, Stat, Vec<LayerDir>)>> {
         let wh = whiteout::whiteout_name(name);
         let mut top: Option<(usize, Stat)> = None;
         let mut dirs = Vec::new();
-        for d in &pdirs {
+        for d in pdirs {
             let st = match sys::fstatat(d.raw(), name) {
                 Ok(st) => st,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -148,11 +179,7 @@ impl Union {
                     }
                     continue;
                 }
-                Err(e) => {
-                    return Err(Error::io(e, "lookup")
-                        .at(format!("{}/{}", parent.path(), name.to_string_lossy()))
-                        .in_layer(d.layer));
-                }
+                Err(e) => return Err(Error::io(e, "lookup").in_layer(d.layer)),
             };
             if self.is_whiteout(d, name, &st) {
                 break;
@@ -168,7 +195,7 @@ impl Union {
             }
             let fd = sys::open_dir_path(d.raw(), name)
                 .op("open dir")
-                .map_err(|e| e.at(name.to_string_lossy()).in_layer(d.layer))?;
+                .map_err(|e| e.in_layer(d.layer))?;
             let (opaque, xwhiteouts) = self.dir_markers(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
             dirs.push(LayerDir {
                 layer: d.layer,
@@ -180,16 +207,34 @@ impl Union {
                 break;
             }
         }
-        let Some((layer, st)) = top else {
-            return Ok(None);
-        };
-        let ino = self.derive_ino(pdirs_layer_fd(&pdirs, layer), name, layer, &st);
-        Ok(Some(Found {
-            layer,
-            st,
-            dirs,
-            ino,
-        }))
+        Ok(top.map(|(layer, st)| (layer, st, dirs)))
+    }
+
+    /// The recorded lower path of a moved upper directory, if any.
+    fn redirect_of(&self, dir: i32, name: &OsStr) -> Option<Vec<OsString>> {
+        let v = sys::lgetxattr(dir, name, whiteout::REDIRECT_XATTR.as_ref())
+            .ok()
+            .flatten()?;
+        Some(whiteout::parse_redirect(&v))
+    }
+
+    /// The merged lower directories at `path` (from the root), as if the upper were absent.
+    pub(crate) fn lower_dirs_at(&self, path: &[OsString]) -> Result<Vec<LayerDir>> {
+        let root = self.root();
+        let mut dirs: Vec<LayerDir> = root
+            .state()
+            .dirs
+            .iter()
+            .filter(|d| d.layer > 0)
+            .cloned()
+            .collect();
+        for part in path {
+            match self.probe_layers(&dirs, part)? {
+                Some((_, st, next)) if is_dir(&st) => dirs = next,
+                _ => return Ok(Vec::new()),
+            }
+        }
+        Ok(dirs)
     }
 
     /// One rule for inode numbers, shared by lookup and readdir: an upper entry that

@@ -276,6 +276,40 @@ fn rename_of_lower_directory_moves_whole_tree() {
     assert_eq!(names(&u, "dst"), ["a", "sub"]);
     assert!(s.upper.join(".wh.src").exists());
     assert!(s.lowers[0].join("src/a").exists(), "lower untouched");
+    if crate::sys::geteuid() == 0 {
+        // Privileged: the directory moved alone, its files stay in the lower (a redirect).
+        assert!(!s.upper.join("dst/a").exists(), "no file data copied");
+        assert!(!s.upper.join("dst/sub").exists());
+    }
+    // And the next mount sees the same tree.
+    drop(u);
+    let u = s.union();
+    assert_eq!(read(&u, "dst/sub/b"), "B");
+    assert_eq!(names(&u, "dst"), ["a", "sub"]);
+    assert!(walk(&u, "src").is_none());
+}
+
+#[test]
+fn moved_directory_keeps_changes_made_after_the_move() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("d/keep"), "K");
+    write(&s.lowers[0].join("d/gone"), "G");
+    let u = s.union();
+    let root = u.root();
+    u.rename(&root, OsStr::new("d"), &root, OsStr::new("e"), 0)
+        .unwrap();
+    let e = walk(&u, "e").unwrap();
+    u.unlink(&e, OsStr::new("gone")).unwrap();
+    u.create(&e, OsStr::new("new"), New::Dir { mode: 0o755 }, ME)
+        .unwrap();
+    u.rename(&root, OsStr::new("e"), &root, OsStr::new("d"), 0)
+        .unwrap();
+    assert_eq!(names(&u, "d"), ["keep", "new"]);
+    drop(u);
+    let u = s.union();
+    assert_eq!(names(&u, "d"), ["keep", "new"]);
+    assert_eq!(read(&u, "d/keep"), "K");
+    assert!(walk(&u, "e").is_none());
 }
 
 #[test]

@@ -25,6 +25,28 @@ pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overla
 /// only a privileged daemon writes it and image tools (which copy user.*) leave it out.
 pub const ORIGIN_XATTR: &str = "trusted.unionmount.origin";
 
+/// Where a directory moved within the upper has its lower parts: the path from the root
+/// (overlayfs' redirect_dir, under our own name).
+pub const REDIRECT_XATTR: &str = "trusted.unionmount.redirect";
+
+/// A redirect value: "/a/b" from the root, as path components.
+pub fn parse_redirect(value: &[u8]) -> Vec<OsString> {
+    value
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b"." && *c != b"..")
+        .map(|c| OsString::from_vec(c.to_vec()))
+        .collect()
+}
+
+pub fn format_redirect(parts: &[OsString]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for p in parts {
+        v.push(b'/');
+        v.extend_from_slice(p.as_bytes());
+    }
+    v
+}
+
 /// A name that can never be seen or created through the mount.
 pub fn is_reserved(name: &OsStr) -> bool {
     name.as_bytes().starts_with(WH_PREFIX)
@@ -102,6 +124,13 @@ mod tests {
         assert_eq!(whited_out(OsStr::new("plain")), None);
         assert!(is_reserved(OsStr::new(OPAQUE_MARKER)));
         assert!(!is_reserved(OsStr::new(".whx")));
+    }
+
+    #[test]
+    fn redirects_round_trip() {
+        let parts = parse_redirect(b"/usr/share/..//doc");
+        assert_eq!(parts, [OsString::from("usr"), "share".into(), "doc".into()]);
+        assert_eq!(format_redirect(&parts), b"/usr/share/doc");
     }
 
     #[test]
