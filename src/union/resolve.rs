@@ -143,12 +143,14 @@ impl Union {
             return Ok(None);
         };
         // A directory moved in the upper finds its lower parts where it came from.
-        if layer == 0 && is_dir(&st) && self.writable() {
-            if let Some(path) = self.redirect_of(pdirs[0].raw(), name) {
-                dirs.truncate(1);
-                if !self.dir_markers(dirs[0].raw())?.0 {
-                    dirs.extend(self.lower_dirs_at(&path)?);
-                }
+        if layer == 0
+            && is_dir(&st)
+            && self.writable()
+            && let Some(path) = self.redirect_of(pdirs[0].raw(), name)
+        {
+            dirs.truncate(1);
+            if !self.dir_markers(dirs[0].raw())?.0 {
+                dirs.extend(self.lower_dirs_at(&path)?);
             }
         }
         let ino = self.derive_ino(pdirs_layer_fd(&pdirs, layer), name, layer, &st);
