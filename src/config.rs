@@ -57,9 +57,64 @@ pub struct Config {
     pub volatile: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// The source /proc/mounts shows (mount(8) matches fstab lines by it).
+    pub fsname: Option<String>,
 }
 
 impl Config {
+    /// The one line a mount logs: the stack top first with modes, the mount point, and the
+    /// settings in force.
+    pub fn describe(&self) -> String {
+        let stack: Vec<String> = self
+            .branches
+            .iter()
+            .map(|b| {
+                format!(
+                    "{}={}",
+                    b.path.display(),
+                    if b.writable { "RW" } else { "RO" }
+                )
+            })
+            .collect();
+        let mut settings = vec![
+            if self.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            }
+            .to_string(),
+            format!(
+                "whiteout={}",
+                match self.whiteout {
+                    WhiteoutFormat::WhFiles => "wh",
+                    WhiteoutFormat::Overlay => "overlay",
+                }
+            ),
+            format!("threads={}", self.threads),
+            format!(
+                "timeout={}s,negative_timeout={}s",
+                self.timeout.as_secs_f64(),
+                self.negative_timeout.as_secs_f64()
+            ),
+        ];
+        if let Some(w) = &self.workdir {
+            settings.push(format!("workdir={}", w.display()));
+        }
+        if self.allow_other {
+            settings.push("allow_other".into());
+        }
+        if self.volatile {
+            settings.push("volatile".into());
+        }
+        format!(
+            "mounted {} on {} ({} branches; {})",
+            stack.join(":"),
+            self.mountpoint.display(),
+            self.branches.len(),
+            settings.join(", ")
+        )
+    }
+
     /// Index of the writable branch, if the stack has one.
     pub fn upper(&self) -> Option<&Branch> {
         self.branches.first().filter(|b| b.writable)
@@ -162,6 +217,7 @@ impl Config {
             whiteout: opts.whiteout.unwrap_or_default(),
             volatile: opts.volatile,
             threads: opts.threads.unwrap_or((threads * 2).clamp(2, 8)),
+            fsname: opts.fsname.clone(),
         })
     }
 }
@@ -223,7 +279,7 @@ pub struct MountOpts {
     pub lowerdir: Option<Vec<PathBuf>>,
     /// `upperdir=U`.
     pub upperdir: Option<PathBuf>,
-    /// `fsname=NAME`: accepted and recorded; `Config` has no field for it yet.
+    /// `fsname=NAME`: the source /proc/mounts shows.
     pub fsname: Option<String>,
     /// `subtype=NAME`: accepted and recorded; `Config` has no field for it yet.
     pub subtype: Option<String>,
@@ -249,6 +305,30 @@ const IGNORED: &[&str] = &[
     "noacl",
     "cow",
     "nonempty",
+    // Meaningful only to mount(8), fstab, systemd or mount.fuse3, never to the filesystem.
+    "defaults",
+    "auto",
+    "noauto",
+    "nofail",
+    "_netdev",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "nodiratime",
+    "diratime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "norelatime",
+    "iversion",
+    "noiversion",
+    "mand",
+    "nomand",
+    "silent",
+    "loud",
 ];
 
 /// Parse `-o` arguments, each a comma-separated list; later options override earlier ones.
@@ -307,6 +387,7 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOpts, ConfigError> {
             "fsname" => o.fsname = Some(text(value)?),
             "subtype" => o.subtype = Some(text(value)?),
             k if value.is_none() && IGNORED.contains(&k) => {}
+            k if k.starts_with("x-") || k == "comment" => {}
             _ => bail!("unknown option '{item}'"),
         }
     }

@@ -11,50 +11,61 @@ use unionmount::fuse::{self, UnionFs};
 use unionmount::sys;
 use unionmount::union::Union;
 
-const EXAMPLES: &str = "\
-Examples:
-  unionmount /srv/upper=RW:/srv/base=RO /mnt/merged
-      merge base (read-only) under upper (writable) at /mnt/merged
-  unionmount -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w /mnt/merged
-      the same in overlayfs style (lowers top first)
-  unionmount /img/layer2:/img/layer1 /mnt/ro
-      no RW branch: a read-only view of a layer stack
-  fusermount3 -u /mnt/merged      (or: umount /mnt/merged)
-      unmount";
+mod cli;
 
-/// A union filesystem: several directories stacked into one tree; changes land in the
-/// writable top branch, the read-only branches below are never modified.
-#[derive(Parser, Debug)]
-#[command(name = "unionmount", version, after_help = EXAMPLES)]
-struct Cli {
-    /// Stay in the foreground (default: detach once the mount is live).
-    #[arg(short = 'f')]
-    foreground: bool,
-    /// Stay in the foreground and log every operation.
-    #[arg(short = 'd')]
-    debug: bool,
-    /// Mount options, comma-separated (repeatable): ro, allow_other, timeout=SECS,
-    /// negative_timeout=SECS, threads=N, volatile, whiteout=wh|overlay,
-    /// lowerdir=L1:L2,upperdir=U,workdir=W.
-    #[arg(short = 'o', value_name = "OPTIONS")]
-    options: Vec<String>,
-    /// BRANCHES (dir[=RW|=RO]:dir[=RO]:..., top first) and MOUNTPOINT; with -o lowerdir=
-    /// only MOUNTPOINT.
-    #[arg(required = true, num_args = 1..=2, value_name = "BRANCHES MOUNTPOINT")]
-    args: Vec<String>,
+/// Exit statuses, after mount(8) (whose helpers' statuses it passes on) and fuse-overlayfs.
+mod exit {
+    /// Mounted (detached), or a foreground daemon unmounted cleanly; `--help`, `--version`.
+    pub const OK: u8 = 0;
+    /// Incorrect invocation: the command line cannot be parsed.
+    pub const USAGE: u8 = 1;
+    /// A foreground daemon whose FUSE session ended in an error (as fuse-overlayfs).
+    pub const RUNTIME: u8 = 1;
+    /// System error: out of memory, cannot fork, no pipe.
+    pub const SYSTEM: u8 = 2;
+    /// Mount failure: a branch, the mount point or an option refused, or the mount itself
+    /// failed (mount(2), fusermount3, the daemon dying before the mount was live).
+    pub const MOUNT: u8 = 32;
+}
+
+/// A SOURCE that names the mount rather than branches: `none`, `unionmount`, `overlay`...
+/// (mount(8) always passes one; with `-o lowerdir=` it is only a label).
+fn is_source_word(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', ':', '='])
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let level = if cli.debug { "debug" } else { "info" };
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    // Quiet on success when detaching, as mount(8) and fuse-overlayfs are; RUST_LOG overrides.
+    let level = match (cli.debug, cli.foreground) {
+        (true, _) => "debug",
+        (false, true) => "info",
+        (false, false) => "warn",
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
 
-    let (branches, mountpoint) = match cli.args.as_slice() {
-        [m] => (None, m.as_str()),
-        [b, m] => (Some(b.as_str()), m.as_str()),
-        _ => unreachable!("clap enforces 1..=2 arguments"),
-    };
-    let config = parse_mount_options(&cli.options).and_then(|opts| {
+    let config = parse_mount_options(&cli.options).and_then(|mut opts| {
+        // `unionmount SOURCE MOUNTPOINT -o ...`, the form mount.fuse3 runs: SOURCE is the
+        // branch spec, or with lowerdir= a word to ignore. Either way it names the mount.
+        let (branches, mountpoint) = match cli.args.as_slice() {
+            [m] => (None, m.as_str()),
+            [s, m] if opts.lowerdir.is_some() && is_source_word(s) => (None, m.as_str()),
+            [b, m] => (Some(b.as_str()), m.as_str()),
+            _ => unreachable!("clap enforces 1..=2 arguments"),
+        };
+        if cli.args.len() == 2 && !cli.args[0].contains(',') {
+            opts.fsname.get_or_insert_with(|| cli.args[0].clone());
+        }
         Config::build(
             branches,
             Path::new(mountpoint),
@@ -67,7 +78,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("unionmount: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::MOUNT);
         }
     };
     // Modes of created files come from the caller's request, not from our umask.
@@ -85,13 +96,13 @@ fn detach(config: &Config) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             eprintln!("unionmount: pipe: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::SYSTEM);
         }
     };
     match sys::fork() {
         Err(e) => {
             eprintln!("unionmount: fork: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::SYSTEM)
         }
         Ok(0) => {
             drop(rd);
@@ -103,13 +114,13 @@ fn detach(config: &Config) -> ExitCode {
             let mut msg = String::new();
             let _ = std::fs::File::from(rd).read_to_string(&mut msg);
             if msg == "ok\n" {
-                ExitCode::SUCCESS
+                ExitCode::from(exit::OK)
             } else {
                 if msg.is_empty() {
                     msg = "the daemon exited before the mount was live\n".into();
                 }
                 eprint!("unionmount: {msg}");
-                ExitCode::FAILURE
+                ExitCode::from(exit::MOUNT)
             }
         }
     }
@@ -124,7 +135,7 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>) -> ExitCode {
             }
             None => eprintln!("unionmount: {msg}"),
         }
-        ExitCode::FAILURE
+        ExitCode::from(exit::MOUNT)
     };
     let union = match Union::new(config) {
         Ok(u) => Arc::new(u),
@@ -140,22 +151,6 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>) -> ExitCode {
             return fail(format!("mount {}: {e}", config.mountpoint.display()));
         }
     };
-    log::info!(
-        "mounted {} on {} ({} branches, {})",
-        config
-            .branches
-            .iter()
-            .map(|b| b.spec.as_str())
-            .collect::<Vec<_>>()
-            .join(":"),
-        config.mountpoint.display(),
-        config.branches.len(),
-        if config.read_only {
-            "read-only"
-        } else {
-            "read-write"
-        }
-    );
     std::thread::spawn(move || {
         let sig = sys::wait_signal(&signals);
         log::info!("signal {sig}: unmounting");
@@ -169,10 +164,25 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>) -> ExitCode {
         sys::redirect_stdio_to_null();
     }
     match session.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             log::error!("session ended: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::RUNTIME)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_words() {
+        for w in ["none", "unionmount", "overlay", "my-union"] {
+            assert!(is_source_word(w), "{w}");
+        }
+        for s in ["", "/u=RW:/b", "upper=RW", "a:b", "./x"] {
+            assert!(!is_source_word(s), "{s}");
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct UnionFs {
     passthrough: bool,
     ttl: Duration,
     negative_ttl: Duration,
+    /// The stack and settings, for the one line a mount logs (at init, with the kernel's
+    /// features).
+    description: String,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -125,6 +128,7 @@ impl UnionFs {
             passthrough: false,
             ttl: config.timeout,
             negative_ttl: config.negative_timeout,
+            description: config.describe(),
         }
     }
 
@@ -191,16 +195,19 @@ impl Filesystem for UnionFs {
         }
         let _ = config.add_capabilities(supported);
         log::info!(
-            "kernel FUSE {:?}; data {}, readdirplus {}, entry/attr ttl {:?}, negative ttl {:?}",
+            "{}; kernel FUSE {}: data {}, readdirplus {}",
+            self.description,
             config.kernel_abi(),
             if self.passthrough {
                 "passthrough"
             } else {
                 "through the daemon (page cache kept)"
             },
-            supported.contains(InitFlags::FUSE_DO_READDIRPLUS),
-            self.ttl,
-            self.negative_ttl
+            if supported.contains(InitFlags::FUSE_DO_READDIRPLUS) {
+                "on"
+            } else {
+                "off"
+            },
         );
         Ok(())
     }
@@ -963,11 +970,16 @@ fn session_config(config: &Config) -> fuser::Config {
     c
 }
 
+/// The source /proc/mounts shows: `fsname=` (mount(8) passes the fstab source), else the
+/// upper (or top) branch.
 fn fsname(config: &Config) -> String {
     config
-        .upper()
-        .or(config.branches.first())
-        .map(|b| b.path.display().to_string())
+        .fsname
+        .clone()
+        .or_else(|| {
+            let top = config.upper().or(config.branches.first());
+            top.map(|b| b.path.display().to_string())
+        })
         .unwrap_or_else(|| "unionmount".into())
         .replace([',', ' '], "_")
 }

@@ -64,6 +64,7 @@ impl Stack {
             whiteout: WhiteoutFormat::WhFiles,
             volatile: true,
             threads: 1,
+            fsname: None,
         };
         Union::new(&config).unwrap()
     }

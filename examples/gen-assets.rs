@@ -1,0 +1,135 @@
+//! Generate the man page unionmount(8) and the bash, zsh and fish completions from the clap
+//! definition in src/cli.rs.
+//!
+//!     cargo run --example gen-assets -- OUTDIR      (what `make assets` runs)
+//!
+//! writes OUTDIR/unionmount.8, OUTDIR/completions/{unionmount.bash,_unionmount,unionmount.fish}.
+//! An example rather than a second binary so `cargo install` installs only `unionmount` and
+//! clap_mangen/clap_complete stay dev-dependencies.
+
+#[path = "../src/cli.rs"]
+#[allow(dead_code)]
+mod cli;
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Sections after OPTIONS, in roff. Keep in step with README.md and docs/.
+const MORE: &str = r#".SH "MOUNT OPTIONS"
+.TP
+\fBro\fR, \fBrw\fR
+Read\-only mount even with an RW branch; \fBrw\fR undoes an earlier \fBro\fR.
+.TP
+\fBallow_other\fR
+Let other users use the mount (the default when run as root).
+.TP
+\fBtimeout=\fISECS\fR, \fBnegative_timeout=\fISECS\fR
+How long the kernel caches names and attributes, and "no such file" (default 1).
+.TP
+\fBthreads=\fIN\fR
+FUSE worker threads (default: 2 per core, at most 8).
+.TP
+\fBvolatile\fR
+Skip the fsync that makes each copy\-up durable before it is published.
+.TP
+\fBwhiteout=wh\fR|\fBoverlay\fR
+Write \fB.wh.\fR files (default, needs no privilege) or overlayfs character\-device whiteouts.
+.TP
+\fBlowerdir=\fIL1\fB:\fIL2\fR, \fBupperdir=\fIU\fR, \fBworkdir=\fIW\fR
+An overlayfs\-style stack (lowers top first); \fBlowerdir\fR alone is a read\-only mount.
+\fBworkdir\fR must be on the upper's filesystem; by default copy\-ups are built in a hidden
+directory inside the upper.
+.TP
+\fBfsname=\fINAME\fR, \fBsubtype=\fINAME\fR
+Names shown in /proc/mounts.
+.PP
+Ordinary mount flags (\fBnodev\fR, \fBnosuid\fR, \fBnoatime\fR, \fBdev\fR, \fBsuid\fR, ...) are
+accepted. Options meaningful only to mount(8), fstab, systemd or mount.fuse3 (\fBdefaults\fR,
+\fBauto\fR, \fBnoauto\fR, \fBnofail\fR, \fB_netdev\fR, \fBuser\fR, \fBusers\fR, \fBx\-*\fR,
+\fBcomment=*\fR) are ignored.
+.SH "MOUNT HELPER AND FSTAB"
+\fBmount \-t fuse.unionmount\fR runs \fBmount.fuse3\fR(8), which runs
+\fBunionmount \fISOURCE MOUNTPOINT\fB \-o \fIOPTIONS\fR through /bin/sh with the default
+PATH, so install unionmount in /usr/bin, /usr/local/bin or another directory of it. No
+\fBmount.fuse.unionmount\fR link is needed: mount(8) falls back to \fBmount.fuse\fR for any
+\fBfuse.\fR\fItype\fR. \fISOURCE\fR is the branch spec, or, with \fB\-o lowerdir=\fR, a word
+such as \fBnone\fR that is ignored (anything without '/', ':' or '='). It is the name the mount
+is known by.
+.PP
+.nf
+# /etc/fstab
+/srv/upper=RW:/srv/base=RO  /mnt/merged  fuse.unionmount  defaults,nofail  0 0
+none  /mnt/ovl  fuse.unionmount  lowerdir=/l1:/l2,upperdir=/u,workdir=/w  0 0
+.fi
+.PP
+Then \fBmount /mnt/merged\fR, or \fBmount \-a \-t fuse.unionmount\fR. systemd turns such
+lines into mount units; see docs/systemd/ in the source for a hand\-written one.
+/proc/mounts shows the mount with type \fBfuse.unionmount\fR.
+.SH LOGGING
+Messages go to stderr while in the foreground (\fB\-f\fR, \fB\-d\fR) and nowhere once detached.
+The level follows \fBRUST_LOG\fR (error, warn, info, debug, trace; default info, debug with
+\fB\-d\fR). A mount logs one info line naming the stack and the settings in force; at debug
+level each failed operation is logged with the operation, the path, the layer and the errno.
+.SH "EXIT STATUS"
+As mount(8), whose helpers' status it passes on:
+.TP
+.B 0
+mounted (detached once the mount is live), or a foreground daemon unmounted cleanly
+.TP
+.B 1
+incorrect invocation (the command line cannot be parsed); also a foreground daemon whose
+FUSE session failed
+.TP
+.B 2
+system error (cannot fork or make a pipe)
+.TP
+.B 32
+mount failure: a branch, the mount point or an option was refused, or the mount failed.
+Nothing is mounted or created then, and one line on stderr names the branch and the problem.
+.SH EXAMPLES
+.nf
+unionmount /srv/upper=RW:/srv/base=RO /mnt/merged
+unionmount \-o lowerdir=/l1:/l2,upperdir=/u,workdir=/w /mnt/merged
+unionmount /img/layer2:/img/layer1 /mnt/ro
+unionmount \-d /srv/upper=RW:/srv/base=RO /mnt/merged
+mount \-t fuse.unionmount /srv/upper=RW:/srv/base=RO /mnt/merged
+mount \-t fuse.unionmount \-o lowerdir=/l1,upperdir=/u,workdir=/w none /mnt/merged
+umount /mnt/merged        (or: fusermount3 \-u /mnt/merged)
+.fi
+.SH "SEE ALSO"
+\fBmount\fR(8), \fBmount.fuse3\fR(8), \fBfstab\fR(5), \fBsystemd.mount\fR(5),
+\fBfusermount3\fR(1), \fBfuse\fR(4)
+"#;
+
+fn main() -> std::io::Result<()> {
+    let out = PathBuf::from(
+        std::env::args_os()
+            .nth(1)
+            .expect("usage: gen-assets OUTDIR"),
+    );
+    fs::create_dir_all(out.join("completions"))?;
+
+    let cmd = cli::Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .manual("System Administration")
+        .source(format!("unionmount {}", env!("CARGO_PKG_VERSION")));
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    page.write_all(MORE.as_bytes())?;
+    fs::write(out.join("unionmount.8"), page)?;
+
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let mut cmd = cmd.clone();
+        clap_complete::generate_to(shell, &mut cmd, "unionmount", out.join("completions"))?;
+    }
+    println!("{}", out.display());
+    Ok(())
+}
