@@ -43,16 +43,6 @@ fn errno(e: &Error) -> Errno {
     Errno::from_i32(e.errno)
 }
 
-/// Log a failed operation at the level it deserves: a missing name is routine.
-fn fail(e: &Error) -> Errno {
-    if e.errno == libc::ENOENT {
-        log::debug!("{e}");
-    } else {
-        log::debug!("error: {e}");
-    }
-    errno(e)
-}
-
 fn file_type(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
@@ -133,7 +123,17 @@ impl UnionFs {
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
-        self.union.node(ino.0).map_err(|e| fail(&e))
+        self.union.node(ino.0).map_err(|e| self.fail(&e))
+    }
+
+    /// Log a failed operation (naming the branch it concerns) and reduce it to the errno.
+    fn fail(&self, e: &Error) -> Errno {
+        let branch = e.layer.and_then(|l| self.union.stack.layers.get(l));
+        match branch {
+            Some(b) => log::debug!("{e} [branch {}]", b.path.display()),
+            None => log::debug!("{e}"),
+        }
+        errno(e)
     }
 
     /// Run a union operation on the node `ino`, its error reduced to the errno.
@@ -142,7 +142,7 @@ impl UnionFs {
         ino: INodeNo,
         f: impl FnOnce(Arc<Node>) -> crate::error::Result<T>,
     ) -> Result<T, Errno> {
-        f(self.node(ino)?).map_err(|e| fail(&e))
+        f(self.node(ino)?).map_err(|e| self.fail(&e))
     }
 
     fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
@@ -230,7 +230,7 @@ impl Filesystem for UnionFs {
                 st.st_mode = libc::S_IFREG;
                 reply.entry(&self.negative_ttl, &attr(&st), Generation(0));
             }
-            Err(e) => reply.error(fail(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -252,7 +252,7 @@ impl Filesystem for UnionFs {
         }
         match self.union.getattr(&node) {
             Ok(st) => reply.attr(&self.ttl, &attr(&st)),
-            Err(e) => reply.error(fail(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -295,7 +295,7 @@ impl Filesystem for UnionFs {
         let guard = file.map(|of| of.file.read());
         match self.union.setattr(&node, a, guard.as_ref().map(|g| &g.0)) {
             Ok(st) => reply.attr(&self.ttl, &attr(&st)),
-            Err(e) => reply.error(fail(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -399,7 +399,7 @@ impl Filesystem for UnionFs {
         };
         let (file, layer) = match self.union.open(&node, flags.0) {
             Ok(f) => f,
-            Err(e) => return reply.error(fail(&e)),
+            Err(e) => return reply.error(self.fail(&e)),
         };
         let mode = self.io_mode(&node, &file, layer, || reply.open_backing(&file));
         let (fh, backing) = self.insert_file(node, file, layer, flags.0, &mode);
@@ -631,7 +631,7 @@ impl Filesystem for UnionFs {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(fail(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -697,7 +697,7 @@ impl Filesystem for UnionFs {
         let res = self.node(parent).and_then(|p| {
             self.union
                 .create(&p, name, New::File { mode, flags }, caller(req, umask))
-                .map_err(|e| fail(&e))
+                .map_err(|e| self.fail(&e))
         });
         match res {
             Ok((node, st, Some(file))) => {
@@ -838,7 +838,7 @@ impl UnionFs {
         let res = self.node(parent).and_then(|p| {
             self.union
                 .create(&p, name, what, caller(req, umask))
-                .map_err(|e| fail(&e))
+                .map_err(|e| self.fail(&e))
         });
         match res {
             Ok((_, st, _)) => self.reply_entry(reply, &st),
@@ -859,7 +859,7 @@ impl UnionFs {
         };
         let mut entries = od.entries.lock();
         if offset == 0 {
-            *entries = self.union.list(&od.node).map_err(|e| fail(&e))?;
+            *entries = self.union.list(&od.node).map_err(|e| self.fail(&e))?;
         }
         Ok(entries.clone())
     }
