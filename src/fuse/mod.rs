@@ -166,9 +166,9 @@ impl UnionFs {
         };
         if of.file.read().1 > 0
             && of.node.layer() == 0
-            && let Ok(fresh) = self.union.open(&of.node, of.flags)
+            && let Ok(fresh) = self.union.reopen_copy(&of.node, of.flags)
         {
-            *of.file.write() = fresh;
+            *of.file.write() = (fresh, 0);
         }
         let guard = of.file.read();
         f(&guard.0).map_err(Errno::from)

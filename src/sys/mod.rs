@@ -16,6 +16,22 @@ fn cstr(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// Where an `*at()` call acts: `name` inside `dir`, not following a symlink there; or, for
+/// an empty name, the file an O_PATH fd `dir` holds (through /proc, whose link is followed),
+/// which still works once that file has no name left.
+fn target(dir: RawFd, name: &OsStr) -> io::Result<(RawFd, CString, bool)> {
+    if name.is_empty() {
+        let p = format!("/proc/self/fd/{dir}");
+        Ok((libc::AT_FDCWD, cstr(OsStr::new(&p))?, true))
+    } else {
+        Ok((dir, cstr(name)?, false))
+    }
+}
+
+fn nofollow(follow: bool) -> i32 {
+    if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW }
+}
+
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -44,8 +60,15 @@ pub fn open_dir_path(dir: RawFd, name: &OsStr) -> io::Result<OwnedFd> {
 
 /// Open a real file for I/O; the caller's flags minus those that would create or follow.
 pub fn open_file(dir: RawFd, name: &OsStr, flags: i32) -> io::Result<File> {
-    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY) | libc::O_NOFOLLOW;
-    openat(dir, name, flags, 0).map(File::from)
+    let (dir, c, follow) = target(dir, name)?;
+    let mut flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    // SAFETY: c is a valid C string; the returned fd is owned by us.
+    let fd = check(unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, 0) })?;
+    // SAFETY: fd was just returned by openat and is not owned elsewhere.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// An all-zero stat, to fill in by hand.
@@ -55,11 +78,10 @@ pub fn zeroed_stat() -> Stat {
 }
 
 pub fn fstatat(dir: RawFd, name: &OsStr) -> io::Result<Stat> {
-    let c = cstr(name)?;
-    // SAFETY: zeroed stat is a valid out-parameter for fstatat.
-    let mut st: Stat = unsafe { std::mem::zeroed() };
+    let (dir, c, follow) = target(dir, name)?;
+    let mut st = zeroed_stat();
     // SAFETY: c and st are valid for the duration of the call.
-    check(unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    check(unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, nofollow(follow)) })?;
     Ok(st)
 }
 
@@ -150,16 +172,22 @@ pub fn linkat(olddir: RawFd, old: &OsStr, newdir: RawFd, new: &OsStr) -> io::Res
 }
 
 pub fn fchownat(dir: RawFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-    let c = cstr(name)?;
+    let (dir, c, follow) = target(dir, name)?;
     let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
     // SAFETY: c is a valid C string; -1 leaves an id unchanged.
-    check(unsafe { libc::fchownat(dir, c.as_ptr(), u, g, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+    check(unsafe { libc::fchownat(dir, c.as_ptr(), u, g, nofollow(follow)) }).map(drop)
 }
 
 pub fn fchmodat(dir: RawFd, name: &OsStr, mode: u32) -> io::Result<()> {
-    let c = cstr(name)?;
+    let (dir, c, _) = target(dir, name)?;
     // SAFETY: c is a valid C string.
     check(unsafe { libc::fchmodat(dir, c.as_ptr(), mode, 0) }).map(drop)
+}
+
+pub fn fchown(fd: RawFd, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+    // SAFETY: plain syscall on an fd we hold; -1 leaves an id unchanged.
+    check(unsafe { libc::fchown(fd, u, g) }).map(drop)
 }
 
 pub fn fchmod(fd: RawFd, mode: u32) -> io::Result<()> {
@@ -188,11 +216,16 @@ fn timespec(t: TimeSpec) -> libc::timespec {
 }
 
 pub fn utimensat(dir: RawFd, name: &OsStr, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
-    let c = cstr(name)?;
+    let (dir, c, follow) = target(dir, name)?;
     let ts = [timespec(atime), timespec(mtime)];
     // SAFETY: c and ts are valid for the call.
-    check(unsafe { libc::utimensat(dir, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
-        .map(drop)
+    check(unsafe { libc::utimensat(dir, c.as_ptr(), ts.as_ptr(), nofollow(follow)) }).map(drop)
+}
+
+pub fn futimens(fd: RawFd, atime: TimeSpec, mtime: TimeSpec) -> io::Result<()> {
+    let ts = [timespec(atime), timespec(mtime)];
+    // SAFETY: ts is valid for the call.
+    check(unsafe { libc::futimens(fd, ts.as_ptr()) }).map(drop)
 }
 
 pub fn ftruncate(fd: RawFd, size: u64) -> io::Result<()> {

@@ -87,15 +87,34 @@ impl Union {
         let st = sys::fstatat(loc.raw(), &loc.name)
             .op("copy-up stat")
             .map_err(|e| e.at(&path).in_layer(loc.layer))?;
+        // Publishing the copy must not make the parent look modified (as on overlayfs).
+        let pst = sys::fstat_path(up_parent.as_raw_fd()).op("copy-up stat parent")?;
         self.copy_entry(&loc, &st, up_parent.as_raw_fd(), node.ino, with_data)
             .map_err(|e| e.at(&path).in_layer(loc.layer))?;
+        let _ = sys::utimensat(
+            up_parent.as_raw_fd(),
+            ".".as_ref(),
+            Some(Some((pst.st_atime, pst.st_atime_nsec))),
+            Some(Some((pst.st_mtime, pst.st_mtime_nsec))),
+        );
         let upper = Loc {
             dir: up_parent,
             name: loc.name.clone(),
             layer: 0,
         };
+        let copied = sys::fstatat(upper.raw(), &upper.name).op("copy-up stat copy")?;
+        let copy = match node.kind {
+            libc::S_IFREG => {
+                sys::openat(upper.raw(), &upper.name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                    .ok()
+                    .map(Arc::new)
+            }
+            _ => None,
+        };
         let mut s = node.state_mut();
         s.layer = 0;
+        s.real = (copied.st_dev, copied.st_ino);
+        s.copy = copy;
         if node.is_dir() {
             let fd = sys::open_dir_path(upper.raw(), &upper.name).op("open copied-up dir")?;
             s.dirs.insert(
@@ -161,14 +180,18 @@ impl Union {
             _ => sys::mknodat(work.raw(), &tmp, st.st_mode, st.st_rdev).op("copy-up mknod")?,
         }
         copy_xattrs(src.raw(), &src.name, work.raw(), &tmp)?;
-        // Keep the inode number the file showed before: overlayfs' "origin".
-        let _ = sys::lsetxattr(
-            work.raw(),
-            &tmp,
-            whiteout::ORIGIN_XATTR.as_ref(),
-            &ino.to_le_bytes(),
-            0,
-        );
+        // Keep the inode number the file showed before: overlayfs' "origin". Not for a file
+        // hard-linked in the lower: its other names keep that number, the copy is another file.
+        let keeps_number = kind == libc::S_IFDIR || st.st_nlink <= 1;
+        if keeps_number {
+            let _ = sys::lsetxattr(
+                work.raw(),
+                &tmp,
+                whiteout::ORIGIN_XATTR.as_ref(),
+                &ino.to_le_bytes(),
+                0,
+            );
+        }
         set_owner_mode_times(work.raw(), &tmp, st)?;
         if let Some(f) = &data
             && !self.opts.volatile
@@ -184,7 +207,9 @@ impl Union {
         )
         .op("copy-up publish")?;
         guard.armed = false;
-        self.record_origin(up_parent, &src.name, ino);
+        if keeps_number {
+            self.record_origin(up_parent, &src.name, ino);
+        }
         Ok(())
     }
 

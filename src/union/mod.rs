@@ -99,6 +99,8 @@ impl Union {
                 dirs,
                 generation: 0,
                 unlinked: false,
+                real: (0, 0),
+                copy: None,
             },
         ))
     }

@@ -41,6 +41,13 @@ pub struct NodeState {
     /// Every name is gone (it may live on through open files). If its inode number shows up
     /// again, it is a new file that the filesystem gave the freed number.
     pub unlinked: bool,
+    /// (st_dev, st_ino) of the topmost real file: tells a hard link (same real file) from
+    /// another file that shows the same number (a copied-up link and its lower sibling).
+    pub real: (u64, u64),
+    /// An O_PATH handle on the node's upper file, taken where its name may go while it is
+    /// still in use: at copy-up (descriptors opened on the lower file follow the copy) and
+    /// when its last name is removed (fchmod/ftruncate/fstat of an open, unlinked file).
+    pub copy: Option<Arc<OwnedFd>>,
 }
 
 #[derive(Debug)]
@@ -53,6 +60,9 @@ pub struct Node {
     lookups: AtomicU64,
     /// Serialises copy-up of this node: two writers copy up once.
     pub copy_up_lock: Mutex<()>,
+    /// FUSE generation: a node that replaces another under the same number gets a new one,
+    /// so the kernel never takes the new file for the old inode.
+    pub incarnation: AtomicU64,
 }
 
 impl Node {
@@ -63,6 +73,7 @@ impl Node {
             state: RwLock::new(state),
             lookups: AtomicU64::new(0),
             copy_up_lock: Mutex::new(()),
+            incarnation: AtomicU64::new(0),
         }
     }
 
@@ -80,6 +91,14 @@ impl Node {
 
     pub fn layer(&self) -> usize {
         self.state.read().layer
+    }
+
+    pub fn is_unlinked(&self) -> bool {
+        self.state.read().unlinked
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.incarnation.load(Ordering::Acquire)
     }
 
     /// The directory's fd in `layer`, if it is present there.
@@ -181,9 +200,9 @@ impl NodeTable {
 
     /// The live node for `ino`, or `make()` inserted as new; either way the kernel now holds
     /// one more reference. Counted under the map's lock so a racing forget cannot drop it.
-    /// A live node of another type under the same number is a freed-and-reused inode number:
-    /// it is replaced, keeping the count, since the kernel's forgets for the old inode will
-    /// still arrive under this number.
+    /// A live node of another type, or one whose names are all gone, under the same number
+    /// is a freed-and-reused inode number: it is replaced by a new incarnation, keeping the
+    /// count, since the kernel's forgets for the old inode still arrive under this number.
     pub fn get_or_insert(
         &self,
         ino: u64,
@@ -192,12 +211,15 @@ impl NodeTable {
     ) -> (Arc<Node>, bool) {
         match self.map.entry(ino) {
             dashmap::Entry::Occupied(mut o) => {
-                let count = o.get().lookups.fetch_add(1, Ordering::AcqRel) + 1;
-                if o.get().kind == kind {
-                    return (o.get().clone(), false);
+                let old = o.get();
+                let count = old.lookups.fetch_add(1, Ordering::AcqRel) + 1;
+                if old.kind == kind && !old.is_unlinked() {
+                    return (old.clone(), false);
                 }
                 let node = Arc::new(make());
                 node.lookups.store(count, Ordering::Release);
+                node.incarnation
+                    .store(old.generation() + 1, Ordering::Release);
                 o.insert(node.clone());
                 (node, true)
             }

@@ -126,6 +126,16 @@ impl Union {
         }
     }
 
+    /// Fail early, before anything changes, where a `.wh.` whiteout of `name` could not be
+    /// written (NAME_MAX).
+    fn check_whiteout_fits(&self, name: &OsStr) -> Result<()> {
+        let too_long = name.len() + whiteout::WH_PREFIX.len() > 255;
+        if self.opts.whiteout == WhiteoutFormat::WhFiles && too_long {
+            return Err(Error::new(libc::ENAMETOOLONG, "whiteout").at(name.to_string_lossy()));
+        }
+        Ok(())
+    }
+
     /// Put a whiteout for `name` in the upper dir `up`, replacing the upper entry there if
     /// `existing` says there is one (`Some(is_dir)`).
     fn put_whiteout(&self, up: RawFd, name: &OsStr, existing: Option<bool>) -> Result<()> {
@@ -172,6 +182,12 @@ impl Union {
     ) -> Result<(Arc<Node>, Stat, Option<File>)> {
         let path = child_path(parent, name);
         self.check_new_name("create", parent, name)?;
+        if let New::Special { mode, rdev: 0 } = what {
+            if mode & libc::S_IFMT == libc::S_IFCHR {
+                // A 0/0 device is a whiteout: it could never be seen again (overlayfs: EPERM).
+                return Err(Error::new(libc::EPERM, "mknod whiteout device").at(path));
+            }
+        }
         if self.probe(parent, name)?.is_some() {
             return Err(Error::new(libc::EEXIST, "create").at(path));
         }
@@ -253,6 +269,9 @@ impl Union {
         }
         let lower = self.lower_shows(parent, name)?;
         let up = self.upper_dir(parent)?;
+        if in_upper && !is_dir {
+            self.keep_handle(ino, up.as_raw_fd(), name);
+        }
         let existing = in_upper.then_some(is_dir);
         if lower {
             self.put_whiteout(up.as_raw_fd(), name, existing)?;
@@ -310,6 +329,13 @@ impl Union {
         {
             self.origins.remove(&(d.st.st_dev, d.st.st_ino));
         }
+        if let Some(d) = dst
+            .as_ref()
+            .filter(|d| d.layer == 0 && !is_dir_found(d) && !exchange)
+        {
+            let up = self.upper_dir(newparent)?;
+            self.keep_handle(d.ino, up.as_raw_fd(), newname);
+        }
         let src_node = self.node_for(parent, name, src);
         let dst_node = dst.map(|d| self.node_for(newparent, newname, d));
         if let (Some(d), false) = (&dst_node, exchange)
@@ -317,6 +343,10 @@ impl Union {
             && !self.is_empty_dir(d)?
         {
             return Err(Error::new(libc::ENOTEMPTY, "rename").at(&path));
+        }
+        let src_lower = self.lower_shows(parent, name)?;
+        if src_lower && !exchange {
+            self.check_whiteout_fits(name)?;
         }
         let src_move = self.copy_up_for_move(&src_node)?;
         let dst_move = match &dst_node {
@@ -326,7 +356,6 @@ impl Union {
         let up_src = self.upper_dir(parent)?;
         let up_dst = self.upper_dir(newparent)?;
         let (us, ud) = (up_src.as_raw_fd(), up_dst.as_raw_fd());
-        let src_lower = self.lower_shows(parent, name)?;
         let dst_lower = self.lower_shows(newparent, newname)?;
         // A directory arriving where a lower layer has the name must hide it.
         // (A redirected one finds its lower parts by its redirect, not by its name.)
@@ -360,10 +389,7 @@ impl Union {
             if src_lower {
                 self.put_whiteout(us, name, None)?;
             }
-            match sys::unlinkat(ud, &whiteout::whiteout_name(newname), false) {
-                Err(e) if !is_enoent(&e) => return Err(Error::io(e, "remove whiteout")),
-                _ => {}
-            }
+            clear_whiteout(ud, newname)?;
         }
         // The moved entries keep their inode numbers across remounts.
         self.keep_origin(ud, newname, src_node.ino);
@@ -431,6 +457,18 @@ impl Union {
         Some(rel.iter().map(|c| c.to_owned()).collect())
     }
 
+    /// Before an upper file's name goes: if the kernel still holds its node (it may be
+    /// open), keep an O_PATH handle so the node stays reachable without a name.
+    fn keep_handle(&self, ino: u64, dir: RawFd, name: &OsStr) {
+        let Some(node) = self.nodes.get(ino) else {
+            return;
+        };
+        let handle = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0);
+        if let Ok(fd) = handle {
+            node.state_mut().copy = Some(Arc::new(fd));
+        }
+    }
+
     /// A moved entry keeps its inode number: in memory for this mount, and in the origin
     /// xattr for the next one.
     fn keep_origin(&self, dir: RawFd, name: &OsStr, ino: u64) {
@@ -464,10 +502,7 @@ impl Union {
         sys::linkat(loc.raw(), &loc.name, up.as_raw_fd(), newname)
             .op("link")
             .map_err(|e| e.at(&path))?;
-        match sys::unlinkat(up.as_raw_fd(), &whiteout::whiteout_name(newname), false) {
-            Err(e) if !is_enoent(&e) => return Err(Error::io(e, "remove whiteout")),
-            _ => {}
-        }
+        clear_whiteout(up.as_raw_fd(), newname)?;
         node.add_name(newparent, newname);
         self.nodes.remember(node);
         self.getattr(node)
@@ -489,29 +524,64 @@ impl Union {
         Ok((f, loc.layer))
     }
 
-    /// Change attributes. `file` is an open upper handle to use for truncation, if any.
+    /// Reopen a node's file after it was copied up, for a descriptor opened on the lower
+    /// file before: the copy itself, even if its name has since gone or been reused.
+    pub fn reopen_copy(&self, node: &Arc<Node>, flags: i32) -> Result<File> {
+        let copy = node.state().copy.clone();
+        match copy {
+            Some(fd) => {
+                let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+                sys::openat(
+                    libc::AT_FDCWD,
+                    sys::proc_path(fd.as_raw_fd(), "".as_ref()).as_os_str(),
+                    flags,
+                    0,
+                )
+                .map(File::from)
+                .op("reopen copy")
+            }
+            None => Ok(self.open(node, flags & !libc::O_TRUNC)?.0),
+        }
+    }
+
+    /// Change attributes. `file` is an open descriptor of the node's upper file, if the
+    /// caller has one: it is used instead of the name, which may be gone (an open, unlinked
+    /// file) or may name another file by now.
     pub fn setattr(&self, node: &Arc<Node>, a: SetAttr, file: Option<&File>) -> Result<Stat> {
         let path = node.path();
+        let wrap = |e: Error| e.at(&path).in_layer(0);
+        if let Some(f) = file {
+            let fd = f.as_raw_fd();
+            if let Some(size) = a.size {
+                sys::ftruncate(fd, size).op("truncate").map_err(wrap)?;
+            }
+            if a.uid.is_some() || a.gid.is_some() {
+                sys::fchown(fd, a.uid, a.gid).op("chown").map_err(wrap)?;
+            }
+            if let Some(mode) = a.mode {
+                sys::fchmod(fd, mode & 0o7777).op("chmod").map_err(wrap)?;
+            }
+            if a.atime.is_some() || a.mtime.is_some() {
+                sys::futimens(fd, a.atime, a.mtime)
+                    .op("utimens")
+                    .map_err(wrap)?;
+            }
+            let mut st = sys::fstat(fd).op("stat").map_err(wrap)?;
+            self.present(node, &mut st);
+            return Ok(st);
+        }
         let loc = if a.size == Some(0) {
             self.copy_up_truncated(node)?
         } else {
             self.copy_up(node)?
         };
-        let wrap = |e: Error| e.at(&path).in_layer(0);
         if let Some(size) = a.size {
-            match file {
-                Some(f) => sys::ftruncate(f.as_raw_fd(), size)
-                    .op("truncate")
-                    .map_err(wrap)?,
-                None => {
-                    let f = sys::open_file(loc.raw(), &loc.name, libc::O_WRONLY)
-                        .op("truncate")
-                        .map_err(wrap)?;
-                    sys::ftruncate(f.as_raw_fd(), size)
-                        .op("truncate")
-                        .map_err(wrap)?;
-                }
-            }
+            let f = sys::open_file(loc.raw(), &loc.name, libc::O_WRONLY)
+                .op("truncate")
+                .map_err(wrap)?;
+            sys::ftruncate(f.as_raw_fd(), size)
+                .op("truncate")
+                .map_err(wrap)?;
         }
         if a.uid.is_some() || a.gid.is_some() {
             sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid)
@@ -588,6 +658,17 @@ impl Union {
     /// Where a node is now (for callers outside the union module).
     pub fn location(&self, node: &Arc<Node>) -> Result<Loc> {
         self.locate(node)
+    }
+}
+
+/// Remove the `.wh.` whiteout of `name` in `dir` if there is one. A name too long to have
+/// one has none.
+fn clear_whiteout(dir: RawFd, name: &OsStr) -> Result<()> {
+    match sys::unlinkat(dir, &whiteout::whiteout_name(name), false) {
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENAMETOOLONG)) => {
+            Err(Error::io(e, "remove whiteout"))
+        }
+        _ => Ok(()),
     }
 }
 

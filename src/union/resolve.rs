@@ -60,44 +60,54 @@ impl Union {
             layer,
             mut st,
             dirs,
-            ino,
+            mut ino,
         } = found;
-        let (node, fresh) = self.nodes.get_or_insert(ino, kind, || {
-            Node::new(
-                ino,
-                kind,
-                NodeState {
-                    parent: Some(parent.clone()),
-                    name: name.to_owned(),
-                    links: Vec::new(),
-                    layer,
-                    dirs: dirs.clone(),
-                    generation,
-                    unlinked: false,
-                },
-            )
-        });
-        if !fresh {
-            let mut s = node.state_mut();
-            let same_place =
-                s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && s.name == name;
-            if node.is_dir() || same_place || s.unlinked {
-                if s.unlinked {
-                    s.links.clear();
-                    s.unlinked = false;
+        let real = (st.st_dev, st.st_ino);
+        // A number taken by another real file (a copied-up hard link's lower sibling shows
+        // the copy's origin number) gets a number of its own, tagged in the top bits.
+        for tag in 1..=3u64 {
+            let (node, fresh) = self.nodes.get_or_insert(ino, kind, || {
+                Node::new(
+                    ino,
+                    kind,
+                    NodeState {
+                        parent: Some(parent.clone()),
+                        name: name.to_owned(),
+                        links: Vec::new(),
+                        layer,
+                        dirs: dirs.clone(),
+                        generation,
+                        unlinked: false,
+                        real,
+                        copy: None,
+                    },
+                )
+            });
+            if !fresh {
+                let mut s = node.state_mut();
+                let same_place =
+                    s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && s.name == name;
+                if node.is_dir() || same_place {
+                    s.parent = Some(parent.clone());
+                    s.name = name.to_owned();
+                    s.layer = layer;
+                    s.dirs = dirs.clone();
+                    s.generation = generation;
+                    s.real = real;
+                } else if s.real == real {
+                    drop(s);
+                    node.add_name(parent, name);
+                } else if tag < 3 {
+                    drop(s);
+                    self.nodes.forget(ino, 1);
+                    ino ^= tag << 61;
+                    continue;
                 }
-                s.parent = Some(parent.clone());
-                s.name = name.to_owned();
-                s.layer = layer;
-                s.dirs = dirs;
-                s.generation = generation;
-            } else {
-                drop(s);
-                node.add_name(parent, name);
             }
+            self.present(&node, &mut st);
+            return (node, st);
         }
-        self.present(&node, &mut st);
-        (node, st)
+        unreachable!("the last attempt always returns")
     }
 
     /// The node for a probed entry without counting a kernel reference: the live one if
@@ -117,6 +127,8 @@ impl Union {
                 dirs: found.dirs,
                 generation: self.generation(),
                 unlinked: false,
+                real: (found.st.st_dev, found.st.st_ino),
+                copy: None,
             },
         ))
     }
@@ -294,6 +306,18 @@ impl Union {
                 layer: d.layer,
             });
         }
+        if node.is_unlinked() {
+            // Its names are gone: only the handle kept at unlink reaches it (open files).
+            let copy = node.state().copy.clone();
+            return match copy {
+                Some(dir) => Ok(Loc {
+                    dir,
+                    name: OsString::new(),
+                    layer: 0,
+                }),
+                None => Err(Error::new(libc::ENOENT, "locate").at(node.path())),
+            };
+        }
         self.refresh_if_stale(node)?;
         if let Some(loc) = self.try_locate(node) {
             return Ok(loc);
@@ -335,6 +359,7 @@ impl Union {
         if let Some(f) = found.filter(|f| f.ino == node.ino) {
             st.layer = f.layer;
             st.dirs = f.dirs;
+            st.real = (f.st.st_dev, f.st.st_ino);
         }
         st.generation = generation;
         Ok(())
