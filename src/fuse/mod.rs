@@ -149,8 +149,8 @@ impl UnionFs {
         self.handles.get(fh.0).ok_or(Errno::EBADF)
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, st: &Stat) {
-        reply.entry(&self.ttl, &attr(st), Generation(0));
+    fn reply_entry(&self, reply: ReplyEntry, node: &Node, st: &Stat) {
+        reply.entry(&self.ttl, &attr(st), Generation(node.generation()));
     }
 
     /// Run `f` on the real file of an open handle. A read-only handle opened on a lower
@@ -223,7 +223,7 @@ impl Filesystem for UnionFs {
             Err(e) => return reply.error(e),
         };
         match self.union.lookup(&parent, name) {
-            Ok(Some((_, st))) => self.reply_entry(reply, &st),
+            Ok(Some((node, st))) => self.reply_entry(reply, &node, &st),
             // A negative entry the kernel may cache: a miss costs a probe of every layer.
             Ok(None) => {
                 let mut st = sys::zeroed_stat();
@@ -385,9 +385,9 @@ impl Filesystem for UnionFs {
     ) {
         let res = self
             .node(newparent)
-            .and_then(|np| self.on(ino, |n| self.union.link(&n, &np, newname)));
+            .and_then(|np| self.on(ino, |n| Ok((self.union.link(&n, &np, newname)?, n))));
         match res {
-            Ok(st) => self.reply_entry(reply, &st),
+            Ok((st, n)) => self.reply_entry(reply, &n, &st),
             Err(e) => reply.error(e),
         }
     }
@@ -586,7 +586,7 @@ impl Filesystem for UnionFs {
                 &e.name,
                 &self.ttl,
                 &attr(&st),
-                Generation(0),
+                Generation(node.generation()),
             ) {
                 // Not sent after all: give back the reference the lookup counted.
                 self.union.nodes.forget(node.ino, 1);
@@ -702,18 +702,19 @@ impl Filesystem for UnionFs {
         match res {
             Ok((node, st, Some(file))) => {
                 let mode = self.io_mode(&node, &file, 0, || reply.open_backing(&file));
+                let generation = Generation(node.generation());
                 let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
                 let a = attr(&st);
                 match (&mode, backing) {
                     (IoMode::Passthrough(_), Some(b)) => reply.created_passthrough(
                         &self.ttl,
                         &a,
-                        Generation(0),
+                        generation,
                         fh,
                         FopenFlags::empty(),
                         &b,
                     ),
-                    _ => reply.created(&self.ttl, &a, Generation(0), fh, fopen_flags(&mode)),
+                    _ => reply.created(&self.ttl, &a, generation, fh, fopen_flags(&mode)),
                 }
             }
             Ok(_) => reply.error(Errno::EIO),
@@ -841,7 +842,7 @@ impl UnionFs {
                 .map_err(|e| self.fail(&e))
         });
         match res {
-            Ok((_, st, _)) => self.reply_entry(reply, &st),
+            Ok((node, st, _)) => self.reply_entry(reply, &node, &st),
             Err(e) => reply.error(e),
         }
     }

@@ -182,11 +182,11 @@ impl Union {
     ) -> Result<(Arc<Node>, Stat, Option<File>)> {
         let path = child_path(parent, name);
         self.check_new_name("create", parent, name)?;
-        if let New::Special { mode, rdev: 0 } = what {
-            if mode & libc::S_IFMT == libc::S_IFCHR {
-                // A 0/0 device is a whiteout: it could never be seen again (overlayfs: EPERM).
-                return Err(Error::new(libc::EPERM, "mknod whiteout device").at(path));
-            }
+        if let New::Special { mode, rdev: 0 } = what
+            && mode & libc::S_IFMT == libc::S_IFCHR
+        {
+            // A 0/0 device is a whiteout: it could never be seen again (overlayfs: EPERM).
+            return Err(Error::new(libc::EPERM, "mknod whiteout device").at(path));
         }
         if self.probe(parent, name)?.is_some() {
             return Err(Error::new(libc::EEXIST, "create").at(path));
