@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::Union;
+use super::events::Event;
 use super::node::{LayerDir, Node};
 use super::resolve::Loc;
 use super::whiteout;
@@ -77,6 +78,7 @@ impl Union {
         if loc.layer == 0 {
             return Ok(loc);
         }
+        let started = std::time::Instant::now();
         let parent = node
             .state()
             .parent
@@ -126,7 +128,20 @@ impl Union {
                 },
             );
         }
-        log::debug!("copy-up {path} from layer {}", loc.layer);
+        drop(s);
+        let bytes = if with_data && node.kind == libc::S_IFREG {
+            st.st_size as u64
+        } else {
+            0
+        };
+        let took = started.elapsed();
+        log::debug!("copy-up {path} from layer {} ({bytes} bytes)", loc.layer);
+        self.events.emit(Event::CopyUp {
+            path,
+            from: loc.layer,
+            bytes,
+            took,
+        });
         Ok(upper)
     }
 

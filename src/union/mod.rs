@@ -3,6 +3,7 @@
 //! tests drive it on temp-dir branches without mounting.
 
 pub mod copyup;
+pub mod events;
 pub mod layer;
 pub mod node;
 pub mod ops;
@@ -48,6 +49,8 @@ pub struct Union {
     /// Upper (st_dev, st_ino) -> the inode number it shows: set by copy-up and rename, so a
     /// node keeps its number for the life of the mount even where no xattr can record it.
     pub(crate) origins: dashmap::DashMap<(u64, u64), u64>,
+    /// Counters and the live event stream (`unionmount layers`, `trace`).
+    pub events: events::Events,
 }
 
 impl Union {
@@ -69,6 +72,7 @@ impl Union {
             generation: AtomicU64::new(0),
             devs,
             origins: Default::default(),
+            events: Default::default(),
         };
         let root = u.make_root()?;
         u.nodes.insert_root(Arc::new(root));

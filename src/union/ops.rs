@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use super::Union;
+use super::events::Event;
 use super::layer::remove_tree_contents;
 use super::node::{LayerDir, Node};
 use super::resolve::{Found, Loc};
@@ -100,7 +101,8 @@ impl Union {
     }
 
     /// Mark an upper directory opaque: nothing of the lower layers shows through it.
-    fn mark_opaque(&self, dir: RawFd, name: &OsStr) -> Result<()> {
+    fn mark_opaque(&self, dir: RawFd, name: &OsStr, path: &str) -> Result<()> {
+        self.events.emit(Event::Opaque { path: path.into() });
         match self.opts.whiteout {
             WhiteoutFormat::WhFiles => {
                 let d = sys::openat(
@@ -138,7 +140,14 @@ impl Union {
 
     /// Put a whiteout for `name` in the upper dir `up`, replacing the upper entry there if
     /// `existing` says there is one (`Some(is_dir)`).
-    fn put_whiteout(&self, up: RawFd, name: &OsStr, existing: Option<bool>) -> Result<()> {
+    fn put_whiteout(
+        &self,
+        up: RawFd,
+        name: &OsStr,
+        existing: Option<bool>,
+        path: &str,
+    ) -> Result<()> {
+        self.events.emit(Event::Whiteout { path: path.into() });
         match self.opts.whiteout {
             WhiteoutFormat::WhFiles => {
                 // Whiteout first: until the entry is gone it still wins over the whiteout.
@@ -208,7 +217,7 @@ impl Union {
             let file =
                 make(work.raw(), &tmp, what, caller, inherit_gid, gid).map_err(|e| e.at(&path))?;
             if opaque {
-                self.mark_opaque(work.raw(), &tmp)?;
+                self.mark_opaque(work.raw(), &tmp, &path)?;
             }
             if exact_whiteout {
                 sys::renameat2(work.raw(), &tmp, up, name, sys::RENAME_EXCHANGE)
@@ -274,7 +283,7 @@ impl Union {
         }
         let existing = in_upper.then_some(is_dir);
         if lower {
-            self.put_whiteout(up.as_raw_fd(), name, existing)?;
+            self.put_whiteout(up.as_raw_fd(), name, existing, &path)?;
         } else if let Some(is_dir) = existing {
             remove_entry(up.as_raw_fd(), name, is_dir)?;
         }
@@ -360,12 +369,12 @@ impl Union {
         // A directory arriving where a lower layer has the name must hide it.
         // (A redirected one finds its lower parts by its redirect, not by its name.)
         if src_node.is_dir() && dst_lower && src_move != Move::Redirect {
-            self.mark_opaque(us, name)?;
+            self.mark_opaque(us, name, &child_path(newparent, newname))?;
         }
         if exchange {
             let dst_dir = dst_node.as_ref().is_some_and(|d| d.is_dir());
             if dst_dir && src_lower && dst_move != Move::Redirect {
-                self.mark_opaque(ud, newname)?;
+                self.mark_opaque(ud, newname, &path)?;
             }
         } else if let Some(d) = &dst_node {
             // Replacing an (empty) upper directory: clear its markers so rename can.
@@ -387,7 +396,7 @@ impl Union {
             .map_err(|e| e.at(&path).in_layer(0))?;
         if !exchange {
             if src_lower {
-                self.put_whiteout(us, name, None)?;
+                self.put_whiteout(us, name, None, &path)?;
             }
             clear_whiteout(ud, newname)?;
         }
@@ -409,6 +418,13 @@ impl Union {
         self.refresh(&src_node)?;
         if let Some(d) = dst_node.as_ref().filter(|_| exchange) {
             self.refresh(d)?;
+        }
+        if src_move == Move::Redirect {
+            let to = child_path(newparent, newname);
+            self.events.emit(Event::Redirect {
+                from: path.clone(),
+                to,
+            });
         }
         // Nodes below a directory copied up whole may still point into the lower layers.
         if src_move == Move::Whole || dst_move == Move::Whole {
@@ -445,7 +461,7 @@ impl Union {
             return Ok(Move::Redirect);
         }
         self.copy_up_tree(node)?;
-        self.mark_opaque(loc.raw(), &loc.name)?;
+        self.mark_opaque(loc.raw(), &loc.name, &node.path())?;
         node.state_mut().dirs.retain(|d| d.layer == 0);
         Ok(Move::Whole)
     }
@@ -609,6 +625,12 @@ impl Union {
     }
 
     pub fn getxattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<Vec<u8>> {
+        if attr == whiteout::LAYER_XATTR {
+            // Which branch serves this entry: "<index> <branch directory>" (never listed).
+            let loc = self.locate(node)?;
+            let layer = &self.stack.layers[loc.layer];
+            return Ok(format!("{} {}", layer.index, layer.path.display()).into_bytes());
+        }
         if whiteout::is_private_xattr(attr) {
             return Err(Error::new(libc::ENODATA, "getxattr"));
         }

@@ -25,6 +25,9 @@ pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overla
 /// only a privileged daemon writes it and image tools (which copy user.*) leave it out.
 pub const ORIGIN_XATTR: &str = "trusted.unionmount.origin";
 
+/// Read-only, computed, never listed: which branch serves an entry ("<index> <directory>").
+pub const LAYER_XATTR: &str = "user.unionmount.layer";
+
 /// Where a directory moved within the upper has its lower parts: the path from the root
 /// (overlayfs' redirect_dir, under our own name).
 pub const REDIRECT_XATTR: &str = "trusted.unionmount.redirect";
