@@ -405,7 +405,7 @@ impl Filesystem for UnionFs {
         let (fh, backing) = self.insert_file(node, file, layer, flags.0, &mode);
         match (&mode, backing) {
             (IoMode::Passthrough(_), Some(b)) => {
-                reply.opened_passthrough(fh, FopenFlags::empty(), &b)
+                reply.opened_passthrough(fh, fopen_flags(&mode), &b)
             }
             _ => reply.opened(fh, fopen_flags(&mode)),
         }
@@ -711,7 +711,7 @@ impl Filesystem for UnionFs {
                         &a,
                         generation,
                         fh,
-                        FopenFlags::empty(),
+                        fopen_flags(&mode),
                         &b,
                     ),
                     _ => reply.created(&self.ttl, &a, generation, fh, fopen_flags(&mode)),
@@ -867,11 +867,14 @@ impl UnionFs {
 }
 
 fn fopen_flags(mode: &IoMode) -> FopenFlags {
+    // Our flush does nothing (data is written through to the real file), so the kernel
+    // need not send one at every close.
+    let flags = FopenFlags::FOPEN_NOFLUSH;
     match mode {
-        IoMode::Passthrough(_) => FopenFlags::empty(),
+        IoMode::Passthrough(_) => flags,
         // File data changes only through us (or by hand in a lower, which the attribute
         // timeout and auto_inval_data catch): keep the page cache across opens.
-        IoMode::Cached => FopenFlags::FOPEN_KEEP_CACHE,
+        IoMode::Cached => flags | FopenFlags::FOPEN_KEEP_CACHE,
     }
 }
 
