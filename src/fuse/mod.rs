@@ -165,7 +165,7 @@ impl UnionFs {
             return Err(Errno::EISDIR);
         };
         if of.file.read().1 > 0
-            && of.node.layer() == 0
+            && of.node.data_in_upper()
             && let Ok(fresh) = self.union.reopen_copy(&of.node, of.flags)
         {
             *of.file.write() = (fresh, 0);

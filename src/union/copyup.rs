@@ -19,6 +19,16 @@ use super::whiteout;
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 
+/// How much of a file a copy-up brings along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Data {
+    Full,
+    /// The caller truncates the file to nothing next.
+    Discarded,
+    /// Metadata only; the data stays in the lower until the first write.
+    Deferred,
+}
+
 /// Removes a half-built object from the work directory unless it was published.
 struct Unpublished<'a> {
     dir: RawFd,
@@ -57,26 +67,37 @@ impl Union {
             .ok_or_else(|| Error::new(libc::EIO, "copy-up").at(dir.path()))
     }
 
-    /// Make sure `node` has its own entry in the upper layer and return where it is.
+    /// Make sure `node` has its own entry in the upper layer, data included, and return
+    /// where it is.
     pub fn copy_up(&self, node: &Arc<Node>) -> Result<Loc> {
-        self.copy_up_with(node, true)
+        self.copy_up_with(node, Data::Full)
     }
 
-    /// Copy up for a caller about to truncate the file to nothing: metadata only.
+    /// Copy up for a caller about to truncate the file to nothing: no data.
     pub fn copy_up_truncated(&self, node: &Arc<Node>) -> Result<Loc> {
-        self.copy_up_with(node, false)
+        self.copy_up_with(node, Data::Discarded)
     }
 
-    fn copy_up_with(&self, node: &Arc<Node>, with_data: bool) -> Result<Loc> {
+    /// Copy up for a change of metadata only (chmod, chown, utimens, xattrs): a regular file
+    /// keeps its data in the lower until the first write (overlayfs' metacopy).
+    pub fn copy_up_metadata(&self, node: &Arc<Node>) -> Result<Loc> {
+        self.copy_up_with(node, Data::Deferred)
+    }
+
+    fn copy_up_with(&self, node: &Arc<Node>, want: Data) -> Result<Loc> {
         self.check_writable("copy-up")?;
         let loc = self.locate(node)?;
-        if loc.layer == 0 {
+        if node.data_in_upper() || (loc.layer == 0 && want == Data::Deferred) {
             return Ok(loc);
         }
         let _serial = node.copy_up_lock.lock();
         let loc = self.locate(node)?;
         if loc.layer == 0 {
-            return Ok(loc);
+            let data = node.state().data.clone();
+            return match data {
+                Some(data) if want != Data::Deferred => self.finish_metacopy(node, loc, data, want),
+                _ => Ok(loc),
+            };
         }
         let started = std::time::Instant::now();
         let parent = node
@@ -91,7 +112,19 @@ impl Union {
             .map_err(|e| e.at(&path).in_layer(loc.layer))?;
         // Publishing the copy must not make the parent look modified (as on overlayfs).
         let pst = sys::fstat_path(up_parent.as_raw_fd()).op("copy-up stat parent")?;
-        self.copy_entry(&loc, &st, up_parent.as_raw_fd(), node.ino, with_data)
+        // Deferring data needs the origin record to say so, which takes privilege; and a
+        // file hard-linked in the lower is copied whole (it keeps no origin number).
+        let want = if want == Data::Deferred
+            && (st.st_mode & libc::S_IFMT != libc::S_IFREG
+                || st.st_nlink > 1
+                || st.st_size == 0
+                || sys::geteuid() != 0)
+        {
+            Data::Full
+        } else {
+            want
+        };
+        self.copy_entry(&loc, &st, up_parent.as_raw_fd(), node.ino, want)
             .map_err(|e| e.at(&path).in_layer(loc.layer))?;
         let _ = sys::utimensat(
             up_parent.as_raw_fd(),
@@ -106,7 +139,7 @@ impl Union {
         };
         let copied = sys::fstatat(upper.raw(), &upper.name).op("copy-up stat copy")?;
         let copy = match node.kind {
-            libc::S_IFREG => {
+            libc::S_IFREG if want != Data::Deferred => {
                 sys::openat(upper.raw(), &upper.name, libc::O_PATH | libc::O_NOFOLLOW, 0)
                     .ok()
                     .map(Arc::new)
@@ -117,6 +150,7 @@ impl Union {
         s.layer = 0;
         s.real = (copied.st_dev, copied.st_ino);
         s.copy = copy;
+        s.data = (want == Data::Deferred).then(|| loc.clone());
         if node.is_dir() {
             let fd = sys::open_dir_path(upper.raw(), &upper.name).op("open copied-up dir")?;
             s.dirs.insert(
@@ -129,7 +163,7 @@ impl Union {
             );
         }
         drop(s);
-        let bytes = if with_data && node.kind == libc::S_IFREG {
+        let bytes = if want == Data::Full && node.kind == libc::S_IFREG {
             st.st_size as u64
         } else {
             0
@@ -152,7 +186,7 @@ impl Union {
         st: &Stat,
         up_parent: RawFd,
         ino: u64,
-        with_data: bool,
+        want: Data,
     ) -> Result<()> {
         let work = self.stack.work()?;
         let tmp = work.temp_name();
@@ -178,8 +212,13 @@ impl Union {
                     )
                     .op("copy-up create")?,
                 );
-                if with_data {
-                    copy_data(&from, &to, st.st_size as u64).op("copy-up data")?;
+                match want {
+                    Data::Full => copy_data(&from, &to, st.st_size as u64).op("copy-up data")?,
+                    // Sparse, of the right size: reads go to the lower file meanwhile.
+                    Data::Deferred => {
+                        sys::ftruncate(to.as_raw_fd(), st.st_size as u64).op("copy-up size")?
+                    }
+                    Data::Discarded => {}
                 }
                 data = Some(to);
             }
@@ -198,14 +237,20 @@ impl Union {
         // Keep the inode number the file showed before: overlayfs' "origin". Not for a file
         // hard-linked in the lower: its other names keep that number, the copy is another file.
         let keeps_number = kind == libc::S_IFDIR || st.st_nlink <= 1;
+        let metacopy = want == Data::Deferred;
         if keeps_number {
-            let _ = sys::lsetxattr(
+            let record = whiteout::encode_origin(ino, metacopy);
+            let set = sys::lsetxattr(
                 work.raw(),
                 &tmp,
                 whiteout::ORIGIN_XATTR.as_ref(),
-                &ino.to_le_bytes(),
+                &record,
                 0,
             );
+            // Without its record a metadata-only copy would show zeros after a remount.
+            if metacopy {
+                set.op("copy-up metacopy record")?;
+            }
         }
         set_owner_mode_times(work.raw(), &tmp, st)?;
         if let Some(f) = &data
@@ -223,9 +268,105 @@ impl Union {
         .op("copy-up publish")?;
         guard.armed = false;
         if keeps_number {
-            self.record_origin(up_parent, &src.name, ino);
+            self.record_origin(up_parent, &src.name, ino, metacopy);
         }
         Ok(())
+    }
+
+    /// Give a metadata-only upper file its data: a whole copy (data from the lower file,
+    /// metadata from the upper one) built in the work dir replaces it in one rename. Or, for
+    /// a caller about to truncate it to nothing, just empty it and drop the record.
+    fn finish_metacopy(&self, node: &Arc<Node>, upper: Loc, data: Loc, want: Data) -> Result<Loc> {
+        let path = node.path();
+        let wrap = |e: Error| e.at(&path).in_layer(0);
+        let meta = sys::fstatat(upper.raw(), &upper.name)
+            .op("stat")
+            .map_err(wrap)?;
+        if want == Data::Discarded {
+            // Emptied first: until the record goes, reads stop at the (now zero) size.
+            let f = sys::open_file(upper.raw(), &upper.name, libc::O_WRONLY)
+                .op("truncate")
+                .map_err(wrap)?;
+            sys::ftruncate(f.as_raw_fd(), 0)
+                .op("truncate")
+                .map_err(wrap)?;
+        } else {
+            let work = self.stack.work()?;
+            let tmp = work.temp_name();
+            let mut guard = Unpublished {
+                dir: work.raw(),
+                name: &tmp,
+                is_dir: false,
+                armed: true,
+            };
+            let from = sys::open_file(data.raw(), &data.name, libc::O_RDONLY)
+                .op("copy-up open")
+                .map_err(|e| e.at(&path).in_layer(data.layer))?;
+            let to = File::from(
+                sys::openat(
+                    work.raw(),
+                    &tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    0o600,
+                )
+                .op("copy-up create")?,
+            );
+            copy_data(&from, &to, meta.st_size as u64)
+                .op("copy-up data")
+                .map_err(wrap)?;
+            copy_xattrs(upper.raw(), &upper.name, work.raw(), &tmp)?;
+            set_owner_mode_times(work.raw(), &tmp, &meta)?;
+            if !self.opts.volatile {
+                sys::fsync(to.as_raw_fd(), false).op("copy-up fsync")?;
+            }
+            let pst = sys::fstat_path(upper.raw()).op("copy-up stat parent")?;
+            let record = whiteout::encode_origin(node.ino, false);
+            let _ = sys::lsetxattr(
+                work.raw(),
+                &tmp,
+                whiteout::ORIGIN_XATTR.as_ref(),
+                &record,
+                0,
+            );
+            sys::renameat2(work.raw(), &tmp, upper.raw(), &upper.name, 0)
+                .op("copy-up publish")
+                .map_err(wrap)?;
+            guard.armed = false;
+            self.forget_origin(&meta);
+            let _ = sys::utimensat(
+                upper.raw(),
+                ".".as_ref(),
+                Some(Some((pst.st_atime, pst.st_atime_nsec))),
+                Some(Some((pst.st_mtime, pst.st_mtime_nsec))),
+            );
+            self.events.emit(Event::CopyUp {
+                path: path.clone(),
+                from: data.layer,
+                bytes: meta.st_size as u64,
+                took: std::time::Duration::ZERO,
+            });
+        }
+        let record = whiteout::encode_origin(node.ino, false);
+        sys::lsetxattr(
+            upper.raw(),
+            &upper.name,
+            whiteout::ORIGIN_XATTR.as_ref(),
+            &record,
+            0,
+        )
+        .op("copy-up record")
+        .map_err(wrap)?;
+        self.record_origin(upper.raw(), &upper.name, node.ino, false);
+        let st = sys::fstatat(upper.raw(), &upper.name)
+            .op("stat")
+            .map_err(wrap)?;
+        let copy = sys::openat(upper.raw(), &upper.name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok();
+        let mut s = node.state_mut();
+        s.data = None;
+        s.real = (st.st_dev, st.st_ino);
+        s.copy = copy.map(Arc::new);
+        log::debug!("copy-up {path}: data from layer {}", data.layer);
+        Ok(upper)
     }
 
     /// Copy up a whole merged subtree (used to move a directory that spans layers).

@@ -48,7 +48,7 @@ pub struct Union {
     devs: Vec<u64>,
     /// Upper (st_dev, st_ino) -> the inode number it shows: set by copy-up and rename, so a
     /// node keeps its number for the life of the mount even where no xattr can record it.
-    pub(crate) origins: dashmap::DashMap<(u64, u64), u64>,
+    pub(crate) origins: dashmap::DashMap<(u64, u64), (u64, bool)>,
     /// Counters and the live event stream (`unionmount layers`, `trace`).
     pub events: events::Events,
 }
@@ -105,6 +105,7 @@ impl Union {
                 unlinked: false,
                 real: (0, 0),
                 copy: None,
+                data: None,
             },
         ))
     }
@@ -159,6 +160,12 @@ impl Union {
     /// merged from several layers (its true count is unknown, as on overlayfs).
     pub fn present(&self, node: &Node, st: &mut Stat) {
         st.st_ino = node.ino;
+        // A metadata-only copy is sparse; its blocks are the lower file's (as on overlayfs).
+        if let Some(d) = &node.state().data
+            && let Ok(lower) = sys::fstatat(d.raw(), &d.name)
+        {
+            st.st_blocks = lower.st_blocks;
+        }
         if node.is_dir() && node.state().dirs.len() > 1 {
             st.st_nlink = 1;
         }

@@ -48,6 +48,8 @@ pub struct NodeState {
     /// still in use: at copy-up (descriptors opened on the lower file follow the copy) and
     /// when its last name is removed (fchmod/ftruncate/fstat of an open, unlinked file).
     pub copy: Option<Arc<OwnedFd>>,
+    /// A metadata-only upper file: where its data still is (a lower file).
+    pub data: Option<super::resolve::Loc>,
 }
 
 #[derive(Debug)]
@@ -91,6 +93,12 @@ impl Node {
 
     pub fn layer(&self) -> usize {
         self.state.read().layer
+    }
+
+    /// Its data is in the upper (copied up whole, or never lower).
+    pub fn data_in_upper(&self) -> bool {
+        let st = self.state.read();
+        st.layer == 0 && st.data.is_none()
     }
 
     pub fn is_unlinked(&self) -> bool {

@@ -266,9 +266,8 @@ impl Union {
         }
         let in_upper = found.layer == 0;
         let ino = found.ino;
-        if in_upper && found.st.st_nlink <= 1 {
-            // Its upper inode number may be reused by the next file created.
-            self.origins.remove(&(found.st.st_dev, found.st.st_ino));
+        if in_upper && (is_dir || found.st.st_nlink <= 1) {
+            self.forget_origin(&found.st);
         }
         if is_dir {
             let node = self.node_for(parent, name, found);
@@ -332,11 +331,10 @@ impl Union {
                 _ => {}
             }
         }
-        if let Some(d) = dst
-            .as_ref()
-            .filter(|d| d.layer == 0 && d.st.st_nlink <= 1 && !exchange)
+        if let Some(d) = dst.as_ref().filter(|d| d.layer == 0 && !exchange)
+            && (is_dir_found(d) || d.st.st_nlink <= 1)
         {
-            self.origins.remove(&(d.st.st_dev, d.st.st_ino));
+            self.forget_origin(&d.st);
         }
         if let Some(d) = dst
             .as_ref()
@@ -499,7 +497,7 @@ impl Union {
                 &ino.to_le_bytes(),
                 0,
             );
-            self.record_origin(dir, name, ino);
+            self.record_origin(dir, name, ino, false);
         }
     }
 
@@ -532,7 +530,12 @@ impl Union {
         } else if writing {
             self.copy_up(node)?
         } else {
-            self.locate(node)?
+            // A metadata-only copy reads its data from the lower file.
+            let data = node.state().data.clone();
+            match data {
+                Some(d) => d,
+                None => self.locate(node)?,
+            }
         };
         let f = sys::open_file(loc.raw(), &loc.name, flags)
             .op("open")
@@ -586,10 +589,10 @@ impl Union {
             self.present(node, &mut st);
             return Ok(st);
         }
-        let loc = if a.size == Some(0) {
-            self.copy_up_truncated(node)?
-        } else {
-            self.copy_up(node)?
+        let loc = match a.size {
+            Some(0) => self.copy_up_truncated(node)?,
+            Some(_) => self.copy_up(node)?,
+            None => self.copy_up_metadata(node)?,
         };
         if let Some(size) = a.size {
             let f = sys::open_file(loc.raw(), &loc.name, libc::O_WRONLY)
@@ -656,7 +659,7 @@ impl Union {
         if whiteout::is_private_xattr(attr) {
             return Err(Error::new(libc::EPERM, "setxattr").at(node.path()));
         }
-        let loc = self.copy_up(node)?;
+        let loc = self.copy_up_metadata(node)?;
         sys::lsetxattr(loc.raw(), &loc.name, attr, value, flags)
             .op("setxattr")
             .map_err(|e| e.at(node.path()).in_layer(0))
@@ -665,7 +668,7 @@ impl Union {
     pub fn removexattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<()> {
         // Nothing to remove means nothing to copy up.
         self.getxattr(node, attr)?;
-        let loc = self.copy_up(node)?;
+        let loc = self.copy_up_metadata(node)?;
         sys::lremovexattr(loc.raw(), &loc.name, attr)
             .op("removexattr")
             .map_err(|e| e.at(node.path()).in_layer(0))

@@ -94,7 +94,7 @@ impl Union {
                     kind = st.st_mode & libc::S_IFMT;
                 }
                 let ino = match &st {
-                    Some(st) => self.derive_ino(Some(d.raw()), &name, d.layer, st),
+                    Some(st) => self.derive_ino(Some(d.raw()), &name, d.layer, st).0,
                     None => {
                         let mut st = sys::zeroed_stat();
                         st.st_ino = entry.ino();

@@ -36,6 +36,8 @@ pub struct Found {
     /// For a directory, every contributing layer.
     pub dirs: Vec<LayerDir>,
     pub ino: u64,
+    /// For an upper file holding metadata only: the lower file holding its data.
+    pub data: Option<Loc>,
 }
 
 fn is_dir(st: &Stat) -> bool {
@@ -61,6 +63,7 @@ impl Union {
             mut st,
             dirs,
             mut ino,
+            data,
         } = found;
         let real = (st.st_dev, st.st_ino);
         // A number taken by another real file (a copied-up hard link's lower sibling shows
@@ -80,6 +83,7 @@ impl Union {
                         unlinked: false,
                         real,
                         copy: None,
+                        data: data.clone(),
                     },
                 )
             });
@@ -94,6 +98,7 @@ impl Union {
                     s.dirs = dirs.clone();
                     s.generation = generation;
                     s.real = real;
+                    s.data = data.clone();
                 } else if s.real == real {
                     drop(s);
                     node.add_name(parent, name);
@@ -129,6 +134,7 @@ impl Union {
                 unlinked: false,
                 real: (found.st.st_dev, found.st.st_ino),
                 copy: None,
+                data: found.data,
             },
         ))
     }
@@ -165,13 +171,45 @@ impl Union {
                 dirs.extend(self.lower_dirs_at(&path)?);
             }
         }
-        let ino = self.derive_ino(pdirs_layer_fd(&pdirs, layer), name, layer, &st);
+        let (ino, metacopy) = self.derive_ino(pdirs_layer_fd(&pdirs, layer), name, layer, &st);
+        let data = if metacopy {
+            self.metacopy_data(&pdirs, name)?
+        } else {
+            None
+        };
         Ok(Some(Found {
             layer,
             st,
             dirs,
             ino,
+            data,
         }))
+    }
+
+    /// The lower file holding the data of a metadata-only upper file: the next entry of the
+    /// same name below the upper.
+    fn metacopy_data(&self, pdirs: &[LayerDir], name: &OsStr) -> Result<Option<Loc>> {
+        let lower: Vec<LayerDir> = pdirs.iter().filter(|d| d.layer > 0).cloned().collect();
+        Ok(match self.probe_layers(&lower, name)? {
+            Some((layer, st, _)) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                let d = lower
+                    .iter()
+                    .find(|d| d.layer == layer)
+                    .expect("probed layer");
+                Some(Loc {
+                    dir: d.fd.clone(),
+                    name: name.to_owned(),
+                    layer,
+                })
+            }
+            _ => {
+                log::warn!(
+                    "metacopy {}: its lower data is gone",
+                    name.to_string_lossy()
+                );
+                None
+            }
+        })
     }
 
     /// The resolution rule over a list of layer directories: the topmost entry, and for a
@@ -252,34 +290,42 @@ impl Union {
     }
 
     /// One rule for inode numbers, shared by lookup and readdir: an upper entry that
-    /// records its origin (copy-up, rename) keeps it; anything else shows its own.
+    /// records its origin (copy-up, rename) keeps it; anything else shows its own. Also
+    /// says whether the upper entry holds metadata only (see `whiteout::METACOPY`).
     pub(crate) fn derive_ino(
         &self,
         dir: Option<i32>,
         name: &OsStr,
         layer: usize,
         st: &Stat,
-    ) -> u64 {
+    ) -> (u64, bool) {
         if layer == 0 && self.writable() {
-            if let Some(ino) = self.origins.get(&(st.st_dev, st.st_ino)) {
-                return *ino;
+            if let Some(o) = self.origins.get(&(st.st_dev, st.st_ino)) {
+                return *o;
             }
             let recorded = dir.and_then(|d| {
                 sys::lgetxattr(d, name, whiteout::ORIGIN_XATTR.as_ref())
                     .ok()
                     .flatten()
             });
-            if let Some(Ok(b)) = recorded.map(|v| <[u8; 8]>::try_from(v.as_slice())) {
-                return u64::from_le_bytes(b);
+            if let Some(o) = recorded.and_then(|v| whiteout::decode_origin(&v)) {
+                return o;
             }
         }
-        self.ino_of(st)
+        (self.ino_of(st), false)
     }
 
-    /// Remember which inode number the upper entry `name` in `dir` carries (copy-up, rename).
-    pub(crate) fn record_origin(&self, dir: i32, name: &OsStr, ino: u64) {
+    /// An upper inode is about to be freed: the filesystem may give its number to the next
+    /// file created, which must not inherit the record.
+    pub(crate) fn forget_origin(&self, st: &Stat) {
+        self.origins.remove(&(st.st_dev, st.st_ino));
+    }
+
+    /// Remember which inode number the upper entry `name` in `dir` carries (copy-up, rename)
+    /// and whether it holds metadata only.
+    pub(crate) fn record_origin(&self, dir: i32, name: &OsStr, ino: u64, metacopy: bool) {
         if let Ok(st) = sys::fstatat(dir, name) {
-            self.origins.insert((st.st_dev, st.st_ino), ino);
+            self.origins.insert((st.st_dev, st.st_ino), (ino, metacopy));
         }
     }
 
@@ -360,6 +406,7 @@ impl Union {
             st.layer = f.layer;
             st.dirs = f.dirs;
             st.real = (f.st.st_dev, f.st.st_ino);
+            st.data = f.data;
         }
         st.generation = generation;
         Ok(())

@@ -428,3 +428,50 @@ fn special_files_and_symlinks() {
     );
     assert_eq!(u.readlink(&walk(&u, "ln").unwrap()).unwrap(), b"fifo");
 }
+
+#[test]
+fn chmod_copies_metadata_only_until_the_first_write() {
+    let s = Stack::new(1);
+    let data: String = "0123456789".repeat(100_000);
+    write(&s.lowers[0].join("big"), &data);
+    let u = s.union();
+    let node = walk(&u, "big").unwrap();
+    let set_mode = super::ops::SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    u.setattr(&node, set_mode, None).unwrap();
+    let upper = fs::metadata(s.upper.join("big")).unwrap();
+    assert_eq!(upper.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(upper.len(), data.len() as u64);
+    if crate::sys::geteuid() == 0 {
+        assert_eq!(upper.blocks(), 0, "no data copied by a chmod");
+    }
+    assert_eq!(read(&u, "big"), data, "reads come from the lower meanwhile");
+    // The next mount knows the data is still below.
+    drop(u);
+    let u = s.union();
+    assert_eq!(read(&u, "big"), data);
+    let node = walk(&u, "big").unwrap();
+    let (mut f, layer) = u.open(&node, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    assert_eq!(layer, 0);
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert_eq!(read(&u, "big"), format!("{data}!"));
+    assert_eq!(
+        fs::metadata(s.upper.join("big"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o600
+    );
+    assert_eq!(
+        fs::read_to_string(s.lowers[0].join("big")).unwrap(),
+        data,
+        "lower untouched"
+    );
+    drop(u);
+    let u = s.union();
+    assert_eq!(read(&u, "big"), format!("{data}!"));
+}

@@ -25,6 +25,26 @@ pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overla
 /// only a privileged daemon writes it and image tools (which copy user.*) leave it out.
 pub const ORIGIN_XATTR: &str = "trusted.unionmount.origin";
 
+/// The origin record: the inode number (8 bytes, little endian), then a flags byte whose
+/// bit `METACOPY` says the upper file holds metadata only and its data is still the lower
+/// file's of the same name (chmod, chown, utimens and xattr changes copy no data).
+pub const METACOPY: u8 = 1;
+
+pub fn encode_origin(ino: u64, metacopy: bool) -> Vec<u8> {
+    let mut v = ino.to_le_bytes().to_vec();
+    if metacopy {
+        v.push(METACOPY);
+    }
+    v
+}
+
+/// (inode number, metacopy) from an origin record.
+pub fn decode_origin(v: &[u8]) -> Option<(u64, bool)> {
+    let ino = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+    let metacopy = v.get(8).is_some_and(|f| f & METACOPY != 0);
+    Some((ino, metacopy))
+}
+
 /// Read-only, computed, never listed: which branch serves an entry ("<index> <directory>").
 pub const LAYER_XATTR: &str = "user.unionmount.layer";
 
@@ -127,6 +147,13 @@ mod tests {
         assert_eq!(whited_out(OsStr::new("plain")), None);
         assert!(is_reserved(OsStr::new(OPAQUE_MARKER)));
         assert!(!is_reserved(OsStr::new(".whx")));
+    }
+
+    #[test]
+    fn origins_round_trip() {
+        assert_eq!(decode_origin(&encode_origin(42, false)), Some((42, false)));
+        assert_eq!(decode_origin(&encode_origin(7, true)), Some((7, true)));
+        assert_eq!(decode_origin(b"short"), None);
     }
 
     #[test]
