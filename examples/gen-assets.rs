@@ -104,6 +104,62 @@ umount /mnt/merged        (or: fusermount3 \-u /mnt/merged)
 \fBfusermount3\fR(1), \fBfuse\fR(4)
 "#;
 
+/// roff text: backslashes and hyphens escaped, no line starting with a control character.
+fn roff(s: &str) -> String {
+    let t = s.replace('\\', "\\e").replace('-', "\\-");
+    t.lines()
+        .map(|l| {
+            if l.starts_with(['.', '\'']) {
+                format!("\\&{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// INSPECTION COMMANDS: each subcommand's usage, description, options and example.
+fn tools_section() -> String {
+    let mut out = String::from(".SH \"INSPECTION COMMANDS\"\n");
+    out.push_str(&roff(
+        "A first argument naming one of these commands runs it instead of mounting. They read \
+         the branches and ask the mount's daemon over its control socket (a unix socket under \
+         /run/unionmount, or $XDG_RUNTIME_DIR/unionmount, usable only by the daemon's user).",
+    ));
+    out.push('\n');
+    let mut tools = cli::ToolCli::command();
+    tools.build();
+    for sub in tools.get_subcommands() {
+        let mut sub = sub.clone();
+        let usage = sub.render_usage().to_string();
+        let usage = usage.trim_start_matches("Usage: ");
+        out.push_str(&format!(".TP\n\\fB{}\\fR\n", roff(usage)));
+        let about = sub
+            .get_long_about()
+            .or(sub.get_about())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        out.push_str(&roff(&about.replace("\n\n", "\n.IP\n")).replace("\\&.IP", ".IP"));
+        out.push('\n');
+        for a in sub
+            .get_arguments()
+            .filter(|a| a.get_long().is_some() && a.get_id() != "help")
+        {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            out.push_str(&format!(
+                ".IP\n\\fB\\-\\-{}\\fR: {}\n",
+                roff(a.get_long().unwrap()),
+                roff(&help)
+            ));
+        }
+        if let Some(ex) = sub.get_after_help() {
+            out.push_str(&format!(".IP\n.nf\n{}\n.fi\n", roff(&ex.to_string())));
+        }
+    }
+    out
+}
+
 fn main() -> std::io::Result<()> {
     let out = PathBuf::from(
         std::env::args_os()
@@ -123,9 +179,15 @@ fn main() -> std::io::Result<()> {
     man.render_synopsis_section(&mut page)?;
     man.render_description_section(&mut page)?;
     man.render_options_section(&mut page)?;
+    page.write_all(tools_section().as_bytes())?;
     page.write_all(MORE.as_bytes())?;
     fs::write(out.join("unionmount.8"), page)?;
 
+    // Completions offer the inspection commands too (main.rs dispatches on them first).
+    let tools = cli::ToolCli::command();
+    let cmd = cmd
+        .subcommands(tools.get_subcommands().cloned())
+        .args_conflicts_with_subcommands(true);
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         let mut cmd = cmd.clone();
         clap_complete::generate_to(shell, &mut cmd, "unionmount", out.join("completions"))?;

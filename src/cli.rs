@@ -25,6 +25,14 @@ Examples:
   fusermount3 -u /mnt/merged      (or: umount /mnt/merged)
       unmount
 
+Looking at the layers (`unionmount COMMAND --help` for each):
+  unionmount which PATH...          which branch serves a path, what it hides
+  unionmount diff UPPER|MOUNTPOINT  the change set, as `docker diff` prints it
+  unionmount commit MOUNTPOINT --to DIR [--remount]   the changes as a new layer
+  unionmount export UPPER|MOUNTPOINT --tar FILE [--digest]   an OCI layer tarball
+  unionmount layers MOUNTPOINT      the live stack, counters, kernel features
+  unionmount trace MOUNTPOINT       copy-ups, whiteouts, opaque dirs as they happen
+
 Exit status: 0 mounted; 1 bad command line; 2 system error (fork, pipe);
 32 mount failure (a branch, the mount point or an option refused, or mount failed).";
 
@@ -52,7 +60,8 @@ pub struct Cli {
     pub debug: bool,
     /// Mount options, comma-separated (repeatable): ro, rw, allow_other, timeout=SECS,
     /// negative_timeout=SECS, threads=N, volatile, whiteout=wh|overlay,
-    /// lowerdir=L1:L2,upperdir=U,workdir=W, fsname=NAME. Flags that only mean something to
+    /// lowerdir=L1:L2,upperdir=U,workdir=W, fsname=NAME, trace (print copy-ups, whiteouts
+    /// and opaque directories on stderr as they happen). Flags that only mean something to
     /// mount(8) or fstab (defaults, nofail, noauto, _netdev, user, x-*, ...) are ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -65,4 +74,112 @@ pub struct Cli {
         value_hint = clap::ValueHint::DirPath
     )]
     pub args: Vec<String>,
+}
+
+/// The first arguments that select an inspection command instead of mounting.
+pub const TOOLS: [&str; 6] = ["which", "diff", "commit", "export", "layers", "trace"];
+
+/// The inspection commands: `unionmount COMMAND ...` where COMMAND is one of `TOOLS`.
+#[derive(Parser, Debug)]
+#[command(name = "unionmount", version)]
+pub struct ToolCli {
+    #[command(subcommand)]
+    pub tool: Tool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Tool {
+    /// Which branch serves a path of a mount, and what it hides below.
+    ///
+    /// For each PATH inside a unionmount mount: the branch that serves it (upper or which
+    /// lower, by name, spec and directory), whether it was copied up, created in the upper,
+    /// whited out or is an opaque directory, and the entries of lower branches it hides. The
+    /// short form is an xattr on the merged file: `getfattr -n user.unionmount.layer PATH`
+    /// ("<index> <branch directory>"; never listed, so cp -a and tar do not copy it).
+    #[command(after_help = "Example:
+  unionmount which /mnt/merged/etc/hosts /mnt/merged/app/hello.txt")]
+    Which {
+        #[arg(required = true, value_hint = clap::ValueHint::AnyPath)]
+        paths: Vec<std::path::PathBuf>,
+    },
+    /// The change set of an upper directory, as `docker diff` prints it.
+    ///
+    /// One line per entry: A added, C changed (it exists in a lower branch), D deleted (a
+    /// whiteout in any format: .wh. file, char device 0/0, overlay xattr). TARGET is a
+    /// mount point (its upper and lowers are asked of the daemon) or an upper directory;
+    /// then A and C are told apart by --lower directories if given, else by the copy-up
+    /// origin xattr unionmount and overlayfs leave on copied-up entries (as root).
+    #[command(after_help = "Examples:
+  unionmount diff /mnt/merged
+  unionmount diff /srv/upper --lower /srv/base --json")]
+    Diff {
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        target: std::path::PathBuf,
+        /// A lower branch (repeatable, top first), to tell changed from added.
+        #[arg(long = "lower", value_name = "DIR")]
+        lowers: Vec<std::path::PathBuf>,
+        /// One JSON array of {"kind", "path", "type"[, "opaque", "moved_from"]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn a mount's changes into a new read-only layer directory ("docker commit").
+    ///
+    /// Writes the change set of the mount's upper into DIR (new or empty) in the .wh.
+    /// format, keeping owners, modes, times, xattrs and hard links. The mount goes on
+    /// unchanged. With --remount the upper becomes the layer and a fresh upper starts: the
+    /// mount is unmounted (refused while files are open in it: the stack cannot be swapped
+    /// under open files), DIR written, the upper emptied, and the mount point mounted again
+    /// on UPPER=RW:DIR=RO:LOWERS... with the same options.
+    #[command(after_help = "Examples:
+  unionmount commit /mnt/merged --to /srv/layer1
+  unionmount commit /mnt/merged --to /srv/layer1 --remount")]
+    Commit {
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        mountpoint: std::path::PathBuf,
+        /// The new layer directory (must not exist or be empty).
+        #[arg(long = "to", value_name = "DIR", required = true)]
+        to: std::path::PathBuf,
+        /// Unmount, commit, empty the upper and mount again with DIR stacked below it.
+        #[arg(long)]
+        remount: bool,
+    },
+    /// The change set as an OCI image layer tarball (podman/docker can import it).
+    ///
+    /// Deletions become `.wh.<name>` entries, opaque directories get `.wh..wh..opq`; owners,
+    /// modes, mtimes, xattrs (PAX SCHILY.xattr) and hard links are kept; entries in a fixed
+    /// order, so the same upper gives the same bytes. TARGET as for `diff`.
+    #[command(after_help = "Examples:
+  unionmount export /mnt/merged --tar layer.tar --digest
+  unionmount export /srv/upper --lower /srv/base --tar - | tar -tvf -")]
+    Export {
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        target: std::path::PathBuf,
+        /// Where to write the tarball (`-`: standard output).
+        #[arg(long = "tar", value_name = "FILE", required = true)]
+        tar: std::path::PathBuf,
+        /// A lower branch (repeatable, top first), for a directory moved through the mount.
+        #[arg(long = "lower", value_name = "DIR")]
+        lowers: Vec<std::path::PathBuf>,
+        /// Print the layer's diff ID (sha256 of the uncompressed tar).
+        #[arg(long)]
+        digest: bool,
+    },
+    /// The live stack of a mount: branches, modes, files, bytes, counters, kernel features.
+    #[command(after_help = "Example:
+  unionmount layers /mnt/merged")]
+    Layers {
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        mountpoint: std::path::PathBuf,
+    },
+    /// Follow a mount's copy-ups, whiteouts and opaque directories as they happen.
+    ///
+    /// One line per event until interrupted, e.g. `copy-up etc/hosts from base (3.1 KiB,
+    /// 0.2 ms)`, `whiteout opt/hello.txt`, `opaque usr/share/man`. `-o trace` at mount time
+    /// prints the same lines on the mounting terminal.
+    #[command(after_help = "Example:
+  unionmount trace /mnt/merged &   # then work in /mnt/merged")]
+    Trace {
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        mountpoint: std::path::PathBuf,
+    },
 }

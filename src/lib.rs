@@ -7,5 +7,6 @@
 pub mod config;
 pub mod error;
 pub mod fuse;
+pub mod inspect;
 pub mod sys;
 pub mod union;

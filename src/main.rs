@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use unionmount::config::{Config, parse_mount_options};
 use unionmount::fuse::{self, UnionFs};
+use unionmount::inspect;
 use unionmount::sys;
 use unionmount::union::Union;
 
@@ -34,8 +35,144 @@ fn is_source_word(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', ':', '='])
 }
 
+/// Take `trace` out of the -o options (it is ours, not the mount's): was it there?
+fn take_trace_option(options: &mut [String]) -> bool {
+    let mut found = false;
+    for o in options.iter_mut() {
+        let kept: Vec<&str> = o
+            .split(',')
+            .filter(|w| {
+                let t = *w == "trace";
+                found |= t;
+                !t
+            })
+            .collect();
+        *o = kept.join(",");
+    }
+    found
+}
+
+/// `unionmount which|diff|commit|export|layers|trace ...`
+fn run_tool() -> ExitCode {
+    use cli::Tool;
+    let parsed = match cli::ToolCli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let (name, result) = match parsed.tool {
+        Tool::Which { paths } => ("which", which(&paths)),
+        Tool::Diff {
+            target,
+            lowers,
+            json,
+        } => ("diff", inspect::diff::run(&target, &lowers, json)),
+        Tool::Commit {
+            mountpoint,
+            to,
+            remount,
+        } => ("commit", inspect::commit::run(&mountpoint, &to, remount)),
+        Tool::Export {
+            target,
+            tar,
+            lowers,
+            digest,
+        } => (
+            "export",
+            inspect::export::run(&target, &lowers, &tar, digest),
+        ),
+        Tool::Layers { mountpoint } => ("layers", layers(&mountpoint)),
+        Tool::Trace { mountpoint } => ("trace", trace(&mountpoint)),
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("unionmount {name}: {e}");
+            ExitCode::from(exit::RUNTIME)
+        }
+    }
+}
+
+fn which(paths: &[std::path::PathBuf]) -> inspect::Result<()> {
+    let mut failed = 0;
+    for (i, p) in paths.iter().enumerate() {
+        let answer = inspect::find_mount(p).and_then(|(mp, rel)| {
+            let rel = inspect::clean_relative(&rel)?;
+            inspect::control::request_lines(&mp, &format!("which {}", rel.display()))
+        });
+        if i > 0 {
+            println!();
+        }
+        match answer {
+            Ok(lines) => {
+                println!("{}", p.display());
+                for l in lines {
+                    println!("  {l}");
+                }
+            }
+            Err(e) => {
+                eprintln!("unionmount which: {}: {e}", p.display());
+                failed += 1;
+            }
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} of {} paths not answered", paths.len())),
+    }
+}
+
+fn mount_point_of(p: &Path) -> inspect::Result<std::path::PathBuf> {
+    let (mp, rel) = inspect::find_mount(p)?;
+    if !rel.as_os_str().is_empty() {
+        return Err(format!(
+            "{} is inside the mount {}: give the mount point",
+            p.display(),
+            mp.display()
+        ));
+    }
+    Ok(mp)
+}
+
+fn layers(p: &Path) -> inspect::Result<()> {
+    let mp = mount_point_of(p)?;
+    println!("{}", mp.display());
+    for l in inspect::control::request_lines(&mp, "layers")? {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+fn trace(p: &Path) -> inspect::Result<()> {
+    use std::io::BufRead;
+    let mp = mount_point_of(p)?;
+    let r = inspect::control::request(&mp, "trace")?;
+    eprintln!("tracing {} (Ctrl-C to stop)", mp.display());
+    let stdout = std::io::stdout();
+    for line in r.lines() {
+        let Ok(line) = line else { break };
+        let mut o = stdout.lock();
+        if writeln!(o, "{line}").and_then(|_| o.flush()).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    if let Some(a) = std::env::args_os().nth(1)
+        && a.to_str().is_some_and(|a| cli::TOOLS.contains(&a))
+    {
+        return run_tool();
+    }
+    let mut cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -53,6 +190,7 @@ fn main() -> ExitCode {
         (false, false) => "warn",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let trace = take_trace_option(&mut cli.options);
 
     let config = parse_mount_options(&cli.options).and_then(|mut opts| {
         // `unionmount SOURCE MOUNTPOINT -o ...`, the form mount.fuse3 runs: SOURCE is the
@@ -85,13 +223,13 @@ fn main() -> ExitCode {
     sys::set_umask(0);
     sys::raise_nofile_limit();
     if config.foreground {
-        return serve(&config, None);
+        return serve(&config, None, trace);
     }
-    detach(&config)
+    detach(&config, trace)
 }
 
 /// Fork; the parent exits once the child reports the mount live (or why it is not).
-fn detach(config: &Config) -> ExitCode {
+fn detach(config: &Config, trace: bool) -> ExitCode {
     let (rd, wr) = match sys::pipe() {
         Ok(p) => p,
         Err(e) => {
@@ -107,7 +245,7 @@ fn detach(config: &Config) -> ExitCode {
         Ok(0) => {
             drop(rd);
             sys::setsid();
-            serve(config, Some(std::fs::File::from(wr)))
+            serve(config, Some(std::fs::File::from(wr)), trace)
         }
         Ok(_) => {
             drop(wr);
@@ -126,8 +264,10 @@ fn detach(config: &Config) -> ExitCode {
     }
 }
 
-/// Mount and serve until unmounted. `ready` is told "ok" once the mount is live.
-fn serve(config: &Config, mut ready: Option<std::fs::File>) -> ExitCode {
+/// Mount and serve until unmounted. `ready` is told "ok" once the mount is live. With
+/// `trace`, every copy-up, whiteout and opaque directory is printed on stderr, which a
+/// detached daemon then keeps (the mounting terminal).
+fn serve(config: &Config, mut ready: Option<std::fs::File>, trace: bool) -> ExitCode {
     let mut fail = |msg: String| {
         match ready.take() {
             Some(mut w) => {
@@ -151,6 +291,25 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>) -> ExitCode {
             return fail(format!("mount {}: {e}", config.mountpoint.display()));
         }
     };
+    // The control socket (`unionmount which/layers/trace/commit`), gone at unmount.
+    let control = match inspect::control::Control::start(union.clone(), config) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!(
+                "control socket: {e}; which, layers, trace and commit will not reach this mount"
+            );
+            None
+        }
+    };
+    if trace {
+        let rx = union.events.subscribe();
+        let u = union.clone();
+        std::thread::spawn(move || {
+            for ev in rx {
+                eprintln!("unionmount: {}", inspect::report::event_line(&u, &ev));
+            }
+        });
+    }
     std::thread::spawn(move || {
         let sig = sys::wait_signal(&signals);
         log::info!("signal {sig}: unmounting");
@@ -161,9 +320,13 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>) -> ExitCode {
     if let Some(mut w) = ready.take() {
         let _ = w.write_all(b"ok\n");
         drop(w);
-        sys::redirect_stdio_to_null();
+        if !trace {
+            sys::redirect_stdio_to_null();
+        }
     }
-    match session.run() {
+    let result = session.run();
+    drop(control);
+    match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             log::error!("session ended: {e}");

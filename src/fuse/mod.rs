@@ -194,9 +194,8 @@ impl Filesystem for UnionFs {
             self.passthrough = true;
         }
         let _ = config.add_capabilities(supported);
-        log::info!(
-            "{}; kernel FUSE {}: data {}, readdirplus {}",
-            self.description,
+        let kernel = format!(
+            "FUSE {}: data {}, readdirplus {}",
             config.kernel_abi(),
             if self.passthrough {
                 "passthrough"
@@ -209,6 +208,8 @@ impl Filesystem for UnionFs {
                 "off"
             },
         );
+        log::info!("{}; kernel {kernel}", self.description);
+        *self.union.events.kernel.lock() = kernel;
         Ok(())
     }
 

@@ -37,6 +37,8 @@ pub struct Counters {
 #[derive(Debug, Default)]
 pub struct Events {
     pub counters: Counters,
+    /// What the kernel agreed to at mount (set by the FUSE adapter), for `unionmount layers`.
+    pub kernel: Mutex<String>,
     listening: AtomicBool,
     listeners: Mutex<Vec<SyncSender<Event>>>,
 }

@@ -1,0 +1,241 @@
+//! The mount's control channel: a unix socket the daemon serves, never part of the merged
+//! tree. It lives at `/run/unionmount/<hash>.sock` (root) or
+//! `$XDG_RUNTIME_DIR/unionmount/<hash>.sock` (`/tmp/unionmount-<uid>/` without one), where
+//! `<hash>` is a hash of the canonical mount point. The directory is 0700 and the socket 0600,
+//! both the daemon's: only the user the daemon runs as (who can read every branch anyway)
+//! can connect. One request line per connection; the reply is `ok` or `error <message>`,
+//! then lines until the daemon closes the connection:
+//!
+//! - `stack`: `pid N`, `options OPTS`, then one `branch RW|RO<TAB>DIR<TAB>SPEC` per branch.
+//! - `layers`: the live stack with file counts, counters since mount and kernel features.
+//! - `which REL`: which branch serves REL (relative to the mount point), and what it hides.
+//! - `trace`: one line per copy-up, whiteout, opaque directory or redirect, as they happen.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::report::{self, Info};
+use crate::config::Config;
+use crate::sys;
+use crate::union::Union;
+
+/// Where control sockets live for the current user.
+pub fn runtime_dir() -> PathBuf {
+    let uid = sys::geteuid();
+    if uid == 0 {
+        return PathBuf::from("/run/unionmount");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("unionmount"),
+        None => PathBuf::from(format!("/tmp/unionmount-{uid}")),
+    }
+}
+
+/// The control socket of the mount at `mountpoint` (canonical).
+pub fn socket_path(mountpoint: &Path) -> PathBuf {
+    let digest = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    runtime_dir().join(format!("{hex}.sock"))
+}
+
+/// The running control server; the socket goes when this is dropped (at unmount).
+pub struct Control {
+    path: PathBuf,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Control {
+    /// Bind the socket and serve it on a thread of its own.
+    pub fn start(union: Arc<Union>, config: &Config) -> io::Result<Control> {
+        let dir = runtime_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if !meta.is_dir() || meta.uid() != sys::geteuid() {
+            return Err(io::Error::other(format!(
+                "{} is not a directory of ours",
+                dir.display()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let path = socket_path(&config.mountpoint);
+        if path.exists() {
+            // A daemon that died leaves its socket; a live one answers.
+            if UnixStream::connect(&path).is_ok() {
+                return Err(io::Error::other(format!(
+                    "{} is in use by another daemon",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(&path)?;
+        }
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let info = Arc::new(Info::from_config(config));
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let (union, info) = (union.clone(), info.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("control-conn".into())
+                        .spawn(move || {
+                            if let Err(e) = serve_one(&union, &info, stream) {
+                                log::debug!("control: {e}");
+                            }
+                        });
+                }
+            })?;
+        Ok(Control { path })
+    }
+}
+
+fn serve_one(union: &Union, info: &Info, stream: UnixStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?)
+        .take(8192)
+        .read_line(&mut line)?;
+    let line = line.trim_end_matches(['\n', '\r']);
+    let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
+    let mut out = io::BufWriter::new(stream.try_clone()?);
+    let reply = match cmd {
+        "stack" => Ok(report::stack(union, info)),
+        "layers" => Ok(report::layers(union, info)),
+        "which" => report::which(union, arg),
+        "trace" => {
+            writeln!(out, "ok")?;
+            out.flush()?;
+            return trace(union, stream);
+        }
+        _ => Err(format!("unknown request {cmd:?}")),
+    };
+    match reply {
+        Ok(lines) => {
+            writeln!(out, "ok")?;
+            for l in lines {
+                writeln!(out, "{l}")?;
+            }
+        }
+        Err(e) => writeln!(out, "error {e}")?,
+    }
+    out.flush()
+}
+
+/// Stream events until the client goes away.
+fn trace(union: &Union, stream: UnixStream) -> io::Result<()> {
+    let rx = union.events.subscribe();
+    let mut probe = stream.try_clone()?;
+    probe.set_nonblocking(true)?;
+    let mut out = stream;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(ev) => writeln!(out, "{}", report::event_line(union, &ev))?,
+            Err(RecvTimeoutError::Timeout) => {
+                let mut b = [0u8; 64];
+                match probe.read(&mut b) {
+                    Ok(0) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    }
+}
+
+/// Send `request` to the daemon of the mount at `mountpoint`; the reply's lines after `ok`.
+pub fn request(mountpoint: &Path, request: &str) -> super::Result<BufReader<UnixStream>> {
+    let path = socket_path(mountpoint);
+    // The socket is bound just after the mount goes live: allow for that moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let stream = loop {
+        match UnixStream::connect(&path) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline && e.kind() == io::ErrorKind::NotFound => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{}: cannot reach the daemon's control socket {}: {e}{}",
+                    mountpoint.display(),
+                    path.display(),
+                    match e.kind() {
+                        io::ErrorKind::PermissionDenied =>
+                            " (only the user the daemon runs as may use it)",
+                        io::ErrorKind::NotFound =>
+                            " (is it a unionmount mount of this user, and of this version?)",
+                        _ => "",
+                    }
+                ));
+            }
+        }
+    };
+    let mut w = stream
+        .try_clone()
+        .map_err(|e| format!("control socket: {e}"))?;
+    writeln!(w, "{request}").map_err(|e| format!("control socket: {e}"))?;
+    let mut r = BufReader::new(stream);
+    let mut first = String::new();
+    r.read_line(&mut first)
+        .map_err(|e| format!("control socket: {e}"))?;
+    match first.trim_end() {
+        "ok" => Ok(r),
+        s => Err(s
+            .strip_prefix("error ")
+            .unwrap_or("the daemon closed the connection")
+            .to_string()),
+    }
+}
+
+/// The whole reply as lines.
+pub fn request_lines(mountpoint: &Path, req: &str) -> super::Result<Vec<String>> {
+    let r = request(mountpoint, req)?;
+    r.lines()
+        .collect::<io::Result<Vec<String>>>()
+        .map_err(|e| format!("control socket: {e}"))
+}
+
+/// The stack of the mount at `mountpoint`.
+pub fn stack(mountpoint: &Path) -> super::Result<super::Stack> {
+    let mut s = super::Stack {
+        mountpoint: mountpoint.to_path_buf(),
+        pid: 0,
+        branches: Vec::new(),
+        options: String::new(),
+    };
+    for line in request_lines(mountpoint, "stack")? {
+        let (k, v) = line.split_once(' ').unwrap_or((&line, ""));
+        match k {
+            "pid" => s.pid = v.parse().unwrap_or(0),
+            "options" => s.options = v.to_string(),
+            "branch" => {
+                let f: Vec<&str> = v.splitn(3, '\t').collect();
+                if f.len() == 3 {
+                    s.branches
+                        .push((PathBuf::from(f[1]), f[0] == "RW", f[2].to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(s)
+}

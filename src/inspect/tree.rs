@@ -1,0 +1,428 @@
+//! The change set of an upper directory, as `docker diff` sees a container: every entry
+//! added (A), changed (C) or deleted (D), read from the upper alone in any whiteout format.
+//! `diff` prints it, `export` turns it into an OCI layer tarball and `commit` into a layer
+//! directory.
+//!
+//! Added or changed: with the lower branches known (a mount point, or `--lower`), an upper
+//! entry whose path exists in a lower is C, else A. From the upper alone, an entry carrying
+//! a copy-up origin xattr (`trusted.unionmount.origin`, `trusted.overlay.origin`) is C.
+//! Our work directory and private xattrs are never part of it. A directory moved through the
+//! mount (it carries `trusted.unionmount.redirect`) is new content at its new place (A,
+//! opaque, its whole subtree merged from the upper and the lower directories it came from);
+//! its old path is D through the whiteout the move left there.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::union::whiteout;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Added,
+    Changed,
+    Deleted,
+}
+
+impl Kind {
+    pub fn letter(self) -> char {
+        match self {
+            Kind::Added => 'A',
+            Kind::Changed => 'C',
+            Kind::Deleted => 'D',
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Change {
+    /// Relative to the root of the tree.
+    pub path: PathBuf,
+    pub kind: Kind,
+    /// The real entry to read (in the upper, or through the mount for moved content);
+    /// None for a deletion.
+    pub src: Option<PathBuf>,
+    pub meta: Option<Metadata>,
+    /// Where a metadata-only upper file (overlayfs' metacopy) still has its data.
+    pub data: Option<PathBuf>,
+    /// A directory that hides everything of the same directory below it.
+    pub opaque: bool,
+    /// A directory moved here from this lower path (its content read through the mount).
+    pub moved_from: Option<String>,
+}
+
+impl Change {
+    pub fn is_dir(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| m.is_dir())
+    }
+}
+
+/// Where the change set comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub upper: PathBuf,
+    /// Lower branches, top first (to tell A from C, and name what an opaque dir deletes).
+    pub lowers: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+pub struct ChangeSet {
+    pub changes: Vec<Change>,
+    /// Things the set could not represent faithfully (a moved directory without the mount).
+    pub warnings: Vec<String>,
+}
+
+const ORIGIN_XATTRS: [&str; 2] = [whiteout::ORIGIN_XATTR, "trusted.overlay.origin"];
+
+fn xattr_get(p: &Path, name: impl AsRef<OsStr>) -> Option<Vec<u8>> {
+    xattr::get(p, name).ok().flatten()
+}
+
+/// Opaque marker or overlay xattr "y"; and whether its empty files may be xattr whiteouts.
+fn dir_markers(dir: &Path) -> (bool, bool) {
+    if std::fs::symlink_metadata(dir.join(whiteout::OPAQUE_MARKER)).is_ok() {
+        return (true, false);
+    }
+    let mut xwh = false;
+    for a in whiteout::OPAQUE_XATTRS {
+        match xattr_get(dir, a)
+            .as_deref()
+            .and_then(whiteout::parse_opaque_xattr)
+        {
+            Some(whiteout::OpaqueXattr::Opaque) => return (true, false),
+            Some(whiteout::OpaqueXattr::HasXattrWhiteouts) => xwh = true,
+            None => {}
+        }
+    }
+    (false, xwh)
+}
+
+fn is_whiteout_dev(m: &Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+fn sorted_names(dir: &Path) -> std::io::Result<Vec<OsString>> {
+    let mut v: Vec<OsString> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    v.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(v)
+}
+
+fn is_meta(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b".wh..wh.")
+}
+
+/// The change set of `src.upper`.
+pub fn changes(src: &Source) -> super::Result<ChangeSet> {
+    let mut set = ChangeSet::default();
+    let w = Walker { src };
+    w.walk(&src.upper, Path::new(""), false, &mut set)
+        .map_err(|e| format!("{}: {e}", src.upper.display()))?;
+    Ok(set)
+}
+
+struct Walker<'a> {
+    src: &'a Source,
+}
+
+impl Walker<'_> {
+    fn in_lowers(&self, rel: &Path) -> bool {
+        self.src
+            .lowers
+            .iter()
+            .any(|l| std::fs::symlink_metadata(l.join(rel)).is_ok_and(|m| !is_whiteout_dev(&m)))
+    }
+
+    /// Names in the lower directories at `rel` (for what an opaque directory deletes).
+    fn lower_names(&self, rel: &Path) -> Vec<OsString> {
+        let mut out: Vec<OsString> = Vec::new();
+        for l in &self.src.lowers {
+            if let Ok(names) = sorted_names(&l.join(rel)) {
+                for n in names {
+                    if whiteout::is_reserved(&n) || out.contains(&n) {
+                        continue;
+                    }
+                    out.push(n);
+                }
+            }
+        }
+        out
+    }
+
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &Path,
+        added: bool,
+        set: &mut ChangeSet,
+    ) -> std::io::Result<()> {
+        let names = sorted_names(dir)?;
+        let (opaque, xwh) = dir_markers(dir);
+        // Children in name order, deletions among them by the name they delete.
+        let mut items: Vec<(OsString, Option<Metadata>)> = Vec::new();
+        for n in &names {
+            if is_meta(n) {
+                continue;
+            }
+            if let Some(target) = whiteout::whited_out(n) {
+                // An entry beside a whiteout of its own name replaced the lower one.
+                if !names.iter().any(|m| m == target) {
+                    items.push((target.to_owned(), None));
+                }
+                continue;
+            }
+            let p = dir.join(n);
+            let m = std::fs::symlink_metadata(&p)?;
+            let xattr_whiteout = xwh
+                && m.is_file()
+                && m.len() == 0
+                && whiteout::WHITEOUT_XATTRS
+                    .iter()
+                    .any(|a| xattr_get(&p, a).is_some());
+            if is_whiteout_dev(&m) || xattr_whiteout {
+                items.push((n.clone(), None));
+            } else {
+                items.push((n.clone(), Some(m)));
+            }
+        }
+        if opaque && !added && !rel.as_os_str().is_empty() && !self.src.lowers.is_empty() {
+            for n in self.lower_names(rel) {
+                if !items.iter().any(|(m, _)| *m == n) {
+                    items.push((n, None));
+                }
+            }
+        }
+        items.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (name, meta) in items {
+            let crel = rel.join(&name);
+            let Some(meta) = meta else {
+                // Kept even below a directory that looks new: from the upper alone a
+                // copied-up directory may look new, and its whiteouts must not be lost.
+                set.changes.push(Change {
+                    path: crel,
+                    kind: Kind::Deleted,
+                    src: None,
+                    meta: None,
+                    data: None,
+                    opaque: false,
+                    moved_from: None,
+                });
+                continue;
+            };
+            let p = dir.join(&name);
+            let replaced = names.contains(&whiteout::whiteout_name(&name));
+            let kind = if added {
+                Kind::Added
+            } else if replaced {
+                Kind::Changed
+            } else if !self.src.lowers.is_empty() {
+                if self.in_lowers(&crel) {
+                    Kind::Changed
+                } else {
+                    Kind::Added
+                }
+            } else if ORIGIN_XATTRS.iter().any(|a| xattr_get(&p, a).is_some())
+                || (meta.is_dir() && dir_markers(&p).0)
+            {
+                // Copied up; or an opaque directory, which replaced a lower one.
+                Kind::Changed
+            } else {
+                Kind::Added
+            };
+            let moved = if meta.is_dir() {
+                xattr_get(&p, whiteout::REDIRECT_XATTR)
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+            } else {
+                None
+            };
+            if let Some(from) = moved {
+                self.moved(&p, &crel, from, meta, set)?;
+                continue;
+            }
+            let is_dir = meta.is_dir();
+            let child_opaque = is_dir && (dir_markers(&p).0 || replaced);
+            let data = if meta.is_file() && is_metacopy(&p) {
+                let lowers: Vec<PathBuf> = self.src.lowers.iter().map(|l| l.join(&crel)).collect();
+                self.data_in(&lowers, &crel, set)
+            } else {
+                None
+            };
+            set.changes.push(Change {
+                path: crel.clone(),
+                kind,
+                src: Some(p.clone()),
+                meta: Some(meta),
+                data,
+                opaque: child_opaque,
+                moved_from: None,
+            });
+            if is_dir {
+                self.walk(&p, &crel, kind == Kind::Added, set)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory moved through the mount: new content at `rel`, its merged subtree (the
+    /// upper directory over the lower directories at the path it came from).
+    fn moved(
+        &self,
+        upper: &Path,
+        rel: &Path,
+        from: String,
+        meta: Metadata,
+        set: &mut ChangeSet,
+    ) -> std::io::Result<()> {
+        if self.src.lowers.is_empty() {
+            set.warnings.push(format!(
+                "/{} was moved from {from} through the mount and its files still live in the \
+                 lower branches there: give the mount point, or the lowers with --lower",
+                rel.display()
+            ));
+        }
+        set.changes.push(Change {
+            path: rel.to_path_buf(),
+            kind: Kind::Added,
+            src: Some(upper.to_path_buf()),
+            meta: Some(meta),
+            data: None,
+            opaque: true,
+            moved_from: Some(from.clone()),
+        });
+        let mut dirs = vec![upper.to_path_buf()];
+        if !dir_markers(upper).0 {
+            let old = Path::new(from.trim_start_matches('/'));
+            for l in &self.src.lowers {
+                let d = l.join(old);
+                if std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+                    let opaque = dir_markers(&d).0;
+                    dirs.push(d);
+                    if opaque {
+                        break;
+                    }
+                }
+            }
+        }
+        self.walk_merged(&dirs, rel, set)
+    }
+
+    /// Everything below a directory merged from `dirs` (top first), as added: the union's
+    /// resolution rule (whiteouts in any format, opaque directories, first file wins).
+    fn walk_merged(
+        &self,
+        dirs: &[PathBuf],
+        rel: &Path,
+        set: &mut ChangeSet,
+    ) -> std::io::Result<()> {
+        let mut names: Vec<OsString> = Vec::new();
+        for d in dirs {
+            for n in sorted_names(d)? {
+                if !whiteout::is_reserved(&n) && !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for n in names {
+            let mut top: Option<(PathBuf, Metadata)> = None;
+            let mut sub: Vec<PathBuf> = Vec::new();
+            for d in dirs {
+                let (_, xwh) = dir_markers(d);
+                let p = d.join(&n);
+                let Ok(m) = std::fs::symlink_metadata(&p) else {
+                    if std::fs::symlink_metadata(d.join(whiteout::whiteout_name(&n))).is_ok() {
+                        break;
+                    }
+                    continue;
+                };
+                let xattr_wh = xwh
+                    && m.is_file()
+                    && m.len() == 0
+                    && whiteout::WHITEOUT_XATTRS
+                        .iter()
+                        .any(|a| xattr_get(&p, a).is_some());
+                if is_whiteout_dev(&m) || xattr_wh {
+                    break;
+                }
+                if top.is_some() && !m.is_dir() {
+                    break;
+                }
+                let is_dir = m.is_dir();
+                if top.is_none() {
+                    top = Some((p.clone(), m));
+                }
+                if !is_dir {
+                    break;
+                }
+                let opaque = dir_markers(&p).0
+                    || std::fs::symlink_metadata(d.join(whiteout::whiteout_name(&n))).is_ok();
+                sub.push(p);
+                if opaque {
+                    break;
+                }
+            }
+            let Some((p, m)) = top else { continue };
+            let is_dir = m.is_dir();
+            let data = if m.is_file() && is_metacopy(&p) {
+                let below: Vec<PathBuf> = dirs.iter().skip(1).map(|d| d.join(&n)).collect();
+                self.data_in(&below, &rel.join(&n), set)
+            } else {
+                None
+            };
+            set.changes.push(Change {
+                path: rel.join(&n),
+                kind: Kind::Added,
+                src: Some(p),
+                meta: Some(m),
+                data,
+                opaque: false,
+                moved_from: None,
+            });
+            if is_dir {
+                self.walk_merged(&sub, &rel.join(&n), set)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An upper file that holds metadata only (its origin record says so).
+fn is_metacopy(p: &Path) -> bool {
+    xattr_get(p, whiteout::ORIGIN_XATTR)
+        .and_then(|v| whiteout::decode_origin(&v))
+        .is_some_and(|(_, m)| m)
+}
+
+impl Walker<'_> {
+    /// The first regular file among `candidates`: a metadata-only file's data.
+    fn data_in(&self, candidates: &[PathBuf], rel: &Path, set: &mut ChangeSet) -> Option<PathBuf> {
+        let found = candidates
+            .iter()
+            .find(|c| std::fs::symlink_metadata(c).is_ok_and(|m| m.is_file()))
+            .cloned();
+        if found.is_none() {
+            set.warnings.push(format!(
+                "/{} holds metadata only and its data is in a lower branch: give the mount \
+                 point, or the lowers with --lower",
+                rel.display()
+            ));
+        }
+        found
+    }
+}
+
+/// Xattrs of a real entry worth carrying into a layer: all but the layering's own.
+pub fn user_xattrs(p: &Path) -> Vec<(OsString, Vec<u8>)> {
+    let Ok(names) = xattr::list(p) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(OsString, Vec<u8>)> = names
+        .filter(|n| !whiteout::is_private_xattr(n))
+        .filter_map(|n| xattr_get(p, &n).map(|v| (n, v)))
+        .collect();
+    out.sort();
+    out
+}
