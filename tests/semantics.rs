@@ -1,0 +1,263 @@
+//! The rest of the foundation's promises, each on a real mount: inode numbers across
+//! remounts, one copy-up for racing writers, the kernel caches we ask for, `-d`, SIGINT,
+//! copy_file_range, and an upper on a read-only filesystem refused.
+mod common;
+use common::*;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_unionmount");
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ino(p: &std::path::Path) -> u64 {
+    fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// With every branch on one filesystem, a file keeps its number across remounts, also
+/// once copied up or moved (the number is recorded with the copy, which takes root).
+#[test]
+fn inode_numbers_survive_remount() {
+    if !is_root() {
+        eprintln!("skipped: the origin record needs root");
+        return;
+    }
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "f");
+    put(&fx.l(0, "d/inner"), "i");
+    put(&fx.l(0, "moved/x"), "x");
+    let m = fx.mount(&[]);
+    let (f, d, inner) = (ino(&fx.m("f")), ino(&fx.m("d")), ino(&fx.m("d/inner")));
+    let moved = ino(&fx.m("moved"));
+    OpenOptions::new()
+        .append(true)
+        .open(fx.m("f"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    fs::write(fx.m("d/new"), "n").unwrap();
+    fs::rename(fx.m("moved"), fx.m("here")).unwrap();
+    let new = ino(&fx.m("d/new"));
+    let m = m.remount();
+    assert_eq!(ino(&fx.m("f")), f, "copied-up file");
+    assert_eq!(ino(&fx.m("d")), d, "copied-up directory");
+    assert_eq!(ino(&fx.m("d/inner")), inner, "lower file");
+    assert_eq!(ino(&fx.m("d/new")), new, "upper file");
+    assert_eq!(ino(&fx.m("here")), moved, "moved directory");
+    drop(m);
+}
+
+/// Writers racing on one lower file copy it up once: every append lands in one upper file.
+#[test]
+fn racing_writers_copy_up_once() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "log"), "base\n");
+    let m = fx.mount(&[]);
+    let n = 8;
+    let gate = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (gate, path) = (gate.clone(), fx.m("log"));
+            std::thread::spawn(move || {
+                gate.wait();
+                let mut f = OpenOptions::new().append(true).open(path).unwrap();
+                f.write_all(format!("writer {i}\n").as_bytes()).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let text = read(&fx.m("log"));
+    assert!(text.starts_with("base\n"), "{text:?}");
+    for i in 0..n {
+        assert!(
+            text.contains(&format!("writer {i}\n")),
+            "writer {i} lost: {text:?}"
+        );
+    }
+    assert_eq!(text.lines().count(), n + 1, "{text:?}");
+    assert_eq!(read(&fx.u("log")), text);
+    assert_eq!(
+        names(&fx.u(".wh..wh..work")),
+        Vec::<String>::new(),
+        "no copy left half-built in the work dir"
+    );
+    drop(m);
+}
+
+/// READDIRPLUS hands the kernel every entry's attributes with the listing, so `ls -l` of a
+/// directory does not look each name up again.
+#[test]
+fn listing_with_attributes_needs_no_lookups() {
+    let fx = Fixture::new(1);
+    for i in 0..40 {
+        put(&fx.l(0, &format!("dir/f{i:02}")), "x");
+    }
+    let m = fx.mount(&["-o", "timeout=30"]);
+    let before = fs::read_to_string(&fx.log).unwrap().len();
+    for e in fs::read_dir(fx.m("dir")).unwrap() {
+        fs::symlink_metadata(e.unwrap().path()).unwrap();
+    }
+    let log = fs::read_to_string(&fx.log).unwrap();
+    let lookups = log[before..]
+        .lines()
+        .filter(|l| l.contains("LOOKUP name \"f"))
+        .count();
+    assert!(lookups < 10, "{lookups} lookups for 40 listed files");
+    drop(m);
+}
+
+/// A name that does not exist is cached as such (negative entry): asking again within the
+/// timeout does not reach the daemon.
+#[test]
+fn misses_are_cached() {
+    let fx = Fixture::new(3);
+    let m = fx.mount(&["-o", "negative_timeout=30"]);
+    for _ in 0..5 {
+        assert!(fs::symlink_metadata(fx.m("nothing-here")).is_err());
+    }
+    let log = fs::read_to_string(&fx.log).unwrap();
+    let lookups = log
+        .lines()
+        .filter(|l| l.contains("LOOKUP name \"nothing-here\""))
+        .count();
+    assert_eq!(lookups, 1, "the miss was asked {lookups} times");
+    drop(m);
+}
+
+/// `-d`: foreground, every operation logged, without RUST_LOG.
+#[test]
+fn debug_flag_logs_operations() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "f");
+    let err = fx.root.join("d.log");
+    let mut child = Command::new(BIN)
+        .arg("-d")
+        .arg(fx.spec())
+        .arg(&fx.mnt)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mount_fstype(&fx.mnt).is_none() {
+        assert!(std::time::Instant::now() < deadline, "not mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(read(&fx.m("f")), "f");
+    assert!(
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(&fx.mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let log = fs::read_to_string(&err).unwrap();
+    assert!(
+        log.contains("LOOKUP name \"f\""),
+        "no operation logged:\n{log}"
+    );
+    assert!(log.contains("READ"), "no read logged");
+}
+
+/// SIGINT (Ctrl-C on a foreground daemon) unmounts cleanly, as SIGTERM does.
+#[test]
+fn sigint_unmounts_cleanly() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "f");
+    let mut m = fx.mount(&[]);
+    fs::write(fx.m("f"), "changed").unwrap();
+    assert_eq!(
+        unsafe { libc::kill(m.pid() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let exit = m.wait_exit(Duration::from_secs(10)).expect("still running");
+    assert_eq!(exit.signal(), None, "died of the signal");
+    assert!(exit.success(), "{exit}");
+    assert!(mount_fstype(&fx.mnt).is_none(), "still mounted");
+    assert_eq!(read(&fx.u("f")), "changed");
+    drop(m);
+}
+
+/// copy_file_range between files of the mount, one of them in a lower layer.
+#[test]
+fn copy_file_range_through_the_mount() {
+    let fx = Fixture::new(1);
+    let data = "0123456789".repeat(10_000);
+    put(&fx.l(0, "src"), &data);
+    let m = fx.mount(&[]);
+    let src = fs::File::open(fx.m("src")).unwrap();
+    let dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(fx.m("dst"))
+        .unwrap();
+    let mut left = data.len();
+    while left > 0 {
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                left,
+                0,
+            )
+        };
+        assert!(
+            n > 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        left -= n as usize;
+    }
+    drop((src, dst));
+    assert_eq!(read(&fx.m("dst")), data);
+    assert_eq!(read(&fx.u("dst")), data);
+    assert!(
+        !lexists(&fx.u("src")),
+        "reading the source copies nothing up"
+    );
+    drop(m);
+}
+
+/// An upper on a read-only filesystem is refused up front, and nothing is mounted.
+#[test]
+fn upper_on_read_only_filesystem_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: making a read-only bind mount needs root");
+        return;
+    }
+    let fx = Fixture::new(1);
+    let ro = fx.root.join("ro");
+    fs::create_dir(&ro).unwrap();
+    let ok = |args: &[&str]| Command::new("mount").args(args).status().unwrap().success();
+    let ro_s = ro.to_str().unwrap();
+    assert!(ok(&["--bind", ro_s, ro_s]));
+    assert!(ok(&["-o", "remount,bind,ro", ro_s]));
+    let out = Command::new(BIN)
+        .arg(format!("{ro_s}=RW:{}=RO", fx.lowers[0].display()))
+        .arg(&fx.mnt)
+        .output()
+        .unwrap();
+    Command::new("umount").arg(&ro).status().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("read-only"), "{stderr}");
+    assert!(stderr.contains(ro_s), "names the branch: {stderr}");
+    assert!(mount_fstype(&fx.mnt).is_none());
+}
