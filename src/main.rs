@@ -35,6 +35,30 @@ fn is_source_word(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', ':', '='])
 }
 
+/// A mount point whose daemon died (killed, crashed) answers every access with ENOTCONN
+/// until someone detaches it. Do that here, so mounting again needs no manual step.
+fn detach_dead_mount(mountpoint: &Path) {
+    let dead =
+        std::fs::metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    if !dead {
+        return;
+    }
+    let detached = match std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) {
+        Ok(c) if sys::geteuid() == 0 => sys::umount_lazy(&c).is_ok(),
+        _ => std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(mountpoint)
+            .status()
+            .is_ok_and(|s| s.success()),
+    };
+    if detached {
+        log::warn!(
+            "{}: the daemon of the mount there had died; detached it",
+            mountpoint.display()
+        );
+    }
+}
+
 /// Take `trace` out of the -o options (it is ours, not the mount's): was it there?
 fn take_trace_option(options: &mut [String]) -> bool {
     let mut found = false;
@@ -204,6 +228,7 @@ fn main() -> ExitCode {
         if cli.args.len() == 2 && !cli.args[0].contains(',') {
             opts.fsname.get_or_insert_with(|| cli.args[0].clone());
         }
+        detach_dead_mount(Path::new(mountpoint));
         Config::build(
             branches,
             Path::new(mountpoint),

@@ -261,3 +261,56 @@ fn upper_on_read_only_filesystem_is_refused() {
     assert!(stderr.contains(ro_s), "names the branch: {stderr}");
     assert!(mount_fstype(&fx.mnt).is_none());
 }
+
+/// A daemon killed outright leaves its mount point dead (ENOTCONN); mounting there again
+/// just works, with no manual unmount.
+#[test]
+fn remount_over_a_dead_daemons_mount_point() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "f");
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .arg(fx.spec())
+        .arg(&fx.mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mount_fstype(&fx.mnt).is_none() {
+        assert!(std::time::Instant::now() < deadline, "not mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::write(fx.m("f"), "written").unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dead = fs::metadata(&fx.mnt).unwrap_err();
+    assert_eq!(dead.raw_os_error(), Some(libc::ENOTCONN), "{dead}");
+
+    // Detaching mode: returns once the new mount is live.
+    let st = Command::new(BIN)
+        .arg(fx.spec())
+        .arg(&fx.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount over the dead mount point: {st}");
+    assert_eq!(
+        read(&fx.m("f")),
+        "written",
+        "the change made before the kill"
+    );
+    fs::write(fx.m("g"), "g").unwrap();
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&fx.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mount_fstype(&fx.mnt).is_some() {
+        assert!(std::time::Instant::now() < deadline, "still mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(read(&fx.u("g")), "g");
+}
