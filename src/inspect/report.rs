@@ -5,7 +5,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -15,7 +14,6 @@ use crate::sys;
 use crate::union::Union;
 use crate::union::events::{Event, human_bytes};
 use crate::union::layer::DEFAULT_WORKDIR;
-use crate::union::node::{Node, NodeState};
 use crate::union::whiteout;
 
 /// The mount's settings, kept from its Config.
@@ -225,32 +223,6 @@ fn kind_name(mode: u32) -> &'static str {
     }
 }
 
-/// A node of our own for a directory found by `probe`, so the walk can go on below it
-/// without the kernel's node table knowing.
-fn detached(
-    u: &Union,
-    parent: &Arc<Node>,
-    name: &OsStr,
-    f: crate::union::resolve::Found,
-) -> Arc<Node> {
-    Arc::new(Node::new(
-        f.ino,
-        f.st.st_mode & libc::S_IFMT,
-        NodeState {
-            parent: Some(parent.clone()),
-            name: name.to_owned(),
-            links: Vec::new(),
-            layer: f.layer,
-            dirs: f.dirs,
-            generation: u.generation(),
-            unlinked: false,
-            real: (f.st.st_dev, f.st.st_ino),
-            copy: None,
-            data: None,
-        },
-    ))
-}
-
 /// Entries named `name` in the parent's layers below `below` (what the top one hides),
 /// as "<real path> (<branch>)"; stops at a whiteout, as resolution does.
 fn hidden_below(
@@ -378,7 +350,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
             if !is_dir {
                 return Err(format!("{}: not a directory", here.display()));
             }
-            parent = detached(u, &parent, name, found);
+            parent = u.node_for(&parent, name, found);
             continue;
         }
         let top = found.layer;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::Union;
 use super::events::Event;
-use super::node::{LayerDir, Node};
+use super::node::{Kept, LayerDir, Node};
 use super::resolve::Loc;
 use super::whiteout;
 use crate::error::{Context, Error, Result};
@@ -87,6 +87,10 @@ impl Union {
     fn copy_up_with(&self, node: &Arc<Node>, want: Data) -> Result<Loc> {
         self.check_writable("copy-up")?;
         let loc = self.locate(node)?;
+        if loc.layer > 0 && node.is_unlinked() {
+            // A deleted lower entry, still open: changing it would bring it back.
+            return Err(Error::new(libc::ENOENT, "copy-up").at(node.path()));
+        }
         if node.data_in_upper() || (loc.layer == 0 && want == Data::Deferred) {
             return Ok(loc);
         }
@@ -149,7 +153,7 @@ impl Union {
         let mut s = node.state_mut();
         s.layer = 0;
         s.real = (copied.st_dev, copied.st_ino);
-        s.copy = copy;
+        s.kept = copy.map(|fd| Kept { fd, layer: 0 });
         s.data = (want == Data::Deferred).then(|| loc.clone());
         if node.is_dir() {
             let fd = sys::open_dir_path(upper.raw(), &upper.name).op("open copied-up dir")?;
@@ -356,6 +360,9 @@ impl Union {
         )
         .op("copy-up record")
         .map_err(wrap)?;
+        for mark in whiteout::METACOPY_XATTRS {
+            let _ = sys::lremovexattr(upper.raw(), &upper.name, mark.as_ref());
+        }
         self.record_origin(upper.raw(), &upper.name, node.ino, false);
         let st = sys::fstatat(upper.raw(), &upper.name)
             .op("stat")
@@ -364,7 +371,10 @@ impl Union {
         let mut s = node.state_mut();
         s.data = None;
         s.real = (st.st_dev, st.st_ino);
-        s.copy = copy.map(Arc::new);
+        s.kept = copy.map(|fd| Kept {
+            fd: Arc::new(fd),
+            layer: 0,
+        });
         log::debug!("copy-up {path}: data from layer {}", data.layer);
         Ok(upper)
     }

@@ -17,7 +17,7 @@ mod tests;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, WhiteoutFormat};
 use crate::error::{Context, Error, Result};
@@ -46,6 +46,10 @@ pub struct Union {
     /// Distinct st_dev values of the layers, in stack order: tags inode numbers so files
     /// from different filesystems never share one.
     devs: Vec<u64>,
+    /// Tags of filesystems met below a branch root (mounts inside a branch), given out as
+    /// they are first seen.
+    more_devs: dashmap::DashMap<u64, u64>,
+    more_dev_count: AtomicU64,
     /// Upper (st_dev, st_ino) -> the inode number it shows: set by copy-up and rename, so a
     /// node keeps its number for the life of the mount even where no xattr can record it.
     pub(crate) origins: dashmap::DashMap<(u64, u64), (u64, bool)>,
@@ -71,6 +75,8 @@ impl Union {
             },
             generation: AtomicU64::new(0),
             devs,
+            more_devs: Default::default(),
+            more_dev_count: AtomicU64::new(0),
             origins: Default::default(),
             events: Default::default(),
         };
@@ -104,7 +110,7 @@ impl Union {
                 generation: 0,
                 unlinked: false,
                 real: (0, 0),
-                copy: None,
+                kept: None,
                 data: None,
             },
         ))
@@ -140,7 +146,9 @@ impl Union {
     pub fn ino_of(&self, st: &Stat) -> u64 {
         let tag = match self.devs.iter().position(|d| *d == st.st_dev) {
             Some(i) => i as u64,
-            None => self.devs.len() as u64,
+            None => *self.more_devs.entry(st.st_dev).or_insert_with(|| {
+                self.devs.len() as u64 + self.more_dev_count.fetch_add(1, Ordering::Relaxed)
+            }),
         };
         let ino = st.st_ino ^ (tag << 48);
         if ino == ROOT_INO { ino | 1 << 63 } else { ino }
@@ -152,6 +160,16 @@ impl Union {
         let mut st = sys::fstatat(loc.dir.as_raw_fd(), &loc.name)
             .op("stat")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
+        if st.st_mode & libc::S_IFMT != node.kind {
+            // The name went to another object under us (a removal in progress): answer for
+            // the node's own entry, never with another type (the kernel calls that EIO).
+            let kept = self
+                .kept_loc(node)
+                .and_then(|k| sys::fstatat(k.raw(), &k.name).ok());
+            st = kept
+                .filter(|k| k.st_mode & libc::S_IFMT == node.kind)
+                .ok_or_else(|| Error::new(libc::ENOENT, "stat").at(node.path()))?;
+        }
         self.present(node, &mut st);
         Ok(st)
     }
@@ -186,7 +204,12 @@ impl Union {
             return Ok((true, false));
         }
         let mut xwhiteouts = false;
+        // One listing first: most directories carry no xattr at all.
+        let present = sys::llistxattr(dir, ".".as_ref()).unwrap_or_default();
         for attr in whiteout::OPAQUE_XATTRS {
+            if !present.iter().any(|p| p == attr.as_bytes()) {
+                continue;
+            }
             // trusted.* is unreadable without privilege; unreadable or unsupported means absent.
             if let Ok(Some(v)) = sys::lgetxattr(dir, ".".as_ref(), attr.as_ref()) {
                 match whiteout::parse_opaque_xattr(&v) {

@@ -9,6 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+/// A handle on a real entry that works without its name.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub fd: Arc<OwnedFd>,
+    pub layer: usize,
+}
+
 /// A directory's presence in one layer.
 #[derive(Debug, Clone)]
 pub struct LayerDir {
@@ -44,10 +51,10 @@ pub struct NodeState {
     /// (st_dev, st_ino) of the topmost real file: tells a hard link (same real file) from
     /// another file that shows the same number (a copied-up link and its lower sibling).
     pub real: (u64, u64),
-    /// An O_PATH handle on the node's upper file, taken where its name may go while it is
+    /// An O_PATH handle on the node's real entry, taken where its name may go while it is
     /// still in use: at copy-up (descriptors opened on the lower file follow the copy) and
-    /// when its last name is removed (fchmod/ftruncate/fstat of an open, unlinked file).
-    pub copy: Option<Arc<OwnedFd>>,
+    /// when its name is removed (fstat, fchmod, ftruncate of an open, unlinked entry).
+    pub kept: Option<Kept>,
     /// A metadata-only upper file: where its data still is (a lower file).
     pub data: Option<super::resolve::Loc>,
 }
@@ -116,6 +123,26 @@ impl Node {
             .iter()
             .find(|d| d.layer == layer)
             .map(|d| d.fd.clone())
+    }
+
+    /// The names from the root down to this node (for redirect paths).
+    pub fn components(&self) -> Vec<OsString> {
+        let mut parts = Vec::new();
+        let mut cur = {
+            let st = self.state.read();
+            st.parent.clone().inspect(|_| {
+                parts.push(st.name.clone());
+            })
+        };
+        while let Some(n) = cur {
+            let st = n.state.read();
+            cur = st.parent.clone();
+            if cur.is_some() {
+                parts.push(st.name.clone());
+            }
+        }
+        parts.reverse();
+        parts
     }
 
     /// Path inside the merged tree, for messages and logs only (never for I/O).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::Union;
 use super::events::Event;
 use super::layer::remove_tree_contents;
-use super::node::{LayerDir, Node};
+use super::node::{Kept, LayerDir, Node};
 use super::resolve::{Found, Loc};
 use super::whiteout;
 use crate::config::WhiteoutFormat;
@@ -265,7 +265,7 @@ impl Union {
             _ => {}
         }
         let in_upper = found.layer == 0;
-        let ino = found.ino;
+        let (ino, found_layer) = (found.ino, found.layer);
         if in_upper && (is_dir || found.st.st_nlink <= 1) {
             self.forget_origin(&found.st);
         }
@@ -276,10 +276,14 @@ impl Union {
             }
         }
         let lower = self.lower_shows(parent, name)?;
-        let up = self.upper_dir(parent)?;
-        if in_upper && !is_dir {
-            self.keep_handle(ino, up.as_raw_fd(), name);
+        if let Some(d) = self
+            .dirs_of(parent)?
+            .iter()
+            .find(|d| d.layer == found_layer)
+        {
+            self.keep_handle(ino, d.raw(), name, found_layer);
         }
+        let up = self.upper_dir(parent)?;
         let existing = in_upper.then_some(is_dir);
         if lower {
             self.put_whiteout(up.as_raw_fd(), name, existing, &path)?;
@@ -341,7 +345,7 @@ impl Union {
             .filter(|d| d.layer == 0 && !is_dir_found(d) && !exchange)
         {
             let up = self.upper_dir(newparent)?;
-            self.keep_handle(d.ino, up.as_raw_fd(), newname);
+            self.keep_handle(d.ino, up.as_raw_fd(), newname, 0);
         }
         let src_node = self.node_for(parent, name, src);
         let dst_node = dst.map(|d| self.node_for(newparent, newname, d));
@@ -388,12 +392,23 @@ impl Union {
                 remove_tree_contents(fd.as_raw_fd())?;
             }
         }
-        let kflags = if exchange { sys::RENAME_EXCHANGE } else { 0 };
+        // An overlay-format whiteout under the new name: a directory cannot replace it, so
+        // the two swap places and the old name keeps the whiteout (if it needs one).
+        let swap_whiteout =
+            !exchange && dst_node.is_none() && src_node.is_dir() && exists(ud, newname);
+        let kflags = if exchange || swap_whiteout {
+            sys::RENAME_EXCHANGE
+        } else {
+            0
+        };
         sys::renameat2(us, name, ud, newname, kflags)
             .op("rename")
             .map_err(|e| e.at(&path).in_layer(0))?;
+        if swap_whiteout && !src_lower {
+            sys::unlinkat(us, name, false).op("remove whiteout")?;
+        }
         if !exchange {
-            if src_lower {
+            if src_lower && !swap_whiteout {
                 self.put_whiteout(us, name, None, &path)?;
             }
             clear_whiteout(ud, newname)?;
@@ -445,15 +460,24 @@ impl Union {
             return Ok(Move::Plain);
         };
         let loc = self.copy_up(node)?;
-        let value = match sys::lgetxattr(loc.raw(), &loc.name, whiteout::REDIRECT_XATTR.as_ref()) {
-            Ok(Some(_)) => return Ok(Move::Redirect),
-            _ => self
-                .lower_path(&lower)
-                .map(|p| whiteout::format_redirect(&p)),
-        };
+        let parent = node.state().parent.clone();
+        if let Some(p) = &parent
+            && self.redirect_of(loc.raw(), &loc.name, p).is_some()
+        {
+            return Ok(Move::Redirect);
+        }
+        let value = self
+            .lower_path(&lower)
+            .map(|p| whiteout::format_redirect(&p));
         let recorded = value.is_some_and(|v| {
             let attr = whiteout::REDIRECT_XATTR.as_ref();
-            sys::lsetxattr(loc.raw(), &loc.name, attr, &v, 0).is_ok()
+            let ok = sys::lsetxattr(loc.raw(), &loc.name, attr, &v, 0).is_ok();
+            // Kernel overlayfs reading the same upper follows its own redirect.
+            if ok && self.opts.whiteout == WhiteoutFormat::Overlay {
+                let kernel = whiteout::REDIRECT_XATTRS[1].as_ref();
+                let _ = sys::lsetxattr(loc.raw(), &loc.name, kernel, &v, 0);
+            }
+            ok
         });
         if recorded {
             return Ok(Move::Redirect);
@@ -473,13 +497,16 @@ impl Union {
 
     /// Before an upper file's name goes: if the kernel still holds its node (it may be
     /// open), keep an O_PATH handle so the node stays reachable without a name.
-    fn keep_handle(&self, ino: u64, dir: RawFd, name: &OsStr) {
+    fn keep_handle(&self, ino: u64, dir: RawFd, name: &OsStr, layer: usize) {
         let Some(node) = self.nodes.get(ino) else {
             return;
         };
         let handle = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0);
         if let Ok(fd) = handle {
-            node.state_mut().copy = Some(Arc::new(fd));
+            node.state_mut().kept = Some(Kept {
+                fd: Arc::new(fd),
+                layer,
+            });
         }
     }
 
@@ -513,9 +540,21 @@ impl Union {
         }
         let loc = self.copy_up(node)?;
         let up = self.upper_dir(newparent)?;
-        sys::linkat(loc.raw(), &loc.name, up.as_raw_fd(), newname)
-            .op("link")
-            .map_err(|e| e.at(&path))?;
+        if exists(up.as_raw_fd(), newname) {
+            // An overlay-format whiteout holds the name: link beside it, then replace it.
+            let work = self.stack.work()?;
+            let tmp = work.temp_name();
+            sys::linkat(loc.raw(), &loc.name, work.raw(), &tmp)
+                .op("link")
+                .map_err(|e| e.at(&path))?;
+            sys::renameat2(work.raw(), &tmp, up.as_raw_fd(), newname, 0)
+                .op("link")
+                .map_err(|e| e.at(&path))?;
+        } else {
+            sys::linkat(loc.raw(), &loc.name, up.as_raw_fd(), newname)
+                .op("link")
+                .map_err(|e| e.at(&path))?;
+        }
         clear_whiteout(up.as_raw_fd(), newname)?;
         node.add_name(newparent, newname);
         self.nodes.remember(node);
@@ -546,8 +585,8 @@ impl Union {
     /// Reopen a node's file after it was copied up, for a descriptor opened on the lower
     /// file before: the copy itself, even if its name has since gone or been reused.
     pub fn reopen_copy(&self, node: &Arc<Node>, flags: i32) -> Result<File> {
-        let copy = node.state().copy.clone();
-        match copy {
+        let copy = node.state().kept.clone().filter(|k| k.layer == 0);
+        match copy.map(|k| k.fd) {
             Some(fd) => {
                 let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
                 sys::openat(

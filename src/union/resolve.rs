@@ -82,7 +82,7 @@ impl Union {
                         generation,
                         unlinked: false,
                         real,
-                        copy: None,
+                        kept: None,
                         data: data.clone(),
                     },
                 )
@@ -117,7 +117,7 @@ impl Union {
 
     /// The node for a probed entry without counting a kernel reference: the live one if
     /// the kernel holds it, else a transient one that lives as long as the caller needs it.
-    pub(crate) fn node_for(&self, parent: &Arc<Node>, name: &OsStr, found: Found) -> Arc<Node> {
+    pub fn node_for(&self, parent: &Arc<Node>, name: &OsStr, found: Found) -> Arc<Node> {
         if let Some(n) = self.nodes.get(found.ino) {
             return n;
         }
@@ -133,7 +133,7 @@ impl Union {
                 generation: self.generation(),
                 unlinked: false,
                 real: (found.st.st_dev, found.st.st_ino),
-                copy: None,
+                kept: None,
                 data: found.data,
             },
         ))
@@ -164,14 +164,16 @@ impl Union {
         if layer == 0
             && is_dir(&st)
             && self.writable()
-            && let Some(path) = self.redirect_of(pdirs[0].raw(), name)
+            && let Some(path) = self.redirect_of(pdirs[0].raw(), name, parent)
         {
             dirs.truncate(1);
             if !self.dir_markers(dirs[0].raw())?.0 {
                 dirs.extend(self.lower_dirs_at(&path)?);
             }
         }
-        let (ino, metacopy) = self.derive_ino(pdirs_layer_fd(&pdirs, layer), name, layer, &st);
+        let top_dir = pdirs_layer_fd(&pdirs, layer);
+        let (ino, ours) = self.derive_ino(top_dir, name, layer, &st);
+        let metacopy = ours || self.kernel_metacopy(top_dir, name, &st);
         let data = if metacopy {
             self.metacopy_data(&pdirs, name)?
         } else {
@@ -184,6 +186,18 @@ impl Union {
             ino,
             data,
         }))
+    }
+
+    /// Is this a metadata-only file of kernel overlayfs? Such a file is sparse (no blocks),
+    /// so only those are asked for the mark.
+    fn kernel_metacopy(&self, dir: Option<i32>, name: &OsStr, st: &Stat) -> bool {
+        let sparse = st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_blocks == 0;
+        let Some(dir) = dir.filter(|_| sparse && st.st_size > 0) else {
+            return false;
+        };
+        whiteout::METACOPY_XATTRS
+            .iter()
+            .any(|a| matches!(sys::lgetxattr(dir, name, a.as_ref()), Ok(Some(_))))
     }
 
     /// The lower file holding the data of a metadata-only upper file: the next entry of the
@@ -262,12 +276,25 @@ impl Union {
         Ok(top.map(|(layer, st)| (layer, st, dirs)))
     }
 
-    /// The recorded lower path of a moved upper directory, if any.
-    fn redirect_of(&self, dir: i32, name: &OsStr) -> Option<Vec<OsString>> {
-        let v = sys::lgetxattr(dir, name, whiteout::REDIRECT_XATTR.as_ref())
-            .ok()
-            .flatten()?;
-        Some(whiteout::parse_redirect(&v))
+    /// The recorded lower path of a moved upper directory `name` in `parent`, if any.
+    pub(crate) fn redirect_of(
+        &self,
+        dir: i32,
+        name: &OsStr,
+        parent: &Node,
+    ) -> Option<Vec<OsString>> {
+        // One listing first: most directories carry no xattr at all.
+        let present = sys::llistxattr(dir, name).ok()?;
+        let attr = whiteout::REDIRECT_XATTRS
+            .iter()
+            .find(|a| present.iter().any(|p| p == a.as_bytes()))?;
+        let v = sys::lgetxattr(dir, name, attr.as_ref()).ok().flatten()?;
+        if v.starts_with(b"/") {
+            return Some(whiteout::parse_redirect(&v));
+        }
+        let mut path = parent.components();
+        path.extend(whiteout::parse_redirect(&v));
+        Some(path)
     }
 
     /// The merged lower directories at `path` (from the root), as if the upper were absent.
@@ -354,15 +381,9 @@ impl Union {
         }
         if node.is_unlinked() {
             // Its names are gone: only the handle kept at unlink reaches it (open files).
-            let copy = node.state().copy.clone();
-            return match copy {
-                Some(dir) => Ok(Loc {
-                    dir,
-                    name: OsString::new(),
-                    layer: 0,
-                }),
-                None => Err(Error::new(libc::ENOENT, "locate").at(node.path())),
-            };
+            return self
+                .kept_loc(node)
+                .ok_or_else(|| Error::new(libc::ENOENT, "locate").at(node.path()));
         }
         self.refresh_if_stale(node)?;
         if let Some(loc) = self.try_locate(node) {
@@ -371,6 +392,16 @@ impl Union {
         self.refresh(node)?;
         self.try_locate(node)
             .ok_or_else(|| Error::new(libc::ESTALE, "locate").at(node.path()))
+    }
+
+    /// The node's kept handle as a location (an empty name: the handle itself).
+    pub(crate) fn kept_loc(&self, node: &Node) -> Option<Loc> {
+        let kept = node.state().kept.clone()?;
+        Some(Loc {
+            dir: kept.fd,
+            name: OsString::new(),
+            layer: kept.layer,
+        })
     }
 
     fn try_locate(&self, node: &Node) -> Option<Loc> {

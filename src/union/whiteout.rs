@@ -45,12 +45,22 @@ pub fn decode_origin(v: &[u8]) -> Option<(u64, bool)> {
     Some((ino, metacopy))
 }
 
+/// Kernel overlayfs' metadata-only copy-up mark (its data is the lower file's).
+pub const METACOPY_XATTRS: [&str; 2] = ["trusted.overlay.metacopy", "user.overlay.metacopy"];
+
 /// Read-only, computed, never listed: which branch serves an entry ("<index> <directory>").
 pub const LAYER_XATTR: &str = "user.unionmount.layer";
 
 /// Where a directory moved within the upper has its lower parts: the path from the root
 /// (overlayfs' redirect_dir, under our own name).
 pub const REDIRECT_XATTR: &str = "trusted.unionmount.redirect";
+/// Redirects read, ours first, then kernel overlayfs' (absolute "/a/b", or relative "b":
+/// a name in the same parent directory).
+pub const REDIRECT_XATTRS: [&str; 3] = [
+    REDIRECT_XATTR,
+    "trusted.overlay.redirect",
+    "user.overlay.redirect",
+];
 
 /// A redirect value: "/a/b" from the root, as path components.
 pub fn parse_redirect(value: &[u8]) -> Vec<OsString> {
