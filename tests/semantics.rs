@@ -314,3 +314,61 @@ fn remount_over_a_dead_daemons_mount_point() {
     }
     assert_eq!(read(&fx.u("g")), "g");
 }
+
+/// A deep stack times many directories needs more directory fds than a process may hold:
+/// past its budget the daemon reopens lower directories by path instead of failing with
+/// EMFILE. Here a daemon limited to 256 open files serves 8 layers x 60 directories.
+#[test]
+fn deep_stacks_stay_within_the_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+    let fx = Fixture::new(8);
+    for (i, l) in fx.lowers.iter().enumerate() {
+        for d in 0..60 {
+            put(&l.join(format!("d{d}/f{i}")), &format!("{d}/{i}"));
+        }
+    }
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-f")
+        .arg(fx.spec())
+        .arg(&fx.mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; the child only lowers its own limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let r = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mount_fstype(&fx.mnt).is_none() {
+        assert!(std::time::Instant::now() < deadline, "not mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut files = 0;
+    for d in 0..60 {
+        let names = names(&fx.m(&format!("d{d}")));
+        assert_eq!(names.len(), 8, "d{d}: {names:?}");
+        for i in 0..8 {
+            assert_eq!(read(&fx.m(&format!("d{d}/f{i}"))), format!("{d}/{i}"));
+            files += 1;
+        }
+    }
+    assert_eq!(files, 480);
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&fx.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(child.wait().unwrap().success());
+}

@@ -317,15 +317,44 @@ pub fn proc_path(dir: RawFd, name: &OsStr) -> PathBuf {
     p
 }
 
-/// Raise the open-file limit to the hard limit: every merged directory the kernel holds
-/// keeps one O_PATH fd per layer it spans.
+/// Raise the open-file limit as far as we may: every merged directory the kernel holds
+/// keeps one O_PATH fd per layer it spans, so deep stacks need many. A privileged daemon
+/// lifts the hard limit to the system's maximum (fs.nr_open) too.
 pub fn raise_nofile_limit() {
+    let system_max = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
     // SAFETY: zeroed rlimit is a valid out-parameter; getrlimit/setrlimit are plain syscalls.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return;
+        }
+        if let Some(max) = system_max.filter(|m| *m > r.rlim_max) {
+            let wide = libc::rlimit {
+                rlim_cur: max,
+                rlim_max: max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wide) == 0 {
+                return;
+            }
+        }
+        if r.rlim_cur < r.rlim_max {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// The open-file limit in force (soft).
+pub fn nofile_limit() -> u64 {
+    // SAFETY: zeroed rlimit is a valid out-parameter.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur
+        } else {
+            1024
         }
     }
 }

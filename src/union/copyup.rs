@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::Union;
 use super::events::Event;
-use super::node::{Kept, LayerDir, Node};
+use super::node::{DirSlot, HeldFd, Kept, Node};
 use super::resolve::Loc;
 use super::whiteout;
 use crate::error::{Context, Error, Result};
@@ -59,11 +59,11 @@ impl Union {
     /// The upper directory of a merged directory, copying it (and its parents) up first.
     pub fn upper_dir(&self, dir: &Arc<Node>) -> Result<Arc<OwnedFd>> {
         self.check_writable("copy-up")?;
-        if let Some(fd) = dir.dir_in(0) {
+        if let Some(fd) = self.dir_in(dir, 0) {
             return Ok(fd);
         }
         self.copy_up(dir)?;
-        dir.dir_in(0)
+        self.dir_in(dir, 0)
             .ok_or_else(|| Error::new(libc::EIO, "copy-up").at(dir.path()))
     }
 
@@ -159,10 +159,11 @@ impl Union {
             let fd = sys::open_dir_path(upper.raw(), &upper.name).op("open copied-up dir")?;
             s.dirs.insert(
                 0,
-                LayerDir {
+                DirSlot {
                     layer: 0,
-                    fd: Arc::new(fd),
+                    held: Some(Arc::new(HeldFd::new(Arc::new(fd), None))),
                     xwhiteouts: false,
+                    path: Arc::new(Vec::new()),
                 },
             );
         }

@@ -23,7 +23,7 @@ use crate::config::{Config, WhiteoutFormat};
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 use layer::LayerStack;
-use node::{LayerDir, Node, NodeState, NodeTable};
+use node::{DirSlot, HeldFd, LayerDir, Node, NodeState, NodeTable};
 
 /// The FUSE root's node id; the merged root always carries it.
 pub const ROOT_INO: u64 = 1;
@@ -53,6 +53,8 @@ pub struct Union {
     /// Upper (st_dev, st_ino) -> the inode number it shows: set by copy-up and rename, so a
     /// node keeps its number for the life of the mount even where no xattr can record it.
     pub(crate) origins: dashmap::DashMap<(u64, u64), (u64, bool)>,
+    /// How many more lower-directory fds nodes may hold open (see `DirSlot`).
+    fd_budget: Arc<std::sync::atomic::AtomicIsize>,
     /// Counters and the live event stream (`unionmount layers`, `trace`).
     pub events: events::Events,
 }
@@ -78,6 +80,10 @@ impl Union {
             more_devs: Default::default(),
             more_dev_count: AtomicU64::new(0),
             origins: Default::default(),
+            // Half the open-file limit: the rest is for open files and transient fds.
+            fd_budget: Arc::new(std::sync::atomic::AtomicIsize::new(
+                (sys::nofile_limit() / 2) as isize,
+            )),
             events: Default::default(),
         };
         let root = u.make_root()?;
@@ -89,10 +95,11 @@ impl Union {
         let mut dirs = Vec::new();
         for l in &self.stack.layers {
             let (opaque, xwhiteouts) = self.dir_markers(l.root.as_raw_fd())?;
-            dirs.push(LayerDir {
+            dirs.push(DirSlot {
                 layer: l.index,
-                fd: l.root.clone(),
+                held: Some(Arc::new(HeldFd::new(l.root.clone(), None))),
                 xwhiteouts,
+                path: Arc::new(Vec::new()),
             });
             if opaque {
                 break;
@@ -220,6 +227,58 @@ impl Union {
             }
         }
         Ok((false, xwhiteouts))
+    }
+
+    /// How a node keeps a directory it found: lower fds only within the budget.
+    pub(crate) fn keep_slot(&self, d: LayerDir) -> DirSlot {
+        let held = if d.layer == 0 {
+            Some(HeldFd::new(d.fd, None))
+        } else if self.fd_budget.fetch_sub(1, Ordering::Relaxed) > 0 {
+            Some(HeldFd::new(d.fd, Some(self.fd_budget.clone())))
+        } else {
+            self.fd_budget.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        DirSlot {
+            layer: d.layer,
+            held: held.map(Arc::new),
+            xwhiteouts: d.xwhiteouts,
+            path: d.path,
+        }
+    }
+
+    pub(crate) fn keep_slots(&self, dirs: Vec<LayerDir>) -> Vec<DirSlot> {
+        dirs.into_iter().map(|d| self.keep_slot(d)).collect()
+    }
+
+    /// A kept directory, open: its held fd, or reopened by its path in its layer (one
+    /// O_NOFOLLOW step at a time, so nothing in a branch can lead outside it).
+    pub(crate) fn open_slot(&self, s: &DirSlot) -> Result<LayerDir> {
+        let fd = match &s.held {
+            Some(h) => h.fd.clone(),
+            None => {
+                let mut cur = self.stack.layers[s.layer].root.clone();
+                for part in s.path.iter() {
+                    let next = sys::open_dir_path(cur.as_raw_fd(), part)
+                        .op("reopen dir")
+                        .map_err(|e| e.in_layer(s.layer))?;
+                    cur = Arc::new(next);
+                }
+                cur
+            }
+        };
+        Ok(LayerDir {
+            layer: s.layer,
+            fd,
+            xwhiteouts: s.xwhiteouts,
+            path: s.path.clone(),
+        })
+    }
+
+    /// A directory node's fd in `layer`, if it is present there.
+    pub(crate) fn dir_in(&self, dir: &Node, layer: usize) -> Option<Arc<std::os::fd::OwnedFd>> {
+        let slot = dir.slot_in(layer)?;
+        self.open_slot(&slot).ok().map(|d| d.fd)
     }
 
     /// Clean unmount: drop the work directory we made.

@@ -16,7 +16,7 @@ pub struct Kept {
     pub layer: usize,
 }
 
-/// A directory's presence in one layer.
+/// A directory's presence in one layer, open for use.
 #[derive(Debug, Clone)]
 pub struct LayerDir {
     pub layer: usize,
@@ -24,11 +24,46 @@ pub struct LayerDir {
     pub fd: Arc<OwnedFd>,
     /// Overlay opaque xattr "x": empty files in here may be xattr whiteouts.
     pub xwhiteouts: bool,
+    /// Its path from the layer's root (for a lower layer, where nothing moves).
+    pub path: Arc<Vec<OsString>>,
 }
 
 impl LayerDir {
     pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+/// A directory's presence in one layer, as a node keeps it. The fd of a lower directory is
+/// held only while the open-file budget allows: a deep stack times many directories would
+/// exceed the process limit. Without it the directory is reopened by its path, which never
+/// changes in a read-only layer. The upper's are always held, since they move.
+#[derive(Debug, Clone)]
+pub struct DirSlot {
+    pub layer: usize,
+    pub held: Option<Arc<HeldFd>>,
+    pub xwhiteouts: bool,
+    pub path: Arc<Vec<OsString>>,
+}
+
+/// An fd counted against the open-file budget, given back when dropped.
+#[derive(Debug)]
+pub struct HeldFd {
+    pub fd: Arc<OwnedFd>,
+    budget: Option<Arc<std::sync::atomic::AtomicIsize>>,
+}
+
+impl HeldFd {
+    pub fn new(fd: Arc<OwnedFd>, budget: Option<Arc<std::sync::atomic::AtomicIsize>>) -> HeldFd {
+        HeldFd { fd, budget }
+    }
+}
+
+impl Drop for HeldFd {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -42,7 +77,7 @@ pub struct NodeState {
     /// Topmost layer holding the entry.
     pub layer: usize,
     /// Directories: every layer that contributes, top first, cut at an opaque one.
-    pub dirs: Vec<LayerDir>,
+    pub dirs: Vec<DirSlot>,
     /// Rename generation this location was computed in (see `Union::refresh`).
     pub generation: u64,
     /// Every name is gone (it may live on through open files). If its inode number shows up
@@ -116,13 +151,10 @@ impl Node {
         self.incarnation.load(Ordering::Acquire)
     }
 
-    /// The directory's fd in `layer`, if it is present there.
-    pub fn dir_in(&self, layer: usize) -> Option<Arc<OwnedFd>> {
+    /// The directory's slot in `layer`, if it is present there.
+    pub fn slot_in(&self, layer: usize) -> Option<DirSlot> {
         let st = self.state.read();
-        st.dirs
-            .iter()
-            .find(|d| d.layer == layer)
-            .map(|d| d.fd.clone())
+        st.dirs.iter().find(|d| d.layer == layer).cloned()
     }
 
     /// The names from the root down to this node (for redirect paths).

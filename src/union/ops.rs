@@ -6,7 +6,7 @@
 //! is chosen so that a crash between them leaves the old state or the new one: an entry
 //! beside a `.wh.` of its own name in the same layer wins over it.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::Union;
 use super::events::Event;
 use super::layer::remove_tree_contents;
-use super::node::{Kept, LayerDir, Node};
+use super::node::{Kept, Node};
 use super::resolve::{Found, Loc};
 use super::whiteout;
 use crate::config::WhiteoutFormat;
@@ -466,9 +466,8 @@ impl Union {
         {
             return Ok(Move::Redirect);
         }
-        let value = self
-            .lower_path(&lower)
-            .map(|p| whiteout::format_redirect(&p));
+        // Where its lower parts are: the path of the topmost one in its layer.
+        let value = Some(whiteout::format_redirect(&lower.path));
         let recorded = value.is_some_and(|v| {
             let attr = whiteout::REDIRECT_XATTR.as_ref();
             let ok = sys::lsetxattr(loc.raw(), &loc.name, attr, &v, 0).is_ok();
@@ -486,13 +485,6 @@ impl Union {
         self.mark_opaque(loc.raw(), &loc.name, &node.path())?;
         node.state_mut().dirs.retain(|d| d.layer == 0);
         Ok(Move::Whole)
-    }
-
-    /// Path of a lower directory from its layer's root, as components.
-    fn lower_path(&self, d: &LayerDir) -> Option<Vec<OsString>> {
-        let real = std::fs::read_link(sys::proc_path(d.raw(), "".as_ref())).ok()?;
-        let rel = real.strip_prefix(&self.stack.layers[d.layer].path).ok()?;
-        Some(rel.iter().map(|c| c.to_owned()).collect())
     }
 
     /// Before an upper file's name goes: if the kernel still holds its node (it may be

@@ -78,7 +78,7 @@ impl Union {
                         name: name.to_owned(),
                         links: Vec::new(),
                         layer,
-                        dirs: dirs.clone(),
+                        dirs: self.keep_slots(dirs.clone()),
                         generation,
                         unlinked: false,
                         real,
@@ -95,7 +95,7 @@ impl Union {
                     s.parent = Some(parent.clone());
                     s.name = name.to_owned();
                     s.layer = layer;
-                    s.dirs = dirs.clone();
+                    s.dirs = self.keep_slots(dirs.clone());
                     s.generation = generation;
                     s.real = real;
                     s.data = data.clone();
@@ -129,7 +129,7 @@ impl Union {
                 name: name.to_owned(),
                 links: Vec::new(),
                 layer: found.layer,
-                dirs: found.dirs,
+                dirs: self.keep_slots(found.dirs),
                 generation: self.generation(),
                 unlinked: false,
                 real: (found.st.st_dev, found.st.st_ino),
@@ -145,7 +145,8 @@ impl Union {
             return Err(Error::new(libc::ENOTDIR, "lookup").at(dir.path()));
         }
         self.refresh_if_stale(dir)?;
-        Ok(dir.state().dirs.clone())
+        let slots = dir.state().dirs.clone();
+        slots.iter().map(|s| self.open_slot(s)).collect()
     }
 
     /// Probe `name` in every layer of `parent`, top-down.
@@ -263,10 +264,13 @@ impl Union {
                 .op("open dir")
                 .map_err(|e| e.in_layer(d.layer))?;
             let (opaque, xwhiteouts) = self.dir_markers(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+            let mut path = (*d.path).clone();
+            path.push(name.to_owned());
             dirs.push(LayerDir {
                 layer: d.layer,
                 fd: Arc::new(fd),
                 xwhiteouts,
+                path: Arc::new(path),
             });
             // Opaque, or deleted-and-recreated in this same layer: nothing below shows.
             if opaque || sys::fstatat(d.raw(), &wh).is_ok() {
@@ -300,12 +304,10 @@ impl Union {
     /// The merged lower directories at `path` (from the root), as if the upper were absent.
     pub(crate) fn lower_dirs_at(&self, path: &[OsString]) -> Result<Vec<LayerDir>> {
         let root = self.root();
-        let mut dirs: Vec<LayerDir> = root
-            .state()
-            .dirs
-            .iter()
+        let mut dirs: Vec<LayerDir> = self
+            .dirs_of(&root)?
+            .into_iter()
             .filter(|d| d.layer > 0)
-            .cloned()
             .collect();
         for part in path {
             match self.probe_layers(&dirs, part)? {
@@ -371,10 +373,10 @@ impl Union {
     /// Where the node's topmost real entry is now.
     pub fn locate(&self, node: &Arc<Node>) -> Result<Loc> {
         if node.ino == ROOT_INO {
-            let st = node.state();
-            let d = &st.dirs[0];
+            let top = node.state().dirs[0].clone();
+            let d = self.open_slot(&top)?;
             return Ok(Loc {
-                dir: d.fd.clone(),
+                dir: d.fd,
                 name: OsString::from("."),
                 layer: d.layer,
             });
@@ -409,7 +411,7 @@ impl Union {
             let st = node.state();
             (st.parent.clone()?, st.name.clone(), st.layer)
         };
-        let dir = parent.dir_in(layer)?;
+        let dir = self.dir_in(&parent, layer)?;
         Some(Loc { dir, name, layer })
     }
 
@@ -435,7 +437,7 @@ impl Union {
         let mut st = node.state_mut();
         if let Some(f) = found.filter(|f| f.ino == node.ino) {
             st.layer = f.layer;
-            st.dirs = f.dirs;
+            st.dirs = self.keep_slots(f.dirs);
             st.real = (f.st.st_dev, f.st.st_ino);
             st.data = f.data;
         }
