@@ -283,6 +283,129 @@ pub struct MountOpts {
     pub fsname: Option<String>,
     /// `subtype=NAME`: accepted and recorded; `Config` has no field for it yet.
     pub subtype: Option<String>,
+    /// `uidmapping=C:H:N[:C:H:N...]` (fuse-overlayfs; a leading `:` is allowed, as
+    /// containers-storage writes it). `None` when absent or the identity.
+    pub uid_mapping: Option<Vec<IdRange>>,
+    /// `gidmapping=`, as `uid_mapping`.
+    pub gid_mapping: Option<Vec<IdRange>>,
+    /// `squash_to_root`: every entry reports owner 0:0.
+    pub squash_to_root: bool,
+    /// `squash_to_uid=N`: every entry reports owner uid N (wins over `squash_to_root`).
+    pub squash_to_uid: Option<u32>,
+    /// `squash_to_gid=N`: every entry reports group N (wins over `squash_to_root`).
+    pub squash_to_gid: Option<u32>,
+    /// `xattr_permissions=0|1|2`: 0 off; 1 keep owner/mode in
+    /// `security.fuseoverlayfs.override_stat`, 2 in `user.fuseoverlayfs.override_stat`.
+    pub xattr_permissions: u8,
+    /// `context=`/`fscontext=`/`defcontext=`/`rootcontext=`: an SELinux label for the mount.
+    pub context: Option<String>,
+}
+
+/// One range of an ID mapping, fuse-overlayfs' `uidmapping=` triple `inner:outer:count`:
+/// the IDs `inner..inner+count` stored in the branches are the IDs `outer..outer+count` seen
+/// through the mount (containers-storage: container ID, host ID, size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    /// First ID as stored on disk (the container's view).
+    pub inner: u32,
+    /// First ID as the mount reports it and as requests arrive (the host's view).
+    pub outer: u32,
+    pub count: u32,
+}
+
+impl MountOpts {
+    /// Options that were parsed but that the union cannot honour yet: ignoring them would
+    /// show or store wrong owners, so the mount is refused with one line saying why.
+    pub fn check_supported(&self) -> Result<(), ConfigError> {
+        for (name, map) in [
+            ("uidmapping", &self.uid_mapping),
+            ("gidmapping", &self.gid_mapping),
+        ] {
+            if let Some(map) = map {
+                let ranges: Vec<String> = map
+                    .iter()
+                    .map(|r| format!("{}:{}:{}", r.inner, r.outer, r.count))
+                    .collect();
+                bail!(
+                    "option '{name}={}': ID mapping is not supported yet (only the identity); \
+                     use storage without a user namespace mapping, or fuse-overlayfs",
+                    ranges.join(":")
+                );
+            }
+        }
+        if self.squash_to_root {
+            bail!("option 'squash_to_root' is not supported yet");
+        }
+        if let Some(u) = self.squash_to_uid {
+            bail!("option 'squash_to_uid={u}' is not supported yet");
+        }
+        if let Some(g) = self.squash_to_gid {
+            bail!("option 'squash_to_gid={g}' is not supported yet");
+        }
+        if self.xattr_permissions != 0 {
+            bail!(
+                "option 'xattr_permissions={}' is not supported yet (only 0)",
+                self.xattr_permissions
+            );
+        }
+        if let Some(c) = &self.context
+            && selinux_enabled()
+        {
+            bail!(
+                "option 'context={c}': SELinux labels on the mount are not supported yet \
+                 (SELinux is enabled here)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// SELinux is enabled when its filesystem is mounted (as libselinux decides). Without it a
+/// `context=` label has no meaning, and fuse-overlayfs ignores it too.
+fn selinux_enabled() -> bool {
+    Path::new("/sys/fs/selinux/enforce").exists()
+}
+
+/// Parse a fuse-overlayfs ID mapping: triples `inner:outer:count` joined by `:`, empty
+/// fields skipped (containers-storage writes a leading `:`). The identity comes back `None`.
+fn parse_id_mapping(item: &str, v: &str) -> Result<Option<Vec<IdRange>>, ConfigError> {
+    let nums: Vec<&str> = v.split(':').filter(|f| !f.is_empty()).collect();
+    if nums.is_empty() || !nums.len().is_multiple_of(3) {
+        bail!("option '{item}': give ID ranges as INNER:OUTER:COUNT[:INNER:OUTER:COUNT...]");
+    }
+    let mut out: Vec<IdRange> = Vec::new();
+    for t in nums.chunks(3) {
+        let n: Vec<u32> = t
+            .iter()
+            .map(|f| f.parse::<u32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| ConfigError(format!("option '{item}': '{}' is not an ID", t.join(":"))))?;
+        let r = IdRange {
+            inner: n[0],
+            outer: n[1],
+            count: n[2],
+        };
+        let end = |start: u32| u64::from(start) + u64::from(r.count);
+        if r.count == 0 || end(r.inner) > 1 << 32 || end(r.outer) > 1 << 32 {
+            bail!(
+                "option '{item}': range '{}' is empty or past the last ID",
+                t.join(":")
+            );
+        }
+        // Two ranges overlap when they share an ID on either side.
+        let overlaps = |a: u32, an: u32, b: u32, bn: u32| {
+            u64::from(a) < u64::from(b) + u64::from(bn)
+                && u64::from(b) < u64::from(a) + u64::from(an)
+        };
+        if out.iter().any(|o| {
+            overlaps(o.inner, o.count, r.inner, r.count)
+                || overlaps(o.outer, o.count, r.outer, r.count)
+        }) {
+            bail!("option '{item}': range '{}' overlaps another", t.join(":"));
+        }
+        out.push(r);
+    }
+    Ok((!out.iter().all(|r| r.inner == r.outer)).then_some(out))
 }
 
 /// Ordinary mount flags that mean nothing here (or are always on) but must not be refused,
@@ -303,6 +426,8 @@ const IGNORED: &[&str] = &[
     "dirsync",
     "auto_unmount",
     "noacl",
+    // fuse-overlayfs: report nlink 1 for directories; real counts are as good.
+    "static_nlink",
     "cow",
     "nonempty",
     // Meaningful only to mount(8), fstab, systemd or mount.fuse3, never to the filesystem.
@@ -332,11 +457,21 @@ const IGNORED: &[&str] = &[
 ];
 
 /// Parse `-o` arguments, each a comma-separated list; later options override earlier ones.
+/// Refuses what is malformed or unknown, and what is understood but not supported yet
+/// (`MountOpts::check_supported`).
 pub fn parse_mount_options(opts: &[String]) -> Result<MountOpts, ConfigError> {
+    let o = parse_mount_options_all(opts)?;
+    o.check_supported()?;
+    Ok(o)
+}
+
+/// `parse_mount_options` without the `check_supported` step: every option fuse-overlayfs
+/// takes is parsed into `MountOpts`, also those the union cannot honour yet.
+pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError> {
     let mut o = MountOpts::default();
     for item in opts
         .iter()
-        .flat_map(|s| s.split(','))
+        .flat_map(|s| split_options(s))
         .filter(|s| !s.is_empty())
     {
         let (key, value) = match item.split_once('=') {
@@ -386,12 +521,76 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOpts, ConfigError> {
             }
             "fsname" => o.fsname = Some(text(value)?),
             "subtype" => o.subtype = Some(text(value)?),
+            // fuse-overlayfs' own options (containers-storage passes these).
+            "uidmapping" => o.uid_mapping = parse_id_mapping(item, &text(value)?)?,
+            "gidmapping" => o.gid_mapping = parse_id_mapping(item, &text(value)?)?,
+            "squash_to_root" => flag(&mut o.squash_to_root, true)?,
+            "squash_to_uid" => o.squash_to_uid = Some(id(item, &text(value)?)?),
+            "squash_to_gid" => o.squash_to_gid = Some(id(item, &text(value)?)?),
+            "xattr_permissions" => match text(value)?.as_str() {
+                "0" => o.xattr_permissions = 0,
+                "1" => o.xattr_permissions = 1,
+                "2" => o.xattr_permissions = 2,
+                _ => bail!("option '{item}': use xattr_permissions=0, 1 or 2"),
+            },
+            "context" | "fscontext" | "defcontext" | "rootcontext" => {
+                o.context = Some(text(value)?)
+            }
+            // fsync=0 is fuse-overlayfs' spelling of volatile.
+            "fsync" => match text(value)?.as_str() {
+                "0" => o.volatile = true,
+                "1" => o.volatile = false,
+                _ => bail!("option '{item}': use fsync=0 or fsync=1"),
+            },
+            "noxattrs" => match text(value)?.as_str() {
+                "0" => {}
+                "1" => bail!("option '{item}': turning extended attributes off is not supported"),
+                _ => bail!("option '{item}': use noxattrs=0 or noxattrs=1"),
+            },
+            "plugins" => bail!("option '{item}': fuse-overlayfs layer plugins are not supported"),
+            // Tuning of fuse-overlayfs' own implementation: the result is the same without.
+            "threaded" | "fast_ino" | "writeback" => match text(value)?.as_str() {
+                "0" | "1" => {}
+                _ => bail!("option '{item}': use {key}=0 or {key}=1"),
+            },
+            // Directory renames never need an overlayfs redirect here; fuse-overlayfs
+            // ignores the value too.
+            "redirect_dir" => {
+                text(value)?;
+            }
             k if value.is_none() && IGNORED.contains(&k) => {}
             k if k.starts_with("x-") || k == "comment" => {}
             _ => bail!("unknown option '{item}'"),
         }
     }
     Ok(o)
+}
+
+/// Split a `-o` list at commas outside double quotes, as mount(8) and the kernel do: podman
+/// writes an SELinux label with categories as `context="...:s0:c1,c2"`.
+fn split_options(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// A uid or gid: 0..=4294967294 (u32::MAX is the "no ID" value of chown(2)).
+fn id(item: &str, v: &str) -> Result<u32, ConfigError> {
+    match v.parse::<u32>() {
+        Ok(n) if n != u32::MAX => Ok(n),
+        _ => bail!("option '{item}': not a user or group ID"),
+    }
 }
 
 /// Non-negative, finite seconds, fractions allowed.
@@ -770,6 +969,133 @@ mod tests {
         assert!(opt_err(&["lowerdir=/a::/b"]).contains("lowerdir=/a::/b"));
         assert!(opt_err(&["upperdir="]).contains("'upperdir' needs a value"));
         assert!(opt_err(&["workdir"]).contains("'workdir' needs a value"));
+    }
+
+    fn all_of(list: &[&str]) -> MountOpts {
+        parse_mount_options_all(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn all_err(list: &[&str]) -> String {
+        let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        parse_mount_options_all(&list).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn podman_option_lists_are_accepted() {
+        // As podman 4.3 passes them (trailing and doubled commas included).
+        let o = opts_of(&["lowerdir=/l/A:/l/B,upperdir=/d/diff,workdir=/d/work,,volatile"]);
+        assert!(o.volatile && o.upperdir.is_some() && o.lowerdir.unwrap().len() == 2);
+        let o = opts_of(&["lowerdir=/d/diff:/d/empty"]);
+        assert_eq!(o.lowerdir.unwrap().len(), 2);
+        assert!(
+            opts_of(&["lowerdir=/a,upperdir=/u,workdir=/w,"])
+                .upperdir
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn id_mappings_parse_like_fuse_overlayfs() {
+        let r = |inner, outer, count| IdRange {
+            inner,
+            outer,
+            count,
+        };
+        let o = all_of(&["uidmapping=:0:100000:65536,gidmapping=0:200000:1000:1000:0:1"]);
+        assert_eq!(o.uid_mapping, Some(vec![r(0, 100000, 65536)]));
+        assert_eq!(o.gid_mapping, Some(vec![r(0, 200000, 1000), r(1000, 0, 1)]));
+        // The identity maps nothing: as if not given, and accepted.
+        let o = opts_of(&["uidmapping=:0:0:4294967295,gidmapping=0:0:10:10:10:5"]);
+        assert_eq!((o.uid_mapping, o.gid_mapping), (None, None));
+        for bad in [
+            "uidmapping=",
+            "uidmapping=:",
+            "uidmapping=0:1",
+            "uidmapping=0:1:2:3",
+            "uidmapping=a:1:2",
+            "uidmapping=-1:0:1",
+            "uidmapping=0:1:0",
+            "uidmapping=4294967295:0:2",
+            "uidmapping=0:100:10:5:200:10",
+            "gidmapping=0:100:10:20:105:1",
+        ] {
+            let msg = all_err(&[bad]);
+            assert!(msg.contains(bad.split_once('=').unwrap().0), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn mappings_and_squashing_are_refused_until_supported() {
+        let msg = opt_err(&["uidmapping=:0:100000:65536"]);
+        assert!(
+            msg.contains("uidmapping=0:100000:65536") && msg.contains("not supported"),
+            "{msg}"
+        );
+        assert!(opt_err(&["gidmapping=0:1:1"]).contains("gidmapping"));
+        for (opt, want) in [
+            ("squash_to_root", "squash_to_root"),
+            ("squash_to_uid=1000", "squash_to_uid=1000"),
+            ("squash_to_gid=7", "squash_to_gid=7"),
+            ("xattr_permissions=2", "xattr_permissions=2"),
+        ] {
+            let msg = opt_err(&[opt]);
+            assert!(msg.contains(want) && msg.contains("not supported"), "{msg}");
+            assert!(!msg.contains('\n'));
+        }
+        let o = all_of(&["squash_to_root,squash_to_uid=5,squash_to_gid=6,xattr_permissions=1"]);
+        assert!(o.squash_to_root);
+        assert_eq!((o.squash_to_uid, o.squash_to_gid), (Some(5), Some(6)));
+        assert_eq!(o.xattr_permissions, 1);
+        assert_eq!(opts_of(&["xattr_permissions=0"]).xattr_permissions, 0);
+        for bad in [
+            "squash_to_root=1",
+            "squash_to_uid=",
+            "squash_to_uid=x",
+            "squash_to_gid=-1",
+            "squash_to_gid=4294967295",
+            "xattr_permissions=3",
+        ] {
+            assert!(
+                all_err(&[bad]).contains(bad.split('=').next().unwrap()),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_fuse_overlayfs_options() {
+        assert!(opts_of(&["fsync=0"]).volatile);
+        assert!(!opts_of(&["volatile,fsync=1"]).volatile);
+        let o = opts_of(&["static_nlink,noacl,threaded=1,fast_ino=0,writeback=1,noxattrs=0"]);
+        assert_eq!(o, MountOpts::default());
+        assert_eq!(opts_of(&["redirect_dir=off"]), MountOpts::default());
+        assert!(opt_err(&["noxattrs=1"]).contains("not supported"));
+        assert!(opt_err(&["plugins=/x.so"]).contains("plugins"));
+        for bad in [
+            "fsync=2",
+            "threaded=x",
+            "writeback",
+            "fast_ino=",
+            "noxattrs=yes",
+        ] {
+            assert!(
+                opt_err(&[bad]).contains(bad.split('=').next().unwrap()),
+                "{bad}"
+            );
+        }
+        let o = all_of(&["context=\"system_u:object_r:container_file_t:s0:c1,c2\",ro"]);
+        let want = "\"system_u:object_r:container_file_t:s0:c1,c2\"";
+        assert_eq!(o.context.as_deref(), Some(want));
+        assert!(o.read_only);
+        if !selinux_enabled() {
+            assert!(
+                opts_of(&["context=system_u:object_r:container_file_t:s0"])
+                    .context
+                    .is_some()
+            );
+        } else {
+            assert!(opt_err(&["context=x"]).contains("SELinux"));
+        }
     }
 
     // ---- Config::build: accepted ----
