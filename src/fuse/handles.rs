@@ -41,9 +41,19 @@ pub struct Handles {
     next: AtomicU64,
 }
 
+impl Handle {
+    pub fn node(&self) -> &Arc<Node> {
+        match self {
+            Handle::File(f) => &f.node,
+            Handle::Dir(d) => &d.node,
+        }
+    }
+}
+
 impl Handles {
     pub fn insert(&self, h: Handle) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        h.node().opened();
         self.map.insert(fh, Arc::new(h));
         fh
     }
@@ -53,7 +63,9 @@ impl Handles {
     }
 
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.map.remove(&fh).map(|(_, h)| h)
+        let h = self.map.remove(&fh).map(|(_, h)| h)?;
+        h.node().closed();
+        Some(h)
     }
 }
 

@@ -107,6 +107,9 @@ pub struct Node {
     /// FUSE generation: a node that replaces another under the same number gets a new one,
     /// so the kernel never takes the new file for the old inode.
     pub incarnation: AtomicU64,
+    /// Open files and directories on it: only such a node needs a handle kept when its
+    /// name goes.
+    opens: AtomicU64,
 }
 
 impl Node {
@@ -118,6 +121,7 @@ impl Node {
             lookups: AtomicU64::new(0),
             copy_up_lock: Mutex::new(()),
             incarnation: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
         }
     }
 
@@ -141,6 +145,18 @@ impl Node {
     pub fn data_in_upper(&self) -> bool {
         let st = self.state.read();
         st.layer == 0 && st.data.is_none()
+    }
+
+    pub fn opened(&self) {
+        self.opens.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn closed(&self) {
+        self.opens.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.opens.load(Ordering::Acquire) > 0
     }
 
     pub fn is_unlinked(&self) -> bool {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::Union;
 use super::events::Event;
 use super::layer::remove_tree_contents;
-use super::node::{Kept, Node};
+use super::node::{Kept, LayerDir, Node};
 use super::resolve::{Found, Loc};
 use super::whiteout;
 use crate::config::WhiteoutFormat;
@@ -233,9 +233,29 @@ impl Union {
         if has_wh_file {
             sys::unlinkat(up, &wh, false).op("remove whiteout")?;
         }
-        let found = self
-            .probe(parent, name)?
-            .ok_or_else(|| Error::new(libc::EIO, "create").at(&path))?;
+        // What a probe would find, without probing: the new upper entry, alone (a name that
+        // showed nowhere before merges with nothing below).
+        let st = sys::fstatat(up, name)
+            .op("stat new entry")
+            .map_err(|e| e.at(&path))?;
+        let dirs = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            let fd = sys::open_dir_path(up, name).op("open new dir")?;
+            vec![LayerDir {
+                layer: 0,
+                fd: Arc::new(fd),
+                xwhiteouts: false,
+                path: Arc::new(Vec::new()),
+            }]
+        } else {
+            Vec::new()
+        };
+        let found = Found {
+            layer: 0,
+            st,
+            dirs,
+            ino: self.ino_of(&st),
+            data: None,
+        };
         let (node, st) = self.bind(parent, name, found);
         log::debug!("create {path}");
         Ok((node, st, file))
@@ -490,7 +510,7 @@ impl Union {
     /// Before an upper file's name goes: if the kernel still holds its node (it may be
     /// open), keep an O_PATH handle so the node stays reachable without a name.
     fn keep_handle(&self, ino: u64, dir: RawFd, name: &OsStr, layer: usize) {
-        let Some(node) = self.nodes.get(ino) else {
+        let Some(node) = self.nodes.get(ino).filter(|n| n.is_open()) else {
             return;
         };
         let handle = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0);
