@@ -32,6 +32,7 @@ Looking at the layers (`unionmount COMMAND --help` for each):
   unionmount export UPPER|MOUNTPOINT --tar FILE [--digest]   an OCI layer tarball
   unionmount layers MOUNTPOINT      the live stack, counters, kernel features
   unionmount trace MOUNTPOINT       copy-ups, whiteouts, opaque dirs as they happen
+  unionmount tree MOUNTPOINT [PATH] [--html FILE]   the merged tree, each entry's branch
 
 Exit status: 0 mounted; 1 bad command line; 2 system error (fork, pipe);
 32 mount failure (a branch, the mount point or an option refused, or mount failed).";
@@ -77,7 +78,9 @@ pub struct Cli {
 }
 
 /// The first arguments that select an inspection command instead of mounting.
-pub const TOOLS: [&str; 6] = ["which", "diff", "commit", "export", "layers", "trace"];
+pub const TOOLS: [&str; 7] = [
+    "which", "diff", "commit", "export", "layers", "trace", "tree",
+];
 
 /// The inspection commands: `unionmount COMMAND ...` where COMMAND is one of `TOOLS`.
 #[derive(Parser, Debug)]
@@ -181,5 +184,36 @@ pub enum Tool {
     Trace {
         #[arg(value_hint = clap::ValueHint::DirPath)]
         mountpoint: std::path::PathBuf,
+    },
+    /// Draw the merged tree with the branch that serves each entry (the layer map).
+    ///
+    /// Each entry of the merged tree under PATH (default: the whole mount) is marked with
+    /// the branch that serves it; copied-up entries, new ones, merged and opaque directories
+    /// are flagged; lower entries hidden by a whiteout or an opaque directory are listed
+    /// under their directory as `name (deleted, was in BRANCH)`, struck through on a
+    /// terminal. A legend follows. Colour on a terminal, plain text when piped or when
+    /// NO_COLOR is set. With --html, a self-contained page instead: the merged view on top,
+    /// one band per branch below it; hover or click an entry to see what it shadows.
+    #[command(after_help = "Examples:
+  unionmount tree /mnt/merged
+  unionmount tree /mnt/merged usr/share --depth 2
+  unionmount tree /mnt/merged --html layers.html   # open it in a browser
+  unionmount tree /mnt/merged | less               # plain text when piped")]
+    Tree {
+        /// The mount point (or a directory inside the mount).
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        mountpoint: std::path::PathBuf,
+        /// A path inside the mount to draw from (relative to MOUNTPOINT, or absolute).
+        #[arg(value_hint = clap::ValueHint::AnyPath)]
+        path: Option<std::path::PathBuf>,
+        /// Levels below PATH to draw (default: all).
+        #[arg(long, value_name = "N")]
+        depth: Option<usize>,
+        /// Write a self-contained HTML page to FILE (`-`: standard output) instead.
+        #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+        html: Option<std::path::PathBuf>,
+        /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never.
+        #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = ["auto", "always", "never"])]
+        color: String,
     },
 }

@@ -76,7 +76,7 @@ fn take_trace_option(options: &mut [String]) -> bool {
     found
 }
 
-/// `unionmount which|diff|commit|export|layers|trace ...`
+/// `unionmount which|diff|commit|export|layers|trace|tree ...`
 fn run_tool() -> ExitCode {
     use cli::Tool;
     let parsed = match cli::ToolCli::try_parse() {
@@ -114,6 +114,26 @@ fn run_tool() -> ExitCode {
         ),
         Tool::Layers { mountpoint } => ("layers", layers(&mountpoint)),
         Tool::Trace { mountpoint } => ("trace", trace(&mountpoint)),
+        Tool::Tree {
+            mountpoint,
+            path,
+            depth,
+            html,
+            color,
+        } => (
+            "tree",
+            inspect::map::run(
+                &mountpoint,
+                path.as_deref(),
+                depth,
+                html.as_deref(),
+                match color.as_str() {
+                    "always" => inspect::map::Color::Always,
+                    "never" => inspect::map::Color::Never,
+                    _ => inspect::map::Color::Auto,
+                },
+            ),
+        ),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -9,6 +9,8 @@
 //! - `stack`: `pid N`, `options OPTS`, then one `branch RW|RO<TAB>DIR<TAB>SPEC` per branch.
 //! - `layers`: the live stack with file counts, counters since mount and kernel features.
 //! - `which REL`: which branch serves REL (relative to the mount point), and what it hides.
+//! - `tree DEPTH REL`: the merged subtree at REL with the branch of each entry and the lower
+//!   entries it deletes or shadows (`map.rs` describes the lines).
 //! - `trace`: one line per copy-up, whiteout, opaque directory or redirect, as they happen.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -120,6 +122,7 @@ fn serve_one(union: &Union, info: &Info, stream: UnixStream) -> io::Result<()> {
         "stack" => Ok(report::stack(union, info)),
         "layers" => Ok(report::layers(union, info)),
         "which" => report::which(union, arg),
+        "tree" => super::map::subtree(union, arg),
         "trace" => {
             writeln!(out, "ok")?;
             out.flush()?;

@@ -9,6 +9,7 @@ pub mod commit;
 pub mod control;
 pub mod diff;
 pub mod export;
+pub mod map;
 pub mod report;
 pub mod tree;
 
