@@ -1,0 +1,539 @@
+"""bench-compare: every workload, on a fresh mount with an empty upper, for every target."""
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import fixture
+import report
+import targets as T
+import workloads as W
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="scripts/bench-compare",
+        description="Side-by-side benchmark of unionmount against a plain directory, kernel "
+                    "overlayfs, fuse-overlayfs, unionfs-fuse and mergerfs. Needs root.")
+    ap.add_argument("--targets", default=",".join(T.ALL),
+                    help=f"comma-separated, from {','.join(T.ALL)} (default: all)")
+    ap.add_argument("--workloads", default="all",
+                    help="comma-separated ids 1..13, L (lookup vs layers), M (memory); "
+                         "default: all")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="runs per cell, the median is reported (default 3, 1 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small fixture (3k files, 64 MiB) for a smoke run")
+    ap.add_argument("--out", default=None,
+                    help="directory for results.md, results.json, ratios.svg, logs "
+                         "(default: SCRATCH/results/DATE)")
+    ap.add_argument("--scratch", default="/var/tmp/unionmount-bench",
+                    help="fixture and mount scratch space (default /var/tmp/unionmount-bench); "
+                         "the fixture is reused if present")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per timed phase before it counts as 'timeout' "
+                         "(default 300, 120 with --quick)")
+    ap.add_argument("--unionmount", default=None,
+                    help="use this unionmount binary instead of building target/release")
+    ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release")
+    ap.add_argument("--no-install", action="store_true",
+                    help="do not apt-get install missing peers")
+    ap.add_argument("--nofile", type=int, default=None,
+                    help="set RLIMIT_NOFILE (soft and hard) of the FUSE daemons to N "
+                         "(default: inherit the caller's limits)")
+    ap.add_argument("--trace", choices=["strace", "perf"], default=None,
+                    help="attach strace -c -f or perf record -g to each FUSE daemon during the "
+                         "timed phases (slows them down; for diagnosis); output in OUT/trace")
+    return ap.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------
+# machine preparation
+
+def ensure_peers(names, need_fio):
+    pkgs = []
+    for t in names:
+        if t in T.APT_PACKAGE and not shutil.which(t):
+            pkgs.append(T.APT_PACKAGE[t])
+    if need_fio and not shutil.which("fio"):
+        pkgs.append("fio")
+    if not pkgs:
+        return
+    log(f"installing from the distribution: {' '.join(pkgs)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "-qq"] + pkgs
+    r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
+    if r.returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    if r.returncode != 0:
+        log(f"apt-get install failed (those targets will be marked fail): "
+            f"{r.stderr.strip()[-300:]}")
+
+
+def build_unionmount():
+    log("cargo build --release")
+    r = subprocess.run(["cargo", "build", "--release"], cwd=REPO, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        log("cargo build --release failed:\n" + r.stderr[-2000:])
+    return os.path.join(REPO, "target", "release", "unionmount")
+
+
+def drop_caches(level=3):
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write(str(level))
+
+
+def machine_info(tlist, unionmount_bin, scratch):
+    def sh(cmd):
+        try:
+            return subprocess.run(cmd, shell=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        except OSError:
+            return ""
+    cpu = sh("lscpu | sed -n 's/^Model name: *//p' | head -1") or platform.processor()
+    mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")
+    fs = sh(f"findmnt -n -o FSTYPE,SOURCE -T {shlex.quote(scratch)}")
+    rev = sh(f"git -C {shlex.quote(REPO)} rev-parse --short HEAD")
+    dirty = sh(f"git -C {shlex.quote(REPO)} status --porcelain -- src Cargo.toml Cargo.lock")
+    ovl = {os.path.basename(p): sh(f"cat {p}") for p in
+           ("/sys/module/overlay/parameters/redirect_dir", "/sys/module/overlay/parameters/index",
+            "/sys/module/overlay/parameters/metacopy", "/sys/module/overlay/parameters/xino_auto")}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "kernel": os.uname().release, "cpu": cpu, "cores": os.cpu_count(), "memory": mem,
+        "scratch_fs": fs, "unionmount_rev": rev + (" (modified)" if dirty else ""),
+        "overlay_params": ovl,
+        "versions": {t.name: t.version() for t in tlist},
+        "unionmount_bin": unionmount_bin,
+        "nofile": " / ".join(sh(f"ulimit -{x}n") for x in ("S", "H")),
+    }
+
+
+# ---------------------------------------------------------------------------
+# running one command
+
+class Outcome:
+    def __init__(self, status, sec=None, out="", err=""):
+        self.status, self.sec, self.out, self.err = status, sec, out, err
+
+
+def run_cmd(cmd, env, timeout, mount=None):
+    t0 = time.perf_counter()
+    p = subprocess.Popen(["bash", "-c", "set -o pipefail\n" + cmd], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            out, err = p.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            # stuck in a FUSE request: killing the daemon aborts the connection
+            if mount is not None and mount.proc is not None:
+                mount.proc.kill()
+            out, err = p.communicate(timeout=30)
+        return Outcome("timeout", None, out, err)
+    sec = time.perf_counter() - t0
+    if p.returncode != 0:
+        return Outcome("fail", None, out, (err or "").strip()[:400] or f"exit {p.returncode}")
+    for line in out.splitlines():
+        if line.startswith("BENCH_ELAPSED="):
+            sec = float(line.split("=", 1)[1])
+    return Outcome("ok", sec, out, err)
+
+
+class Tracer:
+    def __init__(self, kind, pid, path):
+        self.proc = None
+        if kind == "strace":
+            cmd = ["strace", "-c", "-f", "-q", "-o", path, "-p", str(pid)]
+        else:
+            cmd = ["perf", "record", "-q", "-g", "-F", "499", "-o", path, "-p", str(pid)]
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
+            time.sleep(0.5)
+        except OSError as e:
+            log(f"trace: {e}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# ---------------------------------------------------------------------------
+# the bench
+
+class Bench:
+    def __init__(self, args, p, fix, tmap, tnames, out):
+        self.args, self.p, self.fix, self.tmap, self.tnames, self.out = \
+            args, p, fix, tmap, tnames, out
+        self.base = os.path.join(args.scratch, "run")
+        self.upper = os.path.join(self.base, "upper")
+        self.work = os.path.join(self.base, "work")
+        self.mnt = os.path.join(self.base, "mnt")
+        self.plain = os.path.join(self.base, "plain")
+        self.results = []
+        self.memory = []
+        self.unavailable = {}
+        self.timeout = args.timeout or (120 if args.quick else 300)
+        self.env_base = dict(os.environ, F=fix, LC_ALL="C",
+                             **{k: str(v) for k, v in W.params_env(p).items()})
+        tree = os.path.join(fix, "lower", "tree")
+        if os.path.isdir(tree):  # what `find tree` must list: the tree and everything in it
+            self.env_base["TREE_ENTRIES"] = str(
+                1 + sum(len(d) + len(f) for _, d, f in os.walk(tree)))
+        os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+        if args.trace:
+            os.makedirs(os.path.join(out, "trace"), exist_ok=True)
+
+    def reset_dirs(self):
+        for m in T.mounts_below(self.base):
+            log(f"stale mount {m}: unmounting")
+            subprocess.run(["umount", "-l", m], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        for d in (self.upper, self.work, self.plain):
+            if os.path.lexists(d):
+                subprocess.run(["rm", "-rf", d], check=False)
+        for d in (self.upper, self.work, self.mnt):
+            os.makedirs(d, exist_ok=True)
+
+    def stack(self, w):
+        """(lowers, cwd, plain view) for a workload's stack."""
+        if w.stack == "main":
+            return [os.path.join(self.fix, "lower")], None, os.path.join(self.fix, "lower")
+        if w.stack == "layers32":
+            n = self.p["layers"]
+            return [f"{i:02d}" for i in range(n)], os.path.join(self.fix, f"layers{n}"), \
+                os.path.join(self.fix, "lower", "tree")
+        if w.stack.startswith("scale:"):
+            n = int(w.stack.split(":")[1])
+            return ["top"] + [f"lo{i:03d}" for i in range(1, n)], \
+                os.path.join(self.fix, "scale"), os.path.join(self.fix, "scale", "top")
+        if w.stack == "many":
+            return [os.path.join(self.fix, "many")], None, os.path.join(self.fix, "many")
+        raise ValueError(w.stack)
+
+    def plain_view(self, w, view):
+        if w.plain == "direct":
+            return view
+        os.makedirs(self.plain)
+        for rel in w.plain_copy:
+            dst = os.path.join(self.plain, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            subprocess.run(["cp", "-a", os.path.join(view, rel), dst], check=True)
+        return self.plain
+
+    def cell(self, t, w, run):
+        """One fresh mount, every phase of the workload: a list of result dicts."""
+        rec = lambda mode, **kw: dict(wid=w.wid, mode=mode, target=t.name, run=run, **kw)
+        if t.name in self.unavailable:
+            return [rec(ph.mode, status="fail", err=self.unavailable[t.name]) for ph in w.phases]
+        if t.name == "mergerfs" and not w.read_only:
+            return [rec(ph.mode, status="n/a") for ph in w.phases]
+        self.reset_dirs()
+        lowers, cwd, view = self.stack(w)
+        logpath = os.path.join(self.out, "logs", f"{t.name}-{w.wid}-{run}.log")
+        m = None
+        out = []
+        try:
+            if t.kind == "plain":
+                merged = self.plain_view(w, view)
+                upper = merged
+                if w.pre:
+                    o = run_cmd(w.pre, dict(self.env_base, U=upper), self.timeout)
+                    if o.status != "ok":
+                        return [rec(ph.mode, status="fail", err=f"pre: {o.err}")
+                                for ph in w.phases]
+            else:
+                if w.pre:
+                    o = run_cmd(w.pre, dict(self.env_base, U=self.upper), self.timeout)
+                    if o.status != "ok":
+                        return [rec(ph.mode, status="fail", err=f"pre: {o.err}")
+                                for ph in w.phases]
+                try:
+                    m = t.mount(lowers, self.upper, self.work, self.mnt, cwd=cwd, logpath=logpath)
+                except (T.MountError, OSError, subprocess.SubprocessError) as e:
+                    return [rec(ph.mode, status="fail", err=f"mount: {e}") for ph in w.phases]
+                merged, upper = self.mnt, self.upper
+            env = dict(self.env_base, M=merged, U=upper)
+            if w.setup:
+                o = run_cmd(w.setup, env, self.timeout, m)
+                if o.status != "ok":
+                    return [rec(ph.mode, status="fail", err=f"setup: {o.err}") for ph in w.phases]
+            tracer = None
+            if self.args.trace and m is not None and m.pid:
+                ext = "txt" if self.args.trace == "strace" else "data"
+                tracer = Tracer(self.args.trace, m.pid, os.path.join(
+                    self.out, "trace", f"{self.args.trace}-{t.name}-{w.wid}-{run}.{ext}"))
+            try:
+                for i, ph in enumerate(w.phases):
+                    if ph.mode == "cold" or i == 0:
+                        drop_caches()
+                        if ph.mode == "warm" and w.prime:
+                            run_cmd(w.prime, env, self.timeout, m)
+                    cpu0 = m.cpu() if m else None
+                    o = run_cmd(ph.cmd, env, self.timeout, m)
+                    cpu1 = m.cpu() if m else None
+                    r = rec(ph.mode, status=o.status, sec=o.sec,
+                            cpu=(cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None)
+                    if o.status == "ok" and ph.expect:
+                        got = o.out.strip().splitlines()[-1:] or [""]
+                        if got[0].strip() != env[ph.expect]:
+                            r["status"] = "fail"
+                            o.err = f"expected {ph.expect}={env[ph.expect]} lines, got {got[0]}"
+                    if r["status"] != "ok":
+                        r["err"] = o.err
+                    out.append(r)
+                    if m and not m.alive():
+                        raise T.MountError(f"{t.name} daemon died (exit {m.proc.returncode})")
+            finally:
+                if tracer:
+                    tracer.stop()
+            if w.check and all(r["status"] == "ok" for r in out):
+                o = run_cmd(w.check, env, self.timeout, m)
+                if o.status != "ok":
+                    for r in out:
+                        r["status"], r["err"] = "fail", f"check failed: {w.check} {o.err}"
+            hwm = m.hwm_kb() if m else None
+            for r in out:
+                r["hwm_kb"] = hwm
+        except T.MountError as e:
+            done = {r["mode"] for r in out}
+            for r in out:
+                r["status"], r["err"] = "fail", str(e)
+            out += [rec(ph.mode, status="fail", err=str(e)) for ph in w.phases
+                    if ph.mode not in done]
+        finally:
+            if m:
+                m.unmount()
+        return out
+
+    def memory_test(self, t):
+        """RSS after a find over MANY files; after drop_caches 2; after a second find."""
+        r = dict(target=t.name)
+        if t.kind != "fuse":
+            return None
+        if t.name in self.unavailable:
+            return dict(r, status="fail", err=self.unavailable[t.name])
+        self.reset_dirs()
+        w = W.Workload("M", "memory", "metadata", "many", [])
+        lowers, cwd, _ = self.stack(w)
+        m = None
+        try:
+            m = t.mount(lowers, self.upper, self.work, self.mnt, cwd=cwd,
+                        logpath=os.path.join(self.out, "logs", f"{t.name}-M.log"))
+            env = dict(self.env_base, M=self.mnt, U=self.upper)
+            find = "find \"$M\" -printf '%s %i\\n' | wc -l"
+            r["rss_mount_kb"] = m.rss_kb()
+            drop_caches()
+            o = run_cmd(find, env, self.timeout, m)
+            if o.status != "ok":
+                return dict(r, status=o.status, err=o.err)
+            r["entries"] = int(o.out.split()[0])
+            r["find_sec"] = o.sec
+            time.sleep(0.5)
+            r["rss_find_kb"] = m.rss_kb()
+            r["fds_find"] = m.fds()
+            drop_caches(2)
+            time.sleep(2)  # FORGETs arrive asynchronously
+            r["rss_drop_kb"] = m.rss_kb()
+            r["fds_drop"] = m.fds()
+            o = run_cmd(find, env, self.timeout, m)
+            time.sleep(0.5)
+            r["rss_find2_kb"] = m.rss_kb()
+            r["hwm_kb"] = m.hwm_kb()
+            r["status"] = "ok"
+        except (T.MountError, OSError) as e:
+            r.update(status="fail", err=str(e))
+        finally:
+            if m:
+                m.unmount()
+        return r
+
+    def run(self, wl, do_memory):
+        tl = [self.tmap[n] for n in self.tnames]
+        for t in tl:
+            ok, why = t.available()
+            if not ok:
+                self.unavailable[t.name] = why
+                log(f"{t.name}: unavailable ({why}); its cells are marked fail")
+        runs = self.args.runs
+        total = len(wl) * runs * len(tl)
+        k = 0
+        t_start = time.monotonic()
+        for w in wl:
+            for run in range(1, runs + 1):
+                for t in tl:
+                    k += 1
+                    t0 = time.monotonic()
+                    try:
+                        rs = self.cell(t, w, run)
+                    except (OSError, subprocess.SubprocessError, ValueError) as e:
+                        T.cleanup_all()
+                        rs = [dict(wid=w.wid, mode=ph.mode, target=t.name, run=run,
+                                   status="fail", err=f"{type(e).__name__}: {e}")
+                              for ph in w.phases]
+                    self.results += rs
+                    parts = []
+                    for r in rs:
+                        if r["status"] == "ok":
+                            s = f"{r['mode']} {r['sec']:.3f}s"
+                            if r.get("cpu") is not None:
+                                s += f" (cpu {r['cpu']:.2f}s)"
+                        else:
+                            s = f"{r['mode']} {r['status']}"
+                            if r.get("err"):
+                                s += f" [{r['err'][:160]}]"
+                        parts.append(s)
+                    log(f"[{k}/{total} {time.monotonic() - t_start:5.0f}s] {w.wid:>4} run {run} "
+                        f"{t.name:<14} " + "; ".join(parts) +
+                        f"  ({time.monotonic() - t0:.1f}s)")
+        if do_memory:
+            for t in tl:
+                r = self.memory_test(t)
+                if r:
+                    self.memory.append(r)
+                    if r.get("status") == "ok":
+                        log(f"memory {t.name}: {r['entries']} entries, RSS after find "
+                            f"{r['rss_find_kb'] / 1024:.1f} MiB, after drop_caches 2 "
+                            f"{r['rss_drop_kb'] / 1024:.1f} MiB, after 2nd find "
+                            f"{r['rss_find2_kb'] / 1024:.1f} MiB; open fds {r['fds_find']} -> "
+                            f"{r['fds_drop']}")
+                    else:
+                        log(f"memory {t.name}: {r.get('status')} {r.get('err', '')[:200]}")
+        self.reset_dirs()
+
+
+def bind_ro(src, dst):
+    """A read-only view of the fixture, so no filesystem under test can change it."""
+    os.makedirs(dst, exist_ok=True)
+    if T.mounted(dst):
+        subprocess.run(["umount", "-l", dst])
+    r1 = subprocess.run(["mount", "--bind", src, dst], stderr=subprocess.PIPE, text=True)
+    if r1.returncode != 0:
+        log(f"read-only bind mount failed ({r1.stderr.strip()}); using the fixture directly")
+        return src, False
+    r2 = subprocess.run(["mount", "-o", "remount,bind,ro", dst], stderr=subprocess.PIPE,
+                        text=True)
+    if r2.returncode != 0:
+        log(f"remount ro failed ({r2.stderr.strip()}); the fixture is writable")
+    return dst, True
+
+
+def main(argv):
+    args = parse_args(argv)
+
+    def on_term(signum, frame):
+        raise SystemExit(f"killed by signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    if os.geteuid() != 0:
+        raise SystemExit("bench-compare needs root (mount -t overlay, drop_caches)")
+    if args.runs is None:
+        args.runs = 1 if args.quick else 3
+    tnames = [x.strip() for x in args.targets.split(",") if x.strip()]
+    bad = [x for x in tnames if x not in T.ALL]
+    if bad:
+        raise SystemExit(f"unknown target(s): {','.join(bad)}; known: {','.join(T.ALL)}")
+    p = dict(fixture.QUICK if args.quick else fixture.FULL)
+    wl, do_memory = W.select(W.all_workloads(p), args.workloads)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = os.path.abspath(args.out or os.path.join(args.scratch, "results", stamp))
+    os.makedirs(out, exist_ok=True)
+    t_begin = time.monotonic()
+    with open("/proc/loadavg") as f:
+        load_start = " ".join(f.read().split()[:3])
+
+    if not args.no_install:
+        ensure_peers(tnames, any(w.wid == "10" for w in wl))
+    ubin = args.unionmount
+    if ubin is None:
+        ubin = os.path.join(REPO, "target", "release", "unionmount")
+        if "unionmount" in tnames and not args.no_build:
+            ubin = build_unionmount()
+    tmap = T.make_targets(os.path.abspath(ubin))
+    if args.nofile:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, max(hard, args.nofile)))
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"--nofile {args.nofile}: cannot raise the hard limit {hard} "
+                             f"({e}; needs CAP_SYS_RESOURCE and fs.nr_open >= N)")
+    for t in tmap.values():
+        t.nofile = args.nofile
+
+    size = "quick" if args.quick else "full"
+    fix_root = os.path.join(args.scratch, f"fixture-{size}")
+    need = {"tree"}
+    for w in wl:
+        need |= {"main": {"tree", "wide", "data", "cproj"}, "layers32": {"layers"}}.get(
+            w.stack, {"scale"})
+    if do_memory:
+        need.add("many")
+    t0 = time.monotonic()
+    fixture.ensure(fix_root, p, need)
+    gen_sec = time.monotonic() - t0
+
+    ro_dir = os.path.join(args.scratch, f"ro-{size}")
+    fix, bound = bind_ro(fix_root, ro_dir)
+    bench = Bench(args, p, fix, tmap, tnames, out)
+    info = machine_info([tmap[n] for n in tnames], tmap["unionmount"].binary, args.scratch)
+    info["command"] = "scripts/bench-compare" + "".join(" " + shlex.quote(a) for a in argv)
+    info["fixture"] = {"root": fix_root, "params": p, "generate_sec": round(gen_sec, 1)}
+    info["runs"] = args.runs
+    info["loadavg_start"] = load_start
+    info["daemon_nofile"] = args.nofile
+    interrupted = None
+    try:
+        bench.run(wl, do_memory)
+    except (KeyboardInterrupt, SystemExit) as e:
+        interrupted = str(e) or type(e).__name__
+        log(f"interrupted: {interrupted}; writing what we have")
+    except Exception as e:  # noqa: BLE001 - a bug here must not lose the results so far
+        import traceback
+        traceback.print_exc()
+        interrupted = f"{type(e).__name__}: {e}"
+    finally:
+        T.cleanup_all()
+        if bound:
+            subprocess.run(["umount", ro_dir], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    info["elapsed_sec"] = round(time.monotonic() - t_begin, 1)
+    with open("/proc/loadavg") as f:
+        info["loadavg_end"] = " ".join(f.read().split()[:3])
+    if interrupted:
+        info["interrupted"] = interrupted
+    md = report.write_all(out, info, wl, tnames, bench.results, bench.memory)
+    print(md)
+    log(f"results in {out} (results.md, results.json, ratios.svg); "
+        f"total {info['elapsed_sec']:.0f}s")
+    return 1 if interrupted else 0

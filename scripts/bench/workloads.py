@@ -1,0 +1,160 @@
+"""The workloads: what runs in the mount, which stack it needs, and the goal vs overlayfs.
+
+Commands are bash, run with these in the environment:
+  M  the merged directory (for `plain`, a directory holding the same names)
+  F  the fixture root (read-only bind mount)
+  U  the upper directory (for `plain`, M)
+  and the size parameters below (BIG_MB, CREATE_N, ...).
+A command may print BENCH_ELAPSED=<seconds> to report its own time (used where process
+start-up would blur a short measurement); otherwise the wall time of the command counts.
+"""
+
+from dataclasses import dataclass, field
+
+# unionmount's goals, as a ratio to kernel overlayfs (from the issue)
+GOALS = {
+    ("data", "cold"): 1.2, ("data", "warm"): 1.2,
+    ("metadata", "cold"): 3.0, ("metadata", "warm"): 2.0,
+    ("namespace", "cold"): 3.0, ("namespace", "warm"): 3.0,
+    ("copy-up", "cold"): 1.5, ("copy-up", "warm"): 1.5,
+    ("build", "cold"): 1.3, ("build", "warm"): 1.3,
+}
+
+
+@dataclass
+class Phase:
+    mode: str                 # "cold": caches dropped first; "warm": right after a pass
+    cmd: str
+    expect: str = ""          # the variable whose value the command's output must equal
+
+
+@dataclass
+class Workload:
+    wid: str
+    title: str
+    kind: str                 # data | metadata | namespace | copy-up | build
+    stack: str                # "main" | "layers32" | "scale:N"
+    phases: list
+    plain: str = "direct"     # direct (the fixture itself) | empty | copy
+    plain_copy: list = field(default_factory=list)
+    pre: str = ""             # untimed, in the upper ($U) before the mount: upper files
+    setup: str = ""           # untimed, after mount
+    prime: str = ""           # untimed, before a first phase that is warm
+    check: str = ""           # untimed, after the phases; failing marks the cell "fail"
+    read_only: bool = False   # mergerfs (no whiteouts, no copy-up) runs only these
+
+    def goal(self, mode):
+        return GOALS.get((self.kind, mode))
+
+
+# find prints one line per entry; the count is checked against the fixture (TREE_ENTRIES)
+FIND = "find \"$M/tree\" -printf '%s %i\\n' | wc -l"
+FIND_ROOT = "find \"$M\" -printf '%s %i\\n' | wc -l"
+LOOKUP = r'''python3 -c '
+import os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+t = time.perf_counter()
+for i in range(n):
+    os.lstat(f"{d}/d/e/f/t{i:05d}")
+print("BENCH_ELAPSED=%.6f" % (time.perf_counter() - t))' "$M" "$SCALE_TOP"'''
+CREATE = r'''python3 -c '
+import sys
+d, b = sys.argv[1], b"x" * 4096
+for i in range(int(sys.argv[2])):
+    with open(f"{d}/file_{i:05d}", "wb") as f:
+        f.write(b)' "$M/created" "$CREATE_N"'''
+FIO = ("fio --name=randrw --filename=\"$M/fio.dat\" --size=${FIO_MB}m --io_size=${FIO_IO_MB}m "
+       "--bs=4k --rw=randrw --ioengine=psync --randrepeat=1 --end_fsync=1 --output=/dev/null")
+
+
+def params_env(p):
+    return {
+        "BIG_MB": p["big_mb"], "MEDIUM_MB": p["medium_mb"], "TREE_FILES": p["tree_files"],
+        "VENDOR": p["vendor"], "THIRD_PARTY": p["third_party"], "WIDE": p["wide"],
+        "READDIR_REPEAT": p["readdir_repeat"], "CREATE_N": p["create_n"],
+        "FIO_MB": p["fio_mb"], "FIO_IO_MB": p["fio_io_mb"], "SCALE_TOP": p["scale_top"],
+    }
+
+
+def _k(n):
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def _mib(mb):
+    return f"{mb // 1024} GiB" if mb >= 1024 and mb % 1024 == 0 else f"{mb} MiB"
+
+
+def all_workloads(p):
+    W = Workload
+    ws = [
+        W("1", f"find + lstat of the tree ({_k(p['tree_files'])} files)", "metadata", "main",
+          [Phase("cold", FIND, expect="TREE_ENTRIES"),
+           Phase("warm", FIND, expect="TREE_ENTRIES")], read_only=True),
+        W("2", f"readdir of a {_k(p['wide'])}-entry dir, x{p['readdir_repeat']}", "metadata",
+          "main", [Phase("warm", 'for i in $(seq "$READDIR_REPEAT"); do ls -f "$M/wide" '
+                                 '>/dev/null; done')],
+          prime='ls -f "$M/wide" >/dev/null', read_only=True,
+          check='test "$(ls -f "$M/wide" | wc -l)" -eq $((WIDE + 2))'),
+        W("3", f"read every file of the tree ({_k(p['tree_files'])})", "data", "main",
+          [Phase("cold", 'find "$M/tree" -type f -print0 | xargs -0 cat >/dev/null'),
+           Phase("warm", 'find "$M/tree" -type f -print0 | xargs -0 cat >/dev/null')],
+          read_only=True),
+        W("4", f"sequential read of a {_mib(p['big_mb'])} file", "data", "main",
+          [Phase("cold", 'dd if="$M/data/big.bin" of=/dev/null bs=1M status=none'),
+           Phase("warm", 'dd if="$M/data/big.bin" of=/dev/null bs=1M status=none')],
+          read_only=True),
+        W("5", f"sequential write of a new {_mib(p['big_mb'])} file + fsync", "data", "main",
+          [Phase("cold", 'dd if=/dev/zero of="$M/new.bin" bs=1M count="$BIG_MB" conv=fsync '
+                         'status=none')],
+          plain="empty", check='test "$(stat -c %s "$M/new.bin")" -eq $((BIG_MB << 20))'),
+        W("6", f"copy-up: append 1 byte to a {_mib(p['medium_mb'])} lower file (+ syncfs)",
+          "copy-up", "main",
+          [Phase("cold", 'printf x >>"$M/data/medium.bin" && sync -f "$U"')],
+          plain="copy", plain_copy=["data/medium.bin"],
+          check='test "$(stat -c %s "$M/data/medium.bin")" -eq $(((MEDIUM_MB << 20) + 1))'),
+        W("7", f"create {_k(p['create_n'])} 4 KiB files", "namespace", "main",
+          [Phase("cold", CREATE)], plain="empty", setup='mkdir "$M/created"',
+          check='test "$(ls -f "$M/created" | wc -l)" -eq $((CREATE_N + 2))'),
+        W("8", f"rm -rf a lower subtree of {_k(p['vendor'])} files", "namespace", "main",
+          [Phase("cold", 'rm -rf "$M/tree/vendor"')], plain="copy", plain_copy=["tree/vendor"],
+          check='! test -e "$M/tree/vendor" && test -d "$M/tree"'),
+        W("9", f"find + lstat across the {p['layers']}-layer stack", "metadata", "layers32",
+          [Phase("cold", FIND_ROOT, expect="TREE_ENTRIES"),
+           Phase("warm", FIND_ROOT, expect="TREE_ENTRIES")], read_only=True),
+        W("10", f"fio 4k randrw, {p['fio_io_mb']} MiB on a {p['fio_mb']} MiB upper file",
+          "data", "main", [Phase("cold", FIO)], plain="empty",
+          pre='dd if="$F/lower/data/big.bin" of="$U/fio.dat" bs=1M count="$FIO_MB" status=none',
+          check='test "$(stat -c %s "$M/fio.dat")" -eq $((FIO_MB << 20))'),
+        W("11", f"untar the tree ({_k(p['tree_files'])} files) into the mount", "namespace",
+          "main", [Phase("cold", 'tar -xf "$F/tree.tar" -C "$M/untar"')], plain="empty",
+          setup='mkdir "$M/untar"',
+          check='test "$(find "$M/untar/tree/vendor" -type f | wc -l)" -eq "$VENDOR"'),
+        W("12", f"rename a lower directory of {_k(p['third_party'])} files (mv)", "namespace",
+          "main", [Phase("cold", 'mv "$M/tree/third_party" "$M/tree/third_party.moved"')],
+          plain="copy", plain_copy=["tree/third_party"],
+          check=('! test -e "$M/tree/third_party" && test "$(find "$M/tree/third_party.moved" '
+                 '-type f | wc -l)" -eq "$THIRD_PARTY"')),
+        W("13", f"make -j2 of a C project ({p['c_files']} files) in the lower", "build",
+          "main", [Phase("cold", 'make -C "$M/cproj" -j2 -s >/dev/null')], plain="copy",
+          plain_copy=["cproj"], check='test -x "$M/cproj/app" && "$M/cproj/app" >/dev/null'),
+    ]
+    for n in (1, 8, 32, 128):
+        layers = f"{n} layer" + ("s" if n > 1 else "")
+        ws.append(W(f"L{n}", f"lookup of {_k(p['scale_top'])} top-layer files, {layers}",
+                    "metadata", f"scale:{n}", [Phase("cold", LOOKUP)], read_only=True))
+    return ws
+
+
+def select(ws, spec):
+    """--workloads 1,2,L,M: ids; L stands for L1,L8,L32,L128; M is the memory test."""
+    if not spec or spec == "all":
+        return ws, True
+    want = [x.strip() for x in spec.split(",") if x.strip()]
+    ids = {w.wid for w in ws}
+    bad = [x for x in want if x not in ids and x not in ("L", "M", "mem", "lookup")]
+    if bad:
+        raise SystemExit(f"unknown workload(s): {','.join(bad)}; known: "
+                         f"{','.join(w.wid for w in ws)},L,M")
+    out = [w for w in ws if w.wid in want or (w.wid.startswith("L") and
+                                              ("L" in want or "lookup" in want))]
+    return out, ("M" in want or "mem" in want)
