@@ -76,19 +76,24 @@ fn take_trace_option(options: &mut [String]) -> bool {
     found
 }
 
+/// Parse the command line, or print clap's help, version or usage error and say how to exit.
+fn parse<T: Parser>() -> Result<T, ExitCode> {
+    T::try_parse().map_err(|e| {
+        let _ = e.print();
+        ExitCode::from(if e.use_stderr() {
+            exit::USAGE
+        } else {
+            exit::OK
+        })
+    })
+}
+
 /// `unionmount which|diff|commit|export|layers|trace|tree ...`
 fn run_tool() -> ExitCode {
     use cli::Tool;
-    let parsed = match cli::ToolCli::try_parse() {
+    let parsed = match parse::<cli::ToolCli>() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
-        }
+        Err(code) => return code,
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let (name, result) = match parsed.tool {
@@ -216,16 +221,9 @@ fn main() -> ExitCode {
     {
         return run_tool();
     }
-    let mut cli = match cli::Cli::try_parse() {
+    let mut cli = match parse::<cli::Cli>() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
-        }
+        Err(code) => return code,
     };
     // Quiet on success when detaching, as mount(8) and fuse-overlayfs are; RUST_LOG overrides.
     let level = match (cli.debug, cli.foreground) {

@@ -208,15 +208,7 @@ impl Union {
             libc::S_IFREG => {
                 let from =
                     sys::open_file(src.raw(), &src.name, libc::O_RDONLY).op("copy-up open")?;
-                let to = File::from(
-                    sys::openat(
-                        work.raw(),
-                        &tmp,
-                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                        0o600,
-                    )
-                    .op("copy-up create")?,
-                );
+                let to = new_work_file(work.raw(), &tmp)?;
                 match want {
                     Data::Full => copy_data(&from, &to, st.st_size as u64).op("copy-up data")?,
                     // Sparse, of the right size: reads go to the lower file meanwhile.
@@ -307,15 +299,7 @@ impl Union {
             let from = sys::open_file(data.raw(), &data.name, libc::O_RDONLY)
                 .op("copy-up open")
                 .map_err(|e| e.at(&path).in_layer(data.layer))?;
-            let to = File::from(
-                sys::openat(
-                    work.raw(),
-                    &tmp,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                    0o600,
-                )
-                .op("copy-up create")?,
-            );
+            let to = new_work_file(work.raw(), &tmp)?;
             copy_data(&from, &to, meta.st_size as u64)
                 .op("copy-up data")
                 .map_err(wrap)?;
@@ -396,6 +380,13 @@ impl Union {
         }
         Ok(())
     }
+}
+
+/// A new, private file in the work dir for a copy under construction.
+fn new_work_file(work: RawFd, name: &OsStr) -> Result<File> {
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+    let fd = sys::openat(work, name, flags, 0o600).op("copy-up create")?;
+    Ok(File::from(fd))
 }
 
 /// Owner first (chown clears set-id bits), then mode, then times (both change ctime only).
