@@ -38,8 +38,8 @@ fn is_source_word(s: &str) -> bool {
 /// A mount point whose daemon died (killed, crashed) answers every access with ENOTCONN
 /// until someone detaches it. Do that here, so mounting again needs no manual step.
 fn detach_dead_mount(mountpoint: &Path) {
-    let dead =
-        std::fs::metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    // statfs always reaches the daemon; a stat may be answered from the kernel's cache.
+    let dead = sys::statvfs(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
     if !dead {
         return;
     }

@@ -152,6 +152,7 @@ pub fn unlinkat(dir: RawFd, name: &OsStr, is_dir: bool) -> io::Result<()> {
 
 pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+pub const RENAME_WHITEOUT: u32 = libc::RENAME_WHITEOUT;
 
 pub fn renameat2(
     olddir: RawFd,
@@ -357,6 +358,12 @@ pub fn nofile_limit() -> u64 {
             1024
         }
     }
+}
+
+/// flock(2) on an fd we hold: `op` is LOCK_SH, LOCK_EX, optionally | LOCK_NB.
+pub fn flock(fd: RawFd, op: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd we hold.
+    check(unsafe { libc::flock(fd, op) }).map(drop)
 }
 
 pub fn geteuid() -> u32 {

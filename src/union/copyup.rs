@@ -129,6 +129,11 @@ impl Union {
             want
         };
         self.copy_entry(&loc, &st, up_parent.as_raw_fd(), node.ino, want)
+            .map_err(|e| match e.errno {
+                // Renamed over while we copied: the file we were copying is gone.
+                libc::EEXIST if node.is_unlinked() => Error::new(libc::ENOENT, "copy-up"),
+                _ => e,
+            })
             .map_err(|e| e.at(&path).in_layer(loc.layer))?;
         let _ = sys::utimensat(
             up_parent.as_raw_fd(),

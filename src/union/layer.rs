@@ -35,6 +35,9 @@ pub struct WorkDir {
     /// The work dir was made by us inside the upper and is removed again at unmount.
     owned: Option<(Arc<OwnedFd>, OsString)>,
     counter: AtomicU64,
+    /// Held shared while we use the dir: a daemon still exiting from the previous mount
+    /// removes it only if it can take it exclusively (nobody else uses it).
+    lock: OwnedFd,
 }
 
 impl WorkDir {
@@ -46,6 +49,31 @@ impl WorkDir {
     pub fn temp_name(&self) -> OsString {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         OsString::from(format!("#{}-{n}", std::process::id()))
+    }
+
+    /// Remove our own leftovers only (another daemon may be mounting on the same upper).
+    fn clean_own(&self) {
+        let prefix = format!("#{}-", std::process::id());
+        let Ok(entries) = std::fs::read_dir(sys::proc_path(self.raw(), OsStr::new(""))) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with(&prefix) {
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir
+                    && let Ok(fd) = sys::openat(
+                        self.raw(),
+                        &name,
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    )
+                {
+                    let _ = remove_tree_contents(fd.as_raw_fd());
+                }
+                let _ = sys::unlinkat(self.raw(), &name, is_dir);
+            }
+        }
     }
 
     /// Remove everything in the work dir: leftovers of a crash are incomplete by definition.
@@ -128,8 +156,9 @@ impl LayerStack {
     /// Remove the work directory we created inside the upper (clean unmount).
     pub fn close(&self) {
         if let Some(w) = &self.work {
-            let _ = w.clean();
-            if let Some((parent, name)) = &w.owned {
+            w.clean_own();
+            let alone = sys::flock(w.lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok();
+            if let (Some((parent, name)), true) = (&w.owned, alone) {
                 let _ = sys::unlinkat(parent.as_raw_fd(), name, true);
             }
         }
@@ -147,6 +176,18 @@ fn open_root(path: &Path) -> Result<OwnedFd> {
 }
 
 fn open_workdir(upper: &Layer, configured: Option<&Path>) -> Result<WorkDir> {
+    // A daemon of the previous mount may remove the directory as we open it: try again.
+    for _ in 0..4 {
+        let w = open_workdir_once(upper, configured)?;
+        sys::flock(w.lock.as_raw_fd(), libc::LOCK_SH).op("lock workdir")?;
+        if sys::fstat(w.lock.as_raw_fd()).op("stat workdir")?.st_nlink > 0 {
+            return Ok(w);
+        }
+    }
+    Err(Error::new(libc::EBUSY, "open workdir").at(upper.path.display()))
+}
+
+fn open_workdir_once(upper: &Layer, configured: Option<&Path>) -> Result<WorkDir> {
     let (path, fd, owned) = match configured {
         Some(p) => {
             // overlayfs-style: the work dir is given; we use a subdirectory of our own so
@@ -178,11 +219,19 @@ fn open_workdir(upper: &Layer, configured: Option<&Path>) -> Result<WorkDir> {
             Error::new(libc::EXDEV, "workdir not on the upper's filesystem").at(path.display()),
         );
     }
+    let lock = sys::openat(
+        fd.as_raw_fd(),
+        OsStr::new("."),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )
+    .op("open workdir")?;
     Ok(WorkDir {
         path,
         fd,
         owned,
         counter: AtomicU64::new(0),
+        lock,
     })
 }
 

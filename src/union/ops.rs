@@ -305,13 +305,16 @@ impl Union {
         }
         let up = self.upper_dir(parent)?;
         let existing = in_upper.then_some(is_dir);
+        // The name leaves the node before the entry leaves the disk: the filesystem may give
+        // the freed inode number to a file created meanwhile, which must not find this node
+        // still naming it.
+        if let Some(node) = self.nodes.get(ino) {
+            node.drop_name(parent, name);
+        }
         if lower {
             self.put_whiteout(up.as_raw_fd(), name, existing, &path)?;
         } else if let Some(is_dir) = existing {
             remove_entry(up.as_raw_fd(), name, is_dir)?;
-        }
-        if let Some(node) = self.nodes.get(ino) {
-            node.drop_name(parent, name);
         }
         log::debug!("{op} {path}{}", if lower { " (whiteout)" } else { "" });
         Ok(())
@@ -416,11 +419,27 @@ impl Union {
         // the two swap places and the old name keeps the whiteout (if it needs one).
         let swap_whiteout =
             !exchange && dst_node.is_none() && src_node.is_dir() && exists(ud, newname);
-        let kflags = if exchange || swap_whiteout {
+        // The old name's whiteout goes in before the move, so a crash leaves the entry under
+        // one name or the other: `.wh.` files first (the entry wins over its own until it
+        // moves), overlay devices by the rename itself (RENAME_WHITEOUT).
+        let whiteout_old = !exchange && src_lower && !swap_whiteout;
+        let mut kflags = if exchange || swap_whiteout {
             sys::RENAME_EXCHANGE
         } else {
             0
         };
+        if whiteout_old {
+            match self.opts.whiteout {
+                WhiteoutFormat::WhFiles => self.put_whiteout(us, name, None, &path)?,
+                WhiteoutFormat::Overlay => {
+                    kflags |= sys::RENAME_WHITEOUT;
+                    self.events.emit(Event::Whiteout { path: path.clone() });
+                }
+            }
+        }
+        if let Some(d) = dst_node.as_ref().filter(|_| !exchange) {
+            d.drop_name(newparent, newname);
+        }
         sys::renameat2(us, name, ud, newname, kflags)
             .op("rename")
             .map_err(|e| e.at(&path).in_layer(0))?;
@@ -428,9 +447,6 @@ impl Union {
             sys::unlinkat(us, name, false).op("remove whiteout")?;
         }
         if !exchange {
-            if src_lower && !swap_whiteout {
-                self.put_whiteout(us, name, None, &path)?;
-            }
             clear_whiteout(ud, newname)?;
         }
         // The moved entries keep their inode numbers across remounts.
@@ -441,12 +457,8 @@ impl Union {
 
         // Bookkeeping: names, and locations that may now be stale.
         src_node.move_name((parent, name), (newparent, newname));
-        if let Some(d) = &dst_node {
-            if exchange {
-                d.move_name((newparent, newname), (parent, name));
-            } else {
-                d.drop_name(newparent, newname);
-            }
+        if let Some(d) = dst_node.as_ref().filter(|_| exchange) {
+            d.move_name((newparent, newname), (parent, name));
         }
         self.refresh(&src_node)?;
         if let Some(d) = dst_node.as_ref().filter(|_| exchange) {
