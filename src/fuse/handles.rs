@@ -103,29 +103,28 @@ impl Backings {
         real: (u64, u64),
         may_copy_up: bool,
         register: impl FnOnce() -> std::io::Result<BackingId>,
-    ) -> IoMode {
+    ) -> Option<IoMode> {
         let mut io = self.map.entry(ino).or_default();
         if let Some(live) = io.backing.upgrade() {
-            if io.real == real {
-                return IoMode::Passthrough(live);
-            }
-            log::warn!("#{ino}: open of another real file while a passthrough open is live");
+            // Another real file (opened just before a copy-up made this one) cannot be
+            // served beside it: the caller opens the node again.
+            return (io.real == real).then_some(IoMode::Passthrough(live));
         }
         if may_copy_up || io.cached > 0 {
             io.cached += 1;
-            return IoMode::Cached;
+            return Some(IoMode::Cached);
         }
         match register() {
             Ok(id) => {
                 let id = Arc::new(id);
                 io.backing = Arc::downgrade(&id);
                 io.real = real;
-                IoMode::Passthrough(id)
+                Some(IoMode::Passthrough(id))
             }
             Err(e) => {
                 log::debug!("passthrough refused for #{ino}: {e}");
                 io.cached += 1;
-                IoMode::Cached
+                Some(IoMode::Cached)
             }
         }
     }

@@ -398,18 +398,26 @@ impl Filesystem for UnionFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        let (file, layer) = match self.union.open(&node, flags.0) {
-            Ok(f) => f,
-            Err(e) => return reply.error(self.fail(&e)),
-        };
-        let mode = self.io_mode(&node, &file, layer, || reply.open_backing(&file));
-        let (fh, backing) = self.insert_file(node, file, layer, flags.0, &mode);
-        match (&mode, backing) {
-            (IoMode::Passthrough(_), Some(b)) => {
-                reply.opened_passthrough(fh, fopen_flags(&mode), &b)
-            }
-            _ => reply.opened(fh, fopen_flags(&mode)),
+        // A file resolved just before a copy-up can lose the race to the copy the kernel
+        // already uses in passthrough: open the node again, which now finds the copy.
+        for _ in 0..3 {
+            let (file, layer) = match self.union.open(&node, flags.0) {
+                Ok(f) => f,
+                Err(e) => return reply.error(self.fail(&e)),
+            };
+            let Some(mode) = self.io_mode(&node, &file, layer, || reply.open_backing(&file)) else {
+                continue;
+            };
+            let (fh, backing) = self.insert_file(node, file, layer, flags.0, &mode);
+            return match (&mode, backing) {
+                (IoMode::Passthrough(_), Some(b)) => {
+                    reply.opened_passthrough(fh, fopen_flags(&mode), &b)
+                }
+                _ => reply.opened(fh, fopen_flags(&mode)),
+            };
         }
+        log::warn!("{}: no I/O mode the kernel accepts", node.path());
+        reply.error(Errno::EIO);
     }
 
     fn read(
@@ -702,7 +710,10 @@ impl Filesystem for UnionFs {
         });
         match res {
             Ok((node, st, Some(file))) => {
-                let mode = self.io_mode(&node, &file, 0, || reply.open_backing(&file));
+                // A new file has no other open, so a mode is always found.
+                let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
+                    return reply.error(Errno::EIO);
+                };
                 let generation = Generation(node.generation());
                 let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
                 let a = attr(&st);
@@ -793,17 +804,14 @@ impl UnionFs {
         file: &std::fs::File,
         layer: usize,
         register: impl FnOnce() -> io::Result<fuser::BackingId>,
-    ) -> IoMode {
+    ) -> Option<IoMode> {
         if !self.passthrough {
-            return IoMode::Cached;
+            return Some(IoMode::Cached);
         }
         let may_copy_up = layer > 0 && self.union.writable();
-        match sys::fstat(file.as_raw_fd()) {
-            Ok(st) => self
-                .backings
-                .choose(node.ino, (st.st_dev, st.st_ino), may_copy_up, register),
-            Err(_) => IoMode::Cached,
-        }
+        let st = sys::fstat(file.as_raw_fd()).ok()?;
+        self.backings
+            .choose(node.ino, (st.st_dev, st.st_ino), may_copy_up, register)
     }
 
     fn insert_file(
