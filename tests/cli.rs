@@ -378,26 +378,33 @@ fn umount_ends_daemon() {
 
 #[test]
 fn sigterm_unmounts_cleanly() {
+    signal_unmounts_cleanly(libc::SIGTERM, "SIGTERM");
+}
+
+/// SIGINT (Ctrl-C on a foreground daemon) unmounts cleanly, as SIGTERM does.
+#[test]
+fn sigint_unmounts_cleanly() {
+    signal_unmounts_cleanly(libc::SIGINT, "SIGINT");
+}
+
+fn signal_unmounts_cleanly(sig: libc::c_int, what: &str) {
     let fx = Fixture::new(1);
     put(&fx.l(0, "f"), "f");
     let mut m = fx.mount(&[]);
     fs::write(fx.m("f"), "changed").unwrap();
-    assert_eq!(
-        unsafe { libc::kill(m.pid() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    assert_eq!(unsafe { libc::kill(m.pid() as libc::pid_t, sig) }, 0);
     let exit = m
         .wait_exit(Duration::from_secs(10))
-        .expect("daemon still running 10 s after SIGTERM");
+        .unwrap_or_else(|| panic!("daemon still running 10 s after {what}"));
     assert_eq!(
         exit.signal(),
         None,
         "daemon died of the signal instead of handling it"
     );
-    assert!(exit.success(), "daemon exit after SIGTERM: {exit}");
+    assert!(exit.success(), "daemon exit after {what}: {exit}");
     assert!(
         mount_fstype(&fx.mnt).is_none(),
-        "SIGTERM left the mount behind"
+        "{what} left the mount behind"
     );
     assert_eq!(
         names(&fx.upper),

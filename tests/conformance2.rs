@@ -16,10 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Run `sh -c script` as uid/gid 1000 with no supplementary groups, in `dir`.
 /// Returns (exit code, stderr).
 fn as_user(dir: &Path, script: &str) -> (i32, String) {

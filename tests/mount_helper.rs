@@ -18,10 +18,6 @@ fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The directory holding the built binary, first on PATH.
 fn path_with_bin() -> String {
     let dir = Path::new(BIN).parent().unwrap();

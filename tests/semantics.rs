@@ -1,26 +1,15 @@
 //! The rest of the foundation's promises, each on a real mount: inode numbers across
-//! remounts, one copy-up for racing writers, the kernel caches we ask for, `-d`, SIGINT,
+//! remounts, one copy-up for racing writers, the kernel caches we ask for, `-d`,
 //! copy_file_range, and an upper on a read-only filesystem refused.
 mod common;
 use common::*;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_unionmount");
-
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn ino(p: &std::path::Path) -> u64 {
-    fs::symlink_metadata(p).unwrap().ino()
-}
 
 /// With every branch on one filesystem, a file keeps its number across remounts, also
 /// once copied up or moved (the number is recorded with the copy, which takes root).
@@ -150,11 +139,7 @@ fn debug_flag_logs_operations() {
         .stderr(fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while mount_fstype(&fx.mnt).is_none() {
-        assert!(std::time::Instant::now() < deadline, "not mounted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_mounted(&fx.mnt, true);
     assert_eq!(read(&fx.m("f")), "f");
     assert!(
         Command::new("fusermount3")
@@ -172,25 +157,6 @@ fn debug_flag_logs_operations() {
         "no operation logged:\n{log}"
     );
     assert!(log.contains("READ"), "no read logged");
-}
-
-/// SIGINT (Ctrl-C on a foreground daemon) unmounts cleanly, as SIGTERM does.
-#[test]
-fn sigint_unmounts_cleanly() {
-    let fx = Fixture::new(1);
-    put(&fx.l(0, "f"), "f");
-    let mut m = fx.mount(&[]);
-    fs::write(fx.m("f"), "changed").unwrap();
-    assert_eq!(
-        unsafe { libc::kill(m.pid() as libc::pid_t, libc::SIGINT) },
-        0
-    );
-    let exit = m.wait_exit(Duration::from_secs(10)).expect("still running");
-    assert_eq!(exit.signal(), None, "died of the signal");
-    assert!(exit.success(), "{exit}");
-    assert!(mount_fstype(&fx.mnt).is_none(), "still mounted");
-    assert_eq!(read(&fx.u("f")), "changed");
-    drop(m);
 }
 
 /// copy_file_range between files of the mount, one of them in a lower layer.
@@ -277,11 +243,7 @@ fn remount_over_a_dead_daemons_mount_point() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while mount_fstype(&fx.mnt).is_none() {
-        assert!(std::time::Instant::now() < deadline, "not mounted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_mounted(&fx.mnt, true);
     fs::write(fx.m("f"), "written").unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -307,11 +269,7 @@ fn remount_over_a_dead_daemons_mount_point() {
         .status()
         .unwrap();
     assert!(st.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while mount_fstype(&fx.mnt).is_some() {
-        assert!(std::time::Instant::now() < deadline, "still mounted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_mounted(&fx.mnt, false);
     assert_eq!(read(&fx.u("g")), "g");
 }
 
@@ -349,11 +307,7 @@ fn deep_stacks_stay_within_the_open_file_limit() {
         });
     }
     let mut child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while mount_fstype(&fx.mnt).is_none() {
-        assert!(std::time::Instant::now() < deadline, "not mounted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_mounted(&fx.mnt, true);
     let mut files = 0;
     for d in 0..60 {
         let names = names(&fx.m(&format!("d{d}")));

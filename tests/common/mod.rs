@@ -685,3 +685,26 @@ pub fn mode_of(path: &Path) -> u32 {
         .mode()
         & 0o7777
 }
+
+/// Running as root (some tests need privileges and skip themselves otherwise).
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Wait (up to 10 s) until `mnt` is, or is no longer, a unionmount mount point.
+pub fn wait_mounted(mnt: &Path, mounted: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mount_fstype(mnt).is_some() != mounted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: {} after 10 s",
+            mnt.display(),
+            if mounted {
+                "not mounted"
+            } else {
+                "still mounted"
+            }
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
