@@ -853,6 +853,63 @@ fn hard_link_of_lower_file() {
     drop(m);
 }
 
+/// A file with several names in a lower layer stays one file after a copy-up: writing
+/// through one name shows through the others, in this mount and after a remount
+/// (overlayfs' index=on).
+#[test]
+fn lower_hard_links_survive_copy_up() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "a"), "A");
+    mkdir_p(&fx.l(0, "d/e"));
+    fs::hard_link(fx.l(0, "a"), fx.l(0, "d/e/b")).unwrap();
+    fs::hard_link(fx.l(0, "a"), fx.l(0, "c")).unwrap();
+    fs::hard_link(fx.l(0, "a"), fx.l(0, "gone")).unwrap();
+    let m = fx.mount(&[]);
+    let ino_a = ino(&fx.m("a"));
+    assert_eq!(ino(&fx.m("d/e/b")), ino_a, "one file, one number");
+
+    append(&fx.m("a"), "+a").unwrap();
+    assert_eq!(
+        read(&fx.m("d/e/b")),
+        "A+a",
+        "write through a seen through b"
+    );
+    assert_eq!(read(&fx.m("c")), "A+a", "and through c");
+    fs::remove_file(fx.m("gone")).unwrap();
+    append(&fx.m("d/e/b"), "+b").unwrap();
+    assert_eq!(read(&fx.m("a")), "A+a+b", "write through b seen through a");
+    for n in ["a", "d/e/b", "c"] {
+        assert_eq!(ino(&fx.m(n)), ino_a, "{n} keeps the number");
+        assert!(
+            fs::metadata(fx.m(n)).unwrap().nlink() >= 3,
+            "{n} counts its names"
+        );
+    }
+    assert_eq!(read(&fx.l(0, "a")), "A", "the lower is untouched");
+
+    // After a remount, a name nobody looked up since the copy-up still joins it.
+    let m = m.remount();
+    assert_eq!(read(&fx.m("c")), "A+a+b");
+    append(&fx.m("c"), "+c").unwrap();
+    for n in ["a", "d/e/b", "c"] {
+        assert_eq!(read(&fx.m(n)), "A+a+b+c", "{n} after remount");
+        assert_eq!(ino(&fx.m(n)), ino_a, "{n} keeps the number after remount");
+    }
+    assert!(!lexists(&fx.m("gone")), "a deleted name stays deleted");
+    // On disk: the names share one upper inode; truncating through one empties all.
+    let ua = fs::metadata(fx.u("a")).unwrap();
+    assert_eq!(fs::metadata(fx.u("c")).unwrap().ino(), ua.ino());
+    fs::write(fx.m("d/e/b"), "new").unwrap();
+    assert_eq!(read(&fx.m("a")), "new", "O_TRUNC through b seen through a");
+    assert!(
+        !names(&fx.m("")).iter().any(|n| n.starts_with(".wh.")),
+        "the index is never listed"
+    );
+    let m = m.remount();
+    assert_eq!(read(&fx.m("c")), "new");
+    drop(m);
+}
+
 #[test]
 fn symlinks() {
     let fx = Fixture::new(1);

@@ -13,7 +13,7 @@ use crate::config::{Config, WhiteoutFormat};
 use crate::sys;
 use crate::union::Union;
 use crate::union::events::{Event, human_bytes};
-use crate::union::layer::DEFAULT_WORKDIR;
+use crate::union::layer::{DEFAULT_WORKDIR, INDEX_DIR};
 use crate::union::whiteout;
 
 /// The mount's settings, kept from its Config.
@@ -90,14 +90,14 @@ pub fn stack(u: &Union, info: &Info) -> Vec<String> {
     out
 }
 
-/// Files (non-directories) and bytes of a branch, skipping our work directory.
+/// Files (non-directories) and bytes of a branch, skipping our work and index directories.
 fn count_tree(dir: &Path, top: bool) -> (u64, u64) {
     let (mut files, mut bytes) = (0, 0);
     let Ok(rd) = std::fs::read_dir(dir) else {
         return (0, 0);
     };
     for e in rd.flatten() {
-        if top && e.file_name() == DEFAULT_WORKDIR {
+        if top && (e.file_name() == DEFAULT_WORKDIR || e.file_name() == INDEX_DIR) {
             continue;
         }
         let Ok(m) = e.metadata() else { continue };

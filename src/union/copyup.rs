@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::Union;
 use super::events::Event;
+use super::index;
 use super::node::{DirSlot, HeldFd, Kept, Node};
 use super::resolve::Loc;
 use super::whiteout;
@@ -117,7 +118,8 @@ impl Union {
         // Publishing the copy must not make the parent look modified (as on overlayfs).
         let pst = sys::fstat_path(up_parent.as_raw_fd()).op("copy-up stat parent")?;
         // Deferring data needs the origin record to say so, which takes privilege; and a
-        // file hard-linked in the lower is copied whole (it keeps no origin number).
+        // file hard-linked in the lower is copied whole (completing a deferred copy replaces
+        // the inode, which its other names share through the index).
         let want = if want == Data::Deferred
             && (st.st_mode & libc::S_IFMT != libc::S_IFREG
                 || st.st_nlink > 1
@@ -128,7 +130,15 @@ impl Union {
         } else {
             want
         };
-        self.copy_entry(&loc, &st, up_parent.as_raw_fd(), node.ino, want)
+        // Another name of the same lower file was copied up before: share that copy.
+        let shared = index::is_linked_lower(loc.layer, &st)
+            .then(|| self.indexed(&st))
+            .flatten();
+        let copied = match &shared {
+            Some((index, key)) => self.join_index(index, key, up_parent.as_raw_fd(), &loc.name),
+            None => self.copy_entry(&loc, &st, up_parent.as_raw_fd(), node.ino, want),
+        };
+        copied
             .map_err(|e| match e.errno {
                 // Renamed over while we copied: the file we were copying is gone.
                 libc::EEXIST if node.is_unlinked() => Error::new(libc::ENOENT, "copy-up"),
@@ -173,7 +183,7 @@ impl Union {
             );
         }
         drop(s);
-        let bytes = if want == Data::Full && node.kind == libc::S_IFREG {
+        let bytes = if want == Data::Full && node.kind == libc::S_IFREG && shared.is_none() {
             st.st_size as u64
         } else {
             0
@@ -236,9 +246,10 @@ impl Union {
             _ => sys::mknodat(work.raw(), &tmp, st.st_mode, st.st_rdev).op("copy-up mknod")?,
         }
         copy_xattrs(src.raw(), &src.name, work.raw(), &tmp)?;
-        // Keep the inode number the file showed before: overlayfs' "origin". Not for a file
-        // hard-linked in the lower: its other names keep that number, the copy is another file.
-        let keeps_number = kind == libc::S_IFDIR || st.st_nlink <= 1;
+        // Keep the inode number the file showed before: overlayfs' "origin". A file
+        // hard-linked in the lower keeps it too: its other names join this copy.
+        let linked = index::is_linked_lower(src.layer, st);
+        let keeps_number = kind == libc::S_IFDIR || st.st_nlink <= 1 || linked;
         let metacopy = want == Data::Deferred;
         if keeps_number {
             let record = whiteout::encode_origin(ino, metacopy);
@@ -260,14 +271,26 @@ impl Union {
         {
             sys::fsync(f.as_raw_fd(), false).op("copy-up fsync")?;
         }
-        sys::renameat2(
+        let key = match linked.then(|| self.add_to_index(work.raw(), &tmp, st)) {
+            // A copy-up of another name of the file got there first: share its copy.
+            Some(Err(e)) if e.errno == libc::EEXIST => {
+                let (index, key) = self.indexed(st).ok_or(e)?;
+                return self.join_index(&index, &key, up_parent, &src.name);
+            }
+            k => k.transpose()?,
+        };
+        let published = sys::renameat2(
             work.raw(),
             &tmp,
             up_parent,
             &src.name,
             sys::RENAME_NOREPLACE,
         )
-        .op("copy-up publish")?;
+        .op("copy-up publish");
+        if let (Err(_), Some(key)) = (&published, &key) {
+            self.drop_from_index(key);
+        }
+        published?;
         guard.armed = false;
         if keeps_number {
             self.record_origin(up_parent, &src.name, ino, metacopy);

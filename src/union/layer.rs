@@ -15,6 +15,11 @@ use crate::sys;
 /// from the merged view and can never be created through it.
 pub const DEFAULT_WORKDIR: &str = ".wh..wh..work";
 
+/// Copies of files hard-linked in a lower layer, one per lower inode, linked to every name
+/// copied up (see `index.rs`). In the upper beside the work dir, hidden the same way, and
+/// kept across mounts.
+pub const INDEX_DIR: &str = ".wh..wh..index";
+
 #[derive(Debug)]
 pub struct Layer {
     /// 0 is the top of the stack.
@@ -115,6 +120,8 @@ pub fn remove_tree_contents(dir: RawFd) -> Result<()> {
 pub struct LayerStack {
     pub layers: Vec<Layer>,
     pub work: Option<WorkDir>,
+    /// The upper's index directory, once it exists.
+    index: parking_lot::Mutex<Option<Arc<OwnedFd>>>,
 }
 
 impl LayerStack {
@@ -140,7 +147,37 @@ impl LayerStack {
         if let Some(w) = &work {
             w.clean()?;
         }
-        Ok(LayerStack { layers, work })
+        let index = match layers.first().filter(|l| l.writable) {
+            Some(upper) => sys::open_dir_path(upper.root.as_raw_fd(), INDEX_DIR.as_ref())
+                .ok()
+                .map(Arc::new),
+            None => None,
+        };
+        Ok(LayerStack {
+            layers,
+            work,
+            index: parking_lot::Mutex::new(index),
+        })
+    }
+
+    /// The index directory if it exists (it is made by the first copy-up that needs it).
+    pub fn index(&self) -> Option<Arc<OwnedFd>> {
+        self.index.lock().clone()
+    }
+
+    /// The index directory, made now if need be.
+    pub fn index_or_create(&self) -> Result<Arc<OwnedFd>> {
+        let mut index = self.index.lock();
+        if let Some(fd) = &*index {
+            return Ok(fd.clone());
+        }
+        let upper = self.upper().ok_or(Error::new(libc::EROFS, "index dir"))?;
+        let fd = Arc::new(
+            ensure_dir(upper.root.as_raw_fd(), INDEX_DIR.as_ref())
+                .map_err(|e| e.at(upper.path.join(INDEX_DIR).display()).in_layer(0))?,
+        );
+        *index = Some(fd.clone());
+        Ok(fd)
     }
 
     pub fn upper(&self) -> Option<&Layer> {

@@ -4,6 +4,7 @@
 
 pub mod copyup;
 pub mod events;
+pub mod index;
 pub mod layer;
 pub mod node;
 pub mod ops;
@@ -181,9 +182,11 @@ impl Union {
         Ok(st)
     }
 
-    /// Dress a real stat as the node's: its inode number, and nlink 1 for a directory
-    /// merged from several layers (its true count is unknown, as on overlayfs).
+    /// Dress a real stat as the node's: its inode number, the link count of a file shared
+    /// through the index, and nlink 1 for a directory merged from several layers (its true
+    /// count is unknown, as on overlayfs).
     pub fn present(&self, node: &Node, st: &mut Stat) {
+        self.indexed_links(node, st);
         st.st_ino = node.ino;
         // A metadata-only copy is sparse; its blocks are the lower file's (as on overlayfs).
         if let Some(d) = &node.state().data

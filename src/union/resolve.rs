@@ -6,6 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use super::index;
 use super::node::{LayerDir, Node, NodeState};
 use super::whiteout;
 use super::{ROOT_INO, Union};
@@ -161,6 +162,13 @@ impl Union {
         let Some((layer, st, mut dirs)) = found else {
             return Ok(None);
         };
+        // A name of a lower file whose other name was copied up joins that copy first.
+        if index::is_linked_lower(layer, &st)
+            && self.writable()
+            && self.join_on_lookup(parent, name, &st)
+        {
+            return self.probe(parent, name);
+        }
         // A directory moved in the upper finds its lower parts where it came from.
         if layer == 0
             && is_dir(&st)

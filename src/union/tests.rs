@@ -475,3 +475,31 @@ fn chmod_copies_metadata_only_until_the_first_write() {
     let u = s.union();
     assert_eq!(read(&u, "big"), format!("{data}!"));
 }
+
+#[test]
+fn copy_up_of_a_lower_hard_link_is_shared_by_its_other_names() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("a"), "lower");
+    fs::create_dir(s.lowers[0].join("d")).unwrap();
+    fs::hard_link(s.lowers[0].join("a"), s.lowers[0].join("d/b")).unwrap();
+    {
+        let u = s.union();
+        let a = walk(&u, "a").unwrap();
+        u.copy_up(&a).unwrap();
+        fs::write(s.upper.join("a"), "changed").unwrap();
+        // b was never looked up: it joins the copy the first time it is.
+        assert_eq!(read(&u, "d/b"), "changed");
+        let (ua, ub) = (
+            fs::metadata(s.upper.join("a")).unwrap(),
+            fs::metadata(s.upper.join("d/b")).unwrap(),
+        );
+        assert_eq!(ua.ino(), ub.ino(), "one upper inode for both names");
+        let st = u.getattr(&walk(&u, "a").unwrap()).unwrap();
+        assert_eq!(st.st_nlink, 2, "the index's own link is not counted");
+    }
+    // A new union on the same upper (a remount) still shares it.
+    let u = s.union();
+    assert_eq!(read(&u, "d/b"), "changed");
+    assert_eq!(names(&u, ""), ["a", "d"], "the index is hidden");
+    assert_eq!(fs::read_to_string(s.lowers[0].join("a")).unwrap(), "lower");
+}

@@ -1,0 +1,133 @@
+//! Hard links that survive copy-up (overlayfs' `index=on`).
+//!
+//! A file with several names in a lower layer is one file: writing through one name must
+//! show through the others. So its first copy-up also links the copy into the index
+//! directory of the upper (`.wh..wh..index/<inode number>`), and every other name joins
+//! that copy instead of being copied again: at its own copy-up, and as soon as it is looked
+//! up, so that reading it never serves the stale lower data. The index outlives the mount;
+//! names nobody looked up yet join after a remount just the same.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use super::Union;
+use super::node::Node;
+use crate::error::{Context, Result};
+use crate::sys::{self, Stat};
+
+/// On the index entry (so on every name): how many names the file had in its lower layer,
+/// the least link count it shows (names not yet joined still count).
+pub const LINKS_XATTR: &str = "trusted.unionmount.links";
+
+/// The index entry's name for the file with inode number `ino` in the merged view.
+pub fn key(ino: u64) -> OsString {
+    OsString::from(format!("{ino:016x}"))
+}
+
+/// Is this lower entry a file the index may hold (several names in its layer)?
+pub fn is_linked_lower(layer: usize, st: &Stat) -> bool {
+    layer > 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1
+}
+
+impl Union {
+    /// The index entry of a lower file with several names, if an earlier copy-up made one.
+    pub(crate) fn indexed(&self, lower: &Stat) -> Option<(Arc<OwnedFd>, OsString)> {
+        let index = self.stack.index()?;
+        let key = key(self.ino_of(lower));
+        sys::fstatat(index.as_raw_fd(), &key).ok()?;
+        Some((index, key))
+    }
+
+    /// Give `name` in `parent` (an upper directory) the indexed copy of its lower file, as a
+    /// hard link. The parent's times stay as they were: joining is not a change.
+    pub(crate) fn join_index(
+        &self,
+        index: &OwnedFd,
+        key: &OsStr,
+        up_parent: i32,
+        name: &OsStr,
+    ) -> Result<()> {
+        let pst = sys::fstat_path(up_parent).op("stat parent")?;
+        match sys::linkat(index.as_raw_fd(), key, up_parent, name) {
+            Ok(()) => {}
+            // Joined by a racing lookup.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(crate::error::Error::io(e, "join index").in_layer(0)),
+        }
+        let _ = sys::utimensat(
+            up_parent,
+            ".".as_ref(),
+            Some(Some((pst.st_atime, pst.st_atime_nsec))),
+            Some(Some((pst.st_mtime, pst.st_mtime_nsec))),
+        );
+        log::debug!(
+            "index: {} joins copy {}",
+            name.to_string_lossy(),
+            key.to_string_lossy()
+        );
+        Ok(())
+    }
+
+    /// A lower name of an indexed file, found by lookup: join the copy now, so the name
+    /// resolves to it. Returns whether it did.
+    pub(crate) fn join_on_lookup(&self, parent: &Arc<Node>, name: &OsStr, st: &Stat) -> bool {
+        let Some((index, key)) = self.indexed(st) else {
+            return false;
+        };
+        let joined = self
+            .upper_dir(parent)
+            .and_then(|up| self.join_index(&index, &key, up.as_raw_fd(), name));
+        match joined {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!(
+                    "{}/{}: cannot join its copied-up hard link: {e}",
+                    parent.path(),
+                    name.to_string_lossy()
+                );
+                false
+            }
+        }
+    }
+
+    /// Publish a finished copy (`tmp` in the work dir) in the index before it gets its name:
+    /// a crash in between leaves a whole copy that the names join at the next mount.
+    pub(crate) fn add_to_index(&self, work: i32, tmp: &OsStr, lower: &Stat) -> Result<OsString> {
+        let index = self.stack.index_or_create()?;
+        let key = key(self.ino_of(lower));
+        let links = lower.st_nlink.to_string();
+        let _ = sys::lsetxattr(work, tmp, LINKS_XATTR.as_ref(), links.as_bytes(), 0);
+        sys::linkat(work, tmp, index.as_raw_fd(), &key).op("copy-up index")?;
+        Ok(key)
+    }
+
+    /// Undo `add_to_index` for a copy that was not published.
+    pub(crate) fn drop_from_index(&self, key: &OsStr) {
+        if let Some(index) = self.stack.index() {
+            let _ = sys::unlinkat(index.as_raw_fd(), key, false);
+        }
+    }
+
+    /// The link count an indexed upper file shows: its names (not the index's own link),
+    /// and never fewer than it had in the lower (names not looked up yet).
+    pub(crate) fn indexed_links(&self, node: &Node, st: &mut Stat) {
+        if node.kind != libc::S_IFREG || st.st_nlink < 2 {
+            return;
+        }
+        let Some(index) = self.stack.index() else {
+            return;
+        };
+        let key = key(node.ino);
+        match sys::fstatat(index.as_raw_fd(), &key) {
+            Ok(e) if (e.st_dev, e.st_ino) == (st.st_dev, st.st_ino) => {}
+            _ => return,
+        }
+        let lower = sys::lgetxattr(index.as_raw_fd(), &key, LINKS_XATTR.as_ref())
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        st.st_nlink = (st.st_nlink - 1).max(lower as _);
+    }
+}
