@@ -105,6 +105,58 @@ fn listing_with_attributes_needs_no_lookups() {
     drop(m);
 }
 
+/// The kernel keeps a directory's listing between opens (no READDIR reaches the daemon the
+/// second time), yet a change made by hand in any layer shows at the very next listing,
+/// whatever the timeout.
+#[test]
+fn listings_are_cached_until_a_layer_changes() {
+    let fx = Fixture::new(2);
+    for i in 0..5 {
+        put(&fx.l(1, &format!("dir/f{i}")), "x");
+    }
+    put(&fx.l(0, "dir/mid"), "x");
+    // The lowers change on purpose: the harness must not check them unchanged.
+    let args = vec![
+        "-o".into(),
+        "timeout=30".into(),
+        fx.spec(),
+        fx.mnt.display().to_string(),
+    ];
+    let m = fx.mount_args(args, vec![]);
+    let readdirs = |from: usize| {
+        let log = fs::read_to_string(&fx.log).unwrap();
+        log[from..]
+            .lines()
+            .filter(|l| l.contains("READDIR"))
+            .count()
+    };
+    let listed = || {
+        let mut v: Vec<String> = fs::read_dir(fx.m("dir"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listed(), ["f0", "f1", "f2", "f3", "f4", "mid"]);
+    let before = fs::read_to_string(&fx.log).unwrap().len();
+    assert_eq!(listed().len(), 6);
+    assert_eq!(
+        readdirs(before),
+        0,
+        "the second listing came from the kernel's cache"
+    );
+
+    // By hand, in the bottom layer (the merged directory's own times do not change).
+    put(&fx.l(1, "dir/new"), "x");
+    fs::remove_file(fx.l(1, "dir/f0")).unwrap();
+    assert_eq!(listed(), ["f1", "f2", "f3", "f4", "mid", "new"]);
+    // Through the mount: the kernel drops its copy itself.
+    put(&fx.m("dir/made"), "x");
+    assert!(listed().contains(&"made".to_string()));
+    drop(m);
+}
+
 /// A name that does not exist is cached as such (negative entry): asking again within the
 /// timeout does not reach the daemon.
 #[test]

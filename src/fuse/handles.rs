@@ -26,7 +26,8 @@ pub struct OpenFile {
 #[derive(Debug)]
 pub struct OpenDir {
     pub node: Arc<Node>,
-    pub entries: Mutex<Vec<DirEntry>>,
+    /// The listing taken at the first readdir (or a rewind), shared by the replies.
+    pub entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
 #[derive(Debug)]

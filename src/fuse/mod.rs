@@ -520,12 +520,19 @@ impl Filesystem for UnionFs {
         if !node.is_dir() {
             return reply.error(Errno::ENOTDIR);
         }
+        // The kernel caches listings; it keeps its copy only while the layers are as they
+        // were when it was made.
+        let flags = match self.union.listing_unchanged(&node) {
+            Ok(true) => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            Ok(false) => FopenFlags::FOPEN_CACHE_DIR,
+            Err(e) => return reply.error(self.fail(&e)),
+        };
         // The listing is taken by the first readdir (offset 0).
         let fh = self.handles.insert(Handle::Dir(OpenDir {
             node,
-            entries: parking_lot::Mutex::new(Vec::new()),
+            entries: parking_lot::Mutex::new(None),
         }));
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        reply.opened(FileHandle(fh), flags);
     }
 
     fn readdir(
@@ -540,8 +547,8 @@ impl Filesystem for UnionFs {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+        for e in &entries[resume_at(&entries, offset)..] {
+            if reply.add(INodeNo(e.ino), e.off, file_type(e.kind), &e.name) {
                 break;
             }
         }
@@ -566,8 +573,8 @@ impl Filesystem for UnionFs {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let off = i as u64 + 1;
+        for e in &entries[resume_at(&entries, offset)..] {
+            let off = e.off;
             if e.name == "." || e.name == ".." {
                 // The kernel does not link dot entries; no lookup is counted for them.
                 let mut st = sys::zeroed_stat();
@@ -862,17 +869,27 @@ impl UnionFs {
         &self,
         fh: FileHandle,
         offset: u64,
-    ) -> Result<Vec<crate::union::readdir::DirEntry>, Errno> {
+    ) -> Result<Arc<Vec<crate::union::readdir::DirEntry>>, Errno> {
         let h = self.file(fh)?;
         let Handle::Dir(od) = &*h else {
             return Err(Errno::ENOTDIR);
         };
         let mut entries = od.entries.lock();
-        if offset == 0 {
-            *entries = self.union.list(&od.node).map_err(|e| self.fail(&e))?;
+        match &*entries {
+            Some(e) if offset != 0 => Ok(e.clone()),
+            // The start, or a handle whose first part the kernel served from its cache.
+            _ => {
+                let e = Arc::new(self.union.list(&od.node).map_err(|e| self.fail(&e))?);
+                *entries = Some(e.clone());
+                Ok(e)
+            }
         }
-        Ok(entries.clone())
     }
+}
+
+/// Where to go on after position `offset` (entries are in position order).
+fn resume_at(entries: &[crate::union::readdir::DirEntry], offset: u64) -> usize {
+    entries.partition_point(|e| e.off <= offset)
 }
 
 fn fopen_flags(mode: &IoMode) -> FopenFlags {

@@ -110,6 +110,9 @@ pub struct Node {
     /// Open files and directories on it: only such a node needs a handle kept when its
     /// name goes.
     opens: AtomicU64,
+    /// A directory: the fingerprint of its layers when the kernel last cached its listing
+    /// (see `Union::listing_unchanged`); 0 for none.
+    pub listed: AtomicU64,
 }
 
 impl Node {
@@ -122,6 +125,7 @@ impl Node {
             copy_up_lock: Mutex::new(()),
             incarnation: AtomicU64::new(0),
             opens: AtomicU64::new(0),
+            listed: AtomicU64::new(0),
         }
     }
 

@@ -3,7 +3,7 @@
 //! stay valid while entries come and go (seekdir/telldir).
 
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::{DirEntryExt, FileTypeExt};
 use std::sync::Arc;
 
@@ -19,6 +19,19 @@ pub struct DirEntry {
     pub ino: u64,
     /// `S_IFMT` bits.
     pub kind: u32,
+    /// Its position (telldir): derived from the name alone, as ext4's hash cookies are, so
+    /// that a reader resuming at a position in a newer listing (the kernel mixes its cached
+    /// copy with fresh ones) neither repeats nor skips a name that stayed.
+    pub off: u64,
+}
+
+/// The position of a name: 1 and 2 are `.` and `..`, the rest hash above them.
+fn cookie(name: &OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    // Positive as an off_t, never 0 (the start), 1 or 2.
+    3 + h.finish() % (i64::MAX as u64 - 3)
 }
 
 fn kind_of(ft: std::fs::FileType) -> u32 {
@@ -40,7 +53,24 @@ fn kind_of(ft: std::fs::FileType) -> u32 {
 }
 
 impl Union {
-    /// Snapshot the merged listing of `dir`, with `.` and `..` first.
+    /// May the kernel keep serving the listing of `dir` it cached? Yes while none of the
+    /// directory's layers changed since it was last listed: changes made through the mount
+    /// drop the kernel's copy anyway, and this catches those made by hand in any layer
+    /// (entries added or removed change a directory's mtime and ctime).
+    pub fn listing_unchanged(&self, dir: &Arc<Node>) -> Result<bool> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for d in self.dirs_of(dir)? {
+            let st = sys::fstat_path(d.raw()).op("stat dir")?;
+            (d.layer, st.st_dev, st.st_ino).hash(&mut h);
+            (st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec).hash(&mut h);
+        }
+        let print = h.finish() | 1;
+        let before = dir.listed.swap(print, std::sync::atomic::Ordering::AcqRel);
+        Ok(before == print)
+    }
+
+    /// Snapshot the merged listing of `dir`: `.` and `..` first, then in position order.
     pub fn list(&self, dir: &Arc<Node>) -> Result<Vec<DirEntry>> {
         let dirs = self.dirs_of(dir)?;
         let parent_ino = dir.state().parent.as_ref().map_or(dir.ino, |p| p.ino);
@@ -49,11 +79,13 @@ impl Union {
                 name: ".".into(),
                 ino: dir.ino,
                 kind: libc::S_IFDIR,
+                off: 1,
             },
             DirEntry {
                 name: "..".into(),
                 ino: parent_ino,
                 kind: libc::S_IFDIR,
+                off: 2,
             },
         ];
         let mut seen: HashSet<OsString> = HashSet::new();
@@ -103,10 +135,17 @@ impl Union {
                     }
                 };
                 seen.insert(name.clone());
-                out.push(DirEntry { name, ino, kind });
+                let off = cookie(&name);
+                out.push(DirEntry {
+                    name,
+                    ino,
+                    kind,
+                    off,
+                });
             }
             seen.extend(hide_below);
         }
+        out[2..].sort_unstable_by_key(|e| e.off);
         Ok(out)
     }
 
