@@ -179,10 +179,23 @@ pub fn fchownat(dir: RawFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>) ->
     check(unsafe { libc::fchownat(dir, c.as_ptr(), u, g, nofollow(follow)) }).map(drop)
 }
 
+/// chmod of `name` itself, never of what a symlink there points to (fchmodat has no
+/// working AT_SYMLINK_NOFOLLOW before Linux 6.6): the entry is pinned with O_PATH first and
+/// changed through its /proc link; a symlink gets EOPNOTSUPP, as lchmod does.
 pub fn fchmodat(dir: RawFd, name: &OsStr, mode: u32) -> io::Result<()> {
-    let (dir, c, _) = target(dir, name)?;
-    // SAFETY: c is a valid C string.
-    check(unsafe { libc::fchmodat(dir, c.as_ptr(), mode, 0) }).map(drop)
+    let pinned;
+    let fd = if name.is_empty() {
+        dir
+    } else {
+        pinned = openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        pinned.as_raw_fd()
+    };
+    if fstat(fd)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let c = cstr(OsStr::new(&format!("/proc/self/fd/{fd}")))?;
+    // SAFETY: c is a valid C string; the /proc link names the pinned inode, not a path.
+    check(unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode, 0) }).map(drop)
 }
 
 pub fn fchown(fd: RawFd, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
