@@ -112,14 +112,8 @@ impl Union {
                     0,
                 )
                 .op("open dir")?;
-                sys::openat(
-                    d.as_raw_fd(),
-                    whiteout::OPAQUE_MARKER.as_ref(),
-                    libc::O_CREAT | libc::O_WRONLY,
-                    0o600,
-                )
-                .op("create opaque marker")
-                .map(drop)
+                put_marker(d.as_raw_fd(), whiteout::OPAQUE_MARKER.as_ref())
+                    .op("create opaque marker")
             }
             WhiteoutFormat::Overlay => {
                 sys::lsetxattr(dir, name, whiteout::OPAQUE_XATTRS[0].as_ref(), b"y", 0)
@@ -151,13 +145,7 @@ impl Union {
         match self.opts.whiteout {
             WhiteoutFormat::WhFiles => {
                 // Whiteout first: until the entry is gone it still wins over the whiteout.
-                sys::openat(
-                    up,
-                    &whiteout::whiteout_name(name),
-                    libc::O_CREAT | libc::O_WRONLY,
-                    0o600,
-                )
-                .op("create whiteout")?;
+                put_marker(up, &whiteout::whiteout_name(name)).op("create whiteout")?;
                 if let Some(is_dir) = existing {
                     remove_entry(up, name, is_dir)?;
                 }
@@ -747,6 +735,24 @@ impl Union {
     pub fn location(&self, node: &Arc<Node>) -> Result<Loc> {
         self.locate(node)
     }
+}
+
+/// Make sure a marker file (a `.wh.` whiteout, the opaque marker) exists: only its presence
+/// counts. Made without opening anything, so a symlink put there by hand is never followed
+/// (it is replaced).
+fn put_marker(dir: RawFd, name: &OsStr) -> std::io::Result<()> {
+    for _ in 0..2 {
+        match sys::mknodat(dir, name, libc::S_IFREG | 0o600, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if sys::fstatat(dir, name)?.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                    return Ok(());
+                }
+                sys::unlinkat(dir, name, false)?;
+            }
+            r => return r,
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::EEXIST))
 }
 
 /// Remove the `.wh.` whiteout of `name` in `dir` if there is one. A name too long to have
