@@ -283,7 +283,8 @@ impl Union {
                 return Err(Error::new(libc::ENOTEMPTY, op).at(&path));
             }
         }
-        let lower = self.lower_shows(parent, name)?;
+        // Found in a lower layer, the name shows from there; found in the upper, look below.
+        let lower = found_layer > 0 || self.lower_shows(parent, name)?;
         if let Some(d) = self
             .dirs_of(parent)?
             .iter()
