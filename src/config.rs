@@ -8,6 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::union::idmap::{self, IdMap, Owners};
+
 /// Return early with a `ConfigError` built like `format!`.
 macro_rules! bail {
     ($($arg:tt)*) => {
@@ -59,6 +61,8 @@ pub struct Config {
     pub threads: usize,
     /// The source /proc/mounts shows (mount(8) matches fstab lines by it).
     pub fsname: Option<String>,
+    /// How owners are shown and stored: ID mapping, squashing, owners kept in an xattr.
+    pub owners: Owners,
 }
 
 impl Config {
@@ -106,6 +110,7 @@ impl Config {
         if self.volatile {
             settings.push("volatile".into());
         }
+        settings.extend(self.owners.describe());
         format!(
             "mounted {} on {} ({} branches; {})",
             stack.join(":"),
@@ -218,6 +223,7 @@ impl Config {
             volatile: opts.volatile,
             threads: opts.threads.unwrap_or((threads * 2).clamp(2, 8)),
             fsname: opts.fsname.clone(),
+            owners: opts.owners(),
         })
     }
 }
@@ -283,11 +289,11 @@ pub struct MountOpts {
     pub fsname: Option<String>,
     /// `subtype=NAME`: accepted and recorded; `Config` has no field for it yet.
     pub subtype: Option<String>,
-    /// `uidmapping=C:H:N[:C:H:N...]` (fuse-overlayfs; a leading `:` is allowed, as
-    /// containers-storage writes it). `None` when absent or the identity.
-    pub uid_mapping: Option<Vec<IdRange>>,
+    /// `uidmapping=DISK:HOST:COUNT[:...]` (fuse-overlayfs; a leading `:` is allowed, as
+    /// containers-storage writes it). `None` when absent or mapping every ID to itself.
+    pub uid_mapping: Option<IdMap>,
     /// `gidmapping=`, as `uid_mapping`.
-    pub gid_mapping: Option<Vec<IdRange>>,
+    pub gid_mapping: Option<IdMap>,
     /// `squash_to_root`: every entry reports owner 0:0.
     pub squash_to_root: bool,
     /// `squash_to_uid=N`: every entry reports owner uid N (wins over `squash_to_root`).
@@ -301,38 +307,10 @@ pub struct MountOpts {
     pub context: Option<String>,
 }
 
-/// One range of an ID mapping, fuse-overlayfs' `uidmapping=` triple `inner:outer:count`:
-/// the IDs `inner..inner+count` stored in the branches are the IDs `outer..outer+count` seen
-/// through the mount (containers-storage: container ID, host ID, size).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdRange {
-    /// First ID as stored on disk (the container's view).
-    pub inner: u32,
-    /// First ID as the mount reports it and as requests arrive (the host's view).
-    pub outer: u32,
-    pub count: u32,
-}
-
 impl MountOpts {
     /// Options that were parsed but that the union cannot honour yet: ignoring them would
-    /// show or store wrong owners, so the mount is refused with one line saying why.
+    /// give wrong results, so the mount is refused with one line saying why.
     pub fn check_supported(&self) -> Result<(), ConfigError> {
-        for (name, map) in [
-            ("uidmapping", &self.uid_mapping),
-            ("gidmapping", &self.gid_mapping),
-        ] {
-            if let Some(map) = map {
-                let ranges: Vec<String> = map
-                    .iter()
-                    .map(|r| format!("{}:{}:{}", r.inner, r.outer, r.count))
-                    .collect();
-                bail!(
-                    "option '{name}={}': ID mapping is not supported yet (only the identity); \
-                     use storage without a user namespace mapping, or fuse-overlayfs",
-                    ranges.join(":")
-                );
-            }
-        }
         if self.squash_to_root {
             bail!("option 'squash_to_root' is not supported yet");
         }
@@ -358,6 +336,14 @@ impl MountOpts {
         }
         Ok(())
     }
+
+    /// The owner settings the adapter applies.
+    pub fn owners(&self) -> Owners {
+        Owners {
+            uids: self.uid_mapping.clone(),
+            gids: self.gid_mapping.clone(),
+        }
+    }
 }
 
 /// SELinux is enabled when its filesystem is mounted (as libselinux decides). Without it a
@@ -366,46 +352,12 @@ fn selinux_enabled() -> bool {
     Path::new("/sys/fs/selinux/enforce").exists()
 }
 
-/// Parse a fuse-overlayfs ID mapping: triples `inner:outer:count` joined by `:`, empty
-/// fields skipped (containers-storage writes a leading `:`). The identity comes back `None`.
-fn parse_id_mapping(item: &str, v: &str) -> Result<Option<Vec<IdRange>>, ConfigError> {
-    let nums: Vec<&str> = v.split(':').filter(|f| !f.is_empty()).collect();
-    if nums.is_empty() || !nums.len().is_multiple_of(3) {
-        bail!("option '{item}': give ID ranges as INNER:OUTER:COUNT[:INNER:OUTER:COUNT...]");
-    }
-    let mut out: Vec<IdRange> = Vec::new();
-    for t in nums.chunks(3) {
-        let n: Vec<u32> = t
-            .iter()
-            .map(|f| f.parse::<u32>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| ConfigError(format!("option '{item}': '{}' is not an ID", t.join(":"))))?;
-        let r = IdRange {
-            inner: n[0],
-            outer: n[1],
-            count: n[2],
-        };
-        let end = |start: u32| u64::from(start) + u64::from(r.count);
-        if r.count == 0 || end(r.inner) > 1 << 32 || end(r.outer) > 1 << 32 {
-            bail!(
-                "option '{item}': range '{}' is empty or past the last ID",
-                t.join(":")
-            );
-        }
-        // Two ranges overlap when they share an ID on either side.
-        let overlaps = |a: u32, an: u32, b: u32, bn: u32| {
-            u64::from(a) < u64::from(b) + u64::from(bn)
-                && u64::from(b) < u64::from(a) + u64::from(an)
-        };
-        if out.iter().any(|o| {
-            overlaps(o.inner, o.count, r.inner, r.count)
-                || overlaps(o.outer, o.count, r.outer, r.count)
-        }) {
-            bail!("option '{item}': range '{}' overlaps another", t.join(":"));
-        }
-        out.push(r);
-    }
-    Ok((!out.iter().all(|r| r.inner == r.outer)).then_some(out))
+/// Parse a fuse-overlayfs ID mapping (`idmap::IdMap::parse`). One that maps every ID to
+/// itself comes back `None`: it changes nothing.
+fn parse_id_mapping(item: &str, v: &str, overflow: u32) -> Result<Option<IdMap>, ConfigError> {
+    let map =
+        IdMap::parse(v, overflow).map_err(|e| ConfigError(format!("option '{item}': {e}")))?;
+    Ok((!map.is_identity()).then_some(map))
 }
 
 /// Ordinary mount flags that mean nothing here (or are always on) but must not be refused,
@@ -522,8 +474,12 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
             "fsname" => o.fsname = Some(text(value)?),
             "subtype" => o.subtype = Some(text(value)?),
             // fuse-overlayfs' own options (containers-storage passes these).
-            "uidmapping" => o.uid_mapping = parse_id_mapping(item, &text(value)?)?,
-            "gidmapping" => o.gid_mapping = parse_id_mapping(item, &text(value)?)?,
+            "uidmapping" => {
+                o.uid_mapping = parse_id_mapping(item, &text(value)?, idmap::overflow_ids().0)?
+            }
+            "gidmapping" => {
+                o.gid_mapping = parse_id_mapping(item, &text(value)?, idmap::overflow_ids().1)?
+            }
             "squash_to_root" => flag(&mut o.squash_to_root, true)?,
             "squash_to_uid" => o.squash_to_uid = Some(id(item, &text(value)?)?),
             "squash_to_gid" => o.squash_to_gid = Some(id(item, &text(value)?)?),
@@ -996,17 +952,18 @@ mod tests {
 
     #[test]
     fn id_mappings_parse_like_fuse_overlayfs() {
-        let r = |inner, outer, count| IdRange {
-            inner,
-            outer,
-            count,
-        };
-        let o = all_of(&["uidmapping=:0:100000:65536,gidmapping=0:200000:1000:1000:0:1"]);
-        assert_eq!(o.uid_mapping, Some(vec![r(0, 100000, 65536)]));
-        assert_eq!(o.gid_mapping, Some(vec![r(0, 200000, 1000), r(1000, 0, 1)]));
-        // The identity maps nothing: as if not given, and accepted.
-        let o = opts_of(&["uidmapping=:0:0:4294967295,gidmapping=0:0:10:10:10:5"]);
+        let o = opts_of(&["uidmapping=:0:100000:65536,gidmapping=0:200000:1000:1000:0:1"]);
+        let (u, g) = (o.uid_mapping.unwrap(), o.gid_mapping.unwrap());
+        assert_eq!((u.to_host(0), u.to_disk(100005)), (100000, 5));
+        assert_eq!(
+            (g.to_host(999), g.to_host(1000), g.ranges().len()),
+            (200999, 0, 2)
+        );
+        // Every ID to itself changes nothing: as if not given.
+        let o = opts_of(&["uidmapping=:0:0:4294967295,gidmapping=0:0:10:10:10:4294967285"]);
         assert_eq!((o.uid_mapping, o.gid_mapping), (None, None));
+        // The identity on some IDs still shows the others as the overflow ID.
+        assert!(opts_of(&["gidmapping=0:0:10"]).gid_mapping.is_some());
         for bad in [
             "uidmapping=",
             "uidmapping=:",
@@ -1025,13 +982,10 @@ mod tests {
     }
 
     #[test]
-    fn mappings_and_squashing_are_refused_until_supported() {
-        let msg = opt_err(&["uidmapping=:0:100000:65536"]);
-        assert!(
-            msg.contains("uidmapping=0:100000:65536") && msg.contains("not supported"),
-            "{msg}"
-        );
-        assert!(opt_err(&["gidmapping=0:1:1"]).contains("gidmapping"));
+    fn mappings_reach_the_owners_and_squashing_is_refused_until_supported() {
+        let o = opts_of(&["uidmapping=:0:100000:65536,gidmapping=:0:100000:65536"]).owners();
+        assert_eq!((o.shown_uid(0), o.shown_gid(5)), (100000, 100005));
+        assert_eq!((o.stored_uid(100007), o.stored_gid(100008)), (7, 8));
         for (opt, want) in [
             ("squash_to_root", "squash_to_root"),
             ("squash_to_uid=1000", "squash_to_uid=1000"),
@@ -1040,12 +994,7 @@ mod tests {
         ] {
             let msg = opt_err(&[opt]);
             assert!(msg.contains(want) && msg.contains("not supported"), "{msg}");
-            assert!(!msg.contains('\n'));
         }
-        let o = all_of(&["squash_to_root,squash_to_uid=5,squash_to_gid=6,xattr_permissions=1"]);
-        assert!(o.squash_to_root);
-        assert_eq!((o.squash_to_uid, o.squash_to_gid), (Some(5), Some(6)));
-        assert_eq!(o.xattr_permissions, 1);
         assert_eq!(opts_of(&["xattr_permissions=0"]).xattr_permissions, 0);
         for bad in [
             "squash_to_root=1",
@@ -1145,6 +1094,10 @@ mod tests {
             (5, true, WhiteoutFormat::Overlay)
         );
         assert!(c.allow_other && c.foreground && c.debug);
+        let o = ["uidmapping=0:100000:65536"];
+        let c = Config::build(Some(&fx.spec()), &fx.p("mnt"), &opts_of(&o), true, true).unwrap();
+        assert_eq!((c.owners.shown_uid(1), c.owners.shown_gid(1)), (100001, 1));
+        assert!(c.describe().contains("uidmapping=0:100000:65536"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::sys::{self, Stat};
 use crate::union::Union;
+use crate::union::idmap::Owners;
 use crate::union::node::Node;
 use crate::union::ops::{Caller, New, SetAttr};
 use handles::{Backings, Handle, Handles, IoMode, OpenDir, OpenFile};
@@ -37,6 +38,9 @@ pub struct UnionFs {
     /// The stack and settings, for the one line a mount logs (at init, with the kernel's
     /// features).
     description: String,
+    /// ID mapping and squashing: applied here, where IDs cross between the kernel's view and
+    /// the union's (which works with the IDs stored in the branches).
+    owners: Owners,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -63,7 +67,7 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
     }
 }
 
-fn attr(st: &Stat) -> FileAttr {
+fn file_attr(st: &Stat) -> FileAttr {
     FileAttr {
         ino: INodeNo(st.st_ino),
         size: st.st_size as u64,
@@ -101,14 +105,6 @@ fn time_spec(t: Option<TimeOrNow>) -> sys::TimeSpec {
     })
 }
 
-fn caller(req: &Request, umask: u32) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        umask,
-    }
-}
-
 impl UnionFs {
     pub fn new(union: Arc<Union>, config: &Config) -> UnionFs {
         UnionFs {
@@ -119,6 +115,24 @@ impl UnionFs {
             ttl: config.timeout,
             negative_ttl: config.negative_timeout,
             description: config.describe(),
+            owners: config.owners.clone(),
+        }
+    }
+
+    /// Attributes as the kernel gets them: owners as shown (mapped, squashed).
+    fn attr(&self, st: &Stat) -> FileAttr {
+        let mut a = file_attr(st);
+        a.uid = self.owners.shown_uid(st.st_uid);
+        a.gid = self.owners.shown_gid(st.st_gid);
+        a
+    }
+
+    /// Who creates: the request's ids as stored in the branches.
+    fn caller(&self, req: &Request, umask: u32) -> Caller {
+        Caller {
+            uid: self.owners.stored_uid(req.uid()),
+            gid: self.owners.stored_gid(req.gid()),
+            umask,
         }
     }
 
@@ -150,7 +164,7 @@ impl UnionFs {
     }
 
     fn reply_entry(&self, reply: ReplyEntry, node: &Node, st: &Stat) {
-        reply.entry(&self.ttl, &attr(st), Generation(node.generation()));
+        reply.entry(&self.ttl, &self.attr(st), Generation(node.generation()));
     }
 
     /// Run `f` on the real file of an open handle. A read-only handle opened on a lower
@@ -229,7 +243,7 @@ impl Filesystem for UnionFs {
             Ok(None) => {
                 let mut st = sys::zeroed_stat();
                 st.st_mode = libc::S_IFREG;
-                reply.entry(&self.negative_ttl, &attr(&st), Generation(0));
+                reply.entry(&self.negative_ttl, &self.attr(&st), Generation(0));
             }
             Err(e) => reply.error(self.fail(&e)),
         }
@@ -249,10 +263,10 @@ impl Filesystem for UnionFs {
             && let Ok(mut st) = self.with_file(fh, |f| sys::fstat(f.as_raw_fd()))
         {
             self.union.present(&node, &mut st);
-            return reply.attr(&self.ttl, &attr(&st));
+            return reply.attr(&self.ttl, &self.attr(&st));
         }
         match self.union.getattr(&node) {
-            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
             Err(e) => reply.error(self.fail(&e)),
         }
     }
@@ -281,8 +295,8 @@ impl Filesystem for UnionFs {
         };
         let a = SetAttr {
             mode,
-            uid,
-            gid,
+            uid: uid.map(|u| self.owners.stored_uid(u)),
+            gid: gid.map(|g| self.owners.stored_gid(g)),
             size,
             atime: time_spec(atime),
             mtime: time_spec(mtime),
@@ -295,7 +309,7 @@ impl Filesystem for UnionFs {
         });
         let guard = file.map(|of| of.file.read());
         match self.union.setattr(&node, a, guard.as_ref().map(|g| &g.0)) {
-            Ok(st) => reply.attr(&self.ttl, &attr(&st)),
+            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
             Err(e) => reply.error(self.fail(&e)),
         }
     }
@@ -585,7 +599,7 @@ impl Filesystem for UnionFs {
                     off,
                     &e.name,
                     &Duration::ZERO,
-                    &attr(&st),
+                    &self.attr(&st),
                     Generation(0),
                 ) {
                     break;
@@ -601,7 +615,7 @@ impl Filesystem for UnionFs {
                 off,
                 &e.name,
                 &self.ttl,
-                &attr(&st),
+                &self.attr(&st),
                 Generation(node.generation()),
             ) {
                 // Not sent after all: give back the reference the lookup counted.
@@ -712,7 +726,7 @@ impl Filesystem for UnionFs {
     ) {
         let res = self.node(parent).and_then(|p| {
             self.union
-                .create(&p, name, New::File { mode, flags }, caller(req, umask))
+                .create(&p, name, New::File { mode, flags }, self.caller(req, umask))
                 .map_err(|e| self.fail(&e))
         });
         match res {
@@ -723,7 +737,7 @@ impl Filesystem for UnionFs {
                 };
                 let generation = Generation(node.generation());
                 let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
-                let a = attr(&st);
+                let a = self.attr(&st);
                 match (&mode, backing) {
                     (IoMode::Passthrough(_), Some(b)) => reply.created_passthrough(
                         &self.ttl,
@@ -854,7 +868,7 @@ impl UnionFs {
     ) {
         let res = self.node(parent).and_then(|p| {
             self.union
-                .create(&p, name, what, caller(req, umask))
+                .create(&p, name, what, self.caller(req, umask))
                 .map_err(|e| self.fail(&e))
         });
         match res {

@@ -4,6 +4,7 @@
 
 pub mod copyup;
 pub mod events;
+pub mod idmap;
 pub mod index;
 pub mod layer;
 pub mod node;

@@ -65,6 +65,7 @@ impl Stack {
             volatile: true,
             threads: 1,
             fsname: None,
+            owners: Default::default(),
         };
         Union::new(&config).unwrap()
     }
