@@ -311,21 +311,6 @@ impl MountOpts {
     /// Options that were parsed but that the union cannot honour yet: ignoring them would
     /// give wrong results, so the mount is refused with one line saying why.
     pub fn check_supported(&self) -> Result<(), ConfigError> {
-        if self.squash_to_root {
-            bail!("option 'squash_to_root' is not supported yet");
-        }
-        if let Some(u) = self.squash_to_uid {
-            bail!("option 'squash_to_uid={u}' is not supported yet");
-        }
-        if let Some(g) = self.squash_to_gid {
-            bail!("option 'squash_to_gid={g}' is not supported yet");
-        }
-        if self.xattr_permissions != 0 {
-            bail!(
-                "option 'xattr_permissions={}' is not supported yet (only 0)",
-                self.xattr_permissions
-            );
-        }
         if let Some(c) = &self.context
             && selinux_enabled()
         {
@@ -337,11 +322,20 @@ impl MountOpts {
         Ok(())
     }
 
-    /// The owner settings the adapter applies.
+    /// The owner settings the union and the adapter apply. `squash_to_uid=`/`squash_to_gid=`
+    /// win over `squash_to_root`, as in fuse-overlayfs.
     pub fn owners(&self) -> Owners {
+        let root = self.squash_to_root.then_some(0);
         Owners {
             uids: self.uid_mapping.clone(),
             gids: self.gid_mapping.clone(),
+            squash_uid: self.squash_to_uid.or(root),
+            squash_gid: self.squash_to_gid.or(root),
+            xattr: match self.xattr_permissions {
+                1 => Some(idmap::OVERRIDE_PRIVILEGED),
+                2 => Some(idmap::OVERRIDE_USER),
+                _ => None,
+            },
         }
     }
 }
@@ -982,20 +976,29 @@ mod tests {
     }
 
     #[test]
-    fn mappings_reach_the_owners_and_squashing_is_refused_until_supported() {
+    fn mappings_squashing_and_xattr_permissions_reach_the_owners() {
         let o = opts_of(&["uidmapping=:0:100000:65536,gidmapping=:0:100000:65536"]).owners();
         assert_eq!((o.shown_uid(0), o.shown_gid(5)), (100000, 100005));
         assert_eq!((o.stored_uid(100007), o.stored_gid(100008)), (7, 8));
-        for (opt, want) in [
-            ("squash_to_root", "squash_to_root"),
-            ("squash_to_uid=1000", "squash_to_uid=1000"),
-            ("squash_to_gid=7", "squash_to_gid=7"),
-            ("xattr_permissions=2", "xattr_permissions=2"),
-        ] {
-            let msg = opt_err(&[opt]);
-            assert!(msg.contains(want) && msg.contains("not supported"), "{msg}");
-        }
-        assert_eq!(opts_of(&["xattr_permissions=0"]).xattr_permissions, 0);
+        assert!(!o.squashes() && o.xattr.is_none());
+        let o = opts_of(&["squash_to_root"]).owners();
+        assert_eq!((o.squash_uid, o.squash_gid), (Some(0), Some(0)));
+        // squash_to_uid/gid win over squash_to_root, whatever the order.
+        let o = opts_of(&["squash_to_uid=5,squash_to_root,squash_to_gid=6"]).owners();
+        assert_eq!((o.squash_uid, o.squash_gid), (Some(5), Some(6)));
+        assert_eq!(opts_of(&["squash_to_gid=7"]).owners().squash_uid, None);
+        assert_eq!(
+            opts_of(&["xattr_permissions=1"]).owners().xattr,
+            Some("security.fuseoverlayfs.override_stat")
+        );
+        assert_eq!(
+            opts_of(&["xattr_permissions=2"]).owners().xattr,
+            Some("user.fuseoverlayfs.override_stat")
+        );
+        assert_eq!(
+            opts_of(&["xattr_permissions=0"]).owners(),
+            Default::default()
+        );
         for bad in [
             "squash_to_root=1",
             "squash_to_uid=",
@@ -1094,10 +1097,11 @@ mod tests {
             (5, true, WhiteoutFormat::Overlay)
         );
         assert!(c.allow_other && c.foreground && c.debug);
-        let o = ["uidmapping=0:100000:65536"];
+        let o = ["uidmapping=0:100000:65536,squash_to_gid=3,xattr_permissions=2"];
         let c = Config::build(Some(&fx.spec()), &fx.p("mnt"), &opts_of(&o), true, true).unwrap();
-        assert_eq!((c.owners.shown_uid(1), c.owners.shown_gid(1)), (100001, 1));
-        assert!(c.describe().contains("uidmapping=0:100000:65536"));
+        assert_eq!((c.owners.shown_uid(1), c.owners.shown_gid(1)), (100001, 3));
+        let line = c.describe();
+        assert!(line.contains("uidmapping=0:100000:65536") && line.contains("squash_to_gid=3"));
     }
 
     #[test]

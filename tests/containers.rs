@@ -1,10 +1,11 @@
 //! What containers need of a mount program beyond the union itself, on real mounts: ID
-//! mapping (`uidmapping=`/`gidmapping=`). Where fuse-overlayfs is installed, the mapping is
-//! checked against it too.
+//! mapping (`uidmapping=`/`gidmapping=`), `squash_to_*` and owners kept in an xattr
+//! (`xattr_permissions=`). Where
+//! fuse-overlayfs is installed, the mapping is checked against it too.
 mod common;
 use common::*;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -167,4 +168,208 @@ fn id_mapping_shifts_owners_as_fuse_overlayfs_does() {
     let peer = mapping_observations(&fx);
     let _ = Command::new("fusermount3").arg("-u").arg(&fx.mnt).status();
     assert_eq!(peer, MAPPING_WANT, "fuse-overlayfs itself");
+}
+
+#[test]
+fn squashing_shows_one_owner_and_forgives_a_failed_chown() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "a"), "a");
+    chown(&fx.l(0, "a"), 5, 6);
+    let m = mount_overlay(
+        &fx,
+        "squash_to_uid=42,squash_to_gid=43,uidmapping=0:100000:65536",
+    );
+    // Squashing wins over the mapping in what stat shows.
+    assert_eq!(owner(&fx.m("a")), "42:43");
+    put(&fx.m("new"), "n");
+    assert_eq!(owner(&fx.m("new")), "42:43");
+    // ... and only there: the creator (root, mapped to the overflow ID) is stored.
+    assert_eq!(owner(&fx.u("new")), "65534:0");
+    std::os::unix::fs::lchown(fx.m("a"), Some(100007), None).unwrap();
+    assert_eq!(owner(&fx.u("a")), "7:6");
+    // A chown the filesystem refuses (an immutable file) still reports success.
+    let immutable = Command::new("chattr")
+        .arg("+i")
+        .arg(fx.u("new"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if immutable {
+        let r = std::os::unix::fs::lchown(fx.m("new"), Some(100001), Some(100001));
+        let chmod = fs::set_permissions(fx.m("new"), fs::Permissions::from_mode(0o600));
+        let _ = Command::new("chattr").arg("-i").arg(fx.u("new")).status();
+        assert!(r.is_ok(), "chown of an immutable file: {r:?}");
+        assert!(chmod.is_err(), "chmod failures are not forgiven");
+        assert_eq!(owner(&fx.u("new")), "65534:0");
+    } else {
+        eprintln!("chattr +i not possible here: the failed chown is not checked");
+    }
+    m.unmount();
+}
+
+fn xattr_of(p: &Path, name: &str) -> Option<String> {
+    xattr::get(p, name)
+        .unwrap()
+        .map(|v| String::from_utf8(v).unwrap())
+}
+
+fn shown(p: &Path) -> String {
+    let md = fs::symlink_metadata(p).unwrap();
+    format!("{}:{}:{:o}", md.uid(), md.gid(), md.mode() & 0o7777)
+}
+
+const USER_XATTR: &str = "user.fuseoverlayfs.override_stat";
+
+#[test]
+fn xattr_permissions_keep_owners_and_modes_in_an_xattr() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "plain"), "p");
+    chown(&fx.l(0, "plain"), 5, 6);
+    mkdir_p(&fx.l(0, "d"));
+    chown(&fx.upper, 5, 6);
+    set_mode(&fx.upper, 0o750);
+    let m = mount_overlay(&fx, "xattr_permissions=2");
+    // The upper's root gets its own owner and mode recorded (as fuse-overlayfs 1.10).
+    assert_eq!(
+        xattr_of(&fx.upper, USER_XATTR).as_deref(),
+        Some("5:6:40750")
+    );
+    assert_eq!(shown(&fx.mnt), "5:6:750");
+    // A lower file with no record shows its own.
+    assert_eq!(shown(&fx.m("plain")), "5:6:644");
+
+    // New entries: the caller's ids and the mode in the xattr, the object the daemon's.
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 022; echo n >{0}/new && mkdir {0}/newd && ln -s x {0}/newl",
+            fx.mnt.display()
+        ))
+        .uid(0)
+        .status()
+        .unwrap();
+    assert_eq!(
+        xattr_of(&fx.u("new"), USER_XATTR).as_deref(),
+        Some("0:0:100644")
+    );
+    assert_eq!(
+        xattr_of(&fx.u("newd"), USER_XATTR).as_deref(),
+        Some("0:0:40755")
+    );
+    assert_eq!(shown(&fx.m("new")), "0:0:644");
+    assert_eq!(mode_of(&fx.u("new")), 0o755);
+    // A symlink has no such record: it keeps its own owner.
+    assert!(
+        xattr::get(fx.u("newl"), USER_XATTR)
+            .unwrap_or(None)
+            .is_none()
+    );
+
+    // chmod and chown change the record, not the file; a chown clears set-id bits.
+    fs::set_permissions(fx.m("new"), fs::Permissions::from_mode(0o4600)).unwrap();
+    assert_eq!(
+        xattr_of(&fx.u("new"), USER_XATTR).as_deref(),
+        Some("0:0:104600")
+    );
+    std::os::unix::fs::lchown(fx.m("new"), Some(7), Some(8)).unwrap();
+    // A group alone keeps the uid (fuse-overlayfs 1.10 records -1 for it).
+    std::os::unix::fs::lchown(fx.m("new"), None, Some(9)).unwrap();
+    assert_eq!(
+        xattr_of(&fx.u("new"), USER_XATTR).as_deref(),
+        Some("7:9:100600")
+    );
+    assert_eq!(shown(&fx.m("new")), "7:9:600");
+    assert_eq!(
+        (owner(&fx.u("new")), mode_of(&fx.u("new"))),
+        ("0:0".into(), 0o755)
+    );
+
+    // A lower directory changed: copied up, its record written.
+    fs::set_permissions(fx.m("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(
+        xattr_of(&fx.u("d"), USER_XATTR).as_deref(),
+        Some("0:0:40700")
+    );
+    assert_eq!(shown(&fx.m("d")), "0:0:700");
+
+    // The record is the layering's own: not listed, not readable, not writable.
+    let names: Vec<String> = xattr::list(fx.m("new"))
+        .unwrap()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("override_stat")),
+        "{names:?}"
+    );
+    assert!(xattr::get(fx.m("new"), USER_XATTR).unwrap().is_none());
+    for name in [
+        USER_XATTR,
+        "user.fuseoverlayfs.other",
+        "user.containers.override_stat",
+        "security.fuseoverlayfs.override_stat",
+    ] {
+        assert_errno(
+            xattr::set(fx.m("new"), name, b"0:0:104755"),
+            libc::EPERM,
+            name,
+        );
+    }
+    xattr::set(fx.m("new"), "user.other", b"1").unwrap();
+    m.unmount();
+
+    // An entry without a record, put there by hand, shows its own attributes.
+    put(&fx.u("hand"), "h");
+    chown(&fx.u("hand"), 3, 3);
+    let m = mount_overlay(&fx, "xattr_permissions=2");
+    assert_eq!(shown(&fx.m("hand")), "3:3:644");
+    assert_eq!(shown(&fx.m("new")), "7:9:600");
+    m.unmount();
+}
+
+#[test]
+fn layers_with_an_owner_xattr_on_their_root_show_owners_from_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // What containers-storage's force_mask leaves in a layer it unpacks.
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "a"), "a");
+    set_mode(&fx.l(0, "a"), 0o700);
+    put(&fx.l(0, "b"), "b");
+    xattr::set(&fx.lowers[0], "user.containers.override_stat", b"0:0:40755").unwrap();
+    xattr::set(fx.l(0, "a"), "user.containers.override_stat", b"3:4:100640").unwrap();
+    let m = mount_overlay(&fx, "uidmapping=0:100000:65536");
+    // The record first, then the mapping.
+    assert_eq!(shown(&fx.m("a")), "100003:4:640");
+    assert_eq!(shown(&fx.m("b")), "100000:0:644");
+    // A copy-up copies the record with the file: the copy shows the same.
+    put(&fx.m("a"), "changed");
+    assert_eq!(shown(&fx.m("a")), "100003:4:640");
+    assert_eq!(read(&fx.m("a")), "changed");
+    m.unmount();
+}
+
+#[test]
+fn xattr_permissions_1_keeps_them_in_the_security_namespace() {
+    if !is_root() {
+        eprintln!("skipped: needs root (security.* xattrs)");
+        return;
+    }
+    let fx = Fixture::new(1);
+    let m = mount_overlay(&fx, "xattr_permissions=1");
+    put(&fx.m("f"), "f");
+    std::os::unix::fs::lchown(fx.m("f"), Some(11), Some(12)).unwrap();
+    let v = xattr_of(&fx.u("f"), "security.fuseoverlayfs.override_stat");
+    assert_eq!(v.as_deref(), Some("11:12:100644"));
+    assert_eq!(owner(&fx.m("f")), "11:12");
+    assert_eq!(owner(&fx.u("f")), "0:0");
+    m.unmount();
 }

@@ -35,6 +35,12 @@ pub struct Options {
     pub whiteout: WhiteoutFormat,
     /// Skip the fsync that makes a copy-up durable before it is published.
     pub volatile: bool,
+    /// A failed chown reports success (fuse-overlayfs' squash_to_*: the owner shown is the
+    /// squashed one anyway).
+    pub squash: bool,
+    /// `xattr_permissions=`: the xattr the upper keeps owners and modes of new and changed
+    /// files and directories in, instead of chown and chmod.
+    pub owner_xattr: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -59,6 +65,9 @@ pub struct Union {
     fd_budget: Arc<std::sync::atomic::AtomicIsize>,
     /// Counters and the live event stream (`unionmount layers`, `trace`).
     pub events: events::Events,
+    /// Per layer, the xattrs its files' owners and modes are shown from (see
+    /// `Union::find_override_xattrs`); all empty without `xattr_permissions=` or such a layer.
+    pub(crate) override_xattrs: Vec<Vec<&'static str>>,
 }
 
 impl Union {
@@ -70,12 +79,14 @@ impl Union {
                 devs.push(l.dev);
             }
         }
-        let u = Union {
+        let mut u = Union {
             stack,
             nodes: NodeTable::default(),
             opts: Options {
                 whiteout: config.whiteout,
                 volatile: config.volatile,
+                squash: config.owners.squashes(),
+                owner_xattr: config.owners.xattr,
             },
             generation: AtomicU64::new(0),
             devs,
@@ -87,7 +98,9 @@ impl Union {
                 (sys::nofile_limit() / 2) as isize,
             )),
             events: Default::default(),
+            override_xattrs: Vec::new(),
         };
+        u.override_xattrs = u.find_override_xattrs()?;
         let root = u.make_root()?;
         u.nodes.insert_root(Arc::new(root));
         Ok(u)
@@ -198,6 +211,7 @@ impl Union {
         if node.is_dir() && node.state().dirs.len() > 1 {
             st.st_nlink = 1;
         }
+        self.apply_override(node, st);
     }
 
     pub fn generation(&self) -> u64 {

@@ -9,14 +9,16 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use super::Union;
 use super::events::Event;
+use super::idmap::{self, StatOverride};
 use super::layer::remove_tree_contents;
 use super::node::{Kept, LayerDir, Node};
 use super::resolve::{Found, Loc};
 use super::whiteout;
+use super::{Options, ROOT_INO, Union};
 use crate::config::WhiteoutFormat;
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat, TimeSpec};
@@ -197,13 +199,15 @@ impl Union {
         let opaque = matches!(what, New::Dir { .. }) && (has_wh_file || exact_whiteout);
 
         let pst = sys::fstat_path(up).op("stat parent")?;
-        let inherit_gid = pst.st_mode & libc::S_ISGID != 0;
-        let gid = if inherit_gid { pst.st_gid } else { caller.gid };
+        // The parent as shown (its owner and mode may be kept in an xattr).
+        let shown = self.shown_owner(up, ".".as_ref(), &pst);
+        let inherit_gid = shown.mode & libc::S_ISGID != 0;
+        let gid = if inherit_gid { shown.gid } else { caller.gid };
         let file = if opaque || exact_whiteout {
             let work = self.stack.work()?;
             let tmp = work.temp_name();
-            let file =
-                make(work.raw(), &tmp, what, caller, inherit_gid, gid).map_err(|e| e.at(&path))?;
+            let file = make(work.raw(), &tmp, what, caller, inherit_gid, gid, &self.opts)
+                .map_err(|e| e.at(&path))?;
             if opaque {
                 self.mark_opaque(work.raw(), &tmp, &path)?;
             }
@@ -216,7 +220,7 @@ impl Union {
             }
             file
         } else {
-            make(up, name, what, caller, inherit_gid, gid).map_err(|e| e.at(&path))?
+            make(up, name, what, caller, inherit_gid, gid, &self.opts).map_err(|e| e.at(&path))?
         };
         if has_wh_file {
             sys::unlinkat(up, &wh, false).op("remove whiteout")?;
@@ -617,25 +621,38 @@ impl Union {
 
     /// Change attributes. `file` is an open descriptor of the node's upper file, if the
     /// caller has one: it is used instead of the name, which may be gone (an open, unlinked
-    /// file) or may name another file by now.
+    /// file) or may name another file by now. With `xattr_permissions=` the owner, group
+    /// and mode of a file or directory change in its xattr, the file's own stay.
     pub fn setattr(&self, node: &Arc<Node>, a: SetAttr, file: Option<&File>) -> Result<Stat> {
         let path = node.path();
         let wrap = |e: Error| e.at(&path).in_layer(0);
+        let in_xattr = self
+            .opts
+            .owner_xattr
+            .filter(|_| idmap::may_override(node.kind));
+        let chown = (a.uid.is_some() || a.gid.is_some()) && in_xattr.is_none();
+        let chmod = a.mode.filter(|_| in_xattr.is_none());
         if let Some(f) = file {
             let fd = f.as_raw_fd();
             if let Some(size) = a.size {
                 sys::ftruncate(fd, size).op("truncate").map_err(wrap)?;
             }
-            if a.uid.is_some() || a.gid.is_some() {
-                sys::fchown(fd, a.uid, a.gid).op("chown").map_err(wrap)?;
+            if chown {
+                self.chowned(sys::fchown(fd, a.uid, a.gid))
+                    .op("chown")
+                    .map_err(wrap)?;
             }
-            if let Some(mode) = a.mode {
+            if let Some(mode) = chmod {
                 sys::fchmod(fd, mode & 0o7777).op("chmod").map_err(wrap)?;
             }
             if a.atime.is_some() || a.mtime.is_some() {
                 sys::futimens(fd, a.atime, a.mtime)
                     .op("utimens")
                     .map_err(wrap)?;
+            }
+            if let Some(x) = in_xattr {
+                let loc = self.locate(node)?;
+                self.set_owner_xattr(x, &loc, &a).map_err(wrap)?;
             }
             let mut st = sys::fstat(fd).op("stat").map_err(wrap)?;
             self.present(node, &mut st);
@@ -654,12 +671,12 @@ impl Union {
                 .op("truncate")
                 .map_err(wrap)?;
         }
-        if a.uid.is_some() || a.gid.is_some() {
-            sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid)
+        if chown {
+            self.chowned(sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid))
                 .op("chown")
                 .map_err(wrap)?;
         }
-        if let Some(mode) = a.mode {
+        if let Some(mode) = chmod {
             sys::fchmodat(loc.raw(), &loc.name, mode & 0o7777)
                 .op("chmod")
                 .map_err(wrap)?;
@@ -669,7 +686,131 @@ impl Union {
                 .op("utimens")
                 .map_err(wrap)?;
         }
+        if let Some(x) = in_xattr {
+            self.set_owner_xattr(x, &loc, &a).map_err(wrap)?;
+        }
+        log::debug!("setattr {path}");
         self.getattr(node)
+    }
+
+    /// A chown's result as the caller sees it: with squash_to_* a failure is a success
+    /// (fuse-overlayfs), the owner shown being the squashed one anyway.
+    fn chowned(&self, r: std::io::Result<()>) -> std::io::Result<()> {
+        match r {
+            Err(e) if self.opts.squash => {
+                log::debug!("chown failed, squashed: {e}");
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Record a chown and chmod in the owner xattr of the upper entry at `loc`.
+    fn set_owner_xattr(&self, xattr: &str, loc: &Loc, a: &SetAttr) -> Result<()> {
+        if a.uid.is_none() && a.gid.is_none() && a.mode.is_none() {
+            return Ok(());
+        }
+        let st = sys::fstatat(loc.raw(), &loc.name).op("stat")?;
+        let cur = self.shown_owner(loc.raw(), &loc.name, &st);
+        let kind = st.st_mode & libc::S_IFMT;
+        // Fields not changed keep their shown value (fuse-overlayfs writes -1 for them).
+        let new = StatOverride {
+            uid: a.uid.unwrap_or(cur.uid),
+            gid: a.gid.unwrap_or(cur.gid),
+            mode: kind | (a.mode.unwrap_or(cur.mode) & 0o7777),
+        };
+        let r = sys::lsetxattr(loc.raw(), &loc.name, xattr.as_ref(), &new.format(), 0);
+        let r = if a.mode.is_none() { self.chowned(r) } else { r };
+        r.op("write owner xattr")
+    }
+
+    /// Where a layer shows owners and modes from its files' xattrs, as fuse-overlayfs
+    /// decides: a layer whose root directory carries one of `idmap::OVERRIDE_XATTRS` uses
+    /// that one, and the upper with `xattr_permissions=` the option's, which its root is
+    /// given first (from the first lower root that has it, else the upper root's own owner
+    /// and mode, as fuse-overlayfs 1.10 writes it). The upper also reads the lowers' ones:
+    /// a copy-up copies a lower file's xattr as it is.
+    pub(crate) fn find_override_xattrs(&self) -> Result<Vec<Vec<&'static str>>> {
+        let root_value = |l: usize, x: &str| {
+            let fd = self.stack.layers[l].root.as_raw_fd();
+            sys::lgetxattr(fd, ".".as_ref(), x.as_ref()).ok().flatten()
+        };
+        let mut own: Vec<Option<&'static str>> = (0..self.stack.layers.len())
+            .map(|l| {
+                idmap::OVERRIDE_XATTRS
+                    .into_iter()
+                    .find(|x| root_value(l, x).is_some())
+            })
+            .collect();
+        if let (Some(x), true) = (self.opts.owner_xattr, self.writable()) {
+            if root_value(0, x).is_none() {
+                // fuse-overlayfs' xattr_permissions=2 also takes containers-storage's.
+                let names: &[&str] = if x == idmap::OVERRIDE_USER {
+                    &[x, idmap::OVERRIDE_CONTAINERS]
+                } else {
+                    &[x]
+                };
+                let lower = (1..self.stack.layers.len())
+                    .find_map(|l| names.iter().find_map(|n| root_value(l, n)));
+                let upper = &self.stack.layers[0];
+                let fd = upper.root.as_raw_fd();
+                let value = match lower {
+                    Some(v) => v,
+                    None => StatOverride::of(&sys::fstat_path(fd).op("stat upper")?).format(),
+                };
+                sys::lsetxattr(fd, ".".as_ref(), x.as_ref(), &value, 0)
+                    .op("xattr_permissions: write the owner xattr")
+                    .map_err(|e| e.at(format!("{} ({x})", upper.path.display())).in_layer(0))?;
+            }
+            own[0] = Some(x);
+        }
+        let mut out: Vec<Vec<&'static str>> =
+            own.iter().map(|o| o.iter().copied().collect()).collect();
+        if self.writable() {
+            for x in own[1..].iter().flatten() {
+                if !out[0].contains(x) {
+                    out[0].push(x);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Owner, group and mode of the upper entry `name` in `dir` as shown: from its owner
+    /// xattr if it has one, else its own (`st`).
+    fn shown_owner(&self, dir: RawFd, name: &OsStr, st: &Stat) -> StatOverride {
+        let names = self.override_xattrs.first().map_or(&[][..], |n| &n[..]);
+        read_override(dir, name, names).unwrap_or_else(|| StatOverride::of(st))
+    }
+
+    /// Show a node's owner, group and mode from its xattr where its layer keeps them there.
+    /// An entry without one shows its own (fuse-overlayfs fails its stat with ENODATA).
+    pub(crate) fn apply_override(&self, node: &Node, st: &mut Stat) {
+        if !idmap::may_override(st.st_mode) {
+            return;
+        }
+        let (layer, parent, name) = {
+            let s = node.state();
+            (s.layer, s.parent.clone(), s.name.clone())
+        };
+        let Some(names) = self.override_xattrs.get(layer).filter(|n| !n.is_empty()) else {
+            return;
+        };
+        let place = if node.ino == ROOT_INO {
+            self.dir_in(node, layer).map(|d| (d, ".".into()))
+        } else if node.is_unlinked() {
+            None
+        } else {
+            parent
+                .and_then(|p| self.dir_in(&p, layer))
+                .map(|d| (d, name))
+        };
+        let Some((dir, name)) = place else {
+            return;
+        };
+        if let Some(o) = read_override(dir.as_raw_fd(), &name, names) {
+            o.apply(st);
+        }
     }
 
     pub fn readlink(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
@@ -686,7 +827,7 @@ impl Union {
             let layer = &self.stack.layers[loc.layer];
             return Ok(format!("{} {}", layer.index, layer.path.display()).into_bytes());
         }
-        if whiteout::is_private_xattr(attr) {
+        if whiteout::is_private_xattr(attr) || idmap::is_owner_xattr(attr.as_bytes()) {
             return Err(Error::new(libc::ENODATA, "getxattr"));
         }
         let loc = self.locate(node)?;
@@ -702,13 +843,13 @@ impl Union {
             .op("listxattr")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
         names.retain(|n| {
-            !whiteout::is_private_xattr(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n))
+            !whiteout::is_private_xattr(OsStr::from_bytes(n)) && !idmap::is_owner_xattr(n)
         });
         Ok(names)
     }
 
     pub fn setxattr(&self, node: &Arc<Node>, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if whiteout::is_private_xattr(attr) {
+        if whiteout::is_private_xattr(attr) || idmap::is_owner_xattr(attr.as_bytes()) {
             return Err(Error::new(libc::EPERM, "setxattr").at(node.path()));
         }
         let loc = self.copy_up_metadata(node)?;
@@ -786,7 +927,22 @@ fn remove_entry(dir: RawFd, name: &OsStr, is_dir: bool) -> Result<()> {
     sys::unlinkat(dir, name, is_dir).op("remove")
 }
 
+/// Owner, group and mode from the first of `names` that `name` in `dir` carries.
+fn read_override(dir: RawFd, name: &OsStr, names: &[&str]) -> Option<StatOverride> {
+    names.iter().find_map(|x| {
+        let v = sys::lgetxattr(dir, name, x.as_ref()).ok().flatten()?;
+        let o = StatOverride::parse(&v);
+        if o.is_none() {
+            log::debug!("{}: malformed {x}, ignored", name.to_string_lossy());
+        }
+        o
+    })
+}
+
 /// Make the object itself, owned by the caller. Returns the open file for `New::File`.
+/// With `xattr_permissions=` a file or directory keeps the caller's ids and the mode in its
+/// owner xattr; the object itself stays the daemon's, with rwx for it and r-x for others
+/// (fuse-overlayfs' `mode | 0755`, without set-id bits: those live in the xattr only).
 fn make(
     dir: RawFd,
     name: &OsStr,
@@ -794,20 +950,31 @@ fn make(
     caller: Caller,
     inherit_gid: bool,
     gid: u32,
+    opts: &Options,
 ) -> Result<Option<File>> {
     let perm = |mode: u32| mode & 0o7777 & !caller.umask;
+    let in_xattr = opts
+        .owner_xattr
+        .filter(|_| matches!(what, New::File { .. } | New::Dir { .. }));
+    let real = |m: u32| match in_xattr {
+        Some(_) => (m & 0o777) | 0o755,
+        None => m,
+    };
     let mut set_id_bits = 0;
+    let mut shown = 0;
     let file = match what {
         New::File { mode, flags } => {
             set_id_bits = perm(mode) & (libc::S_ISUID | libc::S_ISGID);
+            shown = libc::S_IFREG | perm(mode);
             let flags = (flags & !libc::O_NOFOLLOW) | libc::O_CREAT | libc::O_EXCL;
             Some(File::from(
-                sys::openat(dir, name, flags, perm(mode)).op("create")?,
+                sys::openat(dir, name, flags, real(perm(mode))).op("create")?,
             ))
         }
         New::Dir { mode } => {
             let m = perm(mode) | if inherit_gid { libc::S_ISGID } else { 0 };
-            sys::mkdirat(dir, name, m).op("mkdir")?;
+            shown = libc::S_IFDIR | m;
+            sys::mkdirat(dir, name, real(m)).op("mkdir")?;
             None
         }
         New::Special { mode, rdev } => {
@@ -819,9 +986,20 @@ fn make(
             None
         }
     };
+    if let Some(x) = in_xattr {
+        let o = StatOverride {
+            uid: caller.uid,
+            gid,
+            mode: shown,
+        };
+        sys::lsetxattr(dir, name, x.as_ref(), &o.format(), 0).op("write owner xattr")?;
+        return Ok(file);
+    }
     match sys::fchownat(dir, name, Some(caller.uid), Some(gid)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EPERM) && sys::geteuid() != 0 => {}
+        // squash_to_*: the owner shown is the squashed one whatever is stored.
+        Err(e) if opts.squash => log::debug!("chown new entry failed, squashed: {e}"),
         Err(e) => return Err(Error::io(e, "chown new entry")),
     }
     if set_id_bits != 0 {
