@@ -1,6 +1,6 @@
 //! What containers need of a mount program beyond the union itself, on real mounts: ID
-//! mapping (`uidmapping=`/`gidmapping=`), `squash_to_*` and owners kept in an xattr
-//! (`xattr_permissions=`). Where
+//! mapping (`uidmapping=`/`gidmapping=`), `squash_to_*`, owners kept in an xattr
+//! (`xattr_permissions=`), and a daemon running rootless in a user namespace. Where
 //! fuse-overlayfs is installed, the mapping is checked against it too.
 mod common;
 use common::*;
@@ -372,4 +372,162 @@ fn xattr_permissions_1_keeps_them_in_the_security_namespace() {
     assert_eq!(owner(&fx.m("f")), "11:12");
     assert_eq!(owner(&fx.u("f")), "0:0");
     m.unmount();
+}
+
+/// Run `script` as root of a new user namespace (with its own mount namespace) whose root
+/// is `nobody` outside, as rootless podman runs its mount program. `None` where user
+/// namespaces or the tools are not available.
+fn in_user_namespace(fx: &Fixture, script: &str) -> Option<std::process::Output> {
+    if !is_root() || !available("unshare") || !Path::new("/usr/bin/setpriv").exists() {
+        return None;
+    }
+    let probe = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "--user", "--map-root-user", "--mount", "true"])
+        .status()
+        .ok()?;
+    if !probe.success() {
+        return None;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "--user", "--map-root-user", "--mount"])
+        .args(["sh", "-euc", script])
+        .env("BIN", BIN)
+        .env("ROOT", &fx.root)
+        .output()
+        .unwrap();
+    // The mount lived in the namespace, which is gone with the shell.
+    assert!(mounts_under(&fx.root).is_empty());
+    Some(out)
+}
+
+/// A fixture the namespace's root (nobody outside) owns entirely.
+fn rootless_fixture() -> Fixture {
+    let fx = Fixture::new(1);
+    fs::create_dir(fx.root.join("work")).unwrap();
+    put(&fx.l(0, "f"), "base");
+    put(&fx.l(0, "del"), "gone");
+    put(&fx.l(0, "redo/old"), "old");
+    put(&fx.l(0, "redo/sub/old2"), "old");
+    put(&fx.l(0, "moved/x/y"), "y");
+    put(&fx.l(0, "meta"), "meta");
+    let ok = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&fx.root)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    fx
+}
+
+const ROOTLESS_MOUNT: &str = r#"
+M=$ROOT/mnt
+"$BIN" -o lowerdir=$ROOT/lower0,upperdir=$ROOT/upper,workdir=$ROOT/work "$M"
+trap 'umount "$M"' EXIT
+"#;
+
+#[test]
+fn rootless_in_a_user_namespace() {
+    let fx = rootless_fixture();
+    let script = format!(
+        r#"{ROOTLESS_MOUNT}
+echo more >>"$M/f"
+rm "$M/del"
+rm -rf "$M/redo" && mkdir "$M/redo" && echo new >"$M/redo/new"
+[ ! -e "$M/redo/old" ] || {{ echo "old file still there"; exit 1; }}
+mv "$M/moved" "$M/here"
+echo n >"$M/created"
+stat -c '%u:%g %n' "$M/f" "$M/created"
+"#
+    );
+    let Some(out) = in_user_namespace(&fx, &script) else {
+        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Inside, the namespace's root owns everything.
+    assert!(
+        stdout.contains("0:0 ") && !stdout.contains("65534"),
+        "{stdout}"
+    );
+    // On disk: the copy, the whiteouts and the opaque directory, all owned by nobody.
+    assert_eq!(read(&fx.u("f")), "basemore\n");
+    assert!(lexists(&fx.u(".wh.del")));
+    assert!(lexists(&fx.u(&format!("redo/{OPQ}"))));
+    assert_eq!(read(&fx.u("redo/new")), "new\n");
+    assert!(!lexists(&fx.u("redo/old")));
+    // Unprivileged, a moved directory cannot record where its lower parts are
+    // (trusted.* xattrs): it is copied up whole and opaque, its old name whited out.
+    assert!(lexists(&fx.u(".wh.moved")));
+    assert_eq!(read(&fx.u("here/x/y")), "y");
+    assert!(lexists(&fx.u(&format!("here/{OPQ}"))));
+    for p in [
+        "f", ".wh.del", "redo", "redo/new", "here", "here/x/y", "created",
+    ] {
+        assert_eq!(owner(&fx.u(p)), "65534:65534", "{p}");
+    }
+    // The lower is untouched.
+    assert_eq!(read(&fx.l(0, "f")), "base");
+    assert!(lexists(&fx.l(0, "del")) && lexists(&fx.l(0, "redo/old")));
+}
+
+#[test]
+#[ignore = "needs copyup.rs to copy metadata only where trusted.* xattrs can be written, \
+            not wherever geteuid() is 0 (root of a user namespace cannot)"]
+fn rootless_metadata_changes_of_lower_files() {
+    let fx = rootless_fixture();
+    let script = format!(
+        r#"{ROOTLESS_MOUNT}
+chmod 600 "$M/meta"
+touch -m -d 2001-02-03 "$M/f"
+"#
+    );
+    let Some(out) = in_user_namespace(&fx, &script) else {
+        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_of(&fx.u("meta")), 0o600);
+    assert_eq!(read(&fx.u("meta")), "meta");
+}
+
+#[test]
+fn rootless_copy_up_below_a_directory_of_an_unmapped_owner_fails() {
+    let fx = rootless_fixture();
+    // A directory owned by an ID the namespace does not map (it shows as 65534 inside),
+    // holding a file the namespace's root owns.
+    put(&fx.l(0, "foreign/mine"), "mine");
+    chown(&fx.l(0, "foreign/mine"), 65534, 65534);
+    chown(&fx.l(0, "foreign"), 4242, 4242);
+    // Changing the file copies its directory up, owner included, which no chown inside
+    // the namespace can give: the write fails, as on fuse-overlayfs, and nothing is left.
+    let script = format!(
+        r#"{ROOTLESS_MOUNT}
+stat -c '%u:%g' "$M/foreign"
+if echo more >>"$M/foreign/mine"; then echo "written"; fi
+"#
+    );
+    let Some(out) = in_user_namespace(&fx, &script) else {
+        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "65534:65534\n");
+    assert!(!lexists(&fx.u("foreign")));
+    assert_eq!(read(&fx.l(0, "foreign/mine")), "mine");
 }

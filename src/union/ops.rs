@@ -995,10 +995,16 @@ fn make(
         sys::lsetxattr(dir, name, x.as_ref(), &o.format(), 0).op("write owner xattr")?;
         return Ok(file);
     }
+    // As fuse-overlayfs: chown only where the owner is not already the caller's (an
+    // unprivileged daemon creating for itself needs none), and a chown that fails fails
+    // the creation (EPERM unprivileged, EINVAL for an ID its user namespace does not map)
+    // unless squash_to_* makes the stored owner irrelevant.
+    let st = sys::fstatat(dir, name).op("stat new entry")?;
+    if (st.st_uid, st.st_gid) == (caller.uid, gid) {
+        return Ok(file);
+    }
     match sys::fchownat(dir, name, Some(caller.uid), Some(gid)) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) && sys::geteuid() != 0 => {}
-        // squash_to_*: the owner shown is the squashed one whatever is stored.
         Err(e) if opts.squash => log::debug!("chown new entry failed, squashed: {e}"),
         Err(e) => return Err(Error::io(e, "chown new entry")),
     }
