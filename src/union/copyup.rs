@@ -172,7 +172,7 @@ impl Union {
         s.data = (want == Data::Deferred).then(|| loc.clone());
         if node.is_dir() {
             let fd = sys::open_dir_path(upper.raw(), &upper.name).op("open copied-up dir")?;
-            s.dirs.insert(
+            Arc::make_mut(&mut s.dirs).insert(
                 0,
                 DirSlot {
                     layer: 0,

@@ -128,7 +128,7 @@ impl Union {
                 name: OsString::from("."),
                 links: Vec::new(),
                 layer: 0,
-                dirs,
+                dirs: Arc::new(dirs),
                 generation: 0,
                 unlinked: false,
                 real: (0, 0),
@@ -265,8 +265,8 @@ impl Union {
         }
     }
 
-    pub(crate) fn keep_slots(&self, dirs: Vec<LayerDir>) -> Vec<DirSlot> {
-        dirs.into_iter().map(|d| self.keep_slot(d)).collect()
+    pub(crate) fn keep_slots(&self, dirs: Vec<LayerDir>) -> Arc<Vec<DirSlot>> {
+        Arc::new(dirs.into_iter().map(|d| self.keep_slot(d)).collect())
     }
 
     /// A kept directory, open: its held fd, or reopened by its path in its layer (one

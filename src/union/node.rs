@@ -77,7 +77,8 @@ pub struct NodeState {
     /// Topmost layer holding the entry.
     pub layer: usize,
     /// Directories: every layer that contributes, top first, cut at an opaque one.
-    pub dirs: Vec<DirSlot>,
+    /// Shared, so a lookup takes the list without copying it (deep stacks).
+    pub dirs: Arc<Vec<DirSlot>>,
     /// Rename generation this location was computed in (see `Union::refresh`).
     pub generation: u64,
     /// Every name is gone (it may live on through open files). If its inode number shows up

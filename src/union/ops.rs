@@ -508,7 +508,7 @@ impl Union {
         }
         self.copy_up_tree(node)?;
         self.mark_opaque(loc.raw(), &loc.name, &node.path())?;
-        node.state_mut().dirs.retain(|d| d.layer == 0);
+        Arc::make_mut(&mut node.state_mut().dirs).retain(|d| d.layer == 0);
         Ok(Move::Whole)
     }
 

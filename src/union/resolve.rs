@@ -41,6 +41,15 @@ pub struct Found {
     pub data: Option<Loc>,
 }
 
+/// What the resolution rule found: the topmost entry's layer and stat, the directory that
+/// holds it, and for a directory every layer it merges from.
+struct Hit {
+    layer: usize,
+    st: Stat,
+    dirs: Vec<LayerDir>,
+    holder: LayerDir,
+}
+
 fn is_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
@@ -142,12 +151,18 @@ impl Union {
 
     /// The parent's layer directories, recomputed first if a directory rename made them stale.
     pub fn dirs_of(&self, dir: &Arc<Node>) -> Result<Vec<LayerDir>> {
+        let slots = self.slots_of(dir)?;
+        slots.iter().map(|s| self.open_slot(s)).collect()
+    }
+
+    /// The parent's layer slots, unopened: a lookup opens only those it reaches, so a name
+    /// in the top layer costs the same however many layers lie below.
+    fn slots_of(&self, dir: &Arc<Node>) -> Result<Arc<Vec<super::node::DirSlot>>> {
         if !dir.is_dir() {
             return Err(Error::new(libc::ENOTDIR, "lookup").at(dir.path()));
         }
         self.refresh_if_stale(dir)?;
-        let slots = dir.state().dirs.clone();
-        slots.iter().map(|s| self.open_slot(s)).collect()
+        Ok(dir.state().dirs.clone())
     }
 
     /// Probe `name` in every layer of `parent`, top-down.
@@ -155,11 +170,17 @@ impl Union {
         if whiteout::is_reserved(name) || name == "." || name == ".." {
             return Ok(None);
         }
-        let pdirs = self.dirs_of(parent)?;
+        let slots = self.slots_of(parent)?;
         let found = self
-            .probe_layers(&pdirs, name)
+            .probe_layers(slots.iter().map(|s| self.open_slot(s)), name)
             .map_err(|e| e.at(format!("{}/{}", parent.path(), name.to_string_lossy())))?;
-        let Some((layer, st, mut dirs)) = found else {
+        let Some(Hit {
+            layer,
+            st,
+            mut dirs,
+            holder: top,
+        }) = found
+        else {
             return Ok(None);
         };
         // A name of a lower file whose other name was copied up joins that copy first.
@@ -173,18 +194,18 @@ impl Union {
         if layer == 0
             && is_dir(&st)
             && self.writable()
-            && let Some(path) = self.redirect_of(pdirs[0].raw(), name, parent)
+            && let Some(path) = self.redirect_of(top.raw(), name, parent)
         {
             dirs.truncate(1);
             if !self.dir_markers(dirs[0].raw())?.0 {
                 dirs.extend(self.lower_dirs_at(&path)?);
             }
         }
-        let top_dir = pdirs_layer_fd(&pdirs, layer);
-        let (ino, ours) = self.derive_ino(top_dir, name, layer, &st);
-        let metacopy = ours || self.kernel_metacopy(top_dir, name, &st);
+        let (ino, ours) = self.derive_ino(Some(top.raw()), name, layer, &st);
+        let metacopy = ours || self.kernel_metacopy(Some(top.raw()), name, &st);
         let data = if metacopy {
-            self.metacopy_data(&pdirs, name)?
+            let below = slots.iter().filter(|s| s.layer > layer);
+            self.metacopy_data(below.map(|s| self.open_slot(s)), name)?
         } else {
             None
         };
@@ -211,20 +232,17 @@ impl Union {
 
     /// The lower file holding the data of a metadata-only upper file: the next entry of the
     /// same name below the upper.
-    fn metacopy_data(&self, pdirs: &[LayerDir], name: &OsStr) -> Result<Option<Loc>> {
-        let lower: Vec<LayerDir> = pdirs.iter().filter(|d| d.layer > 0).cloned().collect();
-        Ok(match self.probe_layers(&lower, name)? {
-            Some((layer, st, _)) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                let d = lower
-                    .iter()
-                    .find(|d| d.layer == layer)
-                    .expect("probed layer");
-                Some(Loc {
-                    dir: d.fd.clone(),
-                    name: name.to_owned(),
-                    layer,
-                })
-            }
+    fn metacopy_data(
+        &self,
+        lower: impl Iterator<Item = Result<LayerDir>>,
+        name: &OsStr,
+    ) -> Result<Option<Loc>> {
+        Ok(match self.probe_layers(lower, name)? {
+            Some(hit) if hit.st.st_mode & libc::S_IFMT == libc::S_IFREG => Some(Loc {
+                dir: hit.holder.fd,
+                name: name.to_owned(),
+                layer: hit.layer,
+            }),
             _ => {
                 log::warn!(
                     "metacopy {}: its lower data is gone",
@@ -235,17 +253,19 @@ impl Union {
         })
     }
 
-    /// The resolution rule over a list of layer directories: the topmost entry, and for a
-    /// directory every layer it merges from.
+    /// The resolution rule over layer directories, top first (opened as they are reached):
+    /// the topmost entry, the directory holding it, and for a directory every layer it
+    /// merges from.
     fn probe_layers(
         &self,
-        pdirs: &[LayerDir],
+        pdirs: impl IntoIterator<Item = Result<LayerDir>>,
         name: &OsStr,
-    ) -> Result<Option<(usize, Stat, Vec<LayerDir>)>> {
+    ) -> Result<Option<Hit>> {
         let wh = whiteout::whiteout_name(name);
-        let mut top: Option<(usize, Stat)> = None;
+        let mut top: Option<(usize, Stat, LayerDir)> = None;
         let mut dirs = Vec::new();
         for d in pdirs {
+            let d = d?;
             let st = match sys::fstatat(d.raw(), name) {
                 Ok(st) => st,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -256,14 +276,14 @@ impl Union {
                 }
                 Err(e) => return Err(Error::io(e, "lookup").in_layer(d.layer)),
             };
-            if self.is_whiteout(d, name, &st) {
+            if self.is_whiteout(&d, name, &st) {
                 break;
             }
             if top.is_some() && !is_dir(&st) {
                 break; // a non-directory below a directory ends the merge
             }
             if top.is_none() {
-                top = Some((d.layer, st));
+                top = Some((d.layer, st, d.clone()));
             }
             if !is_dir(&st) {
                 break;
@@ -285,7 +305,12 @@ impl Union {
                 break;
             }
         }
-        Ok(top.map(|(layer, st)| (layer, st, dirs)))
+        Ok(top.map(|(layer, st, holder)| Hit {
+            layer,
+            st,
+            dirs,
+            holder,
+        }))
     }
 
     /// The recorded lower path of a moved upper directory `name` in `parent`, if any.
@@ -318,8 +343,8 @@ impl Union {
             .filter(|d| d.layer > 0)
             .collect();
         for part in path {
-            match self.probe_layers(&dirs, part)? {
-                Some((_, st, next)) if is_dir(&st) => dirs = next,
+            match self.probe_layers(dirs.iter().cloned().map(Ok), part)? {
+                Some(hit) if is_dir(&hit.st) => dirs = hit.dirs,
                 _ => return Ok(Vec::new()),
             }
         }
@@ -452,8 +477,4 @@ impl Union {
         st.generation = generation;
         Ok(())
     }
-}
-
-fn pdirs_layer_fd(pdirs: &[LayerDir], layer: usize) -> Option<i32> {
-    pdirs.iter().find(|d| d.layer == layer).map(LayerDir::raw)
 }
