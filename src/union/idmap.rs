@@ -142,9 +142,8 @@ pub const OVERRIDE_XATTRS: [&str; 3] = [OVERRIDE_PRIVILEGED, OVERRIDE_CONTAINERS
 pub const PRIVATE_PREFIX: &str = "user.fuseoverlayfs.";
 
 /// The xattrs that say who owns a file here: neither listed, read nor written through the
-/// mount (fuse-overlayfs hides only `user.fuseoverlayfs.*`, and lets a process set
-/// `security.fuseoverlayfs.override_stat` on its own files, which would let it claim any
-/// owner and mode).
+/// mount (fuse-overlayfs hides only `user.fuseoverlayfs.*`, and lets a privileged process
+/// set `security.fuseoverlayfs.override_stat`, which gives a file any owner and mode).
 pub fn is_owner_xattr(name: &[u8]) -> bool {
     name.starts_with(PRIVATE_PREFIX.as_bytes())
         || OVERRIDE_XATTRS.iter().any(|x| x.as_bytes() == name)
