@@ -63,6 +63,24 @@ pub struct Config {
     pub fsname: Option<String>,
     /// How owners are shown and stored: ID mapping, squashing, owners kept in an xattr.
     pub owners: Owners,
+    /// nosuid, nodev, noexec, noatime, noacl.
+    pub flags: MountFlags,
+}
+
+/// What the mount allows, as mount(8)'s flags of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountFlags {
+    /// Set-id bits of files in the mount are ignored on exec.
+    pub nosuid: bool,
+    /// Device files in the mount cannot be opened.
+    pub nodev: bool,
+    /// Nothing in the mount can be executed.
+    pub noexec: bool,
+    /// Reading through the mount marks no access time on the branches' files.
+    pub noatime: bool,
+    /// POSIX ACLs of the branches are not enforced (`noacl`; they are by default, as on
+    /// fuse-overlayfs).
+    pub noacl: bool,
 }
 
 impl Config {
@@ -224,12 +242,13 @@ impl Config {
             threads: opts.threads.unwrap_or((threads * 2).clamp(2, 8)),
             fsname: opts.fsname.clone(),
             owners: opts.owners(),
+            flags: opts.flags,
         })
     }
 }
 
 /// Kernel entry/attribute and negative-entry cache time unless `-o timeout=`/`negative_timeout=`.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One segment of a branch spec: the path as written, the mode (`Some(true)` RW,
 /// `Some(false)` RO, `None` unspecified, which means RO) and the segment text.
@@ -277,6 +296,9 @@ pub struct MountOpts {
     pub whiteout: Option<WhiteoutFormat>,
     /// `volatile`.
     pub volatile: bool,
+    /// `nosuid`/`suid`, `nodev`/`dev`, `noexec`/`exec`, `noatime`/`atime`/`relatime`,
+    /// `noacl`/`acl`.
+    pub flags: MountFlags,
     /// `threads=N`, 1..=64.
     pub threads: Option<usize>,
     /// `workdir=DIR`.
@@ -358,20 +380,10 @@ fn parse_id_mapping(item: &str, v: &str, overflow: u32) -> Result<Option<IdMap>,
 /// so fstab lines and scripts written for other filesystems work.
 const IGNORED: &[&str] = &[
     "default_permissions",
-    "nodev",
-    "dev",
-    "nosuid",
-    "suid",
-    "exec",
-    "noexec",
-    "atime",
-    "noatime",
-    "relatime",
     "async",
     "sync",
     "dirsync",
     "auto_unmount",
-    "noacl",
     // fuse-overlayfs: report nlink 1 for directories; real counts are as good.
     "static_nlink",
     "cow",
@@ -443,6 +455,16 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
             "allow_other" => flag(&mut o.allow_other, true)?,
             "allow_root" => flag(&mut o.allow_other, false)?,
             "volatile" => flag(&mut o.volatile, true)?,
+            "nosuid" => flag(&mut o.flags.nosuid, true)?,
+            "suid" => flag(&mut o.flags.nosuid, false)?,
+            "nodev" => flag(&mut o.flags.nodev, true)?,
+            "dev" => flag(&mut o.flags.nodev, false)?,
+            "noexec" => flag(&mut o.flags.noexec, true)?,
+            "exec" => flag(&mut o.flags.noexec, false)?,
+            "noatime" => flag(&mut o.flags.noatime, true)?,
+            "atime" | "relatime" => flag(&mut o.flags.noatime, false)?,
+            "noacl" => flag(&mut o.flags.noacl, true)?,
+            "acl" => flag(&mut o.flags.noacl, false)?,
             "timeout" => o.timeout = Some(seconds(item, &text(value)?)?),
             "negative_timeout" => o.negative_timeout = Some(seconds(item, &text(value)?)?),
             "whiteout" => {
@@ -880,7 +902,7 @@ mod tests {
             opt_err(&["ro", "ro,bogus_option=1"]),
             "unknown option 'bogus_option=1'"
         );
-        assert_eq!(opt_err(&["nodev=1"]), "unknown option 'nodev=1'");
+        assert!(opt_err(&["nodev=1"]).contains("'nodev' takes no value"));
         assert!(opt_err(&["ro=1"]).contains("'ro' takes no value"));
     }
 
@@ -1015,11 +1037,28 @@ mod tests {
     }
 
     #[test]
+    fn mount_flags_parse_and_a_later_one_wins() {
+        let o = opts_of(&["nosuid,nodev,noexec,noatime"]);
+        let all = MountFlags {
+            nosuid: true,
+            nodev: true,
+            noexec: true,
+            noatime: true,
+            noacl: false,
+        };
+        assert_eq!(o.flags, all);
+        let o = opts_of(&["nosuid,nodev,noexec,noatime", "suid,dev,exec,relatime"]);
+        assert_eq!(o.flags, MountFlags::default());
+        assert!(opt_err(&["nosuid=1"]).contains("takes no value"));
+    }
+
+    #[test]
     fn other_fuse_overlayfs_options() {
         assert!(opts_of(&["fsync=0"]).volatile);
         assert!(!opts_of(&["volatile,fsync=1"]).volatile);
-        let o = opts_of(&["static_nlink,noacl,threaded=1,fast_ino=0,writeback=1,noxattrs=0"]);
+        let o = opts_of(&["static_nlink,threaded=1,fast_ino=0,writeback=1,noxattrs=0"]);
         assert_eq!(o, MountOpts::default());
+        assert!(opts_of(&["noacl"]).flags.noacl);
         assert_eq!(opts_of(&["redirect_dir=off"]), MountOpts::default());
         assert!(opt_err(&["noxattrs=1"]).contains("not supported"));
         assert!(opt_err(&["plugins=/x.so"]).contains("plugins"));
@@ -1077,7 +1116,7 @@ mod tests {
             (c.timeout, c.negative_timeout),
             (DEFAULT_TIMEOUT, DEFAULT_TIMEOUT)
         );
-        assert_eq!(c.timeout, Duration::from_secs(1));
+        assert_eq!(c.timeout, Duration::from_secs(10));
         assert_eq!(c.whiteout, WhiteoutFormat::WhFiles);
         assert!((2..=8).contains(&c.threads), "{}", c.threads);
         assert_eq!(c.workdir, None);

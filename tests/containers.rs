@@ -478,8 +478,6 @@ stat -c '%u:%g %n' "$M/f" "$M/created"
 }
 
 #[test]
-#[ignore = "needs copyup.rs to copy metadata only where trusted.* xattrs can be written, \
-            not wherever geteuid() is 0 (root of a user namespace cannot)"]
 fn rootless_metadata_changes_of_lower_files() {
     let fx = rootless_fixture();
     let script = format!(

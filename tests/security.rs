@@ -824,11 +824,9 @@ fn other_users_reach_no_more_than_on_the_branches() {
 }
 
 /// POSIX ACLs in a branch: a file 0644 whose ACL denies nobody cannot be read by nobody on
-/// the branch, and must not be through the mount. The kernel checks only the mode bits the
-/// daemon reports, since the daemon does not ask for FUSE_POSIX_ACL.
+/// the branch, and must not be through the mount. (Once: the daemon did not ask for
+/// FUSE_POSIX_ACL, so the kernel checked only the mode bits.)
 #[test]
-#[ignore = "bug: POSIX ACLs of branch files are not enforced through the mount \
-            (FUSE_POSIX_ACL is not negotiated; default_permissions checks mode bits only)"]
 fn posix_acls_of_branches_are_enforced() {
     if !is_root() {
         return;
@@ -859,11 +857,9 @@ fn posix_acls_of_branches_are_enforced() {
     drop(m);
 }
 
-/// `-o nosuid,nodev,noexec` are accepted and silently dropped: the mount has none of them,
-/// so set-id programs, devices and executables in the branches work through it although
-/// the administrator asked otherwise (and the branches may sit on a nosuid filesystem).
+/// `-o nosuid,nodev,noexec` apply to the mount: set-id bits, devices and executables in the
+/// branches do not work through it. (Once: they were accepted and silently dropped.)
 #[test]
-#[ignore = "bug: -o nosuid,nodev,noexec are accepted but not applied to the mount"]
 fn nosuid_nodev_noexec_are_applied() {
     if !is_root() {
         return;

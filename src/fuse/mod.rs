@@ -41,6 +41,11 @@ pub struct UnionFs {
     /// ID mapping and squashing: applied here, where IDs cross between the kernel's view and
     /// the union's (which works with the IDs stored in the branches).
     owners: Owners,
+    /// Enforce the branches' POSIX ACLs (the kernel checks them, with the mode bits).
+    acl: bool,
+    /// `noatime`: no passthrough, whose reads mark access times on the branch files (the
+    /// kernel opens its own backing file with the reader's flags).
+    noatime: bool,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -116,6 +121,8 @@ impl UnionFs {
             negative_ttl: config.negative_timeout,
             description: config.describe(),
             owners: config.owners.clone(),
+            acl: !config.flags.noacl,
+            noatime: config.flags.noatime,
         }
     }
 
@@ -198,10 +205,18 @@ impl Filesystem for UnionFs {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        // Without it the kernel checks mode bits only: an ACL denying a user on a branch
+        // would not deny them through an allow_other mount.
+        let wanted = if self.acl {
+            wanted | InitFlags::FUSE_POSIX_ACL
+        } else {
+            wanted
+        };
         let mut supported = config.capabilities() & wanted;
         // Passthrough needs CAP_SYS_ADMIN; a stack depth of 2 lets branches sit on overlayfs.
         if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
-            && sys::geteuid() == 0
+            && sys::privileged()
+            && !self.noatime
             && config.set_max_stack_depth(2).is_ok()
         {
             supported |= InitFlags::FUSE_PASSTHROUGH;
@@ -970,8 +985,16 @@ pub fn mount(fs: UnionFs, config: &Config) -> io::Result<(fuser::Session<UnionFs
         options.push_str(",allow_other");
     }
     let mut flags = 0;
-    if config.read_only {
-        flags |= libc::MS_RDONLY;
+    for (on, flag) in [
+        (config.read_only, libc::MS_RDONLY),
+        (config.flags.nosuid, libc::MS_NOSUID),
+        (config.flags.nodev, libc::MS_NODEV),
+        (config.flags.noexec, libc::MS_NOEXEC),
+        (config.flags.noatime, libc::MS_NOATIME),
+    ] {
+        if on {
+            flags |= flag;
+        }
     }
     let fd = sys::mount_fuse(
         &fsname(config),
@@ -999,8 +1022,16 @@ fn session_config(config: &Config) -> fuser::Config {
         MountOption::Subtype("unionmount".into()),
         MountOption::DefaultPermissions,
     ];
-    if config.read_only {
-        opts.push(MountOption::RO);
+    for (on, opt) in [
+        (config.read_only, MountOption::RO),
+        (config.flags.nosuid, MountOption::NoSuid),
+        (config.flags.nodev, MountOption::NoDev),
+        (config.flags.noexec, MountOption::NoExec),
+        (config.flags.noatime, MountOption::NoAtime),
+    ] {
+        if on {
+            opts.push(opt);
+        }
     }
     let mut c = fuser::Config::default();
     c.mount_options = opts;

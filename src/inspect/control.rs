@@ -31,7 +31,7 @@ use crate::union::Union;
 /// Where control sockets live for the current user.
 pub fn runtime_dir() -> PathBuf {
     let uid = sys::geteuid();
-    if uid == 0 {
+    if sys::privileged() {
         return PathBuf::from("/run/unionmount");
     }
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {

@@ -59,6 +59,66 @@ pub fn open_dir_path(dir: RawFd, name: &OsStr) -> io::Result<OwnedFd> {
 }
 
 /// Open a real file for I/O; the caller's flags minus those that would create or follow.
+/// One entry of a directory listing: name, inode number, and `DT_*` type (`DT_UNKNOWN` where
+/// the filesystem does not say).
+pub struct RawDirent {
+    pub name: std::ffi::OsString,
+    pub ino: u64,
+    pub kind: u8,
+}
+
+/// Every entry of the directory `dir` (an O_PATH fd), `.` and `..` left out. `noatime`: read
+/// it without marking its access time (O_NOATIME, where the daemon may).
+pub fn read_dir(dir: RawFd, noatime: bool) -> io::Result<Vec<RawDirent>> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let quiet = if noatime {
+        openat(dir, OsStr::new("."), flags | libc::O_NOATIME, 0).ok()
+    } else {
+        None
+    };
+    let fd = match quiet {
+        Some(fd) => fd,
+        None => openat(dir, OsStr::new("."), flags, 0)?,
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: buf is valid for writes of buf.len() bytes; fd is an open directory.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut off = 0usize;
+        while off < n as usize {
+            // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name (NUL-ended).
+            let rec = &buf[off..n as usize];
+            let ino = u64::from_ne_bytes(rec[0..8].try_into().expect("8 bytes"));
+            let reclen = u16::from_ne_bytes(rec[16..18].try_into().expect("2 bytes")) as usize;
+            let kind = rec[18];
+            let name = &rec[19..reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                out.push(RawDirent {
+                    name: OsStr::from_bytes(name).to_owned(),
+                    ino,
+                    kind,
+                });
+            }
+            off += reclen;
+        }
+    }
+}
+
 pub fn open_file(dir: RawFd, name: &OsStr, flags: i32) -> io::Result<File> {
     let (dir, c, follow) = target(dir, name)?;
     let mut flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
@@ -382,6 +442,19 @@ pub fn flock(fd: RawFd, op: i32) -> io::Result<()> {
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Root of the initial user namespace: the one that may write trusted.* xattrs, use FUSE
+/// passthrough, and own /run. Root inside a user namespace (rootless containers,
+/// `unshare -r`) is not.
+pub fn privileged() -> bool {
+    static PRIVILEGED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRIVILEGED.get_or_init(|| {
+        // The initial namespace maps every id to itself: "0 0 4294967295".
+        let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        let initial = map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+        geteuid() == 0 && initial
+    })
 }
 
 pub fn set_umask(mask: u32) {

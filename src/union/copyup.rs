@@ -124,7 +124,7 @@ impl Union {
             && (st.st_mode & libc::S_IFMT != libc::S_IFREG
                 || st.st_nlink > 1
                 || st.st_size == 0
-                || sys::geteuid() != 0)
+                || !sys::privileged())
         {
             Data::Full
         } else {
@@ -221,8 +221,9 @@ impl Union {
         match kind {
             libc::S_IFDIR => sys::mkdirat(work.raw(), &tmp, 0o700).op("copy-up mkdir")?,
             libc::S_IFREG => {
-                let from =
-                    sys::open_file(src.raw(), &src.name, libc::O_RDONLY).op("copy-up open")?;
+                let from = self
+                    .open_branch(src.raw(), &src.name, libc::O_RDONLY)
+                    .op("copy-up open")?;
                 let to = new_work_file(work.raw(), &tmp)?;
                 match want {
                     Data::Full => copy_data(&from, &to, st.st_size as u64).op("copy-up data")?,
@@ -265,7 +266,7 @@ impl Union {
                 set.op("copy-up metacopy record")?;
             }
         }
-        set_owner_mode_times(work.raw(), &tmp, st)?;
+        set_owner_mode_times(work.raw(), &tmp, st, self.opts.squash)?;
         if let Some(f) = &data
             && !self.opts.volatile
         {
@@ -324,7 +325,8 @@ impl Union {
                 is_dir: false,
                 armed: true,
             };
-            let from = sys::open_file(data.raw(), &data.name, libc::O_RDONLY)
+            let from = self
+                .open_branch(data.raw(), &data.name, libc::O_RDONLY)
                 .op("copy-up open")
                 .map_err(|e| e.at(&path).in_layer(data.layer))?;
             let to = new_work_file(work.raw(), &tmp)?;
@@ -332,7 +334,7 @@ impl Union {
                 .op("copy-up data")
                 .map_err(wrap)?;
             copy_xattrs(upper.raw(), &upper.name, work.raw(), &tmp)?;
-            set_owner_mode_times(work.raw(), &tmp, &meta)?;
+            set_owner_mode_times(work.raw(), &tmp, &meta, self.opts.squash)?;
             if !self.opts.volatile {
                 sys::fsync(to.as_raw_fd(), false).op("copy-up fsync")?;
             }
@@ -418,10 +420,13 @@ fn new_work_file(work: RawFd, name: &OsStr) -> Result<File> {
 }
 
 /// Owner first (chown clears set-id bits), then mode, then times (both change ctime only).
-pub fn set_owner_mode_times(dir: RawFd, name: &OsStr, st: &Stat) -> Result<()> {
+/// `squash`: owners are shown squashed anyway, so a chown that fails is no failure (as
+/// fuse-overlayfs' squash_to_* options).
+pub fn set_owner_mode_times(dir: RawFd, name: &OsStr, st: &Stat, squash: bool) -> Result<()> {
     match sys::fchownat(dir, name, Some(st.st_uid), Some(st.st_gid)) {
         Ok(()) => {}
-        // An unprivileged daemon keeps its own ids, as fuse-overlayfs does.
+        Err(_) if squash => {}
+        // An unprivileged daemon keeps its own ids.
         Err(e) if e.raw_os_error() == Some(libc::EPERM) && sys::geteuid() != 0 => {}
         Err(e) => return Err(Error::io(e, "copy-up chown")),
     }

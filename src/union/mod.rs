@@ -41,6 +41,8 @@ pub struct Options {
     /// `xattr_permissions=`: the xattr the upper keeps owners and modes of new and changed
     /// files and directories in, instead of chown and chmod.
     pub owner_xattr: Option<&'static str>,
+    /// Read the branches' files without marking their access time (`noatime`).
+    pub noatime: bool,
 }
 
 #[derive(Debug)]
@@ -87,6 +89,7 @@ impl Union {
                 volatile: config.volatile,
                 squash: config.owners.squashes(),
                 owner_xattr: config.owners.xattr,
+                noatime: config.flags.noatime,
             },
             generation: AtomicU64::new(0),
             devs,
@@ -291,6 +294,23 @@ impl Union {
             xwhiteouts: s.xwhiteouts,
             path: s.path.clone(),
         })
+    }
+
+    /// Open a branch file; with `noatime`, without marking its access time where the
+    /// daemon may (O_NOATIME needs the file's owner or CAP_FOWNER).
+    pub(crate) fn open_branch(
+        &self,
+        dir: i32,
+        name: &std::ffi::OsStr,
+        flags: i32,
+    ) -> std::io::Result<std::fs::File> {
+        if self.opts.noatime {
+            match sys::open_file(dir, name, flags | libc::O_NOATIME) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                r => return r,
+            }
+        }
+        sys::open_file(dir, name, flags)
     }
 
     /// A directory node's fd in `layer`, if it is present there.

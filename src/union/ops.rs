@@ -593,7 +593,8 @@ impl Union {
                 None => self.locate(node)?,
             }
         };
-        let f = sys::open_file(loc.raw(), &loc.name, flags)
+        let f = self
+            .open_branch(loc.raw(), &loc.name, flags)
             .op("open")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
         Ok((f, loc.layer))

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::fs::{DirEntryExt, FileTypeExt};
 use std::sync::Arc;
 
 use super::Union;
@@ -34,21 +33,17 @@ fn cookie(name: &OsStr) -> u64 {
     3 + h.finish() % (i64::MAX as u64 - 3)
 }
 
-fn kind_of(ft: std::fs::FileType) -> u32 {
-    if ft.is_dir() {
-        libc::S_IFDIR
-    } else if ft.is_symlink() {
-        libc::S_IFLNK
-    } else if ft.is_char_device() {
-        libc::S_IFCHR
-    } else if ft.is_block_device() {
-        libc::S_IFBLK
-    } else if ft.is_fifo() {
-        libc::S_IFIFO
-    } else if ft.is_socket() {
-        libc::S_IFSOCK
-    } else {
-        libc::S_IFREG
+/// `S_IFMT` bits of a `DT_*` directory entry type (a regular file when unknown; such an
+/// entry is stat'ed).
+fn kind_of(dt: u8) -> u32 {
+    match dt {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        _ => libc::S_IFREG,
     }
 }
 
@@ -92,14 +87,11 @@ impl Union {
         for d in &dirs {
             // `.wh.` files hide names in the layers below, not in their own.
             let mut hide_below = Vec::new();
-            let entries = std::fs::read_dir(sys::proc_path(d.raw(), "".as_ref()))
+            let entries = sys::read_dir(d.raw(), self.opts.noatime)
                 .op("readdir")
                 .map_err(|e| e.at(dir.path()).in_layer(d.layer))?;
             for entry in entries {
-                let entry = entry
-                    .op("readdir")
-                    .map_err(|e| e.at(dir.path()).in_layer(d.layer))?;
-                let name = entry.file_name();
+                let name = entry.name;
                 if let Some(target) = whiteout::whited_out(&name) {
                     hide_below.push(target.to_owned());
                     continue;
@@ -107,9 +99,12 @@ impl Union {
                 if whiteout::is_reserved(&name) || seen.contains(&name) {
                     continue;
                 }
-                let ft = entry.file_type().op("readdir")?;
-                let mut kind = kind_of(ft);
-                let needs_stat = ft.is_char_device() || (d.xwhiteouts && ft.is_file());
+                let mut kind = kind_of(entry.kind);
+                // A char device may be a whiteout, an empty file an xattr whiteout; and some
+                // filesystems give no type at all.
+                let needs_stat = kind == libc::S_IFCHR
+                    || (d.xwhiteouts && kind == libc::S_IFREG)
+                    || entry.kind == libc::DT_UNKNOWN;
                 let st = if needs_stat || d.layer == 0 {
                     match sys::fstatat(d.raw(), &name) {
                         Ok(st) => Some(st),
@@ -129,7 +124,7 @@ impl Union {
                     Some(st) => self.derive_ino(Some(d.raw()), &name, d.layer, st).0,
                     None => {
                         let mut st = sys::zeroed_stat();
-                        st.st_ino = entry.ino();
+                        st.st_ino = entry.ino;
                         st.st_dev = self.stack.layers[d.layer].dev;
                         self.ino_of(&st)
                     }

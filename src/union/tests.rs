@@ -66,6 +66,7 @@ impl Stack {
             threads: 1,
             fsname: None,
             owners: Default::default(),
+            flags: Default::default(),
         };
         Union::new(&config).unwrap()
     }
