@@ -457,6 +457,14 @@ pub fn privileged() -> bool {
     })
 }
 
+/// Return free heap memory to the system (glibc keeps freed small blocks otherwise).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases memory malloc no longer uses.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn set_umask(mask: u32) {
     // SAFETY: umask cannot fail.
     unsafe {

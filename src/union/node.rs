@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -279,6 +279,9 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct NodeTable {
     map: DashMap<u64, Arc<Node>>,
+    /// Nodes held, and the most held since the table last gave memory back.
+    count: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl NodeTable {
@@ -315,6 +318,7 @@ impl NodeTable {
                 let node = Arc::new(make());
                 node.lookups.store(1, Ordering::Release);
                 v.insert(node.clone());
+                self.counted();
                 (node, true)
             }
         }
@@ -329,21 +333,39 @@ impl NodeTable {
             dashmap::Entry::Vacant(v) => {
                 node.lookups.store(1, Ordering::Release);
                 v.insert(node.clone());
+                self.counted();
             }
         }
     }
 
     /// The kernel dropped `n` references; remove the node when none are left.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.map.remove_if(&ino, |_, node| {
+        let gone = self.map.remove_if(&ino, |_, node| {
             let prev = node.lookups.fetch_sub(n, Ordering::AcqRel);
             prev <= n
         });
+        if gone.is_some() {
+            let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
+            // The kernel let most of a large table go (memory pressure, drop_caches): give
+            // the memory back, so the daemon shrinks with it.
+            let peak = self.peak.load(Ordering::Relaxed);
+            if peak >= 8192 && now < peak / 4 {
+                self.peak.store(now, Ordering::Relaxed);
+                self.map.shrink_to_fit();
+                crate::sys::trim_heap();
+            }
+        }
+    }
+
+    fn counted(&self) {
+        let now = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
     }
 
     pub fn insert_root(&self, node: Arc<Node>) {
         node.lookups.store(u64::MAX / 2, Ordering::Relaxed);
         self.map.insert(node.ino, node);
+        self.counted();
     }
 
     pub fn len(&self) -> usize {
