@@ -621,7 +621,7 @@ impl Filesystem for UnionFs {
                 }
                 continue;
             }
-            let (node, st) = match self.union.lookup(&od.node, &e.name) {
+            let (node, st) = match self.union.lookup_listed(&od.node, &e.name, e.layer) {
                 Ok(Some(found)) => found,
                 _ => continue, // gone since the snapshot
             };

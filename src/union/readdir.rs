@@ -22,6 +22,8 @@ pub struct DirEntry {
     /// that a reader resuming at a position in a newer listing (the kernel mixes its cached
     /// copy with fresh ones) neither repeats nor skips a name that stayed.
     pub off: u64,
+    /// The topmost layer holding it.
+    pub layer: usize,
 }
 
 /// The position of a name: 1 and 2 are `.` and `..`, the rest hash above them.
@@ -75,12 +77,14 @@ impl Union {
                 ino: dir.ino,
                 kind: libc::S_IFDIR,
                 off: 1,
+                layer: 0,
             },
             DirEntry {
                 name: "..".into(),
                 ino: parent_ino,
                 kind: libc::S_IFDIR,
                 off: 2,
+                layer: 0,
             },
         ];
         let mut seen: HashSet<OsString> = HashSet::new();
@@ -136,6 +140,7 @@ impl Union {
                     ino,
                     kind,
                     off,
+                    layer: d.layer,
                 });
             }
             seen.extend(hide_below);

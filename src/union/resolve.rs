@@ -167,12 +167,32 @@ impl Union {
 
     /// Probe `name` in every layer of `parent`, top-down.
     pub fn probe(&self, parent: &Arc<Node>, name: &OsStr) -> Result<Option<Found>> {
+        self.probe_from(parent, name, 0)
+    }
+
+    /// Lookup of a name a listing just showed in layer `layer` (readdirplus): the read-only
+    /// layers above it neither held the name nor hid it, so the probe skips them. The upper
+    /// is still asked: it may have changed through the mount since the listing.
+    pub fn lookup_listed(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        layer: usize,
+    ) -> Result<Option<(Arc<Node>, Stat)>> {
+        let Some(found) = self.probe_from(parent, name, layer)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.bind(parent, name, found)))
+    }
+
+    fn probe_from(&self, parent: &Arc<Node>, name: &OsStr, from: usize) -> Result<Option<Found>> {
         if whiteout::is_reserved(name) || name == "." || name == ".." {
             return Ok(None);
         }
         let slots = self.slots_of(parent)?;
+        let reached = slots.iter().filter(|s| s.layer == 0 || s.layer >= from);
         let found = self
-            .probe_layers(slots.iter().map(|s| self.open_slot(s)), name)
+            .probe_layers(reached.map(|s| self.open_slot(s)), name)
             .map_err(|e| e.at(format!("{}/{}", parent.path(), name.to_string_lossy())))?;
         let Some(Hit {
             layer,

@@ -505,3 +505,31 @@ fn copy_up_of_a_lower_hard_link_is_shared_by_its_other_names() {
     assert_eq!(names(&u, ""), ["a", "d"], "the index is hidden");
     assert_eq!(fs::read_to_string(s.lowers[0].join("a")).unwrap(), "lower");
 }
+
+#[test]
+fn a_listed_name_resolves_as_a_lookup_does_even_if_the_upper_changed_since() {
+    let s = Stack::new(3);
+    write(&s.lowers[2].join("d/deep"), "bottom");
+    write(&s.lowers[0].join("d/deep"), "middle");
+    write(&s.lowers[2].join("d/later"), "bottom");
+    fs::create_dir(s.upper.join("d")).unwrap();
+    let u = s.union();
+    let d = walk(&u, "d").unwrap();
+    let listed = u.list(&d).unwrap();
+    let layer_of = |n: &str| listed.iter().find(|e| e.name == n).unwrap().layer;
+    assert_eq!((layer_of("deep"), layer_of("later")), (1, 3));
+    let (node, _) = u
+        .lookup_listed(&d, OsStr::new("deep"), layer_of("deep"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(read(&u, "d/deep"), "middle");
+    assert_eq!(node.ino, walk(&u, "d/deep").unwrap().ino);
+    // Written through the mount after the listing: the upper copy wins.
+    write(&s.upper.join("d/later"), "upper");
+    let (node, st) = u
+        .lookup_listed(&d, OsStr::new("later"), layer_of("later"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.st_size, 5, "the upper file, not the listed lower one");
+    assert_eq!(node.state().layer, 0);
+}
