@@ -19,23 +19,7 @@ use std::time::{Duration, Instant};
 /// Run `sh -c script` as uid/gid 1000 with no supplementary groups, in `dir`.
 /// Returns (exit code, stderr).
 fn as_user(dir: &Path, script: &str) -> (i32, String) {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=1000",
-            "--regid=1000",
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("setpriv");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    sh_as(1000, dir, script)
 }
 
 /// A kernel overlayfs mount, unmounted on drop.

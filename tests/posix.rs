@@ -18,7 +18,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -688,21 +688,7 @@ fn mirror_dirs(lower: &Path, upper: &Path) {
 fn quiet_snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
     fn walk(p: &Path, out: &mut BTreeMap<PathBuf, String>) {
         let md = fs::symlink_metadata(p).unwrap();
-        let mut data = Vec::new();
-        if md.is_file() {
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOATIME)
-                .open(p)
-                .unwrap()
-                .read_to_end(&mut data)
-                .unwrap();
-        } else if md.file_type().is_symlink() {
-            data = fs::read_link(p)
-                .unwrap()
-                .into_os_string()
-                .into_encoded_bytes();
-        }
+        let data = quiet_content(p, &md);
         let e = format!(
             "{:o} {}:{} {} {}.{} {:?}",
             md.mode(),

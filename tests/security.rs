@@ -14,8 +14,8 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -37,21 +37,7 @@ fn outside(fx: &Fixture) -> PathBuf {
 fn state(dir: &Path) -> BTreeMap<PathBuf, String> {
     fn walk(p: &Path, out: &mut BTreeMap<PathBuf, String>) {
         let md = fs::symlink_metadata(p).unwrap();
-        let mut data = Vec::new();
-        if md.is_file() {
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOATIME)
-                .open(p)
-                .unwrap()
-                .read_to_end(&mut data)
-                .unwrap();
-        } else if md.file_type().is_symlink() {
-            data = fs::read_link(p)
-                .unwrap()
-                .into_os_string()
-                .into_encoded_bytes();
-        }
+        let data = quiet_content(p, &md);
         let atime = if md.is_dir() {
             String::new()
         } else {
@@ -148,23 +134,7 @@ fn lchmod(p: &Path, mode: u32) -> std::io::Result<()> {
 
 /// Run `sh -c script` as nobody (65534, no groups) in `dir`: (exit code, stderr).
 fn as_nobody(dir: &Path, script: &str) -> (i32, String) {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("setpriv");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    sh_as(65534, dir, script)
 }
 
 // =============================================================================================

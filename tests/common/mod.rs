@@ -708,3 +708,48 @@ pub fn wait_mounted(mnt: &Path, mounted: bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Run `sh -c script` in `dir` as `uid` (gid the same, no supplementary groups):
+/// (exit code, stderr).
+pub fn sh_as(uid: u32, dir: &Path, script: &str) -> (i32, String) {
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The content of a file (read without marking its atime) or a symlink's target; nothing
+/// for other types.
+pub fn quiet_content(p: &Path, md: &fs::Metadata) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut data = Vec::new();
+    if md.is_file() {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME)
+            .open(p)
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+    } else if md.file_type().is_symlink() {
+        data = fs::read_link(p)
+            .unwrap()
+            .into_os_string()
+            .into_encoded_bytes();
+    }
+    data
+}
