@@ -59,10 +59,12 @@ pub struct Cli {
     /// Stay in the foreground and log every operation (debug level; RUST_LOG overrides).
     #[arg(short = 'd')]
     pub debug: bool,
-    /// Mount options, comma-separated (repeatable): ro, rw, allow_other, timeout=SECS,
-    /// negative_timeout=SECS, threads=N, volatile, whiteout=wh|overlay,
-    /// lowerdir=L1:L2,upperdir=U,workdir=W, fsname=NAME, trace (print copy-ups, whiteouts
-    /// and opaque directories on stderr as they happen). Flags that only mean something to
+    /// Mount options, comma-separated (repeatable): ro, rw, allow_other, timeout=SECS
+    /// (default 10), negative_timeout=SECS, threads=N, volatile, whiteout=wh|overlay,
+    /// lowerdir=L1:L2,upperdir=U,workdir=W, fsname=NAME, nosuid, nodev, noexec, noatime,
+    /// noacl, uidmapping=, gidmapping=, squash_to_root, squash_to_uid=N, squash_to_gid=N,
+    /// xattr_permissions=1|2, trace (print copy-ups, whiteouts and opaque directories on
+    /// stderr as they happen); see the README for each. Flags that only mean something to
     /// mount(8) or fstab (defaults, nofail, noauto, _netdev, user, x-*, ...) are ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
