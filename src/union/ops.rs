@@ -512,10 +512,14 @@ impl Union {
         Ok(Move::Whole)
     }
 
-    /// Before an upper file's name goes: if the kernel still holds its node (it may be
-    /// open), keep an O_PATH handle so the node stays reachable without a name.
+    /// Before an entry's name goes: if the kernel still holds its node, keep an O_PATH
+    /// handle, so the node stays reachable without a name (open files) and, for an upper
+    /// entry, its inode stays allocated: the filesystem cannot give its number to a new
+    /// entry, which would come back as the same node id while the kernel holds the old one
+    /// (the kernel would then retire the old inode, failing its I/O with EIO). The handle
+    /// goes when the kernel forgets the node.
     fn keep_handle(&self, ino: u64, dir: RawFd, name: &OsStr, layer: usize) {
-        let Some(node) = self.nodes.get(ino).filter(|n| n.is_open()) else {
+        let Some(node) = self.nodes.get(ino).filter(|n| layer == 0 || n.is_open()) else {
             return;
         };
         let handle = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0);
