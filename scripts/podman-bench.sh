@@ -21,24 +21,9 @@ while [ $# -gt 0 ]; do
         *) echo "podman-bench: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
-if [ "$(id -u)" -ne 0 ]; then
-    echo "podman-bench: run as root" >&2
-    exit 2
-fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-
-need=()
-command -v podman >/dev/null || need+=(podman)
-command -v runc >/dev/null || command -v crun >/dev/null || need+=(runc)
-dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
-command -v fusermount3 >/dev/null || need+=(fuse3)
-command -v fuse-overlayfs >/dev/null || need+=(fuse-overlayfs)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "podman-bench: installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-RUNTIME=$(command -v runc || command -v crun)
+. "$ROOT/scripts/podman-lib.sh"
+podman_prepare podman-bench
 UNIONMOUNT="$ROOT/target/release/unionmount"
 if [ ! -x "$UNIONMOUNT" ]; then
     (cd "$ROOT" && cargo build --release --quiet)
@@ -59,9 +44,7 @@ cleanup() {
         "$s/podman" rm -af -t 0 >/dev/null 2>&1
         "$s/podman" system reset -f >/dev/null 2>&1
     done
-    awk -v t="$TMP" '$2 ~ "^"t {print $2}' /proc/mounts | sort -r | while read -r m; do
-        fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-    done
+    unmount_below "$TMP"
     rm -rf "$TMP"
     exit $rc
 }
@@ -69,42 +52,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # setup NAME [MOUNT_PROGRAM]: a scratch storage and a podman wrapper in $TMP/setup-NAME.
-setup() {
-    local d="$TMP/setup-$1" program=${2:-}
-    mkdir -p "$d"/{graph,run,tmp}
-    {
-        printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/graph"\nrunroot = "%s/run"\n' "$d" "$d"
-        printf '\n[storage.options.overlay]\nmountopt = "nodev"\n'
-        [ -z "$program" ] || printf 'mount_program = "%s"\n' "$program"
-    } >"$d/storage.conf"
-    cat >"$d/containers.conf" <<EOF
-[containers]
-netns = "none"
-log_driver = "k8s-file"
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-
-[engine]
-pull_policy = "never"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "$d/events.log"
-runtime = "$(basename "$RUNTIME")"
-tmp_dir = "$d/tmp"
-static_dir = "$d/graph/libpod"
-EOF
-    printf 'unqualified-search-registries = []\n' >"$d/registries.conf"
-    local opt=""
-    [ -z "$program" ] || opt="--storage-opt overlay.mount_program=$program"
-    cat >"$d/podman" <<EOF
-#!/bin/sh
-export CONTAINERS_STORAGE_CONF="$d/storage.conf"
-export CONTAINERS_CONF="$d/containers.conf"
-export CONTAINERS_REGISTRIES_CONF="$d/registries.conf"
-export TMPDIR="$d/tmp"
-exec podman --root "$d/graph" --runroot "$d/run" --storage-driver overlay $opt "\$@"
-EOF
-    chmod 755 "$d/podman"
-}
+setup() { scratch_podman "$TMP/setup-$1" "${2:-}"; }
 
 # ---- the base image: busybox, 2000 small files in 20 directories, one 64 MiB file ----
 R="$TMP/rootfs"

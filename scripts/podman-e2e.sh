@@ -25,27 +25,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "podman-e2e: run as root" >&2
-    exit 2
-fi
-
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/podman-lib.sh"
 
 # ---- dependencies ----
-need=()
-command -v podman >/dev/null || need+=(podman)
-command -v runc >/dev/null || command -v crun >/dev/null || need+=(runc)
-dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
-command -v fusermount3 >/dev/null || need+=(fuse3)
-command -v fuse-overlayfs >/dev/null || need+=(fuse-overlayfs)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "podman-e2e: installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+podman_prepare podman-e2e
 BUSYBOX=/bin/busybox
-RUNTIME=$(command -v runc || command -v crun)
 
 case "$PROGRAM" in
     unionmount)
@@ -80,10 +65,7 @@ cleanup() {
         "$TMP/podman" umount -a >/dev/null 2>&1
         "$TMP/podman" system reset -f >/dev/null 2>&1
     fi
-    # Anything still mounted below the temp dir (deepest first).
-    awk -v t="$TMP" '$2 ~ "^"t {print $2}' /proc/mounts | sort -r | while read -r m; do
-        fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-    done
+    unmount_below "$TMP"
     rm -rf "$TMP" 2>/dev/null || {
         chattr -R -i "$TMP" 2>/dev/null; rm -rf "$TMP"
     }
@@ -100,48 +82,8 @@ exec "$REAL" "\$@"
 EOF
 chmod 755 "$TMP/mount-program"
 
-cat >"$TMP/storage.conf" <<EOF
-[storage]
-driver = "overlay"
-graphroot = "$TMP/graph"
-runroot = "$TMP/run"
-
-[storage.options.overlay]
-mount_program = "$TMP/mount-program"
-mountopt = "nodev"
-EOF
-
-cat >"$TMP/containers.conf" <<EOF
-[containers]
-netns = "none"
-log_driver = "k8s-file"
-# Podman raises nofile and nproc to 1048576 by default, which a container or sandbox without
-# CAP_SYS_RESOURCE cannot do (runc: "error setting rlimit type 7: operation not permitted").
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-
-[engine]
-pull_policy = "never"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "$TMP/events.log"
-runtime = "$(basename "$RUNTIME")"
-tmp_dir = "$TMP/tmp"
-volume_path = "$TMP/volumes"
-static_dir = "$TMP/graph/libpod"
-EOF
-
 # podman with the scratch configuration and nothing of the host's.
-cat >"$TMP/podman" <<EOF
-#!/bin/sh
-export CONTAINERS_STORAGE_CONF="$TMP/storage.conf"
-export CONTAINERS_CONF="$TMP/containers.conf"
-export CONTAINERS_REGISTRIES_CONF="$TMP/registries.conf"
-export TMPDIR="$TMP/tmp"
-exec podman --root "$TMP/graph" --runroot "$TMP/run" --storage-driver overlay \\
-    --storage-opt overlay.mount_program="$TMP/mount-program" "\$@"
-EOF
-chmod 755 "$TMP/podman"
-printf 'unqualified-search-registries = []\n' >"$TMP/registries.conf"
+scratch_podman "$TMP" "$TMP/mount-program"
 P="$TMP/podman"
 
 PASS=0
