@@ -272,12 +272,11 @@ fn open_workdir_once(upper: &Layer, configured: Option<&Path>) -> Result<WorkDir
     })
 }
 
-/// Our private directory `name` in `parent` (the work or index directory), made if missing.
 fn ensure_dir(parent: RawFd, name: &OsStr) -> Result<OwnedFd> {
     match sys::mkdirat(parent, name, 0o700) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(Error::io(e, "create dir")),
+        Err(e) => return Err(Error::io(e, "create workdir")),
     }
-    sys::open_dir_path(parent, name).op("open dir")
+    sys::open_dir_path(parent, name).op("open workdir")
 }
