@@ -166,6 +166,7 @@ impl Union {
             _ => None,
         };
         let mut s = node.state_mut();
+        s.changed = self.note_change();
         s.layer = 0;
         s.real = (copied.st_dev, copied.st_ino);
         s.kept = copy.map(|fd| Kept { fd, layer: 0 });
@@ -384,6 +385,7 @@ impl Union {
             .map_err(wrap)?;
         let copy = sys::openat(upper.raw(), &upper.name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok();
         let mut s = node.state_mut();
+        s.changed = self.note_change();
         s.data = None;
         s.real = (st.st_dev, st.st_ino);
         s.kept = copy.map(|fd| Kept {

@@ -53,6 +53,9 @@ pub struct Union {
     /// Bumped by every rename of a directory that spans lower layers: locations computed
     /// before it may be stale and are recomputed on next use.
     generation: AtomicU64,
+    /// Counts copy-ups: a probe that began before a node's copy-up may have seen where the
+    /// node was before it, and must not move it back (see `NodeState::changed`).
+    changes: AtomicU64,
     /// Distinct st_dev values of the layers, in stack order: tags inode numbers so files
     /// from different filesystems never share one.
     devs: Vec<u64>,
@@ -92,6 +95,7 @@ impl Union {
                 noatime: config.flags.noatime,
             },
             generation: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             devs,
             more_devs: Default::default(),
             more_dev_count: AtomicU64::new(0),
@@ -133,6 +137,7 @@ impl Union {
                 layer: 0,
                 dirs: Arc::new(dirs),
                 generation: 0,
+                changed: 0,
                 unlinked: false,
                 real: (0, 0),
                 kept: None,
@@ -219,6 +224,18 @@ impl Union {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The copy-up count, read before a probe.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Count a copy-up whose new place is about to be recorded in its node.
+    pub(crate) fn note_change(&self) -> u64 {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1
     }
 
     fn bump_generation(&self) {

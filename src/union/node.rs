@@ -81,6 +81,10 @@ pub struct NodeState {
     pub dirs: Arc<Vec<DirSlot>>,
     /// Rename generation this location was computed in (see `Union::refresh`).
     pub generation: u64,
+    /// The copy-up count when a copy-up last moved the node. A lookup that raced it (the
+    /// kernel revalidates and reads directories without the child's lock) may have found
+    /// the old place; its result is not applied if its probe began before this.
+    pub changed: u64,
     /// Every name is gone (it may live on through open files). If its inode number shows up
     /// again, it is a new file that the filesystem gave the freed number.
     pub unlinked: bool,
@@ -166,6 +170,18 @@ impl Node {
 
     pub fn is_unlinked(&self) -> bool {
         self.state.read().unlinked
+    }
+
+    /// Is the real file `real`, found under this node's number, still this node's file?
+    /// While the node has names, yes (the caller tells a hard link from a copy). Once they
+    /// are gone, only if that real file cannot have been freed and its number given to
+    /// another: a lower file never is, an upper one is kept open while the kernel holds the
+    /// node. A lookup that raced the removal (a revalidation the kernel does without the
+    /// directory lock) then gets the node the kernel has, not a new incarnation that would
+    /// retire it and fail the I/O of its open files with EIO.
+    pub fn still_is(&self, real: (u64, u64)) -> bool {
+        let st = self.state.read();
+        !st.unlinked || (st.real == real && (st.layer > 0 || st.kept.is_some()))
     }
 
     pub fn generation(&self) -> u64 {
@@ -291,20 +307,22 @@ impl NodeTable {
 
     /// The live node for `ino`, or `make()` inserted as new; either way the kernel now holds
     /// one more reference. Counted under the map's lock so a racing forget cannot drop it.
-    /// A live node of another type, or one whose names are all gone, under the same number
-    /// is a freed-and-reused inode number: it is replaced by a new incarnation, keeping the
-    /// count, since the kernel's forgets for the old inode still arrive under this number.
+    /// A live node of another type, or one whose names are all gone and that is not `real`
+    /// (see `Node::still_is`), under the same number is a freed-and-reused inode number: it
+    /// is replaced by a new incarnation, keeping the count, since the kernel's forgets for
+    /// the old inode still arrive under this number.
     pub fn get_or_insert(
         &self,
         ino: u64,
         kind: u32,
+        real: (u64, u64),
         make: impl FnOnce() -> Node,
     ) -> (Arc<Node>, bool) {
         match self.map.entry(ino) {
             dashmap::Entry::Occupied(mut o) => {
                 let old = o.get();
                 let count = old.lookups.fetch_add(1, Ordering::AcqRel) + 1;
-                if old.kind == kind && !old.is_unlinked() {
+                if old.kind == kind && old.still_is(real) {
                     return (old.clone(), false);
                 }
                 let node = Arc::new(make());

@@ -247,6 +247,7 @@ impl Union {
             dirs,
             ino: self.ino_of(&st),
             data: None,
+            epoch: self.changes(),
         };
         let (node, st) = self.bind(parent, name, found);
         log::debug!("create {path}");

@@ -39,6 +39,8 @@ pub struct Found {
     pub ino: u64,
     /// For an upper file holding metadata only: the lower file holding its data.
     pub data: Option<Loc>,
+    /// The copy-up count before the probe began (see `NodeState::changed`).
+    pub epoch: u64,
 }
 
 /// What the resolution rule found: the topmost entry's layer and stat, the directory that
@@ -74,12 +76,13 @@ impl Union {
             dirs,
             mut ino,
             data,
+            epoch,
         } = found;
         let real = (st.st_dev, st.st_ino);
         // A number taken by another real file (a copied-up hard link's lower sibling shows
         // the copy's origin number) gets a number of its own, tagged in the top bits.
         for tag in 1..=3u64 {
-            let (node, fresh) = self.nodes.get_or_insert(ino, kind, || {
+            let (node, fresh) = self.nodes.get_or_insert(ino, kind, real, || {
                 Node::new(
                     ino,
                     kind,
@@ -90,6 +93,7 @@ impl Union {
                         layer,
                         dirs: self.keep_slots(dirs.clone()),
                         generation,
+                        changed: 0,
                         unlinked: false,
                         real,
                         kept: None,
@@ -97,18 +101,25 @@ impl Union {
                     },
                 )
             });
-            if !fresh {
+            // Is what the probe saw still where the node is? Not if it raced the removal of
+            // the node's last name (the node stays reachable through its kept handle only) or
+            // a copy-up: the node stays where it is now, and so do the attributes replied.
+            let mut stale = !fresh && node.is_unlinked();
+            if !fresh && !stale {
                 let mut s = node.state_mut();
                 let same_place =
                     s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && s.name == name;
                 if node.is_dir() || same_place {
-                    s.parent = Some(parent.clone());
-                    s.name = name.to_owned();
-                    s.layer = layer;
-                    s.dirs = self.keep_slots(dirs.clone());
-                    s.generation = generation;
-                    s.real = real;
-                    s.data = data.clone();
+                    stale = epoch < s.changed;
+                    if !stale {
+                        s.parent = Some(parent.clone());
+                        s.name = name.to_owned();
+                        s.layer = layer;
+                        s.dirs = self.keep_slots(dirs.clone());
+                        s.generation = generation;
+                        s.real = real;
+                        s.data = data.clone();
+                    }
                 } else if s.real == real {
                     drop(s);
                     node.add_name(parent, name);
@@ -118,6 +129,9 @@ impl Union {
                     ino ^= tag << 61;
                     continue;
                 }
+            }
+            if let Some(now) = stale.then(|| self.getattr(&node).ok()).flatten() {
+                return (node, now);
             }
             self.present(&node, &mut st);
             return (node, st);
@@ -141,6 +155,7 @@ impl Union {
                 layer: found.layer,
                 dirs: self.keep_slots(found.dirs),
                 generation: self.generation(),
+                changed: 0,
                 unlinked: false,
                 real: (found.st.st_dev, found.st.st_ino),
                 kept: None,
@@ -189,6 +204,7 @@ impl Union {
         if whiteout::is_reserved(name) || name == "." || name == ".." {
             return Ok(None);
         }
+        let epoch = self.changes();
         let slots = self.slots_of(parent)?;
         let reached = slots.iter().filter(|s| s.layer == 0 || s.layer >= from);
         let found = self
@@ -235,6 +251,7 @@ impl Union {
             dirs,
             ino,
             data,
+            epoch,
         }))
     }
 
@@ -488,7 +505,7 @@ impl Union {
         };
         let found = self.probe(&parent, &name)?;
         let mut st = node.state_mut();
-        if let Some(f) = found.filter(|f| f.ino == node.ino) {
+        if let Some(f) = found.filter(|f| f.ino == node.ino && f.epoch >= st.changed) {
             st.layer = f.layer;
             st.dirs = self.keep_slots(f.dirs);
             st.real = (f.st.st_dev, f.st.st_ino);

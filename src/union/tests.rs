@@ -533,3 +533,67 @@ fn a_listed_name_resolves_as_a_lookup_does_even_if_the_upper_changed_since() {
     assert_eq!(st.st_size, 5, "the upper file, not the listed lower one");
     assert_eq!(node.state().layer, 0);
 }
+
+/// The kernel looks names up without the child's lock (revalidation, readdirplus), so a
+/// probe can begin before a copy-up and be bound after it. It must not move the node back:
+/// a directory would lose its upper part (and the whiteouts in it), a file its copy.
+#[test]
+fn a_lookup_that_raced_a_copy_up_does_not_undo_it() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("d/gone"), "lower");
+    write(&s.lowers[0].join("f"), "lower");
+    let u = s.union();
+    let root = u.root();
+    let d = walk(&u, "d").unwrap();
+    let f = walk(&u, "f").unwrap();
+    let stale_d = u.probe(&root, OsStr::new("d")).unwrap().unwrap();
+    let stale_f = u.probe(&root, OsStr::new("f")).unwrap().unwrap();
+    // The unlink copies `d` up and leaves a whiteout in it; the write copies `f` up.
+    u.unlink(&d, OsStr::new("gone")).unwrap();
+    let (mut file, _) = u.open(&f, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    file.write_all(b" upper").unwrap();
+    let (d2, _) = u.bind(&root, OsStr::new("d"), stale_d);
+    let (f2, _) = u.bind(&root, OsStr::new("f"), stale_f);
+    assert!(Arc::ptr_eq(&d, &d2) && Arc::ptr_eq(&f, &f2));
+    assert_eq!(d.layer(), 0, "the directory stays copied up");
+    assert!(
+        u.lookup(&d, OsStr::new("gone")).unwrap().is_none(),
+        "whiteout leaked"
+    );
+    assert!(names(&u, "d").is_empty());
+    u.rmdir(&root, OsStr::new("d")).unwrap();
+    assert_eq!(f.layer(), 0, "the file stays copied up");
+    assert_eq!(read(&u, "f"), "lower upper");
+}
+
+/// A probe that found a name just before its last removal binds to the node the kernel
+/// still holds, not to a new incarnation under the same number (which would retire the
+/// kernel's inode and fail the I/O of its open files).
+#[test]
+fn a_lookup_that_raced_an_unlink_finds_the_node_it_had() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("low"), "lower");
+    let u = s.union();
+    let root = u.root();
+    let (up, _, _) = u
+        .create(
+            &root,
+            OsStr::new("up"),
+            New::File {
+                mode: 0o644,
+                flags: libc::O_RDWR,
+            },
+            ME,
+        )
+        .unwrap();
+    let low = walk(&u, "low").unwrap();
+    for (node, name) in [(&up, "up"), (&low, "low")] {
+        let stale = u.probe(&root, OsStr::new(name)).unwrap().unwrap();
+        u.unlink(&root, OsStr::new(name)).unwrap();
+        let (again, _) = u.bind(&root, OsStr::new(name), stale);
+        assert!(Arc::ptr_eq(node, &again), "{name}: a new incarnation");
+        assert_eq!(again.generation(), 0, "{name}");
+        assert!(again.is_unlinked(), "{name}");
+        assert!(walk(&u, name).is_none(), "{name} came back");
+    }
+}
