@@ -58,6 +58,52 @@ pub fn open_dir_path(dir: RawFd, name: &OsStr) -> io::Result<OwnedFd> {
     )
 }
 
+/// An O_PATH handle on the directory at `parts` below `root`, in one call: openat2 with
+/// RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS, so nothing in a branch can lead outside it.
+/// `Ok(None)` where the kernel (before 5.6) or a seccomp filter refuses openat2, or a rename
+/// raced the walk (EAGAIN): the caller walks the path one `open_dir_path` at a time instead.
+pub fn open_dir_beneath(root: RawFd, parts: &[std::ffi::OsString]) -> io::Result<Option<OwnedFd>> {
+    let mut path = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            path.push(b'/');
+        }
+        path.extend_from_slice(p.as_bytes());
+    }
+    let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // struct open_how of linux/openat2.h (libc's is non-exhaustive).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: c and how outlive the call; the size passed is how's own.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::EPERM | libc::EAGAIN) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: ret is a new fd returned by openat2, owned by no one else.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(ret as RawFd) }))
+}
+
 /// Open a real file for I/O; the caller's flags minus those that would create or follow.
 /// One entry of a directory listing: name, inode number, and `DT_*` type (`DT_UNKNOWN` where
 /// the filesystem does not say).

@@ -289,21 +289,21 @@ impl Union {
         Arc::new(dirs.into_iter().map(|d| self.keep_slot(d)).collect())
     }
 
-    /// A kept directory, open: its held fd, or reopened by its path in its layer (one
-    /// O_NOFOLLOW step at a time, so nothing in a branch can lead outside it).
+    /// A kept directory, open: its held fd, or reopened by its path in its layer (never
+    /// through a symlink, so nothing in a branch can lead outside it): in one openat2 call,
+    /// or one O_NOFOLLOW step at a time where openat2 is refused.
     pub(crate) fn open_slot(&self, s: &DirSlot) -> Result<LayerDir> {
+        let root = &self.stack.layers[s.layer].root;
         let fd = match &s.held {
             Some(h) => h.fd.clone(),
-            None => {
-                let mut cur = self.stack.layers[s.layer].root.clone();
-                for part in s.path.iter() {
-                    let next = sys::open_dir_path(cur.as_raw_fd(), part)
-                        .op("reopen dir")
-                        .map_err(|e| e.in_layer(s.layer))?;
-                    cur = Arc::new(next);
-                }
-                cur
-            }
+            None if s.path.is_empty() => root.clone(),
+            None => match sys::open_dir_beneath(root.as_raw_fd(), &s.path)
+                .op("reopen dir")
+                .map_err(|e| e.in_layer(s.layer))?
+            {
+                Some(fd) => Arc::new(fd),
+                None => self.walk_slot(s)?,
+            },
         };
         Ok(LayerDir {
             layer: s.layer,
@@ -311,6 +311,32 @@ impl Union {
             xwhiteouts: s.xwhiteouts,
             path: s.path.clone(),
         })
+    }
+
+    /// The stat of a kept directory, without opening it: by its held fd, or by its path in
+    /// its layer. For fingerprints only: a path is not checked for symlinks, so what it
+    /// reports may come from outside the branch; nothing of it is shown or acted on.
+    pub(crate) fn stat_slot(&self, s: &DirSlot) -> Result<sys::Stat> {
+        let st = match &s.held {
+            Some(h) => sys::fstat_path(h.fd.as_raw_fd()),
+            None => {
+                let root = self.stack.layers[s.layer].root.as_raw_fd();
+                let path = s.path.join(std::ffi::OsStr::new("/"));
+                sys::fstatat(root, if path.is_empty() { ".".as_ref() } else { &path })
+            }
+        };
+        st.op("stat dir").map_err(|e| e.in_layer(s.layer))
+    }
+
+    fn walk_slot(&self, s: &DirSlot) -> Result<Arc<std::os::fd::OwnedFd>> {
+        let mut cur = self.stack.layers[s.layer].root.clone();
+        for part in s.path.iter() {
+            let next = sys::open_dir_path(cur.as_raw_fd(), part)
+                .op("reopen dir")
+                .map_err(|e| e.in_layer(s.layer))?;
+            cur = Arc::new(next);
+        }
+        Ok(cur)
     }
 
     /// Open a branch file; with `noatime`, without marking its access time where the

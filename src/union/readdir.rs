@@ -57,8 +57,8 @@ impl Union {
     pub fn listing_unchanged(&self, dir: &Arc<Node>) -> Result<bool> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        for d in self.dirs_of(dir)? {
-            let st = sys::fstat_path(d.raw()).op("stat dir")?;
+        for d in self.slots_of(dir)?.iter() {
+            let st = self.stat_slot(d)?;
             (d.layer, st.st_dev, st.st_ino).hash(&mut h);
             (st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec).hash(&mut h);
         }

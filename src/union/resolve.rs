@@ -172,7 +172,7 @@ impl Union {
 
     /// The parent's layer slots, unopened: a lookup opens only those it reaches, so a name
     /// in the top layer costs the same however many layers lie below.
-    fn slots_of(&self, dir: &Arc<Node>) -> Result<Arc<Vec<super::node::DirSlot>>> {
+    pub(crate) fn slots_of(&self, dir: &Arc<Node>) -> Result<Arc<Vec<super::node::DirSlot>>> {
         if !dir.is_dir() {
             return Err(Error::new(libc::ENOTDIR, "lookup").at(dir.path()));
         }
