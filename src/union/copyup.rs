@@ -97,6 +97,10 @@ impl Union {
         }
         let _serial = node.copy_up_lock.lock();
         let loc = self.locate(node)?;
+        if loc.layer > 0 && node.is_unlinked() {
+            // Removed while we waited for the lock.
+            return Err(Error::new(libc::ENOENT, "copy-up").at(node.path()));
+        }
         if loc.layer == 0 {
             let data = node.state().data.clone();
             return match data {
@@ -281,6 +285,15 @@ impl Union {
             }
             k => k.transpose()?,
         };
+        // The number is recorded before the copy is published, by the copy's own inode: a
+        // rename over the name right after publishing frees that inode and must find the
+        // record to drop it (looked up by name afterwards, the record could land on the
+        // file renamed in instead).
+        let made = sys::fstatat(work.raw(), &tmp).op("copy-up stat copy")?;
+        if keeps_number {
+            self.origins
+                .insert((made.st_dev, made.st_ino), (ino, metacopy));
+        }
         let published = sys::renameat2(
             work.raw(),
             &tmp,
@@ -289,14 +302,14 @@ impl Union {
             sys::RENAME_NOREPLACE,
         )
         .op("copy-up publish");
-        if let (Err(_), Some(key)) = (&published, &key) {
-            self.drop_from_index(key);
+        if published.is_err() {
+            self.forget_origin(&made);
+            if let Some(key) = &key {
+                self.drop_from_index(key);
+            }
         }
         published?;
         guard.armed = false;
-        if keeps_number {
-            self.record_origin(up_parent, &src.name, ino, metacopy);
-        }
         Ok(())
     }
 

@@ -268,9 +268,15 @@ impl Union {
         let op = if dir { "rmdir" } else { "unlink" };
         let path = child_path(parent, name);
         self.check_writable(op)?;
-        let found = self
-            .probe(parent, name)?
-            .ok_or_else(|| Error::new(libc::ENOENT, op).at(&path))?;
+        let found = self.probe(parent, name)?;
+        let held = self.copy_up_may_race(&found);
+        let _serial = held.as_ref().map(|n| n.copy_up_lock.lock());
+        let found = if held.is_some() {
+            self.probe(parent, name)?
+        } else {
+            found
+        }
+        .ok_or_else(|| Error::new(libc::ENOENT, op).at(&path))?;
         let is_dir = found.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         match (dir, is_dir) {
             (true, false) => return Err(Error::new(libc::ENOTDIR, op).at(&path)),
@@ -314,6 +320,17 @@ impl Union {
         Ok(())
     }
 
+    /// The live node of a lower entry a removal or a rename over it is about to replace. Its
+    /// copy-up (an open for writing, which the kernel does not serialize with changes to
+    /// names) could publish between the probe and the change: the removed file would come
+    /// back, or its copy be freed with its inode number still recorded as the entry's, to be
+    /// shown by the next file given that number. The caller holds the node's copy-up lock
+    /// and probes again.
+    fn copy_up_may_race(&self, found: &Option<Found>) -> Option<Arc<Node>> {
+        let f = found.as_ref().filter(|f| f.layer > 0)?;
+        self.nodes.get(f.ino).filter(|n| !n.is_dir())
+    }
+
     /// Rename within the merged tree. A directory that spans lower layers moves as a whole
     /// upper copy marked opaque, so no EXDEV ever reaches the caller.
     pub fn rename(
@@ -334,6 +351,14 @@ impl Union {
             .probe(parent, name)?
             .ok_or_else(|| Error::new(libc::ENOENT, "rename").at(&path))?;
         let dst = self.probe(newparent, newname)?;
+        // (An exchange copies the destination up itself, under the same lock.)
+        let held = self.copy_up_may_race(&dst).filter(|_| !exchange);
+        let _serial = held.as_ref().map(|n| n.copy_up_lock.lock());
+        let dst = if held.is_some() {
+            self.probe(newparent, newname)?
+        } else {
+            dst
+        };
         if let Some(d) = &dst {
             if d.ino == src.ino && !exchange {
                 return Ok(()); // two names of one file: POSIX says do nothing
