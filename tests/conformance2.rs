@@ -553,13 +553,11 @@ fn concurrent_namespace_ops_stay_sane() {
 }
 
 /// `rm -rf` of a merged tree while other threads list and read it: the removal succeeds
-/// and readers see only ENOENT, never another error.
-///
-/// Ignored while a known race stays open: about one run in thirty with the CPUs saturated
-/// (also at e2f1c80, before this session's changes), the removal fails with ENOTEMPTY or
-/// EIO. Run it with `cargo test --test conformance2 -- --ignored`.
+/// and readers see only ENOENT, never another error. (A reader's lookup of a directory that
+/// began before the removal copied it up used to move the node back to its lower layers:
+/// rmdir then saw the files it had just whited out, ENOTEMPTY, about one run in thirty
+/// with the CPUs saturated.)
 #[test]
-#[ignore = "known bug: rm -rf racing readers fails ENOTEMPTY/EIO about once in thirty runs"]
 fn rm_rf_racing_readers() {
     let fx = Fixture::new(1);
     for d in 0..15 {
