@@ -95,7 +95,7 @@ def all_workloads(p):
                                  '>/dev/null; done')],
           prime='ls -f "$M/wide" >/dev/null', read_only=True,
           check='test "$(ls -f "$M/wide" | wc -l)" -eq $((WIDE + 2))'),
-        W("3", f"read every file of the tree ({_k(p['tree_files'])})", "data", "main",
+        W("3", f"read every file of the tree ({_k(p['tree_files'])})", "metadata", "main",
           [Phase("cold", 'find "$M/tree" -type f -print0 | xargs -0 cat >/dev/null'),
            Phase("warm", 'find "$M/tree" -type f -print0 | xargs -0 cat >/dev/null')],
           read_only=True),
