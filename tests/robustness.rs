@@ -1188,14 +1188,14 @@ fn concurrent_workers_match_a_plain_directory() {
 
 /// The same, failing on every error a local filesystem would not give.
 ///
-/// Ignored while one rare race stays open: once in 828 runs with two CPU hogs
+/// Ignored while one rare race stays open: once in 1142 runs with two CPU hogs
 /// (`yes > /dev/null`), creating a worker's temporary file in the shared directory failed
 /// with EIO, and the next create of that name with EEXIST (the first had made the file).
 /// FUSE node ids are the inode numbers the mount shows, derived from the branch's; the
 /// suspect is a number still bound to another file in the daemon's tables. Run it with
 /// `cargo test --test robustness -- --ignored`.
 #[test]
-#[ignore = "known bug: a rare EIO creating a file under heavy churn (1 run in 828)"]
+#[ignore = "known bug: a rare EIO creating a file under heavy churn (1 run in 1142)"]
 fn concurrent_workers_strict() {
     let (ops, _) = concurrent_workers(true, 5000 * scale());
     report("concurrent_workers_strict", ops, 0);
