@@ -746,7 +746,8 @@ impl Filesystem for UnionFs {
         });
         match res {
             Ok((node, st, Some(file))) => {
-                // A new file has no other open, so a mode is always found.
+                // A new file has no other open, so a mode should always be found; none means
+                // its number is still bound to another file (the known race in README).
                 let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
                     return reply.error(Errno::EIO);
                 };
