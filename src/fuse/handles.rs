@@ -86,7 +86,7 @@ struct NodeIo {
     cached: usize,
 }
 
-/// The I/O mode of every open node. The kernel holds an inode in one mode at a time: while
+/// The I/O mode of every open node, by node id. The kernel holds an inode in one mode at a time: while
 /// a passthrough open is live every other open must be passthrough to the same backing
 /// file, and while a cached open is live none may be passthrough (either mistake is EIO).
 /// So a lower file that may still be copied up is read through the daemon: its upper copy
@@ -100,12 +100,12 @@ pub struct Backings {
 impl Backings {
     pub fn choose(
         &self,
-        ino: u64,
+        id: u64,
         real: (u64, u64),
         may_copy_up: bool,
         register: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Option<IoMode> {
-        let mut io = self.map.entry(ino).or_default();
+        let mut io = self.map.entry(id).or_default();
         if let Some(live) = io.backing.upgrade() {
             // Another real file (opened just before a copy-up made this one) cannot be
             // served beside it: the caller opens the node again.
@@ -123,21 +123,21 @@ impl Backings {
                 Some(IoMode::Passthrough(id))
             }
             Err(e) => {
-                log::debug!("passthrough refused for #{ino}: {e}");
+                log::debug!("passthrough refused for node {id}: {e}");
                 io.cached += 1;
                 Some(IoMode::Cached)
             }
         }
     }
 
-    /// A handle of `ino` closed (its backing id already dropped).
-    pub fn release(&self, ino: u64, was_cached: bool) {
-        if let Some(mut io) = self.map.get_mut(&ino)
+    /// A handle of node `id` closed (its backing id already dropped).
+    pub fn release(&self, id: u64, was_cached: bool) {
+        if let Some(mut io) = self.map.get_mut(&id)
             && was_cached
         {
             io.cached = io.cached.saturating_sub(1);
         }
-        self.map.remove_if(&ino, |_, io| {
+        self.map.remove_if(&id, |_, io| {
             io.cached == 0 && io.backing.strong_count() == 0
         });
     }

@@ -143,8 +143,10 @@ impl UnionFs {
         }
     }
 
-    fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
-        self.union.node(ino.0).map_err(|e| self.fail(&e))
+    /// The node a request names. fuser calls the node id `ino`; it is not the inode number
+    /// the mount shows (see `Node::id`).
+    fn node(&self, id: INodeNo) -> Result<Arc<Node>, Errno> {
+        self.union.node(id.0).map_err(|e| self.fail(&e))
     }
 
     /// Log a failed operation (naming the branch it concerns) and reduce it to the errno.
@@ -157,21 +159,23 @@ impl UnionFs {
         errno(e)
     }
 
-    /// Run a union operation on the node `ino`, its error reduced to the errno.
+    /// Run a union operation on the node `id`, its error reduced to the errno.
     fn on<T>(
         &self,
-        ino: INodeNo,
+        id: INodeNo,
         f: impl FnOnce(Arc<Node>) -> crate::error::Result<T>,
     ) -> Result<T, Errno> {
-        f(self.node(ino)?).map_err(|e| self.fail(&e))
+        f(self.node(id)?).map_err(|e| self.fail(&e))
     }
 
     fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         self.handles.get(fh.0).ok_or(Errno::EBADF)
     }
 
+    /// The kernel keys its inode by the node id; `stat` shows `st.st_ino`. Node ids are
+    /// never reused, so the generation can stay 0.
     fn reply_entry(&self, reply: ReplyEntry, node: &Node, st: &Stat) {
-        reply.entry(&self.ttl, &self.attr(st), Generation(node.generation()));
+        reply.entry_node(INodeNo(node.id), &self.ttl, &self.attr(st), Generation(0));
     }
 
     /// Run `f` on the real file of an open handle. A read-only handle opened on a lower
@@ -264,8 +268,8 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.union.nodes.forget(ino.0, nlookup);
+    fn forget(&self, _req: &Request, id: INodeNo, nlookup: u64) {
+        self.union.nodes.forget(id.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -520,9 +524,9 @@ impl Filesystem for UnionFs {
         if let Some(h) = self.handles.remove(fh.0)
             && let Handle::File(of) = &*h
         {
-            let (ino, cached) = (of.node.ino, of.backing.is_none());
+            let (id, cached) = (of.node.id, of.backing.is_none());
             drop(h);
-            self.backings.release(ino, cached);
+            self.backings.release(id, cached);
         }
         reply.ok();
     }
@@ -605,12 +609,13 @@ impl Filesystem for UnionFs {
         for e in &entries[resume_at(&entries, offset)..] {
             let off = e.off;
             if e.name == "." || e.name == ".." {
-                // The kernel does not link dot entries; no lookup is counted for them.
+                // Node id 0: nothing for the kernel to link (it skips dot entries anyway),
+                // so no lookup is counted for them.
                 let mut st = sys::zeroed_stat();
                 st.st_ino = e.ino;
                 st.st_mode = libc::S_IFDIR;
                 if reply.add(
-                    INodeNo(e.ino),
+                    INodeNo(0),
                     off,
                     &e.name,
                     &Duration::ZERO,
@@ -626,15 +631,15 @@ impl Filesystem for UnionFs {
                 _ => continue, // gone since the snapshot
             };
             if reply.add(
-                INodeNo(node.ino),
+                INodeNo(node.id),
                 off,
                 &e.name,
                 &self.ttl,
                 &self.attr(&st),
-                Generation(node.generation()),
+                Generation(0),
             ) {
                 // Not sent after all: give back the reference the lookup counted.
-                self.union.nodes.forget(node.ino, 1);
+                self.union.nodes.forget(node.id, 1);
                 break;
             }
         }
@@ -746,25 +751,23 @@ impl Filesystem for UnionFs {
         });
         match res {
             Ok((node, st, Some(file))) => {
-                // A new file has no other open, so a mode should always be found; none means
-                // its number is still bound to another file (the known race in README).
+                // None only when another real file has a live backing under the node's id:
+                // a new file's node has a new id, and an existing file opened by a racing
+                // create is the same real file.
                 let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
                     return reply.error(Errno::EIO);
                 };
-                let generation = Generation(node.generation());
+                let id = INodeNo(node.id);
                 let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
-                let a = self.attr(&st);
-                match (&mode, backing) {
-                    (IoMode::Passthrough(_), Some(b)) => reply.created_passthrough(
-                        &self.ttl,
-                        &a,
-                        generation,
-                        fh,
-                        fopen_flags(&mode),
-                        &b,
-                    ),
-                    _ => reply.created(&self.ttl, &a, generation, fh, fopen_flags(&mode)),
-                }
+                reply.created_node(
+                    id,
+                    &self.ttl,
+                    &self.attr(&st),
+                    Generation(0),
+                    fh,
+                    fopen_flags(&mode),
+                    backing.as_deref(),
+                );
             }
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(e),
@@ -848,7 +851,7 @@ impl UnionFs {
         let may_copy_up = layer > 0 && self.union.writable();
         let st = sys::fstat(file.as_raw_fd()).ok()?;
         self.backings
-            .choose(node.ino, (st.st_dev, st.st_ino), may_copy_up, register)
+            .choose(node.id, (st.st_dev, st.st_ino), may_copy_up, register)
     }
 
     fn insert_file(

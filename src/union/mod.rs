@@ -27,7 +27,8 @@ use crate::sys::{self, Stat};
 use layer::LayerStack;
 use node::{DirSlot, HeldFd, LayerDir, Node, NodeState, NodeTable};
 
-/// The FUSE root's node id; the merged root always carries it.
+/// The inode number the merged root shows (as its node id, `node::ROOT_ID`, is 1). No other
+/// node shows it (see `Union::ino_of`).
 pub const ROOT_INO: u64 = 1;
 
 #[derive(Debug, Clone, Copy)]
@@ -127,9 +128,8 @@ impl Union {
                 break;
             }
         }
-        Ok(Node::new(
+        Ok(Node::new_root(
             ROOT_INO,
-            libc::S_IFDIR,
             NodeState {
                 parent: None,
                 name: OsString::from("."),
@@ -148,14 +148,15 @@ impl Union {
 
     pub fn root(&self) -> Arc<Node> {
         self.nodes
-            .get(ROOT_INO)
+            .get(node::ROOT_ID)
             .expect("root node is never forgotten")
     }
 
-    pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
+    /// The node the kernel knows as node id `id`.
+    pub fn node(&self, id: u64) -> Result<Arc<Node>> {
         self.nodes
-            .get(ino)
-            .ok_or_else(|| Error::new(libc::ESTALE, "find node").at(format!("#{ino}")))
+            .get(id)
+            .ok_or_else(|| Error::new(libc::ESTALE, "find node").at(format!("node {id}")))
     }
 
     pub fn writable(&self) -> bool {

@@ -99,8 +99,19 @@ pub struct NodeState {
     pub data: Option<super::resolve::Loc>,
 }
 
+/// The FUSE node id of the root (`FUSE_ROOT_ID`).
+pub const ROOT_ID: u64 = 1;
+
+/// Node ids are handed out once per process: the kernel keys its inodes by node id, so a
+/// number never names two files, whatever the branches do with their inode numbers.
+static NEXT_ID: AtomicU64 = AtomicU64::new(ROOT_ID + 1);
+
 #[derive(Debug)]
 pub struct Node {
+    /// The FUSE node id: how the kernel names this node in its requests.
+    pub id: u64,
+    /// The inode number the mount shows (`st_ino`, `d_ino`): the real file's, kept for
+    /// life across copy-up, shared by hard links.
     pub ino: u64,
     /// `S_IFMT` bits: a node never changes type.
     pub kind: u32,
@@ -109,9 +120,6 @@ pub struct Node {
     lookups: AtomicU64,
     /// Serialises copy-up of this node: two writers copy up once.
     pub copy_up_lock: Mutex<()>,
-    /// FUSE generation: a node that replaces another under the same number gets a new one,
-    /// so the kernel never takes the new file for the old inode.
-    pub incarnation: AtomicU64,
     /// Open files and directories on it: only such a node needs a handle kept when its
     /// name goes.
     opens: AtomicU64,
@@ -121,14 +129,23 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node with a node id of its own.
     pub fn new(ino: u64, kind: u32, state: NodeState) -> Node {
+        Node::with_id(NEXT_ID.fetch_add(1, Ordering::Relaxed), ino, kind, state)
+    }
+
+    pub fn new_root(ino: u64, state: NodeState) -> Node {
+        Node::with_id(ROOT_ID, ino, libc::S_IFDIR, state)
+    }
+
+    fn with_id(id: u64, ino: u64, kind: u32, state: NodeState) -> Node {
         Node {
+            id,
             ino,
             kind,
             state: RwLock::new(state),
             lookups: AtomicU64::new(0),
             copy_up_lock: Mutex::new(()),
-            incarnation: AtomicU64::new(0),
             opens: AtomicU64::new(0),
             listed: AtomicU64::new(0),
         }
@@ -177,15 +194,10 @@ impl Node {
     /// are gone, only if that real file cannot have been freed and its number given to
     /// another: a lower file never is, an upper one is kept open while the kernel holds the
     /// node. A lookup that raced the removal (a revalidation the kernel does without the
-    /// directory lock) then gets the node the kernel has, not a new incarnation that would
-    /// retire it and fail the I/O of its open files with EIO.
+    /// directory lock) then gets the node the kernel has, not a second node for one file.
     pub fn still_is(&self, real: (u64, u64)) -> bool {
         let st = self.state.read();
         !st.unlinked || (st.real == real && (st.layer > 0 || st.kept.is_some()))
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.incarnation.load(Ordering::Acquire)
     }
 
     /// The directory's slot in `layer`, if it is present there.
@@ -291,26 +303,39 @@ impl Node {
     }
 }
 
-/// Every node the kernel holds, by inode number (which is also the FUSE nodeid).
+/// Every node the kernel holds, by node id, and which of them each shown inode number
+/// names now.
+///
+/// A number is the real file's, so a branch gives it to its next new file once the old
+/// one is freed; the kernel may still hold the old node then (its forget is on the way).
+/// The new file gets a node of its own, with a new id: the old node lives on under its id
+/// until the kernel forgets it, but no longer answers to the number.
 #[derive(Debug, Default)]
 pub struct NodeTable {
     map: DashMap<u64, Arc<Node>>,
+    /// The node each number names. Lock order: an entry here before one in `map`, so a
+    /// lookup counting a reference and a forget dropping the last are never interleaved.
+    by_ino: DashMap<u64, Arc<Node>>,
     /// Nodes held, and the most held since the table last gave memory back.
     count: AtomicUsize,
     peak: AtomicUsize,
 }
 
 impl NodeTable {
-    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
-        self.map.get(&ino).map(|n| n.clone())
+    /// The node the kernel knows as `id`.
+    pub fn get(&self, id: u64) -> Option<Arc<Node>> {
+        self.map.get(&id).map(|n| n.clone())
+    }
+
+    /// The live node that shows inode number `ino`.
+    pub fn by_ino(&self, ino: u64) -> Option<Arc<Node>> {
+        self.by_ino.get(&ino).map(|n| n.clone())
     }
 
     /// The live node for `ino`, or `make()` inserted as new; either way the kernel now holds
-    /// one more reference. Counted under the map's lock so a racing forget cannot drop it.
-    /// A live node of another type, or one whose names are all gone and that is not `real`
-    /// (see `Node::still_is`), under the same number is a freed-and-reused inode number: it
-    /// is replaced by a new incarnation, keeping the count, since the kernel's forgets for
-    /// the old inode still arrive under this number.
+    /// one more reference. A live node of another type under the number, or one whose names
+    /// are all gone and that is not `real` (see `Node::still_is`), is a file whose number
+    /// was freed and given to this one: the new node takes the number over.
     pub fn get_or_insert(
         &self,
         ino: u64,
@@ -318,33 +343,38 @@ impl NodeTable {
         real: (u64, u64),
         make: impl FnOnce() -> Node,
     ) -> (Arc<Node>, bool) {
-        match self.map.entry(ino) {
+        match self.by_ino.entry(ino) {
             dashmap::Entry::Occupied(mut o) => {
                 let old = o.get();
-                let count = old.lookups.fetch_add(1, Ordering::AcqRel) + 1;
                 if old.kind == kind && old.still_is(real) {
+                    old.lookups.fetch_add(1, Ordering::AcqRel);
                     return (old.clone(), false);
                 }
-                let node = Arc::new(make());
-                node.lookups.store(count, Ordering::Release);
-                node.incarnation
-                    .store(old.generation() + 1, Ordering::Release);
+                let node = self.held(make());
                 o.insert(node.clone());
                 (node, true)
             }
             dashmap::Entry::Vacant(v) => {
-                let node = Arc::new(make());
-                node.lookups.store(1, Ordering::Release);
+                let node = self.held(make());
                 v.insert(node.clone());
-                self.counted();
                 (node, true)
             }
         }
     }
 
+    /// A new node, with the kernel's first reference counted.
+    fn held(&self, node: Node) -> Arc<Node> {
+        let node = Arc::new(node);
+        node.lookups.store(1, Ordering::Release);
+        self.map.insert(node.id, node.clone());
+        self.counted();
+        node
+    }
+
     /// One more kernel reference to a node we hand out again (link, rename replies).
     pub fn remember(&self, node: &Arc<Node>) {
-        match self.map.entry(node.ino) {
+        let number = self.by_ino.entry(node.ino);
+        match self.map.entry(node.id) {
             dashmap::Entry::Occupied(o) => {
                 o.get().lookups.fetch_add(1, Ordering::AcqRel);
             }
@@ -352,16 +382,31 @@ impl NodeTable {
                 node.lookups.store(1, Ordering::Release);
                 v.insert(node.clone());
                 self.counted();
+                if let dashmap::Entry::Vacant(n) = number {
+                    n.insert(node.clone());
+                }
             }
         }
     }
 
-    /// The kernel dropped `n` references; remove the node when none are left.
-    pub fn forget(&self, ino: u64, n: u64) {
-        let gone = self.map.remove_if(&ino, |_, node| {
+    /// The kernel dropped `n` references to node `id`; remove it when none are left.
+    pub fn forget(&self, id: u64, n: u64) {
+        let Some(ino) = self.map.get(&id).map(|node| node.ino) else {
+            return;
+        };
+        // Under the number's lock: a lookup cannot count a reference to the node between
+        // its count reaching zero and its leaving the number.
+        let number = self.by_ino.entry(ino);
+        let gone = self.map.remove_if(&id, |_, node| {
             let prev = node.lookups.fetch_sub(n, Ordering::AcqRel);
             prev <= n
         });
+        if let dashmap::Entry::Occupied(o) = number
+            && gone.is_some()
+            && o.get().id == id
+        {
+            o.remove();
+        }
         if gone.is_some() {
             let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
             // The kernel let most of a large table go (memory pressure, drop_caches): give
@@ -370,6 +415,7 @@ impl NodeTable {
             if peak >= 8192 && now < peak / 4 {
                 self.peak.store(now, Ordering::Relaxed);
                 self.map.shrink_to_fit();
+                self.by_ino.shrink_to_fit();
                 crate::sys::trim_heap();
             }
         }
@@ -382,7 +428,8 @@ impl NodeTable {
 
     pub fn insert_root(&self, node: Arc<Node>) {
         node.lookups.store(u64::MAX / 2, Ordering::Relaxed);
-        self.map.insert(node.ino, node);
+        self.by_ino.insert(node.ino, node.clone());
+        self.map.insert(node.id, node);
         self.counted();
     }
 

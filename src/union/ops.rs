@@ -308,7 +308,7 @@ impl Union {
         // The name leaves the node before the entry leaves the disk: the filesystem may give
         // the freed inode number to a file created meanwhile, which must not find this node
         // still naming it.
-        if let Some(node) = self.nodes.get(ino) {
+        if let Some(node) = self.nodes.by_ino(ino) {
             node.drop_name(parent, name);
         }
         if lower {
@@ -328,7 +328,7 @@ impl Union {
     /// and probes again.
     fn copy_up_may_race(&self, found: &Option<Found>) -> Option<Arc<Node>> {
         let f = found.as_ref().filter(|f| f.layer > 0)?;
-        self.nodes.get(f.ino).filter(|n| !n.is_dir())
+        self.nodes.by_ino(f.ino).filter(|n| !n.is_dir())
     }
 
     /// Rename within the merged tree. A directory that spans lower layers moves as a whole
@@ -539,13 +539,12 @@ impl Union {
     }
 
     /// Before an entry's name goes: if the kernel still holds its node, keep an O_PATH
-    /// handle, so the node stays reachable without a name (open files) and, for an upper
-    /// entry, its inode stays allocated: the filesystem cannot give its number to a new
-    /// entry, which would come back as the same node id while the kernel holds the old one
-    /// (the kernel would then retire the old inode, failing its I/O with EIO). The handle
-    /// goes when the kernel forgets the node.
+    /// handle, so the node stays reachable without a name (open files, a lookup that raced
+    /// the removal) and, for an upper entry, its inode stays allocated: the filesystem
+    /// cannot give its number to a new file while the kernel may still show it for this
+    /// one. The handle goes when the kernel forgets the node.
     fn keep_handle(&self, ino: u64, dir: RawFd, name: &OsStr, layer: usize) {
-        let Some(node) = self.nodes.get(ino).filter(|n| layer == 0 || n.is_open()) else {
+        let Some(node) = self.nodes.by_ino(ino).filter(|n| layer == 0 || n.is_open()) else {
             return;
         };
         let handle = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0);

@@ -125,7 +125,7 @@ impl Union {
                     node.add_name(parent, name);
                 } else if tag < 3 {
                     drop(s);
-                    self.nodes.forget(ino, 1);
+                    self.nodes.forget(node.id, 1);
                     ino ^= tag << 61;
                     continue;
                 }
@@ -142,7 +142,7 @@ impl Union {
     /// The node for a probed entry without counting a kernel reference: the live one if
     /// the kernel holds it, else a transient one that lives as long as the caller needs it.
     pub fn node_for(&self, parent: &Arc<Node>, name: &OsStr, found: Found) -> Arc<Node> {
-        if let Some(n) = self.nodes.get(found.ino) {
+        if let Some(n) = self.nodes.by_ino(found.ino) {
             return n;
         }
         Arc::new(Node::new(
