@@ -6,6 +6,7 @@ use common::*;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 
@@ -23,24 +24,58 @@ fn inode_numbers_survive_remount() {
     put(&fx.l(0, "f"), "f");
     put(&fx.l(0, "d/inner"), "i");
     put(&fx.l(0, "moved/x"), "x");
+    put(&fx.l(0, "meta"), "m");
+    put(&fx.l(0, "emptied"), "e");
     let m = fx.mount(&[]);
     let (f, d, inner) = (ino(&fx.m("f")), ino(&fx.m("d")), ino(&fx.m("d/inner")));
-    let moved = ino(&fx.m("moved"));
-    OpenOptions::new()
-        .append(true)
-        .open(fx.m("f"))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    let (moved, meta, emptied) = (
+        ino(&fx.m("moved")),
+        ino(&fx.m("meta")),
+        ino(&fx.m("emptied")),
+    );
+    let append = |name: &str| {
+        OpenOptions::new()
+            .append(true)
+            .open(fx.m(name))
+            .unwrap()
+            .write_all(b"+")
+            .unwrap()
+    };
+    append("f");
     fs::write(fx.m("d/new"), "n").unwrap();
     fs::rename(fx.m("moved"), fx.m("here")).unwrap();
+    // Metadata-only copies (chmod), then their data: copied, or emptied in place (O_TRUNC).
+    set_mode(&fx.m("meta"), 0o600);
+    set_mode(&fx.m("emptied"), 0o600);
+    let sparse = |name: &str| fs::metadata(fx.u(name)).unwrap().blocks() == 0;
+    assert!(sparse("meta") && sparse("emptied"), "metadata-only copies");
+    append("meta");
+    fs::write(fx.m("emptied"), "new").unwrap();
     let new = ino(&fx.m("d/new"));
+    let check = |when: &str| {
+        assert_eq!(ino(&fx.m("f")), f, "{when}: copied-up file");
+        assert_eq!(ino(&fx.m("d")), d, "{when}: copied-up directory");
+        assert_eq!(ino(&fx.m("d/inner")), inner, "{when}: lower file");
+        assert_eq!(ino(&fx.m("d/new")), new, "{when}: upper file");
+        assert_eq!(ino(&fx.m("here")), moved, "{when}: moved directory");
+        assert_eq!(
+            ino(&fx.m("meta")),
+            meta,
+            "{when}: metadata, then data copied"
+        );
+        assert_eq!(
+            ino(&fx.m("emptied")),
+            emptied,
+            "{when}: metadata, then emptied"
+        );
+        assert_eq!(
+            (read(&fx.m("meta")), read(&fx.m("emptied"))),
+            ("m+".into(), "new".into())
+        );
+    };
+    check("mounted");
     let m = m.remount();
-    assert_eq!(ino(&fx.m("f")), f, "copied-up file");
-    assert_eq!(ino(&fx.m("d")), d, "copied-up directory");
-    assert_eq!(ino(&fx.m("d/inner")), inner, "lower file");
-    assert_eq!(ino(&fx.m("d/new")), new, "upper file");
-    assert_eq!(ino(&fx.m("here")), moved, "moved directory");
+    check("after remount");
     drop(m);
 }
 

@@ -361,9 +361,17 @@ impl Union {
                 &record,
                 0,
             );
-            sys::renameat2(work.raw(), &tmp, upper.raw(), &upper.name, 0)
+            // Recorded by the copy's own inode before it is published (as in `copy_entry`).
+            let made = sys::fstat(to.as_raw_fd()).op("copy-up stat copy")?;
+            self.origins
+                .insert((made.st_dev, made.st_ino), (node.ino, false));
+            let published = sys::renameat2(work.raw(), &tmp, upper.raw(), &upper.name, 0)
                 .op("copy-up publish")
-                .map_err(wrap)?;
+                .map_err(wrap);
+            if published.is_err() {
+                self.forget_origin(&made);
+            }
+            published?;
             guard.armed = false;
             self.forget_origin(&meta);
             let _ = sys::utimensat(
@@ -392,7 +400,11 @@ impl Union {
         for mark in whiteout::METACOPY_XATTRS {
             let _ = sys::lremovexattr(upper.raw(), &upper.name, mark.as_ref());
         }
-        self.record_origin(upper.raw(), &upper.name, node.ino, false);
+        if want == Data::Discarded {
+            // The same inode, no longer metadata only.
+            self.origins
+                .insert((meta.st_dev, meta.st_ino), (node.ino, false));
+        }
         let st = sys::fstatat(upper.raw(), &upper.name)
             .op("stat")
             .map_err(wrap)?;

@@ -320,14 +320,15 @@ impl Union {
         Ok(())
     }
 
-    /// The live node of a lower entry a removal or a rename over it is about to replace. Its
-    /// copy-up (an open for writing, which the kernel does not serialize with changes to
-    /// names) could publish between the probe and the change: the removed file would come
-    /// back, or its copy be freed with its inode number still recorded as the entry's, to be
-    /// shown by the next file given that number. The caller holds the node's copy-up lock
-    /// and probes again.
+    /// The live node of an entry still to be copied up (a lower one, or an upper one holding
+    /// metadata only) that a removal or a rename over it is about to replace. Its copy-up (an
+    /// open for writing, which the kernel does not serialize with changes to names) could
+    /// publish between the probe and the change: the removed file would come back, or its
+    /// copy be freed with its inode number still recorded as the entry's, to be shown by the
+    /// next file given that number. The caller holds the node's copy-up lock and probes
+    /// again.
     fn copy_up_may_race(&self, found: &Option<Found>) -> Option<Arc<Node>> {
-        let f = found.as_ref().filter(|f| f.layer > 0)?;
+        let f = found.as_ref().filter(|f| f.layer > 0 || f.data.is_some())?;
         self.nodes.by_ino(f.ino).filter(|n| !n.is_dir())
     }
 
