@@ -751,10 +751,12 @@ impl Filesystem for UnionFs {
         });
         match res {
             Ok((node, st, Some(file))) => {
-                // None only when another real file has a live backing under the node's id:
-                // a new file's node has a new id, and an existing file opened by a racing
-                // create is the same real file.
+                // None only when fstat of the new file fails, or another real file has a
+                // live backing under the node's id (a new file's node has a new id, and an
+                // existing file opened by a racing create is the same real file). The
+                // kernel gets no entry then: give back the reference `create` counted.
                 let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
+                    self.union.nodes.forget(node.id, 1);
                     return reply.error(Errno::EIO);
                 };
                 let id = INodeNo(node.id);
@@ -769,7 +771,10 @@ impl Filesystem for UnionFs {
                     backing.as_deref(),
                 );
             }
-            Ok(_) => reply.error(Errno::EIO),
+            Ok((node, _, None)) => {
+                self.union.nodes.forget(node.id, 1);
+                reply.error(Errno::EIO)
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -361,19 +361,24 @@ impl Union {
                 &record,
                 0,
             );
-            // Recorded by the copy's own inode before it is published (as in `copy_entry`).
+            // Recorded by the copy's own inode before it is published (as in `copy_entry`),
+            // and dropped for the inode the publish frees, which the filesystem may give
+            // to the next new file (until then the xattr record answers for it).
             let made = sys::fstat(to.as_raw_fd()).op("copy-up stat copy")?;
             self.origins
                 .insert((made.st_dev, made.st_ino), (node.ino, false));
+            let before = self.origins.remove(&(meta.st_dev, meta.st_ino));
             let published = sys::renameat2(work.raw(), &tmp, upper.raw(), &upper.name, 0)
                 .op("copy-up publish")
                 .map_err(wrap);
             if published.is_err() {
                 self.forget_origin(&made);
+                if let Some((key, record)) = before {
+                    self.origins.insert(key, record);
+                }
             }
             published?;
             guard.armed = false;
-            self.forget_origin(&meta);
             let _ = sys::utimensat(
                 upper.raw(),
                 ".".as_ref(),

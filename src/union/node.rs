@@ -371,7 +371,7 @@ impl NodeTable {
         node
     }
 
-    /// One more kernel reference to a node we hand out again (link, rename replies).
+    /// One more kernel reference to a node we hand out again (a link's reply).
     pub fn remember(&self, node: &Arc<Node>) {
         let number = self.by_ino.entry(node.ino);
         match self.map.entry(node.id) {
@@ -396,17 +396,21 @@ impl NodeTable {
         };
         // Under the number's lock: a lookup cannot count a reference to the node between
         // its count reaching zero and its leaving the number.
-        let number = self.by_ino.entry(ino);
-        let gone = self.map.remove_if(&id, |_, node| {
-            let prev = node.lookups.fetch_sub(n, Ordering::AcqRel);
-            prev <= n
-        });
-        if let dashmap::Entry::Occupied(o) = number
-            && gone.is_some()
-            && o.get().id == id
-        {
-            o.remove();
-        }
+        let gone = {
+            let number = self.by_ino.entry(ino);
+            let gone = self.map.remove_if(&id, |_, node| {
+                let prev = node.lookups.fetch_sub(n, Ordering::AcqRel);
+                prev <= n
+            });
+            if let dashmap::Entry::Occupied(o) = number
+                && gone.is_some()
+                && o.get().id == id
+            {
+                o.remove();
+            }
+            gone
+        };
+        // The number's lock is released: shrinking locks every shard.
         if gone.is_some() {
             let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
             // The kernel let most of a large table go (memory pressure, drop_caches): give

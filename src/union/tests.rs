@@ -630,3 +630,52 @@ fn a_reused_inode_number_gets_a_new_node_id() {
     u.nodes.forget(new.id, 1);
     assert!(u.nodes.by_ino(old.ino).is_none() && u.node(new.id).is_err());
 }
+
+/// The forget that takes a large table below a quarter of its peak gives memory back while
+/// another node holds the number of the node it drops: it must not still hold the number's
+/// lock then (shrinking takes every lock of the map: a deadlock).
+#[test]
+fn a_forget_that_shrinks_the_table_does_not_deadlock() {
+    use super::node::{NodeState, NodeTable};
+    let file = |ino: u64, unlinked: bool| {
+        Node::new(
+            ino,
+            libc::S_IFREG,
+            NodeState {
+                parent: None,
+                name: format!("f{ino}").into(),
+                links: Vec::new(),
+                layer: 0,
+                dirs: Arc::new(Vec::new()),
+                generation: 0,
+                changed: 0,
+                unlinked,
+                real: (0, ino),
+                kept: None,
+                data: None,
+            },
+        )
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t = NodeTable::default();
+        let fillers: Vec<_> = (100..8292u64)
+            .map(|i| {
+                t.get_or_insert(i, libc::S_IFREG, (0, i), || file(i, false))
+                    .0
+            })
+            .collect();
+        // A deleted file's number (5) given to a new file, which the kernel forgets first.
+        let (old, _) = t.get_or_insert(5, libc::S_IFREG, (0, 5), || file(5, true));
+        let (new, _) = t.get_or_insert(5, libc::S_IFREG, (0, 6), || file(5, false));
+        assert_ne!(old.id, new.id);
+        for f in &fillers[..fillers.len() - 2047] {
+            t.forget(f.id, 1);
+        }
+        t.forget(new.id, 1);
+        t.forget(old.id, 1); // the table falls below a quarter of its peak here
+        tx.send(t.len()).unwrap();
+    });
+    let left = rx.recv_timeout(Duration::from_secs(30));
+    assert_eq!(left, Ok(2047), "forget deadlocked (or lost count)");
+}
