@@ -1189,6 +1189,62 @@ fn concurrent_workers_match_a_plain_directory() {
     report("concurrent_workers_match_a_plain_directory", ops, 0);
 }
 
+/// A file is opened again through a descriptor (`/proc/self/fd/N`, no lookup: the kernel
+/// names the node) while a rename moves it and another file takes its old name: every open
+/// finds the file itself, never the other one nor nothing, as on a local filesystem.
+#[test]
+fn reopening_a_file_while_renames_move_it_finds_that_file() {
+    let fx = Fixture::new(1);
+    let m = fx.mount(&[]);
+    fs::write(m.path("x"), "file X\n").unwrap();
+    fs::write(m.path("y"), "file Y\n").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Three names, two files: each move leaves the old name to the other file.
+    let mover = {
+        let (dir, stop) = (m.mnt.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut moves = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for (a, b) in [("x", "z"), ("y", "x"), ("z", "y")] {
+                    fs::rename(dir.join(a), dir.join(b)).unwrap();
+                    moves += 1;
+                }
+            }
+            moves
+        })
+    };
+    let pinned = fs::File::open(m.path("x")).unwrap();
+    let again = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    let (mut errors, mut opens) = (Vec::new(), 0u64);
+    let deadline = Instant::now() + Duration::from_millis(1500 * scale());
+    while Instant::now() < deadline {
+        opens += 1;
+        match fs::read_to_string(&again) {
+            Ok(s) if s == "file X\n" => {}
+            Ok(s) => errors.push(format!("open {opens}: another file ({s:?})")),
+            Err(e) => errors.push(format!("open {opens}: {e}")),
+        }
+        if errors.len() >= 10 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let moves = mover.join().unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} of {opens} opens during {moves} renames:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+    drop(pinned);
+    drop(m);
+    report(
+        "reopening_a_file_while_renames_move_it_finds_that_file",
+        opens + moves,
+        0,
+    );
+}
+
 /// Readers open and read lower files while a writer copies them up (append) and another
 /// renames one over another: every read gives a whole version, never an error.
 #[test]

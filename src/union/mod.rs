@@ -187,10 +187,12 @@ impl Union {
 
     /// Attributes of a node as the merged view shows them.
     pub fn getattr(&self, node: &Arc<Node>) -> Result<Stat> {
+        let place = node.place.read();
         let loc = self.locate(node)?;
         let mut st = sys::fstatat(loc.dir.as_raw_fd(), &loc.name)
             .op("stat")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
+        drop(place);
         if st.st_mode & libc::S_IFMT != node.kind {
             // The name went to another object under us (a removal in progress): answer for
             // the node's own entry, never with another type (the kernel calls that EIO).

@@ -120,6 +120,11 @@ pub struct Node {
     lookups: AtomicU64,
     /// Serialises copy-up of this node: two writers copy up once.
     pub copy_up_lock: Mutex<()>,
+    /// Held shared while the node's name is resolved to its real file and that file opened
+    /// or stat'ed, exclusively while a rename moves the file and the node follows: the name
+    /// left behind may already hold another file, and the kernel opens a file it is
+    /// renaming without waiting.
+    pub place: RwLock<()>,
     /// Open files and directories on it: only such a node needs a handle kept when its
     /// name goes.
     opens: AtomicU64,
@@ -146,6 +151,7 @@ impl Node {
             state: RwLock::new(state),
             lookups: AtomicU64::new(0),
             copy_up_lock: Mutex::new(()),
+            place: RwLock::new(()),
             opens: AtomicU64::new(0),
             listed: AtomicU64::new(0),
         }

@@ -460,6 +460,12 @@ impl Union {
         if let Some(d) = dst_node.as_ref().filter(|_| !exchange) {
             d.drop_name(newparent, newname);
         }
+        // From the move until the nodes follow it, opens of them wait (see `Node::place`).
+        let _moving = src_node.place.write();
+        let _moving_back = dst_node
+            .as_ref()
+            .filter(|_| exchange)
+            .map(|d| d.place.write());
         sys::renameat2(us, name, ud, newname, kflags)
             .op("rename")
             .map_err(|e| e.at(&path).in_layer(0))?;
@@ -610,6 +616,7 @@ impl Union {
 
     /// Open a node's file for I/O; opening for writing copies it up first.
     pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<(File, usize)> {
+        let _place = node.place.read();
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let loc = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.copy_up_truncated(node)?
@@ -689,6 +696,7 @@ impl Union {
             self.present(node, &mut st);
             return Ok(st);
         }
+        let place = node.place.read();
         let loc = match a.size {
             Some(0) => self.copy_up_truncated(node)?,
             Some(_) => self.copy_up(node)?,
@@ -720,6 +728,7 @@ impl Union {
         if let Some(x) = in_xattr {
             self.set_owner_xattr(x, &loc, &a).map_err(wrap)?;
         }
+        drop(place);
         log::debug!("setattr {path}");
         self.getattr(node)
     }
