@@ -120,10 +120,10 @@ pub struct Node {
     lookups: AtomicU64,
     /// Serialises copy-up of this node: two writers copy up once.
     pub copy_up_lock: Mutex<()>,
-    /// Held shared while the node's name is resolved to its real file and that file opened
-    /// or stat'ed, exclusively while a rename moves the file and the node follows: the name
-    /// left behind may already hold another file, and the kernel opens a file it is
-    /// renaming without waiting.
+    /// Held shared while the node's name is resolved to its real file and that file used
+    /// (open, stat, setattr, xattrs, readlink), exclusively while a rename moves the file
+    /// and the node follows: the name left behind may already hold another file, and the
+    /// kernel does not make such operations wait for a rename of the file.
     pub place: RwLock<()>,
     /// Open files and directories on it: only such a node needs a handle kept when its
     /// name goes.

@@ -854,6 +854,7 @@ impl Union {
     }
 
     pub fn readlink(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        let _place = node.place.read();
         let loc = self.locate(node)?;
         sys::readlinkat(loc.raw(), &loc.name)
             .op("readlink")
@@ -861,6 +862,7 @@ impl Union {
     }
 
     pub fn getxattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<Vec<u8>> {
+        let _place = node.place.read();
         if attr == whiteout::LAYER_XATTR {
             // Which branch serves this entry: "<index> <branch directory>" (never listed).
             let loc = self.locate(node)?;
@@ -878,6 +880,7 @@ impl Union {
     }
 
     pub fn listxattr(&self, node: &Arc<Node>) -> Result<Vec<Vec<u8>>> {
+        let _place = node.place.read();
         let loc = self.locate(node)?;
         let mut names = sys::llistxattr(loc.raw(), &loc.name)
             .op("listxattr")
@@ -892,6 +895,7 @@ impl Union {
         if whiteout::is_private_xattr(attr) || idmap::is_owner_xattr(attr.as_bytes()) {
             return Err(Error::new(libc::EPERM, "setxattr").at(node.path()));
         }
+        let _place = node.place.read();
         let loc = self.copy_up_metadata(node)?;
         sys::lsetxattr(loc.raw(), &loc.name, attr, value, flags)
             .op("setxattr")
@@ -901,6 +905,7 @@ impl Union {
     pub fn removexattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<()> {
         // Nothing to remove means nothing to copy up.
         self.getxattr(node, attr)?;
+        let _place = node.place.read();
         let loc = self.copy_up_metadata(node)?;
         sys::lremovexattr(loc.raw(), &loc.name, attr)
             .op("removexattr")
