@@ -130,6 +130,12 @@ impl Backings {
         }
     }
 
+    /// The real file (st_dev, st_ino) of node `id`'s live passthrough backing, if any.
+    pub fn live(&self, id: u64) -> Option<(u64, u64)> {
+        let io = self.map.get(&id)?;
+        (io.backing.strong_count() > 0).then_some(io.real)
+    }
+
     /// A handle of node `id` closed (its backing id already dropped).
     pub fn release(&self, id: u64, was_cached: bool) {
         if let Some(mut io) = self.map.get_mut(&id)

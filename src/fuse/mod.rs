@@ -433,12 +433,16 @@ impl Filesystem for UnionFs {
         };
         // A file resolved just before a copy-up can lose the race to the copy the kernel
         // already uses in passthrough: open the node again, which now finds the copy.
+        let mut opened = None;
         for _ in 0..3 {
             let (file, layer) = match self.union.open(&node, flags.0) {
                 Ok(f) => f,
                 Err(e) => return reply.error(self.fail(&e)),
             };
             let Some(mode) = self.io_mode(&node, &file, layer, || reply.open_backing(&file)) else {
+                opened = sys::fstat(file.as_raw_fd())
+                    .ok()
+                    .map(|st| (layer, st.st_dev, st.st_ino));
                 continue;
             };
             let (fh, backing) = self.insert_file(node, file, layer, flags.0, &mode);
@@ -449,7 +453,18 @@ impl Filesystem for UnionFs {
                 _ => reply.opened(fh, fopen_flags(&mode)),
             };
         }
-        log::warn!("{}: no I/O mode the kernel accepts", node.path());
+        let path = node.path();
+        let (layer, real, unlinked) = {
+            let s = node.state();
+            (s.layer, s.real, s.unlinked)
+        };
+        log::warn!(
+            "{path}: no I/O mode the kernel accepts: node {} (layer {layer}, real {real:?}, \
+             unlinked {unlinked}) opened (layer, dev, ino) {opened:?} beside a live \
+             passthrough backing of {:?}",
+            node.id,
+            self.backings.live(node.id),
+        );
         reply.error(Errno::EIO);
     }
 
