@@ -284,7 +284,8 @@ impl Union {
             _ => {}
         }
         let in_upper = found.layer == 0;
-        let (ino, found_layer) = (found.ino, found.layer);
+        let found_layer = found.layer;
+        let live = self.live_node(&found);
         if in_upper && (is_dir || found.st.st_nlink <= 1) {
             self.forget_origin(&found.st);
         }
@@ -301,14 +302,14 @@ impl Union {
             .iter()
             .find(|d| d.layer == found_layer)
         {
-            self.keep_handle(ino, d.raw(), name, found_layer);
+            self.keep_handle(live.as_ref(), d.raw(), name, found_layer);
         }
         let up = self.upper_dir(parent)?;
         let existing = in_upper.then_some(is_dir);
         // The name leaves the node before the entry leaves the disk: the filesystem may give
         // the freed inode number to a file created meanwhile, which must not find this node
         // still naming it.
-        if let Some(node) = self.nodes.by_ino(ino) {
+        if let Some(node) = &live {
             node.drop_name(parent, name);
         }
         if lower {
@@ -329,7 +330,7 @@ impl Union {
     /// again.
     fn copy_up_may_race(&self, found: &Option<Found>) -> Option<Arc<Node>> {
         let f = found.as_ref().filter(|f| f.layer > 0 || f.data.is_some())?;
-        self.nodes.by_ino(f.ino).filter(|n| !n.is_dir())
+        self.live_node(f).filter(|n| !n.is_dir())
     }
 
     /// Rename within the merged tree. A directory that spans lower layers moves as a whole
@@ -388,7 +389,7 @@ impl Union {
             .filter(|d| d.layer == 0 && !is_dir_found(d) && !exchange)
         {
             let up = self.upper_dir(newparent)?;
-            self.keep_handle(d.ino, up.as_raw_fd(), newname, 0);
+            self.keep_handle(self.live_node(d).as_ref(), up.as_raw_fd(), newname, 0);
         }
         let src_node = self.node_for(parent, name, src);
         let dst_node = dst.map(|d| self.node_for(newparent, newname, d));
@@ -550,8 +551,8 @@ impl Union {
     /// the removal) and, for an upper entry, its inode stays allocated: the filesystem
     /// cannot give its number to a new file while the kernel may still show it for this
     /// one. The handle goes when the kernel forgets the node.
-    fn keep_handle(&self, ino: u64, dir: RawFd, name: &OsStr, layer: usize) {
-        let Some(node) = self.nodes.by_ino(ino).filter(|n| layer == 0 || n.is_open()) else {
+    fn keep_handle(&self, node: Option<&Arc<Node>>, dir: RawFd, name: &OsStr, layer: usize) {
+        let Some(node) = node.filter(|n| layer == 0 || n.is_open()) else {
             return;
         };
         let handle = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0);

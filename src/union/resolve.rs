@@ -80,7 +80,8 @@ impl Union {
         } = found;
         let real = (st.st_dev, st.st_ino);
         // A number taken by another real file (a copied-up hard link's lower sibling shows
-        // the copy's origin number) gets a number of its own, tagged in the top bits.
+        // the copy's origin number) gets a number of its own, tagged in the top bits: the
+        // number, then it ^ 1 << 61, then ^ 3 << 61 (`live_node` looks there too).
         for tag in 1..=3u64 {
             let (node, fresh) = self.nodes.get_or_insert(ino, kind, real, || {
                 Node::new(
@@ -139,10 +140,25 @@ impl Union {
         unreachable!("the last attempt always returns")
     }
 
+    /// The live node of a probed entry, if the kernel holds one: the node its number names,
+    /// or the one `bind` gave a tagged number to, holding the entry's real file.
+    pub(crate) fn live_node(&self, found: &Found) -> Option<Arc<Node>> {
+        let real = (found.st.st_dev, found.st.st_ino);
+        let first = self.nodes.by_ino(found.ino);
+        if first.as_ref().is_none_or(|n| n.state().real == real) {
+            return first;
+        }
+        [1u64, 3]
+            .iter()
+            .filter_map(|t| self.nodes.by_ino(found.ino ^ (t << 61)))
+            .find(|n| n.state().real == real)
+            .or(first)
+    }
+
     /// The node for a probed entry without counting a kernel reference: the live one if
     /// the kernel holds it, else a transient one that lives as long as the caller needs it.
     pub fn node_for(&self, parent: &Arc<Node>, name: &OsStr, found: Found) -> Arc<Node> {
-        if let Some(n) = self.nodes.by_ino(found.ino) {
+        if let Some(n) = self.live_node(&found) {
             return n;
         }
         Arc::new(Node::new(

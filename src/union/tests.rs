@@ -679,3 +679,34 @@ fn a_forget_that_shrinks_the_table_does_not_deadlock() {
     let left = rx.recv_timeout(Duration::from_secs(30));
     assert_eq!(left, Ok(2047), "forget deadlocked (or lost count)");
 }
+
+/// An entry that showed another file's number got a tagged one (`bind`); operations that
+/// find the entry by its probed number reach its own node, not the other file's.
+#[test]
+fn a_tagged_number_still_finds_its_node() {
+    let s = Stack::new(1);
+    let u = s.union();
+    let root = u.root();
+    let file = New::File {
+        mode: 0o644,
+        flags: libc::O_RDWR,
+    };
+    let (a, _, _) = u.create(&root, OsStr::new("a"), file, ME).unwrap();
+    u.create(&root, OsStr::new("b"), file, ME).unwrap();
+    let probe_b = || {
+        let mut f = u.probe(&root, OsStr::new("b")).unwrap().unwrap();
+        f.ino = a.ino; // as a copied-up hard link's lower sibling shows the copy's number
+        f
+    };
+    let (b, _) = u.bind(&root, OsStr::new("b"), probe_b());
+    assert!(
+        !Arc::ptr_eq(&a, &b) && b.ino != a.ino,
+        "b took a's node or number"
+    );
+    assert!(Arc::ptr_eq(&u.nodes.by_ino(a.ino).unwrap(), &a));
+    assert!(Arc::ptr_eq(&u.live_node(&probe_b()).unwrap(), &b));
+    assert!(Arc::ptr_eq(
+        &u.node_for(&root, OsStr::new("b"), probe_b()),
+        &b
+    ));
+}
