@@ -636,8 +636,8 @@ fn rename_kill_rounds(ndirs: usize, rounds: usize, strict: bool, seed: u64) -> (
     (renames, rounds as u64, doubled)
 }
 
-/// Every property but atomicity (which has its own, ignored, test below): a directory is
-/// whole under whichever name shows it, the lowers are unchanged, the work dir is clean.
+/// Every property but atomicity (the next test's, with more rounds): a directory is whole
+/// under whichever name shows it, the lowers are unchanged, the work dir is clean.
 #[test]
 fn sigkill_during_lower_directory_renames() {
     let (renames, kills, doubled) = rename_kill_rounds(4, 4 * scale() as usize, false, 11);
