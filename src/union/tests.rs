@@ -114,6 +114,12 @@ const ME: Caller = Caller {
     umask: 0o022,
 };
 
+/// A new regular file opened for reading and writing.
+const RW_FILE: New<'static> = New::File {
+    mode: 0o644,
+    flags: libc::O_RDWR,
+};
+
 #[test]
 fn topmost_file_wins_and_directories_merge() {
     let s = Stack::new(2);
@@ -574,17 +580,7 @@ fn a_lookup_that_raced_an_unlink_finds_the_node_it_had() {
     write(&s.lowers[0].join("low"), "lower");
     let u = s.union();
     let root = u.root();
-    let (up, _, _) = u
-        .create(
-            &root,
-            OsStr::new("up"),
-            New::File {
-                mode: 0o644,
-                flags: libc::O_RDWR,
-            },
-            ME,
-        )
-        .unwrap();
+    let (up, _, _) = u.create(&root, OsStr::new("up"), RW_FILE, ME).unwrap();
     let low = walk(&u, "low").unwrap();
     for (node, name) in [(&up, "up"), (&low, "low")] {
         let stale = u.probe(&root, OsStr::new(name)).unwrap().unwrap();
@@ -607,13 +603,9 @@ fn a_reused_inode_number_gets_a_new_node_id() {
     let s = Stack::new(1);
     let u = s.union();
     let root = u.root();
-    let file = New::File {
-        mode: 0o644,
-        flags: libc::O_RDWR,
-    };
-    let (old, _, _) = u.create(&root, OsStr::new("old"), file, ME).unwrap();
+    let (old, _, _) = u.create(&root, OsStr::new("old"), RW_FILE, ME).unwrap();
     u.unlink(&root, OsStr::new("old")).unwrap();
-    u.create(&root, OsStr::new("new"), file, ME).unwrap();
+    u.create(&root, OsStr::new("new"), RW_FILE, ME).unwrap();
     // The filesystem may or may not reuse the number itself: hand it over explicitly.
     let mut found = u.probe(&root, OsStr::new("new")).unwrap().unwrap();
     found.ino = old.ino;
@@ -687,12 +679,8 @@ fn a_tagged_number_still_finds_its_node() {
     let s = Stack::new(1);
     let u = s.union();
     let root = u.root();
-    let file = New::File {
-        mode: 0o644,
-        flags: libc::O_RDWR,
-    };
-    let (a, _, _) = u.create(&root, OsStr::new("a"), file, ME).unwrap();
-    u.create(&root, OsStr::new("b"), file, ME).unwrap();
+    let (a, _, _) = u.create(&root, OsStr::new("a"), RW_FILE, ME).unwrap();
+    u.create(&root, OsStr::new("b"), RW_FILE, ME).unwrap();
     let probe_b = || {
         let mut f = u.probe(&root, OsStr::new("b")).unwrap().unwrap();
         f.ino = a.ino; // as a copied-up hard link's lower sibling shows the copy's number
