@@ -269,6 +269,10 @@ impl Union {
         let path = child_path(parent, name);
         self.check_writable(op)?;
         let found = self.probe(parent, name)?;
+        // Opens of the file by its name wait until it is gone (see `Node::place`); taken
+        // before the copy-up lock, as an open takes them.
+        let replaced = self.replaced_node(found.as_ref());
+        let _place = replaced.as_ref().map(|n| n.place.write());
         let held = self.copy_up_may_race(&found);
         let _serial = held.as_ref().map(|n| n.copy_up_lock.lock());
         let found = if held.is_some() {
@@ -321,6 +325,13 @@ impl Union {
         Ok(())
     }
 
+    /// The live node of a file a removal or a rename is about to replace: opens of it by
+    /// name must not find the name after the node has let go of it, nor whatever file comes
+    /// there next. (Directories are not opened by name.)
+    fn replaced_node(&self, found: Option<&Found>) -> Option<Arc<Node>> {
+        self.live_node(found?).filter(|n| !n.is_dir())
+    }
+
     /// The live node of an entry still to be copied up (a lower one, or an upper one holding
     /// metadata only) that a removal or a rename over it is about to replace. Its copy-up (an
     /// open for writing, which the kernel does not serialize with changes to names) could
@@ -353,6 +364,8 @@ impl Union {
             .probe(parent, name)?
             .ok_or_else(|| Error::new(libc::ENOENT, "rename").at(&path))?;
         let dst = self.probe(newparent, newname)?;
+        let replaced = self.replaced_node(dst.as_ref().filter(|_| !exchange));
+        let _place = replaced.as_ref().map(|n| n.place.write());
         // (An exchange copies the destination up itself, under the same lock.)
         let held = self.copy_up_may_race(&dst).filter(|_| !exchange);
         let _serial = held.as_ref().map(|n| n.copy_up_lock.lock());
@@ -462,7 +475,8 @@ impl Union {
             d.drop_name(newparent, newname);
         }
         // From the move until the nodes follow it, opens of them wait (see `Node::place`).
-        let _moving = src_node.place.write();
+        let _moving = (!replaced.as_ref().is_some_and(|r| Arc::ptr_eq(r, &src_node)))
+            .then(|| src_node.place.write());
         let _moving_back = dst_node
             .as_ref()
             .filter(|_| exchange)
