@@ -122,8 +122,8 @@ pub struct Node {
     pub copy_up_lock: Mutex<()>,
     /// Held shared while the node's name is resolved to its real file and that file used
     /// (open, stat, setattr, xattrs, readlink), exclusively while a rename moves the file
-    /// and the node follows: the name left behind may already hold another file, and the
-    /// kernel does not make such operations wait for a rename of the file.
+    /// and the node follows, or a removal or rename replaces it: the name may then hold
+    /// another file, and the kernel does not make such operations wait for either.
     pub place: RwLock<()>,
     /// Open files and directories on it: only such a node needs a handle kept when its
     /// name goes.

@@ -341,7 +341,7 @@ impl Union {
     /// again.
     fn copy_up_may_race(&self, found: &Option<Found>) -> Option<Arc<Node>> {
         let f = found.as_ref().filter(|f| f.layer > 0 || f.data.is_some())?;
-        self.live_node(f).filter(|n| !n.is_dir())
+        self.replaced_node(Some(f))
     }
 
     /// Rename within the merged tree. A directory that spans lower layers moves as a whole
