@@ -8,6 +8,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -772,4 +773,25 @@ fn mount_on_dead_mount_point() {
         ),
         other => panic!("exit {other:?}: {err}"),
     }
+}
+
+/// An open lower file renamed over lives on through its descriptors, as one unlinked does:
+/// fstat, and a new open through `/proc/self/fd` (no lookup, the kernel's node only).
+/// unionmount kept no handle for a lower destination, so both answered ENOENT.
+#[test]
+fn open_lower_file_renamed_over_stays_reachable() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "lower\n");
+    put(&fx.l(0, "g"), "other file\n");
+    let m = fx.mount(&[]);
+    let f = File::open(fx.m("f")).unwrap();
+    fs::rename(fx.m("g"), fx.m("f")).unwrap();
+    let md = f.metadata().expect("fstat of a lower file renamed over");
+    assert_eq!(md.len(), 6);
+    let again = fs::read_to_string(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .expect("reopen of a lower file renamed over");
+    assert_eq!(again, "lower\n");
+    assert_eq!(fs::read_to_string(fx.m("f")).unwrap(), "other file\n");
+    drop(f);
+    drop(m);
 }

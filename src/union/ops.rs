@@ -301,13 +301,7 @@ impl Union {
         }
         // Found in a lower layer, the name shows from there; found in the upper, look below.
         let lower = found_layer > 0 || self.lower_shows(parent, name)?;
-        if let Some(d) = self
-            .dirs_of(parent)?
-            .iter()
-            .find(|d| d.layer == found_layer)
-        {
-            self.keep_handle(live.as_ref(), d.raw(), name, found_layer);
-        }
+        self.keep_handle(live.as_ref(), parent, name, found_layer)?;
         let up = self.upper_dir(parent)?;
         let existing = in_upper.then_some(is_dir);
         // The name leaves the node before the entry leaves the disk: the filesystem may give
@@ -397,12 +391,8 @@ impl Union {
         {
             self.forget_origin(&d.st);
         }
-        if let Some(d) = dst
-            .as_ref()
-            .filter(|d| d.layer == 0 && !is_dir_found(d) && !exchange)
-        {
-            let up = self.upper_dir(newparent)?;
-            self.keep_handle(self.live_node(d).as_ref(), up.as_raw_fd(), newname, 0);
+        if let Some(d) = dst.as_ref().filter(|d| !is_dir_found(d) && !exchange) {
+            self.keep_handle(self.live_node(d).as_ref(), newparent, newname, d.layer)?;
         }
         let src_node = self.node_for(parent, name, src);
         let dst_node = dst.map(|d| self.node_for(newparent, newname, d));
@@ -564,18 +554,30 @@ impl Union {
     /// handle, so the node stays reachable without a name (open files, a lookup that raced
     /// the removal) and, for an upper entry, its inode stays allocated: the filesystem
     /// cannot give its number to a new file while the kernel may still show it for this
-    /// one. The handle goes when the kernel forgets the node.
-    fn keep_handle(&self, node: Option<&Arc<Node>>, dir: RawFd, name: &OsStr, layer: usize) {
+    /// one. The handle goes when the kernel forgets the node. `layer` is where the entry
+    /// was found below `parent`.
+    fn keep_handle(
+        &self,
+        node: Option<&Arc<Node>>,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        layer: usize,
+    ) -> Result<()> {
         let Some(node) = node.filter(|n| layer == 0 || n.is_open()) else {
-            return;
+            return Ok(());
         };
-        let handle = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0);
+        let dirs = self.dirs_of(parent)?;
+        let Some(dir) = dirs.iter().find(|d| d.layer == layer) else {
+            return Ok(());
+        };
+        let handle = sys::openat(dir.raw(), name, libc::O_PATH | libc::O_NOFOLLOW, 0);
         if let Ok(fd) = handle {
             node.state_mut().kept = Some(Kept {
                 fd: Arc::new(fd),
                 layer,
             });
         }
+        Ok(())
     }
 
     /// A moved entry keeps its inode number: in memory for this mount, and in the origin
