@@ -795,3 +795,24 @@ fn open_lower_file_renamed_over_stays_reachable() {
     drop(f);
     drop(m);
 }
+
+/// The same for an open directory another one replaces, in the upper or a lower layer
+/// (rename kept no handle for a replaced directory: ENOENT).
+#[test]
+fn fstat_open_dir_renamed_over() {
+    let fx = Fixture::new(1);
+    fs::create_dir_all(fx.l(0, "lowerdir")).unwrap();
+    fs::create_dir_all(fx.l(0, "from_lower")).unwrap();
+    let m = fx.mount(&[]);
+    fs::create_dir(fx.m("upperdir")).unwrap();
+    fs::create_dir(fx.m("from_upper")).unwrap();
+    for (d, by) in [("upperdir", "from_upper"), ("lowerdir", "from_lower")] {
+        let f = File::open(fx.m(d)).unwrap();
+        fs::rename(fx.m(by), fx.m(d)).unwrap();
+        let md = f
+            .metadata()
+            .unwrap_or_else(|e| panic!("fstat of {d} renamed over: {e}"));
+        assert!(md.is_dir());
+    }
+    drop(m);
+}

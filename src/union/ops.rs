@@ -391,7 +391,7 @@ impl Union {
         {
             self.forget_origin(&d.st);
         }
-        if let Some(d) = dst.as_ref().filter(|d| !is_dir_found(d) && !exchange) {
+        if let Some(d) = dst.as_ref().filter(|_| !exchange) {
             self.keep_handle(self.live_node(d).as_ref(), newparent, newname, d.layer)?;
         }
         let src_node = self.node_for(parent, name, src);
