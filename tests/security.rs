@@ -851,3 +851,39 @@ fn nosuid_nodev_noexec_are_applied() {
     }
     assert_errno(exec, libc::EACCES, "exec on a noexec mount");
 }
+
+/// `trusted.*` xattr names are for root only, as ext4 and overlayfs list them: the daemon
+/// reads the branches with more privilege than a user under `allow_other` has, and listed
+/// names break `cp -a` and `rsync -X` (their values answer ENODATA).
+#[test]
+fn trusted_xattr_names_are_listed_for_root_only() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    set_mode(&fx.root, 0o755);
+    put_mode(&fx.l(0, "f"), "f\n", 0o644);
+    xattr::set(fx.l(0, "f"), "trusted.secret", b"1").unwrap();
+    xattr::set(fx.l(0, "f"), "user.pub", b"2").unwrap();
+    let m = fx.mount(&["-o", "allow_other"]);
+    let listed = |uid: u32| {
+        let (rc, out) = sh_as(uid, &fx.mnt, "getfattr --absolute-names -m - f 1>&2");
+        assert_eq!(rc, 0, "getfattr as {uid}: {out}");
+        out
+    };
+    let user = listed(65534);
+    assert!(
+        user.contains("user.pub"),
+        "user.pub missing for a user: {user}"
+    );
+    assert!(
+        !user.contains("trusted."),
+        "trusted.* listed for a user: {user}"
+    );
+    let root = listed(0);
+    assert!(
+        root.contains("trusted.secret"),
+        "root lost trusted.*: {root}"
+    );
+    drop(m);
+}

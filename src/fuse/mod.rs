@@ -726,8 +726,8 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.on(ino, |n| self.union.listxattr(&n)) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.on(ino, |n| self.union.listxattr(&n, req.uid() == 0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {

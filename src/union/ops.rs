@@ -896,14 +896,19 @@ impl Union {
             .ok_or_else(|| Error::new(libc::ENODATA, "getxattr"))
     }
 
-    pub fn listxattr(&self, node: &Arc<Node>) -> Result<Vec<Vec<u8>>> {
+    /// The xattr names a caller may see. `trusted.*` ones only for root: the kernel leaves
+    /// that filtering to the filesystem (ext4 and overlayfs do it), and the daemon reads
+    /// the branches with more privilege than the caller may have.
+    pub fn listxattr(&self, node: &Arc<Node>, root: bool) -> Result<Vec<Vec<u8>>> {
         let _place = node.place.read();
         let loc = self.locate(node)?;
         let mut names = sys::llistxattr(loc.raw(), &loc.name)
             .op("listxattr")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
         names.retain(|n| {
-            !whiteout::is_private_xattr(OsStr::from_bytes(n)) && !idmap::is_owner_xattr(n)
+            !whiteout::is_private_xattr(OsStr::from_bytes(n))
+                && !idmap::is_owner_xattr(n)
+                && (root || !n.starts_with(b"trusted."))
         });
         Ok(names)
     }
