@@ -741,6 +741,29 @@ fn renameat2_noreplace() {
     drop(m);
 }
 
+/// RENAME_WHITEOUT is refused with EINVAL, as overlayfs does (it would leave a 0/0 device,
+/// which a union reads as a whiteout: the name vanished instead). Nothing changes.
+#[test]
+fn renameat2_whiteout_is_einval() {
+    if !is_root() {
+        return; // the flag needs CAP_MKNOD
+    }
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "a"), "A");
+    let m = fx.mount(&[]);
+    put(&fx.m("u"), "U");
+    for name in ["a", "u"] {
+        assert_errno(
+            renameat2(&fx.m(name), &fx.m("new"), libc::RENAME_WHITEOUT),
+            libc::EINVAL,
+            &format!("RENAME_WHITEOUT of {name}"),
+        );
+    }
+    assert_eq!(names(&fx.mnt), strs(&["a", "u"]));
+    assert_eq!(upper_names(&fx.upper), strs(&["u"]));
+    drop(m);
+}
+
 #[test]
 fn renameat2_exchange() {
     let fx = Fixture::new(1);

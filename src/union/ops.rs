@@ -353,6 +353,11 @@ impl Union {
         if whiteout::is_reserved(newname) {
             return Err(Error::new(libc::EPERM, "rename").at(child_path(newparent, newname)));
         }
+        // As overlayfs: RENAME_WHITEOUT would leave a 0/0 device, which the union reads as a
+        // whiteout (the name would vanish instead of showing the device).
+        if flags & !(sys::RENAME_EXCHANGE | sys::RENAME_NOREPLACE) != 0 {
+            return Err(Error::new(libc::EINVAL, "rename").at(&path));
+        }
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
         let src = self
             .probe(parent, name)?
