@@ -284,3 +284,95 @@ fn rmdir_fully_whited_out_dir() {
     assert_gone(&fx.m("full"));
     drop(m);
 }
+
+/// A POSIX ACL in its xattr form: version 2, then (tag, perm, id) entries.
+fn acl_xattr(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// Mode and ACLs of an entry: what a default ACL decides about it.
+fn acl_state(p: &std::path::Path) -> (u32, Option<Vec<u8>>, Option<Vec<u8>>) {
+    (
+        mode_of(p) & 0o7777,
+        xattr::get(p, "system.posix_acl_access").unwrap(),
+        xattr::get(p, "system.posix_acl_default").unwrap(),
+    )
+}
+
+/// A directory's default ACL replaces the umask for entries made in it, as on ext4: a
+/// plain twin directory gets the same script. unionmount applied the umask as well (mode
+/// and ACL mask narrowed to the umask), and a directory made over a whited-out one (built
+/// in the work dir, where the ACL is not) inherited nothing.
+#[test]
+fn default_acl_replaces_the_umask() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let none = u32::MAX;
+    let acl = acl_xattr(&[
+        (0x01, 7, none),
+        (0x02, 7, 1001),
+        (0x04, 5, none),
+        (0x10, 7, none),
+        (0x20, 5, none),
+    ]);
+    let plain = fx.root.join("plain");
+    for d in [fx.l(0, "d"), plain.join("d")] {
+        mkdir_p(&d.join("y"));
+        set_mode(&d, 0o755);
+    }
+    let m = fx.mount(&[]);
+    let script = "umask 077 && touch d/f && mkdir d/sub && rmdir d/y && mkdir d/y";
+    for root in [fx.mnt.clone(), plain.clone()] {
+        xattr::set(root.join("d"), "system.posix_acl_default", &acl).unwrap();
+        let (rc, err) = sh_as(0, &root, script);
+        assert_eq!(rc, 0, "{}: {err}", root.display());
+    }
+    for name in ["d/f", "d/sub", "d/y"] {
+        assert_eq!(
+            acl_state(&fx.m(name)),
+            acl_state(&plain.join(name)),
+            "{name}: mode and ACLs"
+        );
+    }
+    let m = m.remount();
+    assert_eq!(acl_state(&fx.m("d/y")), acl_state(&plain.join("d/y")));
+    drop(m);
+}
+
+/// A set-id bit asked for on a fifo made by a group member in a setgid directory stays, as
+/// on ext4 (the daemon's chown to the caller cleared it, and only regular files got it
+/// back).
+#[test]
+fn set_id_bits_of_a_new_fifo_survive_the_owner_change() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    set_mode(&fx.root, 0o755);
+    let plain = fx.root.join("plain");
+    for d in [fx.l(0, "g"), plain.join("g")] {
+        mkdir_p(&d);
+        std::os::unix::fs::chown(&d, Some(0), Some(1000)).unwrap();
+        set_mode(&d, 0o2777);
+    }
+    let m = fx.mount(&["-o", "allow_other"]);
+    for root in [fx.mnt.clone(), plain.clone()] {
+        let (rc, err) = sh_as(
+            1000,
+            &root,
+            "umask 0 && python3 -c 'import os; os.mkfifo(\"g/p\", 0o2777)'",
+        );
+        assert_eq!(rc, 0, "{}: {err}", root.display());
+    }
+    assert_eq!(mode_of(&fx.m("g/p")), mode_of(&plain.join("g/p")));
+    assert_eq!(mode_of(&fx.m("g/p")) & 0o7777, 0o2777);
+    drop(m);
+}

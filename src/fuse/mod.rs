@@ -211,8 +211,10 @@ impl Filesystem for UnionFs {
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         // Without it the kernel checks mode bits only: an ACL denying a user on a branch
         // would not deny them through an allow_other mount.
+        // With ACLs the umask is ours to apply (`FUSE_DONT_MASK`): a parent's default ACL
+        // replaces it.
         let wanted = if self.acl {
-            wanted | InitFlags::FUSE_POSIX_ACL
+            wanted | InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK
         } else {
             wanted
         };

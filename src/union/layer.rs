@@ -56,6 +56,33 @@ impl WorkDir {
         OsString::from(format!("#{}-{n}", std::process::id()))
     }
 
+    /// Where to build a new entry before publishing it: the work dir itself, or, given the
+    /// target directory's default ACL, a fresh directory in it carrying that ACL (an entry
+    /// inherits a default ACL only from the directory it is made in). Removed on drop.
+    pub fn staging(&self, default_acl: Option<&[u8]>) -> Result<Staging<'_>> {
+        let Some(acl) = default_acl else {
+            return Ok(Staging {
+                work: self,
+                sub: None,
+            });
+        };
+        let name = self.temp_name();
+        sys::mkdirat(self.raw(), &name, 0o700).op("make staging dir")?;
+        let staging = sys::open_dir_path(self.raw(), &name)
+            .map(|fd| Staging {
+                work: self,
+                sub: Some((fd, name.clone())),
+            })
+            .op("open staging dir");
+        if staging.is_err() {
+            let _ = sys::unlinkat(self.raw(), &name, true);
+        }
+        let staging = staging?;
+        sys::lsetxattr(staging.raw(), ".".as_ref(), ACL_DEFAULT.as_ref(), acl, 0)
+            .op("set default ACL on staging dir")?;
+        Ok(staging)
+    }
+
     /// Remove our own leftovers only (another daemon may be mounting on the same upper).
     fn clean_own(&self) {
         let prefix = format!("#{}-", std::process::id());
@@ -91,6 +118,32 @@ impl WorkDir {
         )
         .op("open workdir")?;
         remove_tree_contents(dir.as_raw_fd()).map_err(|e| e.at(self.path.display()))
+    }
+}
+
+/// The xattr holding a directory's default POSIX ACL.
+pub const ACL_DEFAULT: &str = "system.posix_acl_default";
+
+/// A directory in the work dir to build entries in (see `WorkDir::staging`).
+pub struct Staging<'a> {
+    work: &'a WorkDir,
+    sub: Option<(OwnedFd, OsString)>,
+}
+
+impl Staging<'_> {
+    pub fn raw(&self) -> RawFd {
+        match &self.sub {
+            Some((fd, _)) => fd.as_raw_fd(),
+            None => self.work.raw(),
+        }
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        if let Some((_, name)) = &self.sub {
+            let _ = sys::unlinkat(self.work.raw(), name, true);
+        }
     }
 }
 

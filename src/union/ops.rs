@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::events::Event;
 use super::idmap::{self, StatOverride};
-use super::layer::remove_tree_contents;
+use super::layer::{ACL_DEFAULT, remove_tree_contents};
 use super::node::{Kept, LayerDir, Node};
 use super::resolve::{Found, Loc};
 use super::whiteout;
@@ -203,20 +203,29 @@ impl Union {
         let shown = self.shown_owner(up, ".".as_ref(), &pst);
         let inherit_gid = shown.mode & libc::S_ISGID != 0;
         let gid = if inherit_gid { shown.gid } else { caller.gid };
+        // A default ACL on the parent decides the new entry's permissions instead of the
+        // umask (POSIX.1e); the filesystem applies it where the entry is made.
+        let default_acl = sys::lgetxattr(up, ".".as_ref(), ACL_DEFAULT.as_ref()).unwrap_or(None);
+        let caller = match default_acl {
+            Some(_) => Caller { umask: 0, ..caller },
+            None => caller,
+        };
         let file = if opaque || exact_whiteout {
             let work = self.stack.work()?;
+            let stage = work.staging(default_acl.as_deref())?;
+            let sd = stage.raw();
             let tmp = work.temp_name();
-            let file = make(work.raw(), &tmp, what, caller, inherit_gid, gid, &self.opts)
+            let file = make(sd, &tmp, what, caller, inherit_gid, gid, &self.opts)
                 .map_err(|e| e.at(&path))?;
             if opaque {
-                self.mark_opaque(work.raw(), &tmp, &path)?;
+                self.mark_opaque(sd, &tmp, &path)?;
             }
             if exact_whiteout {
-                sys::renameat2(work.raw(), &tmp, up, name, sys::RENAME_EXCHANGE)
+                sys::renameat2(sd, &tmp, up, name, sys::RENAME_EXCHANGE)
                     .op("create over whiteout")?;
-                remove_entry(work.raw(), &tmp, false)?;
+                remove_entry(sd, &tmp, false)?;
             } else {
-                sys::renameat2(work.raw(), &tmp, up, name, sys::RENAME_NOREPLACE).op("create")?;
+                sys::renameat2(sd, &tmp, up, name, sys::RENAME_NOREPLACE).op("create")?;
             }
             file
         } else {
@@ -1032,11 +1041,15 @@ fn make(
         Some(_) => (m & 0o777) | 0o755,
         None => m,
     };
-    let mut set_id_bits = 0;
+    let set_id_bits = match what {
+        New::File { mode, .. } | New::Special { mode, .. } => {
+            perm(mode) & (libc::S_ISUID | libc::S_ISGID)
+        }
+        _ => 0,
+    };
     let mut shown = 0;
     let file = match what {
         New::File { mode, flags } => {
-            set_id_bits = perm(mode) & (libc::S_ISUID | libc::S_ISGID);
             shown = libc::S_IFREG | perm(mode);
             let flags = (flags & !libc::O_NOFOLLOW) | libc::O_CREAT | libc::O_EXCL;
             Some(File::from(
@@ -1081,12 +1094,9 @@ fn make(
         Err(e) => return Err(Error::io(e, "chown new entry")),
     }
     if set_id_bits != 0 {
-        // chown cleared them; put back what the caller asked for.
-        let mode = match what {
-            New::File { mode, .. } => perm(mode),
-            _ => 0,
-        };
-        sys::fchmodat(dir, name, mode).op("chmod new entry")?;
+        // chown cleared them; put them back on the permissions the entry was made with
+        // (which a default ACL may have narrowed).
+        sys::fchmodat(dir, name, (st.st_mode & 0o777) | set_id_bits).op("chmod new entry")?;
     }
     Ok(file)
 }
