@@ -159,6 +159,38 @@ fn control_socket_is_private_and_outside_the_tree() {
     assert!(!sock.exists(), "socket left behind at unmount");
 }
 
+/// A mount made right after an unmount, while the old daemon is still exiting (its control
+/// socket still answers), gets the control socket once the old one is gone. Before, it gave
+/// up at once: `which`, `layers` and `commit` could not reach the new mount. The old daemon
+/// is played by a listener on the socket path that closes after half a second.
+#[test]
+fn a_mount_waits_for_its_predecessors_control_socket_to_go() {
+    let fx = Fixture::new(1);
+    seed(&fx);
+    let sock = unionmount::inspect::control::socket_path(&fx.mnt.canonicalize().unwrap());
+    fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    let _ = fs::remove_file(&sock);
+    let old = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let exiting = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(old); // the process exits; its socket file stays
+    });
+    let _m = fx.mount(&[]);
+    exiting.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut o = tool(&["layers", &s(&fx.mnt)]);
+    while !o.ok && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        o = tool(&["layers", &s(&fx.mnt)]);
+    }
+    assert!(
+        o.ok && o.stdout.contains("lower0"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+}
+
 #[test]
 fn layers_reports_stack_counters_and_kernel() {
     let fx = Fixture::new(1);

@@ -50,13 +50,21 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 /// The running control server; the socket goes when this is dropped (at unmount).
 pub struct Control {
     path: PathBuf,
+    /// The socket's inode: a new daemon on the same mount point may have bound the path.
+    ino: u64,
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
+
+/// How long a new daemon waits for the previous one on its mount point to finish exiting
+/// (an unmount returns before the daemon is gone).
+const PREDECESSOR_EXIT: Duration = Duration::from_secs(3);
 
 impl Control {
     /// Bind the socket and serve it on a thread of its own.
@@ -77,18 +85,24 @@ impl Control {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let path = socket_path(&config.mountpoint);
-        if path.exists() {
-            // A daemon that died leaves its socket; a live one answers.
-            if UnixStream::connect(&path).is_ok() {
+        // A daemon that died leaves its socket; a live one answers, until it has exited.
+        let deadline = Instant::now() + PREDECESSOR_EXIT;
+        while path.exists() && UnixStream::connect(&path).is_ok() {
+            if Instant::now() > deadline {
                 return Err(io::Error::other(format!(
                     "{} is in use by another daemon",
                     path.display()
                 )));
             }
-            std::fs::remove_file(&path)?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let ino = std::fs::symlink_metadata(&path)?.ino();
         let info = Arc::new(Info::from_config(config));
         std::thread::Builder::new()
             .name("control".into())
@@ -105,7 +119,7 @@ impl Control {
                         });
                 }
             })?;
-        Ok(Control { path })
+        Ok(Control { path, ino })
     }
 }
 
