@@ -13,6 +13,9 @@
 //! The ext4 filesystem is a loop-mounted image with known atime options (relatime, the
 //! default; strictatime for the read/readdir test), so the comparison does not depend on
 //! what /tmp is. Without loop devices the relatime test falls back to /tmp if that is ext4.
+//!
+//! Last, what a copy-up keeps of a file's privileges (owner, set-id bits, ACL,
+//! security.capability), side by side with a plain directory on the branches' filesystem.
 mod common;
 use common::*;
 use std::collections::BTreeMap;
@@ -944,4 +947,259 @@ fn noatime_mount_option_is_honoured() {
         assert_eq!(a(&branch), (OLD_A, 0), "atime of {}", branch.display());
     }
     drop(m);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set-id bits, file capabilities and ACLs across copy-up
+// ---------------------------------------------------------------------------------------------
+
+/// A version-2 file capability (cap_net_raw permitted), as `setcap cap_net_raw=p` writes it.
+const FILE_CAP: [u8; 20] = [
+    0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+const CAP_XATTR: &str = "security.capability";
+const ACL_XATTR: &str = "system.posix_acl_access";
+
+/// An access ACL in its xattr form: `mode`'s owner, group and other bits, and r-x for user
+/// 1001 (the mask is the group bits, as a chmod leaves it).
+fn acl_with_user_1001(mode: u32) -> Vec<u8> {
+    const NO_ID: u32 = u32::MAX;
+    let (u, g, o) = ((mode >> 6) & 7, (mode >> 3) & 7, mode & 7);
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, u, NO_ID),
+        (0x02, 5, 1001),
+        (0x04, g, NO_ID),
+        (0x10, g, NO_ID),
+        (0x20, o, NO_ID),
+    ] {
+        v.extend(tag.to_le_bytes());
+        v.extend((perm as u16).to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+/// What a copy-up must carry over, and what a chown or a write may take away.
+#[derive(PartialEq, Eq)]
+struct Privs {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    cap: Option<Vec<u8>>,
+    acl: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Privs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hex = |v: &Option<Vec<u8>>| match v {
+            Some(v) => v.iter().map(|b| format!("{b:02x}")).collect(),
+            None => "-".to_string(),
+        };
+        write!(
+            f,
+            "{}:{} {:o} cap {} acl {}",
+            self.uid,
+            self.gid,
+            self.mode,
+            hex(&self.cap),
+            hex(&self.acl)
+        )
+    }
+}
+
+fn privs(p: &Path) -> Privs {
+    let md = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let x = |n: &str| xattr::get(p, n).unwrap_or_else(|e| panic!("{} {n}: {e}", p.display()));
+    Privs {
+        uid: md.uid(),
+        gid: md.gid(),
+        mode: md.mode() & 0o7777,
+        cap: x(CAP_XATTR),
+        acl: x(ACL_XATTR),
+    }
+}
+
+/// A file of uid 1000, set-uid and set-gid, with an ACL and a capability (set last: the
+/// chown would clear it).
+fn privileged_file(p: &Path) {
+    put(p, "data\n");
+    chown(p, 1000, 1000);
+    set_mode(p, 0o6755);
+    xattr::set(p, ACL_XATTR, &acl_with_user_1001(0o755)).unwrap();
+    xattr::set(p, CAP_XATTR, &FILE_CAP).unwrap();
+}
+
+fn open_for_write(p: &Path) {
+    OpenOptions::new().write(true).open(p).unwrap();
+}
+
+fn append_line(p: &Path) {
+    let mut f = OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(b"more\n").unwrap();
+}
+
+/// A change to the entry named: (name, change).
+type PrivCase = (&'static str, fn(&Path));
+
+/// Each case changes entry `name` of a plain directory and of the lower through the mount;
+/// the entry must end up alike on both sides, and the upper copy too.
+fn compare_privs(plain: &Path, fx: &Fixture, cases: &[PrivCase]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (name, op) in cases {
+        op(&plain.join(name));
+        op(&fx.m(name));
+    }
+    for (name, _) in cases {
+        let want = privs(&plain.join(name));
+        for (side, p) in [("merged", fx.m(name)), ("upper", fx.u(name))] {
+            let got = privs(&p);
+            if got != want {
+                failures.push(format!("{name} ({side}): {got:?}\n  plain dir: {want:?}"));
+            }
+        }
+    }
+    failures
+}
+
+/// A copy-up carries the owner, the set-id bits, the ACL and security.capability as they
+/// were, whether it copies metadata only (chmod, utimens, setxattr), the data too (an open
+/// for writing), completes a metadata-only copy, copies a hard-linked file or a directory.
+/// A chown clears set-id bits and the capability, so the copy must be chowned before they
+/// are set.
+#[test]
+fn copy_up_keeps_capability_setid_bits_and_acl() {
+    if !is_root() {
+        eprintln!("posix: SKIPPED: needs root (chown, security.capability)");
+        return;
+    }
+    let fx = Fixture::new(1);
+    let plain = fx.root.join("plain");
+    let cases: &[PrivCase] = &[
+        ("chmod", |p| set_mode(p, 0o6711)),
+        ("utimens", |p| set_times(p, SET_A, SET_M)),
+        ("setxattr", |p| xattr::set(p, "user.t", b"v").unwrap()),
+        ("open-for-write", open_for_write),
+        ("chmod-then-open-for-write", |p| {
+            set_mode(p, 0o6711);
+            open_for_write(p);
+        }),
+        // Every write drops a capability; root's keeps the set-id bits.
+        ("append", append_line),
+        ("chmod-then-append", |p| {
+            set_mode(p, 0o6711);
+            append_line(p);
+        }),
+        ("linked", |p| set_mode(p, 0o6711)),
+        ("linked.2", |_| {}),
+        ("dir", |p| put(&p.join("new"), "new")),
+    ];
+    for side in [&plain, &fx.lowers[0]] {
+        for (name, _) in cases {
+            match *name {
+                "linked.2" => fs::hard_link(side.join("linked"), side.join(name)).unwrap(),
+                "dir" => {
+                    let d = side.join(name);
+                    mkdir_p(&d);
+                    chown(&d, 1000, 1000);
+                    set_mode(&d, 0o3775);
+                    xattr::set(&d, ACL_XATTR, &acl_with_user_1001(0o775)).unwrap();
+                }
+                _ => privileged_file(&side.join(name)),
+            }
+        }
+    }
+    let m = fx.mount(&[]);
+    let failures = compare_privs(&plain, &fx, cases);
+    // What the plain directory shows, for the record (and to be sure the setup holds).
+    assert_eq!(
+        privs(&plain.join("chmod")).cap.as_deref(),
+        Some(&FILE_CAP[..])
+    );
+    assert_eq!(privs(&plain.join("chmod")).mode, 0o6711);
+    assert_eq!(privs(&plain.join("append")).cap, None);
+    assert_eq!(privs(&plain.join("append")).mode, 0o6755);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    drop(m);
+}
+
+/// A chown clears a capability (the kernel asks the filesystem to remove it first) and the
+/// set-id bits, on a lower file as on ext4: the copy-up must not make that removal fail.
+#[test]
+fn chown_of_lower_file_with_capability_drops_it() {
+    if !is_root() {
+        eprintln!("posix: SKIPPED: needs root (chown, security.capability)");
+        return;
+    }
+    let fx = Fixture::new(1);
+    let plain = fx.root.join("plain");
+    for side in [&plain, &fx.lowers[0]] {
+        privileged_file(&side.join("to-root"));
+        privileged_file(&side.join("to-same"));
+    }
+    let m = fx.mount(&[]);
+    for (name, id) in [("to-root", 0), ("to-same", 1000)] {
+        for p in [plain.join(name), fx.m(name)] {
+            std::os::unix::fs::chown(&p, Some(id), Some(id))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+        }
+    }
+    let failures = compare_privs(&plain, &fx, &[("to-root", |_| {}), ("to-same", |_| {})]);
+    assert_eq!(privs(&plain.join("to-root")).cap, None);
+    assert_eq!(privs(&plain.join("to-root")).mode, 0o755);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    drop(m);
+}
+
+/// A daemon without privilege (mounted with fusermount3) copies up the xattrs of a
+/// read-only file (user.* ones need write permission, so before the mode), and a truncate
+/// of a lower file with a capability works although the copy cannot carry it: the
+/// kernel's removal of the capability first finds it gone.
+#[test]
+fn unprivileged_daemon_copies_up_read_only_file_and_capability() {
+    let tools = ["/usr/bin/setpriv", "/usr/bin/perl"];
+    if !is_root() || tools.iter().any(|t| !Path::new(t).exists()) {
+        eprintln!("posix: SKIPPED: needs root to set up, setpriv and perl");
+        return;
+    }
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "ro"), "ro\n");
+    xattr::set(fx.l(0, "ro"), "user.k", b"v").unwrap();
+    set_mode(&fx.l(0, "ro"), 0o444);
+    put(&fx.l(0, "capped"), "capped\n");
+    let ok = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&fx.root)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    xattr::set(fx.l(0, "capped"), CAP_XATTR, &FILE_CAP).unwrap();
+    let script = r#"
+"$BIN" "$ROOT/upper=RW:$ROOT/lower0=RO" "$ROOT/mnt"
+trap 'fusermount3 -u "$ROOT/mnt"' EXIT
+touch "$ROOT/mnt/ro"
+perl -e 'truncate($ARGV[0], 3) or die "truncate $ARGV[0]: $!\n"' "$ROOT/mnt/capped"
+"#;
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["sh", "-euc", script])
+        .env("BIN", BIN)
+        .env("ROOT", &fx.root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    wait_mounted(&fx.mnt, false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_of(&fx.u("ro")), 0o444);
+    assert_eq!(
+        xattr::get(fx.u("ro"), "user.k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(read(&fx.u("capped")), "cap");
+    assert_eq!(xattr::get(fx.u("capped"), CAP_XATTR).unwrap(), None);
+    assert_eq!(read(&fx.l(0, "capped")), "capped\n");
 }

@@ -2,9 +2,9 @@
 //!
 //! Parents first, each with its metadata. The copy is assembled in the work directory
 //! (same filesystem as the upper): data (reflink, else copy_file_range skipping holes),
-//! then xattrs (after data, since writing data clears security.capability), owner, mode,
-//! times; fsync; and only then renamed into place. A crash or a full disk leaves either no
-//! copy or a whole one, and the work directory is emptied at the next mount.
+//! then owner, xattrs, mode and times (`copy_metadata` says why in that order); fsync; and
+//! only then renamed into place. A crash or a full disk leaves either no copy or a whole
+//! one, and the work directory is emptied at the next mount.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -251,7 +251,6 @@ impl Union {
             }
             _ => sys::mknodat(work.raw(), &tmp, st.st_mode, st.st_rdev).op("copy-up mknod")?,
         }
-        copy_xattrs(src.raw(), &src.name, work.raw(), &tmp)?;
         // Keep the inode number the file showed before: overlayfs' "origin". A file
         // hard-linked in the lower keeps it too: its other names join this copy.
         let linked = index::is_linked_lower(src.layer, st);
@@ -271,7 +270,7 @@ impl Union {
                 set.op("copy-up metacopy record")?;
             }
         }
-        set_owner_mode_times(work.raw(), &tmp, st, self.opts.squash)?;
+        copy_metadata(src.raw(), &src.name, work.raw(), &tmp, st, self.opts.squash)?;
         if let Some(f) = &data
             && !self.opts.volatile
         {
@@ -347,8 +346,15 @@ impl Union {
             copy_data(&from, &to, meta.st_size as u64)
                 .op("copy-up data")
                 .map_err(wrap)?;
-            copy_xattrs(upper.raw(), &upper.name, work.raw(), &tmp)?;
-            set_owner_mode_times(work.raw(), &tmp, &meta, self.opts.squash)?;
+            copy_metadata(
+                upper.raw(),
+                &upper.name,
+                work.raw(),
+                &tmp,
+                &meta,
+                self.opts.squash,
+            )
+            .map_err(wrap)?;
             if !self.opts.volatile {
                 sys::fsync(to.as_raw_fd(), false).op("copy-up fsync")?;
             }
@@ -451,23 +457,37 @@ fn new_work_file(work: RawFd, name: &OsStr) -> Result<File> {
     Ok(File::from(fd))
 }
 
-/// Owner first (chown clears set-id bits), then mode, then times (both change ctime only).
+/// Give the copy `dname` in `ddir` the metadata of its source (`sname` in `sdir`, stat
+/// `st`): owner, xattrs, mode, times, in the one order that keeps them all. A chown clears
+/// set-id bits and security.capability, so it goes first. The xattrs follow while the copy
+/// still has the work directory's private mode: an unprivileged daemon needs write
+/// permission to set user.* ones, which a read-only source mode would take away. The mode
+/// after them puts back set-id bits a system.posix_acl_access may have cleared (and leaves
+/// the ACL as the source had it, its mask being the source mode's group bits). Times last.
 /// `squash`: owners are shown squashed anyway, so a chown that fails is no failure (as
 /// fuse-overlayfs' squash_to_* options).
-pub fn set_owner_mode_times(dir: RawFd, name: &OsStr, st: &Stat, squash: bool) -> Result<()> {
-    match sys::fchownat(dir, name, Some(st.st_uid), Some(st.st_gid)) {
+fn copy_metadata(
+    sdir: RawFd,
+    sname: &OsStr,
+    ddir: RawFd,
+    dname: &OsStr,
+    st: &Stat,
+    squash: bool,
+) -> Result<()> {
+    match sys::fchownat(ddir, dname, Some(st.st_uid), Some(st.st_gid)) {
         Ok(()) => {}
         Err(_) if squash => {}
         // An unprivileged daemon keeps its own ids.
         Err(e) if e.raw_os_error() == Some(libc::EPERM) && sys::geteuid() != 0 => {}
         Err(e) => return Err(Error::io(e, "copy-up chown")),
     }
+    copy_xattrs(sdir, sname, ddir, dname)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-        sys::fchmodat(dir, name, st.st_mode & 0o7777).op("copy-up chmod")?;
+        sys::fchmodat(ddir, dname, st.st_mode & 0o7777).op("copy-up chmod")?;
     }
     sys::utimensat(
-        dir,
-        name,
+        ddir,
+        dname,
         Some(Some((st.st_atime, st.st_atime_nsec))),
         Some(Some((st.st_mtime, st.st_mtime_nsec))),
     )
@@ -475,7 +495,7 @@ pub fn set_owner_mode_times(dir: RawFd, name: &OsStr, st: &Stat, squash: bool) -
 }
 
 /// Copy every xattr but the layering's own.
-pub fn copy_xattrs(sdir: RawFd, sname: &OsStr, ddir: RawFd, dname: &OsStr) -> Result<()> {
+fn copy_xattrs(sdir: RawFd, sname: &OsStr, ddir: RawFd, dname: &OsStr) -> Result<()> {
     let names = match sys::llistxattr(sdir, sname) {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Ok(()),

@@ -942,7 +942,14 @@ impl Union {
         // Nothing to remove means nothing to copy up.
         self.getxattr(node, attr)?;
         let _place = node.place.read();
+        let was_lower = self.locate(node)?.layer > 0;
         let loc = self.copy_up_metadata(node)?;
+        // What the daemon may not set (security.capability, trusted.*, unprivileged) is not
+        // copied up: gone already, as asked. Removing it would fail, and with it the
+        // kernel's removal of a capability before a chown or truncate.
+        if was_lower && matches!(sys::lgetxattr(loc.raw(), &loc.name, attr), Ok(None)) {
+            return Ok(());
+        }
         sys::lremovexattr(loc.raw(), &loc.name, attr)
             .op("removexattr")
             .map_err(|e| e.at(node.path()).in_layer(0))
