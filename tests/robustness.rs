@@ -1198,6 +1198,8 @@ fn reopening_a_file_while_renames_move_it_finds_that_file() {
     let m = fx.mount(&[]);
     fs::write(m.path("x"), "file X\n").unwrap();
     fs::write(m.path("y"), "file Y\n").unwrap();
+    // Opened before the renames start, while "x" surely names file X.
+    let pinned = fs::File::open(m.path("x")).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     // Three names, two files: each move leaves the old name to the other file.
     let mover = {
@@ -1213,7 +1215,6 @@ fn reopening_a_file_while_renames_move_it_finds_that_file() {
             moves
         })
     };
-    let pinned = fs::File::open(m.path("x")).unwrap();
     let again = format!("/proc/self/fd/{}", pinned.as_raw_fd());
     let (mut errors, mut opens) = (Vec::new(), 0u64);
     let deadline = Instant::now() + Duration::from_millis(1500 * scale());
