@@ -30,10 +30,21 @@ struct KernelOverlay {
 
 impl KernelOverlay {
     fn mount(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path) -> KernelOverlay {
+        Self::mount_with(lowers, upper, work, mnt, "")
+    }
+
+    /// With `extra` options before the layers ("metacopy=on,").
+    fn mount_with(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        extra: &str,
+    ) -> KernelOverlay {
         mkdir_p(work);
         let lower: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "{extra}lowerdir={},upperdir={},workdir={}",
             lower.join(":"),
             upper.display(),
             work.display()
@@ -207,6 +218,218 @@ fn kernel_overlay_metacopy_reads_lower_data() {
     let m = fx.mount(&[]);
     assert_eq!(mode_of(&fx.m("f")), 0o600);
     assert_eq!(read(&fx.m("f")), "lower data\n");
+    drop(m);
+}
+
+/// Files of each size class for the metacopy tests: empty (overlayfs marks it too), a
+/// few bytes and a few KiB (on ext4 the marked upper copy holds one block, for its
+/// xattrs, as many as an ordinary file of that size), and 100 KiB (clearly fewer blocks
+/// than its size). No run of zeros, so a sparse read shows.
+fn metacopy_files() -> Vec<(&'static str, Vec<u8>)> {
+    let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 251) as u8 + 1).collect() };
+    vec![
+        ("empty", Vec::new()),
+        ("tiny", b"precious data\n".to_vec()),
+        ("few_kib", pattern(3 * 1024 + 5)),
+        ("big", pattern(100 * 1024)),
+    ]
+}
+
+/// Kernel overlayfs with `metacopy=on` chmods every file of `metacopy_files` in lower0:
+/// the upper copies hold metadata only.
+fn kernel_metacopy_chmod(fx: &Fixture) -> Vec<(&'static str, Vec<u8>)> {
+    let files = metacopy_files();
+    for (name, data) in &files {
+        fs::write(fx.l(0, name), data).unwrap();
+    }
+    let work = fx.root.join("kwork");
+    let k = KernelOverlay::mount_with(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
+    for (name, _) in &files {
+        set_mode(&fx.m(name), 0o600);
+    }
+    drop(k);
+    for (name, _) in &files {
+        let mark = xattr::get(fx.u(name), "trusted.overlay.metacopy").unwrap();
+        assert!(
+            mark.is_some(),
+            "kernel overlayfs left {name} without its metacopy mark"
+        );
+    }
+    files
+}
+
+/// An upper written by kernel overlayfs with `metacopy=on` (the containers-storage default
+/// on Fedora), mounted by unionmount: reads give the lower data, an append completes the
+/// copy, and kernel overlayfs reads the same afterwards. unionmount asked for the mark only
+/// of files with no blocks at all; ext4 charges the marked copy a block for its xattrs, so
+/// the files read as zeros and an append left zeros plus the new bytes under a mark that
+/// still sent kernel overlayfs to the lower data.
+#[test]
+fn kernel_overlay_metacopy_upper_read_and_written() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let files = kernel_metacopy_chmod(&fx);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        fx.lowers[0].display(),
+        fx.upper.display(),
+        fx.root.join("work").display()
+    );
+    let m = fx.mount_args(
+        strs(&["-o", &opts, &fx.mnt.display().to_string()]),
+        fx.lowers.clone(),
+    );
+    let mut want = Vec::new();
+    for (name, data) in &files {
+        assert_eq!(mode_of(&fx.m(name)), 0o600, "{name}");
+        assert_eq!(
+            fs::read(fx.m(name)).unwrap(),
+            *data,
+            "{name} through unionmount"
+        );
+        OpenOptions::new()
+            .append(true)
+            .open(fx.m(name))
+            .unwrap()
+            .write_all(b"more\n")
+            .unwrap();
+        let mut d = data.clone();
+        d.extend_from_slice(b"more\n");
+        assert_eq!(fs::read(fx.m(name)).unwrap(), d, "{name} after an append");
+        want.push((name, d));
+    }
+    m.unmount();
+    for (name, data) in &want {
+        assert_eq!(fs::read(fx.u(name)).unwrap(), *data, "upper {name}");
+        for mark in ["trusted.overlay.metacopy", "user.overlay.metacopy"] {
+            assert_eq!(
+                xattr::get(fx.u(name), mark).unwrap(),
+                None,
+                "{mark} on {name}"
+            );
+        }
+    }
+    let work = fx.root.join("kwork");
+    let k = KernelOverlay::mount_with(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
+    let kernel: Vec<_> = want
+        .iter()
+        .map(|(n, _)| fs::read(fx.m(n)).unwrap())
+        .collect();
+    drop(k);
+    for ((name, data), seen) in want.iter().zip(kernel) {
+        assert_eq!(seen, *data, "{name} through kernel overlayfs");
+    }
+}
+
+/// The same kernel metacopy upper stacked read-only above its lower (`lowerdir=U:L`): a
+/// marked file in a lower layer takes its data from the layer below, as on overlayfs.
+#[test]
+fn kernel_overlay_metacopy_upper_stacked_as_lower() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let files = kernel_metacopy_chmod(&fx);
+    let opts = format!("lowerdir={}:{}", fx.upper.display(), fx.lowers[0].display());
+    let m = fx.mount_args(
+        strs(&["-o", &opts, &fx.mnt.display().to_string()]),
+        vec![fx.upper.clone(), fx.lowers[0].clone()],
+    );
+    for (name, data) in &files {
+        assert_eq!(mode_of(&fx.m(name)), 0o600, "{name}");
+        assert_eq!(
+            fs::read(fx.m(name)).unwrap(),
+            *data,
+            "{name} through unionmount"
+        );
+    }
+    drop(m);
+}
+
+/// A chain: kernel overlayfs with `metacopy=on` over that upper as its lower marks a second
+/// upper, whose files find their data two layers down (`lowerdir=U2:U:L`). unionmount took
+/// the marked file of the middle layer for the data: zeros.
+#[test]
+fn kernel_overlay_metacopy_chain_stacked_as_lowers() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let files = kernel_metacopy_chmod(&fx);
+    let upper2 = fx.root.join("upper2");
+    mkdir_p(&upper2);
+    let work = fx.root.join("kwork2");
+    let lowers: [&Path; 2] = [&fx.upper, &fx.lowers[0]];
+    let k = KernelOverlay::mount_with(&lowers, &upper2, &work, &fx.mnt, "metacopy=on,");
+    for (name, _) in &files {
+        set_mode(&fx.m(name), 0o640);
+    }
+    drop(k);
+    for (name, _) in &files {
+        let mark = xattr::get(upper2.join(name), "trusted.overlay.metacopy").unwrap();
+        assert!(
+            mark.is_some(),
+            "kernel overlayfs left {name} without its metacopy mark"
+        );
+    }
+    let opts = format!(
+        "lowerdir={}:{}:{}",
+        upper2.display(),
+        fx.upper.display(),
+        fx.lowers[0].display()
+    );
+    let m = fx.mount_args(
+        strs(&["-o", &opts, &fx.mnt.display().to_string()]),
+        vec![upper2.clone(), fx.upper.clone(), fx.lowers[0].clone()],
+    );
+    for (name, data) in &files {
+        assert_eq!(mode_of(&fx.m(name)), 0o640, "{name}");
+        assert_eq!(
+            fs::read(fx.m(name)).unwrap(),
+            *data,
+            "{name} through unionmount"
+        );
+    }
+    drop(m);
+}
+
+/// unionmount's own metadata-only copies (the flag in `trusted.unionmount.origin`) in an
+/// upper stacked read-only as a lower: the record was read only for the writable upper, so
+/// these read as zeros.
+#[test]
+fn own_metacopy_upper_stacked_as_lower() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let files = metacopy_files();
+    for (name, data) in &files {
+        fs::write(fx.l(0, name), data).unwrap();
+    }
+    let m = fx.mount(&[]);
+    for (name, _) in &files {
+        set_mode(&fx.m(name), 0o600);
+    }
+    m.unmount();
+    assert!(
+        fs::metadata(fx.u("big")).unwrap().blocks() * 512 < 100 * 1024,
+        "chmod copied up the data: no metadata-only copy to test"
+    );
+    let opts = format!("lowerdir={}:{}", fx.upper.display(), fx.lowers[0].display());
+    let m = fx.mount_args(
+        strs(&["-o", &opts, &fx.mnt.display().to_string()]),
+        vec![fx.upper.clone(), fx.lowers[0].clone()],
+    );
+    for (name, data) in &files {
+        assert_eq!(mode_of(&fx.m(name)), 0o600, "{name}");
+        assert_eq!(
+            fs::read(fx.m(name)).unwrap(),
+            *data,
+            "{name} through unionmount"
+        );
+    }
     drop(m);
 }
 

@@ -254,10 +254,11 @@ impl Union {
             }
         }
         let (ino, ours) = self.derive_ino(Some(top.raw()), name, layer, &st);
-        let metacopy = ours || self.kernel_metacopy(Some(top.raw()), name, &st);
+        // With no layer below a marked file has no data to find: not worth asking.
+        let below = slots.iter().any(|s| s.layer > layer);
+        let metacopy = ours || (below && self.holds_metadata_only(top.raw(), name, layer, &st));
         let data = if metacopy {
-            let below = slots.iter().filter(|s| s.layer > layer);
-            self.metacopy_data(below.map(|s| self.open_slot(s)), name)?
+            self.metacopy_data(&slots, layer, name)?
         } else {
             None
         };
@@ -271,39 +272,71 @@ impl Union {
         }))
     }
 
-    /// Is this a metadata-only file of kernel overlayfs? Such a file is sparse (no blocks),
-    /// so only those are asked for the mark.
-    fn kernel_metacopy(&self, dir: Option<i32>, name: &OsStr, st: &Stat) -> bool {
-        let sparse = st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_blocks == 0;
-        let Some(dir) = dir.filter(|_| sparse && st.st_size > 0) else {
+    /// Does this regular file hold metadata only, its data in a layer below? Kernel
+    /// overlayfs marks such a file `*.overlay.metacopy`; our own copies say so in their
+    /// origin record, which `derive_ino` has already read for the writable upper. In any
+    /// other layer the file is a lower one and its record is read here.
+    ///
+    /// Only the xattrs tell; no stat field does. A marked file has no data blocks, but ext4
+    /// may charge it a block for its xattrs: a marked 14-byte copy shows the 8 sectors of an
+    /// ordinary 14-byte file, and a marked file can be empty. So every regular file with a
+    /// layer below is asked, as overlayfs asks on each lookup, in one listing: most files
+    /// carry no xattr.
+    fn holds_metadata_only(&self, dir: i32, name: &OsStr, layer: usize, st: &Stat) -> bool {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return false;
+        }
+        let Ok(present) = sys::llistxattr(dir, name) else {
             return false;
         };
-        whiteout::METACOPY_XATTRS
-            .iter()
-            .any(|a| matches!(sys::lgetxattr(dir, name, a.as_ref()), Ok(Some(_))))
+        let has = |a: &str| present.iter().any(|p| p == a.as_bytes());
+        if whiteout::METACOPY_XATTRS.iter().any(|a| has(a)) {
+            return true;
+        }
+        let upper = layer == 0 && self.writable();
+        !upper
+            && has(whiteout::ORIGIN_XATTR)
+            && sys::lgetxattr(dir, name, whiteout::ORIGIN_XATTR.as_ref())
+                .ok()
+                .flatten()
+                .and_then(|v| whiteout::decode_origin(&v))
+                .is_some_and(|(_, metacopy)| metacopy)
     }
 
-    /// The lower file holding the data of a metadata-only upper file: the next entry of the
-    /// same name below the upper.
+    /// The lower file holding the data of a metadata-only file in `layer`: the next entry
+    /// of the same name below it, or, if that one holds metadata only too (a marked upper
+    /// stacked as a lower), the next below that.
     fn metacopy_data(
         &self,
-        lower: impl Iterator<Item = Result<LayerDir>>,
+        slots: &[super::node::DirSlot],
+        mut layer: usize,
         name: &OsStr,
     ) -> Result<Option<Loc>> {
-        Ok(match self.probe_layers(lower, name)? {
-            Some(hit) if hit.st.st_mode & libc::S_IFMT == libc::S_IFREG => Some(Loc {
-                dir: hit.holder.fd,
-                name: name.to_owned(),
-                layer: hit.layer,
-            }),
-            _ => {
-                log::warn!(
-                    "metacopy {}: its lower data is gone",
-                    name.to_string_lossy()
-                );
-                None
+        loop {
+            let below = slots.iter().filter(|s| s.layer > layer);
+            match self.probe_layers(below.map(|s| self.open_slot(s)), name)? {
+                Some(hit) if hit.st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    let more = slots.iter().any(|s| s.layer > hit.layer);
+                    if more && self.holds_metadata_only(hit.holder.raw(), name, hit.layer, &hit.st)
+                    {
+                        layer = hit.layer;
+                        continue;
+                    }
+                    return Ok(Some(Loc {
+                        dir: hit.holder.fd,
+                        name: name.to_owned(),
+                        layer: hit.layer,
+                    }));
+                }
+                _ => {
+                    log::warn!(
+                        "metacopy {}: its lower data is gone",
+                        name.to_string_lossy()
+                    );
+                    return Ok(None);
+                }
             }
-        })
+        }
     }
 
     /// The resolution rule over layer directories, top first (opened as they are reached):
