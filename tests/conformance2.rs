@@ -395,6 +395,54 @@ fn kernel_overlay_metacopy_chain_stacked_as_lowers() {
     drop(m);
 }
 
+/// A writable mount over a marked upper stacked as a lower (`lowerdir=U:L`, a new upper):
+/// copy-ups take the data from where the marked file's data is. unionmount copied the
+/// marked file's own (sparse) content: an append left zeros plus the new bytes, and a chmod
+/// made a metadata-only copy whose data pointed at the marked file.
+#[test]
+fn copy_up_of_a_marked_lower_file_takes_its_data_from_below() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let files = kernel_metacopy_chmod(&fx);
+    let upper2 = fx.root.join("upper2");
+    mkdir_p(&upper2);
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        fx.upper.display(),
+        fx.lowers[0].display(),
+        upper2.display(),
+        fx.root.join("work2").display()
+    );
+    let args = strs(&["-o", &opts, &fx.mnt.display().to_string()]);
+    let watched = vec![fx.upper.clone(), fx.lowers[0].clone()];
+    let m = fx.mount_args(args.clone(), watched.clone());
+    let mut want = Vec::new();
+    for (i, (name, data)) in files.iter().enumerate() {
+        let mut d = data.clone();
+        if i % 2 == 0 {
+            OpenOptions::new()
+                .append(true)
+                .open(fx.m(name))
+                .unwrap()
+                .write_all(b"more\n")
+                .unwrap();
+            d.extend_from_slice(b"more\n");
+        } else {
+            set_mode(&fx.m(name), 0o604);
+        }
+        assert_eq!(fs::read(fx.m(name)).unwrap(), d, "{name} after the change");
+        want.push((name, d));
+    }
+    drop(m);
+    let m = fx.mount_args(args, watched);
+    for (name, d) in &want {
+        assert_eq!(fs::read(fx.m(name)).unwrap(), *d, "{name} after a remount");
+    }
+    drop(m);
+}
+
 /// unionmount's own metadata-only copies (the flag in `trusted.unionmount.origin`) in an
 /// upper stacked read-only as a lower: the record was read only for the writable upper, so
 /// these read as zeros.

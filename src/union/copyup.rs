@@ -134,13 +134,16 @@ impl Union {
         } else {
             want
         };
+        // A lower file holding metadata only (a marked upper stacked as a lower) has its
+        // data further down, where the lookup found it.
+        let data_src = node.state().data.clone().unwrap_or_else(|| loc.clone());
         // Another name of the same lower file was copied up before: share that copy.
         let shared = index::is_linked_lower(loc.layer, &st)
             .then(|| self.indexed(&st))
             .flatten();
         let copied = match &shared {
             Some((index, key)) => self.join_index(index, key, up_parent.as_raw_fd(), &loc.name),
-            None => self.copy_entry(&loc, &st, up_parent.as_raw_fd(), node.ino, want),
+            None => self.copy_entry(&loc, &data_src, &st, up_parent.as_raw_fd(), node.ino, want),
         };
         copied
             .map_err(|e| match e.errno {
@@ -174,7 +177,7 @@ impl Union {
         s.layer = 0;
         s.real = (copied.st_dev, copied.st_ino);
         s.kept = copy.map(|fd| Kept { fd, layer: 0 });
-        s.data = (want == Data::Deferred).then(|| loc.clone());
+        s.data = (want == Data::Deferred).then_some(data_src);
         if node.is_dir() {
             let fd = sys::open_dir_path(upper.raw(), &upper.name).op("open copied-up dir")?;
             Arc::make_mut(&mut s.dirs).insert(
@@ -204,10 +207,13 @@ impl Union {
         Ok(upper)
     }
 
-    /// Build a copy of `src` in the work dir and publish it as `src.name` in `up_parent`.
+    /// Build a copy of `src` in the work dir and publish it as `src.name` in `up_parent`;
+    /// a regular file's data comes from `data_src` (`src` itself unless that holds
+    /// metadata only).
     fn copy_entry(
         &self,
         src: &Loc,
+        data_src: &Loc,
         st: &Stat,
         up_parent: RawFd,
         ino: u64,
@@ -227,7 +233,7 @@ impl Union {
             libc::S_IFDIR => sys::mkdirat(work.raw(), &tmp, 0o700).op("copy-up mkdir")?,
             libc::S_IFREG => {
                 let from = self
-                    .open_branch(src.raw(), &src.name, libc::O_RDONLY)
+                    .open_branch(data_src.raw(), &data_src.name, libc::O_RDONLY)
                     .op("copy-up open")?;
                 let to = new_work_file(work.raw(), &tmp)?;
                 match want {
