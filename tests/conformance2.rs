@@ -443,6 +443,59 @@ fn copy_up_of_a_marked_lower_file_takes_its_data_from_below() {
     drop(m);
 }
 
+/// Kernel overlayfs (`metacopy=on,redirect_dir=on`) renames marked files: within their
+/// directory (a relative redirect) and into another one (an absolute redirect). unionmount
+/// looked for the data under the new name only, found none and read zeros.
+#[test]
+fn renamed_kernel_metacopy_files_find_their_data() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    let files = metacopy_files();
+    mkdir_p(&fx.l(0, "d"));
+    mkdir_p(&fx.l(0, "e"));
+    for (name, data) in &files {
+        fs::write(fx.l(0, &format!("d/{name}")), data).unwrap();
+    }
+    let work = fx.root.join("kwork");
+    let opts = "metacopy=on,redirect_dir=on,";
+    let k = KernelOverlay::mount_with(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, opts);
+    let moved: Vec<(String, &Vec<u8>)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (name, data))| {
+            let from = fx.m(&format!("d/{name}"));
+            set_mode(&from, 0o600);
+            let to = if i % 2 == 0 {
+                format!("d/{name}.renamed")
+            } else {
+                format!("e/{name}")
+            };
+            fs::rename(&from, fx.m(&to)).unwrap();
+            (to, data)
+        })
+        .collect();
+    drop(k);
+    for (to, _) in &moved {
+        let mark = xattr::get(fx.u(to), "trusted.overlay.metacopy").unwrap();
+        assert!(
+            mark.is_some(),
+            "kernel overlayfs left {to} without its mark"
+        );
+    }
+    let m = fx.mount(&[]);
+    for (to, data) in &moved {
+        assert_eq!(mode_of(&fx.m(to)), 0o600, "{to}");
+        assert_eq!(
+            fs::read(fx.m(to)).unwrap(),
+            **data,
+            "{to} through unionmount"
+        );
+    }
+    drop(m);
+}
+
 /// unionmount's own metadata-only copies (the flag in `trusted.unionmount.origin`) in an
 /// upper stacked read-only as a lower: the record was read only for the writable upper, so
 /// these read as zeros.

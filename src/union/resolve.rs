@@ -258,7 +258,7 @@ impl Union {
         let below = slots.iter().any(|s| s.layer > layer);
         let metacopy = ours || (below && self.holds_metadata_only(top.raw(), name, layer, &st));
         let data = if metacopy {
-            self.metacopy_data(&slots, layer, name)?
+            self.metacopy_data(parent, &slots, layer, top.clone(), name)?
         } else {
             None
         };
@@ -303,39 +303,58 @@ impl Union {
                 .is_some_and(|(_, metacopy)| metacopy)
     }
 
-    /// The lower file holding the data of a metadata-only file in `layer`: the next entry
-    /// of the same name below it, or, if that one holds metadata only too (a marked upper
-    /// stacked as a lower), the next below that.
+    /// The lower file holding the data of a metadata-only file `name` of `parent`, found
+    /// in `holder` (in `layer`): the next entry of the same name below it, or, for a file
+    /// kernel overlayfs renamed, of the path its redirect records. If that one holds
+    /// metadata only too (a marked upper stacked as a lower), the next below that.
     fn metacopy_data(
         &self,
+        parent: &Node,
         slots: &[super::node::DirSlot],
         mut layer: usize,
+        mut holder: LayerDir,
         name: &OsStr,
     ) -> Result<Option<Loc>> {
+        // Once redirected, the path (from the root) the data is looked for at.
+        let mut at: Option<Vec<OsString>> = None;
+        let mut cur = name.to_owned();
         loop {
-            let below = slots.iter().filter(|s| s.layer > layer);
-            match self.probe_layers(below.map(|s| self.open_slot(s)), name)? {
-                Some(hit) if hit.st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                    let more = slots.iter().any(|s| s.layer > hit.layer);
-                    if more && self.holds_metadata_only(hit.holder.raw(), name, hit.layer, &hit.st)
-                    {
-                        layer = hit.layer;
-                        continue;
-                    }
-                    return Ok(Some(Loc {
-                        dir: hit.holder.fd,
-                        name: name.to_owned(),
-                        layer: hit.layer,
-                    }));
-                }
-                _ => {
-                    log::warn!(
-                        "metacopy {}: its lower data is gone",
-                        name.to_string_lossy()
-                    );
-                    return Ok(None);
-                }
+            let base = match &at {
+                Some(p) => p[..p.len() - 1].to_vec(),
+                None => parent.components(),
+            };
+            if let Some(p) = self.redirect_at(holder.raw(), &cur, base) {
+                at = Some(p);
             }
+            let hit = match at.as_deref().and_then(|p| p.split_last()) {
+                None => {
+                    let below = slots.iter().filter(|s| s.layer > layer);
+                    self.probe_layers(below.map(|s| self.open_slot(s)), name)?
+                }
+                Some((last, dir)) => {
+                    cur = last.clone();
+                    let below = self.lower_dirs_at(dir)?.into_iter();
+                    self.probe_layers(below.filter(|d| d.layer > layer).map(Ok), last)?
+                }
+            };
+            let Some(hit) = hit.filter(|h| h.st.st_mode & libc::S_IFMT == libc::S_IFREG) else {
+                log::warn!(
+                    "metacopy {}: its lower data is gone",
+                    name.to_string_lossy()
+                );
+                return Ok(None);
+            };
+            let more = hit.layer + 1 < self.stack.layers.len();
+            if more && self.holds_metadata_only(hit.holder.raw(), &cur, hit.layer, &hit.st) {
+                layer = hit.layer;
+                holder = hit.holder;
+                continue;
+            }
+            return Ok(Some(Loc {
+                dir: hit.holder.fd,
+                name: cur,
+                layer: hit.layer,
+            }));
         }
     }
 
@@ -406,7 +425,13 @@ impl Union {
         name: &OsStr,
         parent: &Node,
     ) -> Option<Vec<OsString>> {
-        // One listing first: most directories carry no xattr at all.
+        self.redirect_at(dir, name, parent.components())
+    }
+
+    /// The path (from the root) a redirect on `name` in `dir` records; a relative one is
+    /// relative to `base`, the path of the directory holding it.
+    fn redirect_at(&self, dir: i32, name: &OsStr, base: Vec<OsString>) -> Option<Vec<OsString>> {
+        // One listing first: most entries carry no xattr at all.
         let present = sys::llistxattr(dir, name).ok()?;
         let attr = whiteout::REDIRECT_XATTRS
             .iter()
@@ -415,7 +440,7 @@ impl Union {
         if v.starts_with(b"/") {
             return Some(whiteout::parse_redirect(&v));
         }
-        let mut path = parent.components();
+        let mut path = base;
         path.extend(whiteout::parse_redirect(&v));
         Some(path)
     }
