@@ -516,3 +516,64 @@ fn help_has_examples() {
     let out = ok(&["--help"]);
     assert!(out.contains("unionmount diff"), "{out}");
 }
+
+/// `export` of an upper written by kernel overlayfs with `metacopy=on`: a marked file's
+/// layer entry carries the lower's data. Only our own origin record was asked, so the
+/// layer carried the marked copy's zeros.
+#[test]
+fn export_of_a_kernel_metacopy_upper_carries_the_data() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "the data is in the lower\n");
+    let work = fx.root.join("kwork");
+    mkdir_p(&work);
+    let opts = format!(
+        "metacopy=on,lowerdir={},upperdir={},workdir={}",
+        fx.lowers[0].display(),
+        fx.upper.display(),
+        work.display()
+    );
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&fx.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount -t overlay -o {opts}");
+    let chmod = fs::set_permissions(fx.m("f"), fs::Permissions::from_mode(0o600));
+    assert!(
+        Command::new("umount")
+            .arg(&fx.mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
+    chmod.unwrap();
+    assert!(
+        xattr::get(fx.u("f"), "trusted.overlay.metacopy")
+            .unwrap()
+            .is_some()
+    );
+    let tar = fx.root.join("layer.tar");
+    ok(&[
+        "export",
+        &s(&fx.upper),
+        "--lower",
+        &s(&fx.lowers[0]),
+        "--tar",
+        &s(&tar),
+    ]);
+    let x = fx.root.join("x");
+    mkdir_p(&x);
+    let st = Command::new("tar")
+        .args(["-xpf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(read(&x.join("f")), "the data is in the lower\n");
+    assert_eq!(mode_of(&x.join("f")) & 0o7777, 0o600);
+}

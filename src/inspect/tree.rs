@@ -389,11 +389,15 @@ impl Walker<'_> {
     }
 }
 
-/// An upper file that holds metadata only (its origin record says so).
+/// An upper file that holds metadata only: its origin record says so, or kernel
+/// overlayfs marked it (`metacopy=on`).
 fn is_metacopy(p: &Path) -> bool {
-    xattr_get(p, whiteout::ORIGIN_XATTR)
-        .and_then(|v| whiteout::decode_origin(&v))
-        .is_some_and(|(_, m)| m)
+    whiteout::METACOPY_XATTRS
+        .iter()
+        .any(|a| xattr_get(p, a).is_some())
+        || xattr_get(p, whiteout::ORIGIN_XATTR)
+            .and_then(|v| whiteout::decode_origin(&v))
+            .is_some_and(|(_, m)| m)
 }
 
 impl Walker<'_> {
