@@ -376,3 +376,101 @@ fn set_id_bits_of_a_new_fifo_survive_the_owner_change() {
     assert_eq!(mode_of(&fx.m("g/p")) & 0o7777, 0o2777);
     drop(m);
 }
+
+/// `open(dir, O_TMPFILE)`: an unnamed file, in the upper; `linkat(fd, "", AT_EMPTY_PATH)`
+/// names it (once it has a name it is an ordinary file, hard links and remounts included),
+/// unless it was opened with `O_EXCL` (ENOENT, as on ext4). One never linked leaves nothing
+/// behind. A plain twin directory gets the same calls. unionmount answered EOPNOTSUPP.
+#[test]
+fn o_tmpfile_makes_an_unnamed_file_that_linkat_names() {
+    if !is_root() {
+        return; // linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH
+    }
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "d/base"), "base\n");
+    let plain = fx.root.join("plain");
+    mkdir_p(&plain.join("d"));
+    let m = fx.mount(&[]);
+    let tmpfile = |dir: &std::path::Path, flags: i32| -> File {
+        let fd = unsafe {
+            libc::open(
+                cstr(dir).as_ptr(),
+                libc::O_TMPFILE | libc::O_CLOEXEC | flags,
+                0o640,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "O_TMPFILE in {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    };
+    let link = |f: &File, to: &std::path::Path| -> std::io::Result<()> {
+        let r = unsafe {
+            libc::linkat(
+                f.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                cstr(to).as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    for root in [fx.mnt.clone(), plain.clone()] {
+        let d = root.join("d");
+        let mut f = tmpfile(&d, libc::O_RDWR);
+        f.write_all(b"unnamed\n").unwrap();
+        let md = f.metadata().unwrap();
+        assert_eq!(
+            (md.nlink(), md.len()),
+            (0, 8),
+            "{}: before the link",
+            root.display()
+        );
+        link(&f, &d.join("named")).unwrap();
+        f.write_all(b"more\n").unwrap();
+        assert_eq!(read(&d.join("named")), "unnamed\nmore\n");
+        assert_eq!(f.metadata().unwrap().ino(), ino(&d.join("named")));
+        link(&f, &d.join("second")).unwrap();
+        assert_eq!(fs::metadata(d.join("named")).unwrap().nlink(), 2);
+        let excl = tmpfile(&d, libc::O_RDWR | libc::O_EXCL);
+        assert_errno(
+            link(&excl, &d.join("nope")),
+            libc::ENOENT,
+            "link of an O_EXCL one",
+        );
+        tmpfile(&d, libc::O_WRONLY).write_all(b"dropped").unwrap();
+    }
+    for name in ["d/named", "d/second"] {
+        let (a, b) = (
+            fs::metadata(fx.m(name)).unwrap(),
+            fs::metadata(plain.join(name)).unwrap(),
+        );
+        assert_eq!(
+            (a.mode(), a.nlink(), a.len()),
+            (b.mode(), b.nlink(), b.len()),
+            "{name}"
+        );
+    }
+    assert_eq!(names(&fx.m("d")), strs(&["base", "named", "second"]));
+    assert_eq!(upper_names(&fx.u("d")), strs(&["named", "second"]));
+    // A user's unnamed file is theirs, as any file they create.
+    set_mode(&fx.root, 0o755);
+    set_mode(&fx.m("d"), 0o777);
+    let script = "python3 -c 'import os, sys; fd = os.open(\"d\", os.O_TMPFILE | os.O_RDWR, 0o600); \
+                  st = os.fstat(fd); sys.exit(0 if (st.st_uid, st.st_gid) == (1000, 1000) else 3)'";
+    drop(m);
+    let m = fx.mount(&["-o", "allow_other"]);
+    let (rc, err) = sh_as(1000, &fx.mnt, script);
+    assert_eq!(rc, 0, "a user's O_TMPFILE file: {err}");
+    assert_eq!(read(&fx.m("d/second")), "unnamed\nmore\n");
+    assert_eq!(ino(&fx.m("d/named")), ino(&fx.m("d/second")));
+    drop(m);
+}

@@ -796,6 +796,43 @@ impl Filesystem for UnionFs {
         }
     }
 
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let res = self.node(parent).and_then(|p| {
+            self.union
+                .tmpfile(&p, mode, flags, self.caller(req, umask))
+                .map_err(|e| self.fail(&e))
+        });
+        match res {
+            Ok((node, st, file)) => {
+                // As `create`: no entry without an I/O mode; the counted reference goes back.
+                let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
+                    self.union.nodes.forget(node.id, 1);
+                    return reply.error(Errno::EIO);
+                };
+                let id = INodeNo(node.id);
+                let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
+                reply.created_node(
+                    id,
+                    &self.ttl,
+                    &self.attr(&st),
+                    Generation(0),
+                    fh,
+                    fopen_flags(&mode),
+                    backing.as_deref(),
+                );
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn fallocate(
         &self,
         _req: &Request,

@@ -272,10 +272,15 @@ pub fn renameat2(
     check(unsafe { libc::renameat2(olddir, o.as_ptr(), newdir, n.as_ptr(), flags) }).map(drop)
 }
 
+/// A new name for `old` in `olddir`; with an empty `old`, for the file `olddir` is a handle
+/// on (through /proc, which needs no privilege; the kernel allows it only for a file that
+/// has names, or an `O_TMPFILE` one opened without `O_EXCL`).
 pub fn linkat(olddir: RawFd, old: &OsStr, newdir: RawFd, new: &OsStr) -> io::Result<()> {
-    let (o, n) = (cstr(old)?, cstr(new)?);
+    let (olddir, o, follow) = target(olddir, old)?;
+    let n = cstr(new)?;
+    let flags = if follow { libc::AT_SYMLINK_FOLLOW } else { 0 };
     // SAFETY: both are valid C strings.
-    check(unsafe { libc::linkat(olddir, o.as_ptr(), newdir, n.as_ptr(), 0) }).map(drop)
+    check(unsafe { libc::linkat(olddir, o.as_ptr(), newdir, n.as_ptr(), flags) }).map(drop)
 }
 
 pub fn fchownat(dir: RawFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {

@@ -299,6 +299,13 @@ impl Node {
     /// Record a further name for a hard-linked file.
     pub fn add_name(&self, parent: &Arc<Node>, name: &OsStr) {
         let mut st = self.state.write();
+        if st.unlinked {
+            // Its first name (an O_TMPFILE file linked in).
+            st.parent = Some(parent.clone());
+            st.name = name.to_owned();
+            st.unlinked = false;
+            return;
+        }
         let known = |p: &Arc<Node>, n: &OsStr| Arc::ptr_eq(p, parent) && n == name;
         if st.parent.as_ref().is_some_and(|p| known(p, &st.name))
             || st.links.iter().any(|(p, n)| known(p, n))

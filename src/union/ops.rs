@@ -6,7 +6,7 @@
 //! is chosen so that a crash between them leaves the old state or the new one: an entry
 //! beside a `.wh.` of its own name in the same layer wins over it.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::events::Event;
 use super::idmap::{self, StatOverride};
 use super::layer::{ACL_DEFAULT, remove_tree_contents};
-use super::node::{Kept, LayerDir, Node};
+use super::node::{Kept, LayerDir, Node, NodeState};
 use super::resolve::{Found, Loc};
 use super::whiteout;
 use super::{Options, ROOT_INO, Union};
@@ -260,6 +260,98 @@ impl Union {
         };
         let (node, st) = self.bind(parent, name, found);
         log::debug!("create {path}");
+        Ok((node, st, file))
+    }
+
+    /// An unnamed file in the merged directory `parent` (`O_TMPFILE`), made in its upper
+    /// directory. Its node has no name (it lives on its kept handle) until `link` gives it
+    /// one; the kernel refuses that for one opened with `O_EXCL`.
+    pub fn tmpfile(
+        &self,
+        parent: &Arc<Node>,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> Result<(Arc<Node>, Stat, File)> {
+        let path = parent.path();
+        self.check_writable("tmpfile")?;
+        if self.opts.owner_xattr.is_some() {
+            // Its owner would go in an xattr, set by name; it has none. (The kernel answers
+            // EOPNOTSUPP, and callers fall back to a named file.)
+            return Err(Error::new(libc::EOPNOTSUPP, "tmpfile").at(path));
+        }
+        let up = self.upper_dir(parent)?;
+        let up = up.as_raw_fd();
+        let pst = sys::fstat_path(up).op("stat parent")?;
+        let shown = self.shown_owner(up, ".".as_ref(), &pst);
+        let gid = if shown.mode & libc::S_ISGID != 0 {
+            shown.gid
+        } else {
+            caller.gid
+        };
+        // As `create`: a default ACL on the parent replaces the umask.
+        let default_acl = sys::lgetxattr(up, ".".as_ref(), ACL_DEFAULT.as_ref()).unwrap_or(None);
+        let umask = if default_acl.is_some() {
+            0
+        } else {
+            caller.umask
+        };
+        let perm = mode & 0o7777 & !umask;
+        let keep = flags & !(libc::O_TMPFILE | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
+        let file = File::from(
+            sys::openat(up, ".".as_ref(), keep | libc::O_TMPFILE, perm)
+                .op("tmpfile")
+                .map_err(|e| e.at(&path).in_layer(0))?,
+        );
+        let fd = file.as_raw_fd();
+        let st = sys::fstat(fd).op("stat tmpfile")?;
+        if (st.st_uid, st.st_gid) != (caller.uid, gid) {
+            match sys::fchown(fd, Some(caller.uid), Some(gid)) {
+                Ok(()) => {}
+                Err(e) if self.opts.squash => log::debug!("chown tmpfile failed, squashed: {e}"),
+                Err(e) => return Err(Error::io(e, "chown tmpfile").at(&path)),
+            }
+            // chown cleared them; put them back.
+            let set_id = perm & (libc::S_ISUID | libc::S_ISGID);
+            if set_id != 0 {
+                sys::fchmod(fd, (st.st_mode & 0o777) | set_id).op("chmod tmpfile")?;
+            }
+        }
+        let mut st = sys::fstat(fd).op("stat tmpfile")?;
+        // The node's way to its file while it has no name (see `Node::kept`).
+        let handle = sys::openat(
+            libc::AT_FDCWD,
+            sys::proc_path(fd, "".as_ref()).as_os_str(),
+            libc::O_PATH,
+            0,
+        )
+        .op("tmpfile handle")?;
+        let ino = self.ino_of(&st);
+        let real = (st.st_dev, st.st_ino);
+        let (node, _) = self.nodes.get_or_insert(ino, libc::S_IFREG, real, || {
+            Node::new(
+                ino,
+                libc::S_IFREG,
+                NodeState {
+                    parent: Some(parent.clone()),
+                    name: OsString::new(),
+                    links: Vec::new(),
+                    layer: 0,
+                    dirs: Arc::new(Vec::new()),
+                    generation: self.generation(),
+                    changed: 0,
+                    unlinked: true,
+                    real,
+                    kept: Some(Kept {
+                        fd: Arc::new(handle),
+                        layer: 0,
+                    }),
+                    data: None,
+                },
+            )
+        });
+        self.present(&node, &mut st);
+        log::debug!("tmpfile in {path}");
         Ok((node, st, file))
     }
 
