@@ -248,14 +248,41 @@ fn kernel_metacopy_chmod(fx: &Fixture) -> Vec<(&'static str, Vec<u8>)> {
         set_mode(&fx.m(name), 0o600);
     }
     drop(k);
-    for (name, _) in &files {
-        let mark = xattr::get(fx.u(name), "trusted.overlay.metacopy").unwrap();
+    assert_marked(&fx.upper, &files);
+    files
+}
+
+/// Kernel overlayfs left its metacopy mark on each of `files` in `upper`.
+fn assert_marked(upper: &Path, files: &[(&str, Vec<u8>)]) {
+    for (name, _) in files {
+        let mark = xattr::get(upper.join(name), "trusted.overlay.metacopy").unwrap();
         assert!(
             mark.is_some(),
             "kernel overlayfs left {name} without its metacopy mark"
         );
     }
-    files
+}
+
+/// unionmount over `layers` (top first), all read-only.
+fn mount_stacked(fx: &Fixture, layers: &[&Path]) -> Mount {
+    let list: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
+    let opts = format!("lowerdir={}", list.join(":"));
+    fx.mount_args(
+        strs(&["-o", &opts, &fx.mnt.display().to_string()]),
+        layers.iter().map(|l| l.to_path_buf()).collect(),
+    )
+}
+
+/// Each of `files` shows `mode` and its data through the mount.
+fn assert_read_through(fx: &Fixture, files: &[(&str, Vec<u8>)], mode: u32) {
+    for (name, data) in files {
+        assert_eq!(mode_of(&fx.m(name)), mode, "{name}");
+        assert_eq!(
+            fs::read(fx.m(name)).unwrap(),
+            *data,
+            "{name} through unionmount"
+        );
+    }
 }
 
 /// An upper written by kernel overlayfs with `metacopy=on` (the containers-storage default
@@ -332,19 +359,8 @@ fn kernel_overlay_metacopy_upper_stacked_as_lower() {
     }
     let fx = Fixture::new(1);
     let files = kernel_metacopy_chmod(&fx);
-    let opts = format!("lowerdir={}:{}", fx.upper.display(), fx.lowers[0].display());
-    let m = fx.mount_args(
-        strs(&["-o", &opts, &fx.mnt.display().to_string()]),
-        vec![fx.upper.clone(), fx.lowers[0].clone()],
-    );
-    for (name, data) in &files {
-        assert_eq!(mode_of(&fx.m(name)), 0o600, "{name}");
-        assert_eq!(
-            fs::read(fx.m(name)).unwrap(),
-            *data,
-            "{name} through unionmount"
-        );
-    }
+    let m = mount_stacked(&fx, &[&fx.upper, &fx.lowers[0]]);
+    assert_read_through(&fx, &files, 0o600);
     drop(m);
 }
 
@@ -367,31 +383,9 @@ fn kernel_overlay_metacopy_chain_stacked_as_lowers() {
         set_mode(&fx.m(name), 0o640);
     }
     drop(k);
-    for (name, _) in &files {
-        let mark = xattr::get(upper2.join(name), "trusted.overlay.metacopy").unwrap();
-        assert!(
-            mark.is_some(),
-            "kernel overlayfs left {name} without its metacopy mark"
-        );
-    }
-    let opts = format!(
-        "lowerdir={}:{}:{}",
-        upper2.display(),
-        fx.upper.display(),
-        fx.lowers[0].display()
-    );
-    let m = fx.mount_args(
-        strs(&["-o", &opts, &fx.mnt.display().to_string()]),
-        vec![upper2.clone(), fx.upper.clone(), fx.lowers[0].clone()],
-    );
-    for (name, data) in &files {
-        assert_eq!(mode_of(&fx.m(name)), 0o640, "{name}");
-        assert_eq!(
-            fs::read(fx.m(name)).unwrap(),
-            *data,
-            "{name} through unionmount"
-        );
-    }
+    assert_marked(&upper2, &files);
+    let m = mount_stacked(&fx, &[&upper2, &fx.upper, &fx.lowers[0]]);
+    assert_read_through(&fx, &files, 0o640);
     drop(m);
 }
 
@@ -518,19 +512,8 @@ fn own_metacopy_upper_stacked_as_lower() {
         fs::metadata(fx.u("big")).unwrap().blocks() * 512 < 100 * 1024,
         "chmod copied up the data: no metadata-only copy to test"
     );
-    let opts = format!("lowerdir={}:{}", fx.upper.display(), fx.lowers[0].display());
-    let m = fx.mount_args(
-        strs(&["-o", &opts, &fx.mnt.display().to_string()]),
-        vec![fx.upper.clone(), fx.lowers[0].clone()],
-    );
-    for (name, data) in &files {
-        assert_eq!(mode_of(&fx.m(name)), 0o600, "{name}");
-        assert_eq!(
-            fs::read(fx.m(name)).unwrap(),
-            *data,
-            "{name} through unionmount"
-        );
-    }
+    let m = mount_stacked(&fx, &[&fx.upper, &fx.lowers[0]]);
+    assert_read_through(&fx, &files, 0o600);
     drop(m);
 }
 

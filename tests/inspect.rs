@@ -356,6 +356,20 @@ fn tar_list(tar: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Extract `tar` into a new directory `into` with GNU tar, `flags` first.
+fn untar(tar: &Path, into: &Path, flags: &[&str]) {
+    mkdir_p(into);
+    let st = Command::new("tar")
+        .args(flags)
+        .arg("-xpf")
+        .arg(tar)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -x {}", tar.display());
+}
+
 #[test]
 fn export_writes_an_oci_layer() {
     let fx = Fixture::new(1);
@@ -405,15 +419,11 @@ fn export_writes_an_oci_layer() {
     drop(m);
     // GNU tar extracts it with owners, modes, xattrs and the hard link.
     let x = fx.root.join("x");
-    mkdir_p(&x);
-    let st = Command::new("tar")
-        .args(["--xattrs", "--xattrs-include=*", "--same-owner", "-xpf"])
-        .arg(&tar)
-        .arg("-C")
-        .arg(&x)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    untar(
+        &tar,
+        &x,
+        &["--xattrs", "--xattrs-include=*", "--same-owner"],
+    );
     assert_eq!(read(&x.join("etc2/hosts")), "h".repeat(3174));
     assert_eq!(read(&x.join("meta.txt")), "data stays in the lower\n");
     assert_eq!(mode_of(&x.join("meta.txt")) & 0o7777, 0o600);
@@ -565,15 +575,7 @@ fn export_of_a_kernel_metacopy_upper_carries_the_data() {
         &s(&tar),
     ]);
     let x = fx.root.join("x");
-    mkdir_p(&x);
-    let st = Command::new("tar")
-        .args(["-xpf"])
-        .arg(&tar)
-        .arg("-C")
-        .arg(&x)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    untar(&tar, &x, &[]);
     assert_eq!(read(&x.join("f")), "the data is in the lower\n");
     assert_eq!(mode_of(&x.join("f")) & 0o7777, 0o600);
 }

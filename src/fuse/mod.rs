@@ -4,6 +4,7 @@
 pub mod handles;
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -141,6 +142,35 @@ impl UnionFs {
             gid: self.owners.stored_gid(req.gid()),
             umask,
         }
+    }
+
+    /// Answer a create or tmpfile with its new node, opened. No entry without an I/O mode:
+    /// none only when fstat of the new file fails, or another real file has a live backing
+    /// under the node's id (a new file's node has a new id, and an existing file opened by
+    /// a racing create is the same real file); the reference the creation counted goes back.
+    fn reply_created(
+        &self,
+        node: Arc<Node>,
+        st: &Stat,
+        file: File,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
+            self.union.nodes.forget(node.id, 1);
+            return reply.error(Errno::EIO);
+        };
+        let id = INodeNo(node.id);
+        let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
+        reply.created_node(
+            id,
+            &self.ttl,
+            &self.attr(st),
+            Generation(0),
+            fh,
+            fopen_flags(&mode),
+            backing.as_deref(),
+        );
     }
 
     /// The node a request names. fuser calls the node id `ino`; it is not the inode number
@@ -767,27 +797,7 @@ impl Filesystem for UnionFs {
                 .map_err(|e| self.fail(&e))
         });
         match res {
-            Ok((node, st, Some(file))) => {
-                // None only when fstat of the new file fails, or another real file has a
-                // live backing under the node's id (a new file's node has a new id, and an
-                // existing file opened by a racing create is the same real file). The
-                // kernel gets no entry then: give back the reference `create` counted.
-                let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
-                    self.union.nodes.forget(node.id, 1);
-                    return reply.error(Errno::EIO);
-                };
-                let id = INodeNo(node.id);
-                let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
-                reply.created_node(
-                    id,
-                    &self.ttl,
-                    &self.attr(&st),
-                    Generation(0),
-                    fh,
-                    fopen_flags(&mode),
-                    backing.as_deref(),
-                );
-            }
+            Ok((node, st, Some(file))) => self.reply_created(node, &st, file, flags, reply),
             Ok((node, _, None)) => {
                 self.union.nodes.forget(node.id, 1);
                 reply.error(Errno::EIO)
@@ -811,24 +821,7 @@ impl Filesystem for UnionFs {
                 .map_err(|e| self.fail(&e))
         });
         match res {
-            Ok((node, st, file)) => {
-                // As `create`: no entry without an I/O mode; the counted reference goes back.
-                let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
-                    self.union.nodes.forget(node.id, 1);
-                    return reply.error(Errno::EIO);
-                };
-                let id = INodeNo(node.id);
-                let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
-                reply.created_node(
-                    id,
-                    &self.ttl,
-                    &self.attr(&st),
-                    Generation(0),
-                    fh,
-                    fopen_flags(&mode),
-                    backing.as_deref(),
-                );
-            }
+            Ok((node, st, file)) => self.reply_created(node, &st, file, flags, reply),
             Err(e) => reply.error(e),
         }
     }
