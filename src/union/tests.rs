@@ -698,3 +698,30 @@ fn a_tagged_number_still_finds_its_node() {
         &b
     ));
 }
+
+#[test]
+fn a_tmpfile_node_has_no_name_until_link_gives_it_one() {
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("d/base"), "base");
+    let u = s.union();
+    let d = walk(&u, "d").unwrap();
+    let (node, st, mut f) = u.tmpfile(&d, 0o640, libc::O_RDWR, ME).unwrap();
+    f.write_all(b"unnamed").unwrap();
+    assert_eq!(st.st_nlink, 0);
+    assert!(node.is_unlinked());
+    assert_eq!(names(&u, "d"), ["base"]);
+    assert!(
+        s.upper.join("d").is_dir(),
+        "made in the parent's upper directory"
+    );
+    u.link(&node, &d, OsStr::new("named")).unwrap();
+    assert!(!node.is_unlinked());
+    assert_eq!(node.path(), "/d/named");
+    assert_eq!(read(&u, "d/named"), "unnamed");
+    assert_eq!(
+        walk(&u, "d/named").unwrap().id,
+        node.id,
+        "a lookup finds the same node"
+    );
+    assert_eq!(fs::read(s.upper.join("d/named")).unwrap(), b"unnamed");
+}
