@@ -198,18 +198,7 @@ impl Union {
         let exact_whiteout = sys::fstatat(up, name).is_ok();
         let opaque = matches!(what, New::Dir { .. }) && (has_wh_file || exact_whiteout);
 
-        let pst = sys::fstat_path(up).op("stat parent")?;
-        // The parent as shown (its owner and mode may be kept in an xattr).
-        let shown = self.shown_owner(up, ".".as_ref(), &pst);
-        let inherit_gid = shown.mode & libc::S_ISGID != 0;
-        let gid = if inherit_gid { shown.gid } else { caller.gid };
-        // A default ACL on the parent decides the new entry's permissions instead of the
-        // umask (POSIX.1e); the filesystem applies it where the entry is made.
-        let default_acl = sys::lgetxattr(up, ".".as_ref(), ACL_DEFAULT.as_ref()).unwrap_or(None);
-        let caller = match default_acl {
-            Some(_) => Caller { umask: 0, ..caller },
-            None => caller,
-        };
+        let (caller, inherit_gid, gid, default_acl) = self.made_in(up, caller)?;
         let file = if opaque || exact_whiteout {
             let work = self.stack.work()?;
             let stage = work.staging(default_acl.as_deref())?;
@@ -282,21 +271,8 @@ impl Union {
         }
         let up = self.upper_dir(parent)?;
         let up = up.as_raw_fd();
-        let pst = sys::fstat_path(up).op("stat parent")?;
-        let shown = self.shown_owner(up, ".".as_ref(), &pst);
-        let gid = if shown.mode & libc::S_ISGID != 0 {
-            shown.gid
-        } else {
-            caller.gid
-        };
-        // As `create`: a default ACL on the parent replaces the umask.
-        let default_acl = sys::lgetxattr(up, ".".as_ref(), ACL_DEFAULT.as_ref()).unwrap_or(None);
-        let umask = if default_acl.is_some() {
-            0
-        } else {
-            caller.umask
-        };
-        let perm = mode & 0o7777 & !umask;
+        let (caller, _, gid, _) = self.made_in(up, caller)?;
+        let perm = mode & 0o7777 & !caller.umask;
         let keep = flags & !(libc::O_TMPFILE | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW);
         let file = File::from(
             sys::openat(up, ".".as_ref(), keep | libc::O_TMPFILE, perm)
@@ -353,6 +329,24 @@ impl Union {
         self.present(&node, &mut st);
         log::debug!("tmpfile in {path}");
         Ok((node, st, file))
+    }
+
+    /// What a new entry in the upper directory `up` takes from it: the caller with the
+    /// umask that applies, whether the group is inherited (a set-gid parent), that group,
+    /// and the parent's default ACL. A default ACL decides the entry's permissions instead
+    /// of the umask (POSIX.1e); the filesystem applies it where the entry is made.
+    fn made_in(&self, up: RawFd, caller: Caller) -> Result<(Caller, bool, u32, Option<Vec<u8>>)> {
+        let pst = sys::fstat_path(up).op("stat parent")?;
+        // The parent as shown (its owner and mode may be kept in an xattr).
+        let shown = self.shown_owner(up, ".".as_ref(), &pst);
+        let inherit_gid = shown.mode & libc::S_ISGID != 0;
+        let gid = if inherit_gid { shown.gid } else { caller.gid };
+        let default_acl = sys::lgetxattr(up, ".".as_ref(), ACL_DEFAULT.as_ref()).unwrap_or(None);
+        let caller = match default_acl {
+            Some(_) => Caller { umask: 0, ..caller },
+            None => caller,
+        };
+        Ok((caller, inherit_gid, gid, default_acl))
     }
 
     /// Remove a non-directory.
