@@ -619,9 +619,9 @@ impl Union {
             self.copy_up(node)?;
             return Ok(Move::Plain);
         }
-        let Some(lower) = node.state().dirs.iter().find(|d| d.layer > 0).cloned() else {
+        if !node.state().dirs.iter().any(|d| d.layer > 0) {
             return Ok(Move::Plain);
-        };
+        }
         let loc = self.copy_up(node)?;
         let parent = node.state().parent.clone();
         if let Some(p) = &parent
@@ -629,8 +629,8 @@ impl Union {
         {
             return Ok(Move::Redirect);
         }
-        // Where its lower parts are: the path of the topmost one in its layer.
-        let value = Some(whiteout::format_redirect(&lower.path));
+        // Where its lower parts are, as the layers below see it.
+        let value = Some(whiteout::format_redirect(&self.lower_path(node)));
         let recorded = value.is_some_and(|v| {
             let attr = whiteout::REDIRECT_XATTR.as_ref();
             let ok = sys::lsetxattr(loc.raw(), &loc.name, attr, &v, 0).is_ok();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::index;
 use super::node::{LayerDir, Node, NodeState};
-use super::whiteout;
+use super::whiteout::{self, Redirect};
 use super::{ROOT_INO, Union};
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
@@ -229,7 +229,7 @@ impl Union {
         let Some(Hit {
             layer,
             st,
-            mut dirs,
+            dirs,
             holder: top,
         }) = found
         else {
@@ -242,23 +242,12 @@ impl Union {
         {
             return self.probe(parent, name);
         }
-        // A directory moved in the upper finds its lower parts where it came from.
-        if layer == 0
-            && is_dir(&st)
-            && self.writable()
-            && let Some(path) = self.redirect_of(top.raw(), name, parent)
-        {
-            dirs.truncate(1);
-            if !self.dir_markers(dirs[0].raw())?.0 {
-                dirs.extend(self.lower_dirs_at(&path)?);
-            }
-        }
         let (ino, ours) = self.derive_ino(Some(top.raw()), name, layer, &st);
         // With no layer below a marked file has no data to find: not worth asking.
         let below = slots.iter().any(|s| s.layer > layer);
         let metacopy = ours || (below && self.holds_metadata_only(top.raw(), name, layer, &st));
         let data = if metacopy {
-            self.metacopy_data(parent, &slots, layer, top.clone(), name)?
+            self.metacopy_data(&slots, layer, top.clone(), name)?
         } else {
             None
         };
@@ -309,34 +298,33 @@ impl Union {
     /// metadata only too (a marked upper stacked as a lower), the next below that.
     fn metacopy_data(
         &self,
-        parent: &Node,
         slots: &[super::node::DirSlot],
         mut layer: usize,
         mut holder: LayerDir,
         name: &OsStr,
     ) -> Result<Option<Loc>> {
-        // Once redirected, the path (from the root) the data is looked for at.
-        let mut at: Option<Vec<OsString>> = None;
+        // Where the layers below look for the data: the parent's directories and the name,
+        // until a redirect says otherwise.
+        let mut pdirs = slots
+            .iter()
+            .filter(|s| s.layer > layer)
+            .map(|s| self.open_slot(s))
+            .collect::<Result<Vec<_>>>()?;
         let mut cur = name.to_owned();
         loop {
-            let base = match &at {
-                Some(p) => p[..p.len() - 1].to_vec(),
-                None => parent.components(),
-            };
-            if let Some(p) = self.redirect_at(holder.raw(), &cur, base) {
-                at = Some(p);
-            }
-            let hit = match at.as_deref().and_then(|p| p.split_last()) {
-                None => {
-                    let below = slots.iter().filter(|s| s.layer > layer);
-                    self.probe_layers(below.map(|s| self.open_slot(s)), name)?
-                }
-                Some((last, dir)) => {
+            match self.redirect_in(holder.raw(), &cur) {
+                Some(Redirect::Absolute(to)) => {
+                    let Some((last, at)) = to.split_last() else {
+                        return Ok(None);
+                    };
+                    pdirs = self.dirs_below(layer, at)?;
                     cur = last.clone();
-                    let below = self.lower_dirs_at(dir)?.into_iter();
-                    self.probe_layers(below.filter(|d| d.layer > layer).map(Ok), last)?
                 }
-            };
+                Some(Redirect::Relative(to)) => cur = to,
+                None => {}
+            }
+            let below = pdirs.iter().filter(|d| d.layer > layer).cloned().map(Ok);
+            let hit = self.probe_layers(below, &cur)?;
             let Some(hit) = hit.filter(|h| h.st.st_mode & libc::S_IFMT == libc::S_IFREG) else {
                 log::warn!(
                     "metacopy {}: its lower data is gone",
@@ -360,18 +348,25 @@ impl Union {
 
     /// The resolution rule over layer directories, top first (opened as they are reached):
     /// the topmost entry, the directory holding it, and for a directory every layer it
-    /// merges from.
+    /// merges from. A directory moved within a layer (it carries a redirect) finds its
+    /// parts in the layers below where it came from, whichever layer it is in: so an upper
+    /// keeps its meaning when it is stacked as a lower.
     fn probe_layers(
         &self,
         pdirs: impl IntoIterator<Item = Result<LayerDir>>,
         name: &OsStr,
     ) -> Result<Option<Hit>> {
-        let wh = whiteout::whiteout_name(name);
+        // The name and parent directories the layers below are asked, until a redirect
+        // changes them.
+        let mut name = name.to_owned();
+        let mut wh = whiteout::whiteout_name(&name);
+        let mut pdirs: Box<dyn Iterator<Item = Result<LayerDir>> + '_> =
+            Box::new(pdirs.into_iter());
         let mut top: Option<(usize, Stat, LayerDir)> = None;
         let mut dirs = Vec::new();
-        for d in pdirs {
+        while let Some(d) = pdirs.next() {
             let d = d?;
-            let st = match sys::fstatat(d.raw(), name) {
+            let st = match sys::fstatat(d.raw(), &name) {
                 Ok(st) => st,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     if sys::fstatat(d.raw(), &wh).is_ok() {
@@ -381,7 +376,7 @@ impl Union {
                 }
                 Err(e) => return Err(Error::io(e, "lookup").in_layer(d.layer)),
             };
-            if self.is_whiteout(&d, name, &st) {
+            if self.is_whiteout(&d, &name, &st) {
                 break;
             }
             if top.is_some() && !is_dir(&st) {
@@ -393,21 +388,38 @@ impl Union {
             if !is_dir(&st) {
                 break;
             }
-            let fd = sys::open_dir_path(d.raw(), name)
+            let fd = sys::open_dir_path(d.raw(), &name)
                 .op("open dir")
                 .map_err(|e| e.in_layer(d.layer))?;
             let (opaque, xwhiteouts) = self.dir_markers(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
             let mut path = (*d.path).clone();
-            path.push(name.to_owned());
+            path.push(name.clone());
             dirs.push(LayerDir {
                 layer: d.layer,
                 fd: Arc::new(fd),
                 xwhiteouts,
                 path: Arc::new(path),
             });
-            // Opaque, or deleted-and-recreated in this same layer: nothing below shows.
-            if opaque || sys::fstatat(d.raw(), &wh).is_ok() {
-                break;
+            if opaque {
+                break; // nothing below shows
+            }
+            let below = d.layer + 1 < self.stack.layers.len();
+            match below.then(|| self.redirect_in(d.raw(), &name)).flatten() {
+                Some(Redirect::Absolute(to)) => {
+                    let Some((last, at)) = to.split_last() else {
+                        break;
+                    };
+                    pdirs = Box::new(self.dirs_below(d.layer, at)?.into_iter().map(Ok));
+                    name = last.clone();
+                    wh = whiteout::whiteout_name(&name);
+                }
+                Some(Redirect::Relative(to)) => {
+                    name = to;
+                    wh = whiteout::whiteout_name(&name);
+                }
+                // Deleted and recreated in this same layer: nothing below shows.
+                None if sys::fstatat(d.raw(), &wh).is_ok() => break,
+                None => {}
             }
         }
         Ok(top.map(|(layer, st, holder)| Hit {
@@ -418,43 +430,85 @@ impl Union {
         }))
     }
 
-    /// The recorded lower path of a moved upper directory `name` in `parent`, if any.
-    pub(crate) fn redirect_of(
-        &self,
-        dir: i32,
-        name: &OsStr,
-        parent: &Node,
-    ) -> Option<Vec<OsString>> {
-        self.redirect_at(dir, name, parent.components())
-    }
-
-    /// The path (from the root) a redirect on `name` in `dir` records; a relative one is
-    /// relative to `base`, the path of the directory holding it.
-    fn redirect_at(&self, dir: i32, name: &OsStr, base: Vec<OsString>) -> Option<Vec<OsString>> {
+    /// The redirect an entry `name` in `dir` carries, in our format or the kernel's.
+    pub(crate) fn redirect_in(&self, dir: i32, name: &OsStr) -> Option<Redirect> {
         // One listing first: most entries carry no xattr at all.
         let present = sys::llistxattr(dir, name).ok()?;
         let attr = whiteout::REDIRECT_XATTRS
             .iter()
             .find(|a| present.iter().any(|p| p == a.as_bytes()))?;
         let v = sys::lgetxattr(dir, name, attr.as_ref()).ok().flatten()?;
-        if v.starts_with(b"/") {
-            return Some(whiteout::parse_redirect(&v));
+        let r = Redirect::parse(&v);
+        if r.is_none() {
+            log::warn!(
+                "{}: ignoring the malformed redirect {attr}={:?}",
+                name.to_string_lossy(),
+                String::from_utf8_lossy(&v)
+            );
         }
-        let mut path = base;
-        path.extend(whiteout::parse_redirect(&v));
-        Some(path)
+        r
     }
 
-    /// The merged lower directories at `path` (from the root), as if the upper were absent.
-    pub(crate) fn lower_dirs_at(&self, path: &[OsString]) -> Result<Vec<LayerDir>> {
+    /// The recorded lower path of a moved upper directory `name` in `parent`, if any
+    /// (a relative redirect resolved against the parent's path).
+    pub(crate) fn redirect_of(
+        &self,
+        dir: i32,
+        name: &OsStr,
+        parent: &Node,
+    ) -> Option<Vec<OsString>> {
+        Some(match self.redirect_in(dir, name)? {
+            Redirect::Absolute(p) => p,
+            Redirect::Relative(n) => {
+                let mut p = parent.components();
+                p.push(n);
+                p
+            }
+        })
+    }
+
+    /// The path at which the layers below the upper show `node`: its names up to the
+    /// root, through the redirect of the nearest ancestor moved in the upper (as overlayfs
+    /// builds one). What a rename records so the moved directory finds its lower parts.
+    pub(crate) fn lower_path(&self, node: &Arc<Node>) -> Vec<OsString> {
+        let mut rev: Vec<OsString> = Vec::new();
+        let mut cur = node.clone();
+        loop {
+            let (parent, name) = {
+                let st = cur.state();
+                match st.parent.clone() {
+                    Some(p) => (p, st.name.clone()),
+                    None => break,
+                }
+            };
+            let moved = self
+                .dir_in(&parent, 0)
+                .and_then(|d| self.redirect_in(std::os::fd::AsRawFd::as_raw_fd(&*d), &name));
+            match moved {
+                Some(Redirect::Absolute(to)) => {
+                    rev.extend(to.into_iter().rev());
+                    break;
+                }
+                Some(Redirect::Relative(to)) => rev.push(to),
+                None => rev.push(name),
+            }
+            cur = parent;
+        }
+        rev.reverse();
+        rev
+    }
+
+    /// The merged directories at `path` (from the root) of the layers below `layer`, as
+    /// if the layers above were absent; empty where no directory is there.
+    pub(crate) fn dirs_below(&self, layer: usize, path: &[OsString]) -> Result<Vec<LayerDir>> {
         let root = self.root();
         let mut dirs: Vec<LayerDir> = self
             .dirs_of(&root)?
             .into_iter()
-            .filter(|d| d.layer > 0)
+            .filter(|d| d.layer > layer)
             .collect();
         for part in path {
-            match self.probe_layers(dirs.iter().cloned().map(Ok), part)? {
+            match self.probe_layers(dirs.into_iter().map(Ok), part)? {
                 Some(hit) if is_dir(&hit.st) => dirs = hit.dirs,
                 _ => return Ok(Vec::new()),
             }

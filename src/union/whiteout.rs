@@ -62,6 +62,38 @@ pub const REDIRECT_XATTRS: [&str; 3] = [
     "user.overlay.redirect",
 ];
 
+/// Where a moved directory's parts are in the layers below the one holding the redirect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// "/a/b": that path from the root.
+    Absolute(Vec<OsString>),
+    /// "b": that name in the same parent directory.
+    Relative(OsString),
+}
+
+impl Redirect {
+    /// None for a value overlayfs would refuse too: empty, a relative one with a '/', or
+    /// any "." or ".." component (a redirect never leaves the tree).
+    pub fn parse(value: &[u8]) -> Option<Redirect> {
+        let bad = |c: &[u8]| c == b"." || c == b"..";
+        if let Some(rest) = value.strip_prefix(b"/") {
+            let parts: Vec<&[u8]> = rest
+                .split(|b| *b == b'/')
+                .filter(|c| !c.is_empty())
+                .collect();
+            if parts.is_empty() || parts.iter().any(|c| bad(c)) {
+                return None;
+            }
+            let parts = parts.into_iter().map(|c| OsString::from_vec(c.to_vec()));
+            return Some(Redirect::Absolute(parts.collect()));
+        }
+        if value.is_empty() || value.contains(&b'/') || bad(value) {
+            return None;
+        }
+        Some(Redirect::Relative(OsString::from_vec(value.to_vec())))
+    }
+}
+
 /// A redirect value: "/a/b" from the root, as path components.
 pub fn parse_redirect(value: &[u8]) -> Vec<OsString> {
     value
@@ -171,6 +203,23 @@ mod tests {
         let parts = parse_redirect(b"/usr/share/..//doc");
         assert_eq!(parts, [OsString::from("usr"), "share".into(), "doc".into()]);
         assert_eq!(format_redirect(&parts), b"/usr/share/doc");
+    }
+
+    #[test]
+    fn redirect_values() {
+        assert_eq!(
+            Redirect::parse(b"/a//b"),
+            Some(Redirect::Absolute(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(Redirect::parse(b"b"), Some(Redirect::Relative("b".into())));
+        for bad in [&b""[..], b"/", b"a/b", b"..", b"/a/../b", b"."] {
+            assert_eq!(
+                Redirect::parse(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
