@@ -239,11 +239,59 @@ impl Mount {
         self.stop_and_check();
     }
 
-    /// Unmount (with all checks) and mount again with the same arguments.
+    /// Unmount (with all checks) and mount again with the same arguments. On the way, the
+    /// invariant that every upper is a valid lower is checked: the merged view stays the
+    /// same with the upper moved down under a fresh, empty one (see `check_rotation`).
     pub fn remount(mut self) -> Mount {
+        let before = (!std::thread::panicking()).then(|| view(&self.mnt));
         self.stop_and_check();
+        if let Some(before) = before {
+            self.check_rotation(&before);
+        }
         let dirs = self.watched.iter().map(|(d, _)| d.clone()).collect();
         Mount::start(self.args.clone(), &self.mnt, &self.log, dirs)
+    }
+
+    /// Unmount (with all checks), move the upper down into the lowers under a fresh, empty
+    /// upper at the same path, and mount that stack. Returns it, and how its merged view
+    /// differs from the one before ("" when equal, as it must be).
+    pub fn rotate(mut self) -> (Mount, String) {
+        let before = view(&self.mnt);
+        self.stop_and_check();
+        let rotation = Rotation::new(&self.args).expect("a stack with an upper to rotate");
+        let mut watched: Vec<PathBuf> = self.watched.iter().map(|(d, _)| d.clone()).collect();
+        watched.push(rotation.layer.clone());
+        let m = Mount::start(rotation.args.clone(), &self.mnt, &self.log, watched);
+        let after = view(&self.mnt);
+        (m, view_diff(&before, &after))
+    }
+
+    /// Mount the stack rotated (the upper moved down under a fresh one), compare its view
+    /// with `before`, and put everything back as it was. The rotated mount changes nothing:
+    /// its old upper is checked unchanged like any lower, and its fresh upper stays empty.
+    fn check_rotation(&self, before: &View) {
+        let Some(rotation) = Rotation::new(&self.args) else {
+            return;
+        };
+        let mut watched: Vec<PathBuf> = self.watched.iter().map(|(d, _)| d.clone()).collect();
+        watched.push(rotation.layer.clone());
+        let m = Mount::start(rotation.args.clone(), &self.mnt, &self.log, watched);
+        let after = view(&self.mnt);
+        m.unmount();
+        let left: Vec<String> = fs::read_dir(&rotation.upper)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        rotation.undo();
+        let d = view_diff(before, &after);
+        assert!(
+            d.is_empty(),
+            "the merged view changed when the upper moved down into the lowers:\n{d}"
+        );
+        assert!(
+            left.is_empty(),
+            "looking through a rotated stack wrote {left:?} to its fresh upper"
+        );
     }
 
     fn stop_and_check(&mut self) {
@@ -284,6 +332,147 @@ impl Drop for Mount {
     fn drop(&mut self) {
         self.stop_and_check();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer rotation: the upper moved down into the lowers, under a fresh upper
+// ---------------------------------------------------------------------------------------------
+
+static ROTATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A stack whose upper moved down: the old upper's content is now the lower `layer` (right
+/// below the upper), and `upper`, at the old upper's path, is fresh and empty, with the old
+/// root's mode, owner and times (the merged root shows the upper's).
+pub struct Rotation {
+    pub upper: PathBuf,
+    pub layer: PathBuf,
+    /// The mount arguments for the rotated stack.
+    pub args: Vec<String>,
+}
+
+impl Rotation {
+    /// Rotate the stack that `args` (a `dir=RW:dir=RO...` spec, or `-o upperdir=..,lowerdir=..`)
+    /// mounts; None for a stack without an upper.
+    pub fn new(args: &[String]) -> Option<Rotation> {
+        let (i, upper) = args.iter().enumerate().find_map(|(i, a)| {
+            let up = if a.starts_with('-') {
+                None
+            } else if a.contains("upperdir=") {
+                a.split(',').find_map(|o| o.strip_prefix("upperdir="))
+            } else {
+                a.split(':').find_map(|b| {
+                    b.strip_suffix("=RW")
+                        .or_else(|| b.strip_suffix("=rw"))
+                        .or_else(|| b.strip_suffix("=Rw"))
+                        .or_else(|| b.strip_suffix("=rW"))
+                })
+            };
+            up.map(|u| (i, PathBuf::from(u)))
+        })?;
+        let n = ROTATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("rotated{n}");
+        let layer = upper.parent().unwrap().join(&name);
+        let mut args = args.to_vec();
+        let a = &args[i];
+        args[i] = if a.contains("upperdir=") {
+            let opts: Vec<String> = a
+                .split(',')
+                .map(|o| match o.strip_prefix("lowerdir=") {
+                    Some(l) => format!("lowerdir={}:{l}", layer.display()),
+                    None => o.to_string(),
+                })
+                .collect();
+            opts.join(",")
+        } else {
+            let parts: Vec<String> = a
+                .split(':')
+                .map(|b| {
+                    if Path::new(b.rsplit_once('=').map_or(b, |(p, _)| p)) == upper {
+                        format!("{b}:{}=RO", layer.display())
+                    } else {
+                        b.to_string()
+                    }
+                })
+                .collect();
+            parts.join(":")
+        };
+        // Copy-ups are built beside the branches, not in the fresh upper: a work directory
+        // made in it would change the merged root's times.
+        let has_workdir = args.iter().any(|a| a.contains("workdir="));
+        if !has_workdir {
+            let work = upper.parent().unwrap().join(format!("{name}-work"));
+            fs::create_dir(&work).unwrap();
+            args.insert(0, format!("workdir={}", work.display()));
+            args.insert(0, "-o".into());
+        }
+        let md = fs::symlink_metadata(&upper).unwrap();
+        fs::rename(&upper, &layer).unwrap();
+        fs::create_dir(&upper).unwrap();
+        std::os::unix::fs::lchown(&upper, Some(md.uid()), Some(md.gid())).unwrap();
+        fs::set_permissions(&upper, fs::Permissions::from_mode(md.mode() & 0o7777)).unwrap();
+        let times = [
+            libc::timespec {
+                tv_sec: md.atime(),
+                tv_nsec: md.atime_nsec(),
+            },
+            libc::timespec {
+                tv_sec: md.mtime(),
+                tv_nsec: md.mtime_nsec(),
+            },
+        ];
+        // SAFETY: a valid C path and two timespecs, as utimensat(2) takes them.
+        let r =
+            unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&upper).as_ptr(), times.as_ptr(), 0) };
+        cvt(r).unwrap();
+        Some(Rotation { upper, layer, args })
+    }
+
+    /// Put the old upper back at its path (the fresh one must be empty).
+    pub fn undo(self) {
+        fs::remove_dir(&self.upper).unwrap();
+        fs::rename(&self.layer, &self.upper).unwrap();
+    }
+}
+
+/// What the merged view shows, for comparing views: every entry (as `snapshot`), and which
+/// paths are hard links of one file.
+pub struct View {
+    pub entries: Snapshot,
+    pub links: std::collections::BTreeSet<Vec<String>>,
+}
+
+pub fn view(dir: &Path) -> View {
+    let mut entries = snapshot(dir);
+    // The default work directory lives in the upper's root, made at mount and removed at
+    // unmount: the root's mtime moves with every mount, rotated or not.
+    if let Some(root) = entries.get_mut("") {
+        root.mtime = (0, 0);
+    }
+    let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (rel, e) in &entries {
+        if e.kind != Kind::Dir {
+            let md = fs::symlink_metadata(dir.join(rel)).unwrap();
+            if md.nlink() > 1 {
+                by_ino.entry(md.ino()).or_default().push(rel.clone());
+            }
+        }
+    }
+    View {
+        entries,
+        links: by_ino.into_values().filter(|v| v.len() > 1).collect(),
+    }
+}
+
+/// Human-readable differences between two views ("" if equal).
+pub fn view_diff(a: &View, b: &View) -> String {
+    let mut d = snapshot_diff(&a.entries, &b.entries);
+    if a.links != b.links {
+        d += &format!(
+            "  hard links before {:?}\n  hard links after  {:?}\n",
+            a.links, b.links
+        );
+    }
+    d
 }
 
 fn quiet(cmd: &mut Command) -> bool {

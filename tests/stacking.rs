@@ -1,0 +1,179 @@
+//! Every upper is a valid lower: directories renamed through the mount keep their content
+//! when the upper moves down into the lowers under a fresh upper, again and again, and so do
+//! redirects kernel overlayfs wrote, in any layer. (Every `remount()` in the other suites
+//! also checks the whole merged view across one such rotation; these tests go deeper.)
+mod common;
+use common::*;
+use std::fs;
+
+/// Rotate `m` `times` times; each rotation must leave the merged view as it was.
+fn rotate_n(mut m: Mount, times: usize) -> Mount {
+    for i in 0..times {
+        let d;
+        (m, d) = m.rotate();
+        assert!(d.is_empty(), "rotation {}: the view changed:\n{d}", i + 1);
+    }
+    m
+}
+
+#[test]
+fn renamed_directory_survives_rotations() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "d/a"), "a");
+    put(&fx.l(0, "d/sub/b"), "b");
+    let m = fx.mount(&[]);
+    fs::rename(fx.m("d"), fx.m("e")).unwrap();
+    let m = rotate_n(m, 1);
+    assert_eq!(names(&fx.mnt), strs(&["e"]));
+    assert_eq!(read(&fx.m("e/a")), "a");
+    // A chain: renamed again above the layer holding the first redirect, then into
+    // another renamed directory, then back to a name it had.
+    fs::rename(fx.m("e"), fx.m("f")).unwrap();
+    let m = rotate_n(m, 2);
+    fs::create_dir(fx.m("g")).unwrap();
+    fs::rename(fx.m("f/sub"), fx.m("g/sub2")).unwrap();
+    let m = rotate_n(m, 1);
+    fs::rename(fx.m("g"), fx.m("h")).unwrap();
+    let m = rotate_n(m, 1);
+    fs::rename(fx.m("f"), fx.m("d")).unwrap();
+    let m = rotate_n(m, 2);
+    let check = |when: &str| {
+        assert_eq!(names(&fx.mnt), strs(&["d", "h"]), "{when}");
+        assert_eq!(names(&fx.m("d")), strs(&["a"]), "{when}");
+        assert_eq!(read(&fx.m("d/a")), "a", "{when}");
+        assert_eq!(names(&fx.m("h")), strs(&["sub2"]), "{when}");
+        assert_eq!(read(&fx.m("h/sub2/b")), "b", "{when}");
+    };
+    check("mounted");
+    let m = m.remount();
+    check("after remount");
+    drop(m);
+}
+
+/// A directory moved into a directory that was itself renamed, written to on the way, with
+/// hard links and a metadata-only copy inside.
+#[test]
+fn moves_inside_renamed_directories_with_links_and_metacopies() {
+    let fx = Fixture::new(2);
+    put(&fx.l(1, "top/inner/x"), "x");
+    put(&fx.l(1, "top/inner/meta"), "meta");
+    put(&fx.l(1, "top/inner/h1"), "h");
+    fs::hard_link(fx.l(1, "top/inner/h1"), fx.l(1, "top/inner/h2")).unwrap();
+    put(&fx.l(0, "other/y"), "y");
+    let m = fx.mount(&[]);
+    fs::rename(fx.m("top"), fx.m("top2")).unwrap();
+    let m = rotate_n(m, 1);
+    fs::rename(fx.m("other"), fx.m("top2/inner/other")).unwrap();
+    set_mode(&fx.m("top2/inner/meta"), 0o600);
+    fs::write(fx.m("top2/inner/new"), "new").unwrap();
+    let m = rotate_n(m, 1);
+    fs::rename(fx.m("top2/inner"), fx.m("moved")).unwrap();
+    let m = rotate_n(m, 2);
+    let check = |when: &str| {
+        assert_eq!(names(&fx.mnt), strs(&["moved", "top2"]), "{when}");
+        assert!(names(&fx.m("top2")).is_empty(), "{when}");
+        assert_eq!(
+            names(&fx.m("moved")),
+            strs(&["h1", "h2", "meta", "new", "other", "x"]),
+            "{when}"
+        );
+        assert_eq!(read(&fx.m("moved/other/y")), "y", "{when}");
+        assert_eq!(read(&fx.m("moved/meta")), "meta", "{when}");
+        assert_eq!(mode_of(&fx.m("moved/meta")), 0o600, "{when}");
+        assert_eq!(ino(&fx.m("moved/h1")), ino(&fx.m("moved/h2")), "{when}");
+    };
+    check("mounted");
+    let m = m.remount();
+    check("after remount");
+    drop(m);
+}
+
+/// A directory renamed and its old name used again: the new directory and the moved one
+/// must not mix, however deep the layers that hold them.
+#[test]
+fn old_name_reused_after_rename() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "d/old"), "old");
+    let m = fx.mount(&[]);
+    fs::rename(fx.m("d"), fx.m("e")).unwrap();
+    put(&fx.m("d/fresh"), "fresh");
+    let m = rotate_n(m, 2);
+    fs::remove_dir_all(fx.m("d")).unwrap();
+    fs::rename(fx.m("e"), fx.m("d")).unwrap();
+    let m = rotate_n(m, 1);
+    assert_eq!(names(&fx.mnt), strs(&["d"]));
+    assert_eq!(names(&fx.m("d")), strs(&["old"]));
+    drop(m);
+}
+
+/// Kernel overlayfs' redirects in lower layers: a relative one (renamed in the same
+/// directory), an absolute one into another directory, and one behind an opaque directory
+/// higher up that must not show.
+#[test]
+fn kernel_redirects_are_followed_in_lower_layers() {
+    if !is_root() {
+        eprintln!("skipped: needs root (trusted.* xattrs)");
+        return;
+    }
+    let fx = Fixture::new(3);
+    // The bottom layer as it was before the moves.
+    put(&fx.l(2, "a/d/f"), "f");
+    put(&fx.l(2, "b/g/h"), "h");
+    put(&fx.l(2, "hidden/k"), "k");
+    // A former kernel upper: a/d renamed to a/e (relative), b/g moved to c/g2 (absolute).
+    fs::create_dir_all(fx.l(1, "a/e")).unwrap();
+    xattr::set(fx.l(1, "a/e"), "trusted.overlay.redirect", b"d").unwrap();
+    mknod_whiteout(&fx.l(1, "a/d"));
+    fs::create_dir_all(fx.l(1, "c/g2")).unwrap();
+    xattr::set(fx.l(1, "c/g2"), "trusted.overlay.redirect", b"/b/g").unwrap();
+    fs::create_dir_all(fx.l(1, "b")).unwrap();
+    mknod_whiteout(&fx.l(1, "b/g"));
+    // Above it, a directory redirected to /hidden, made opaque: its content hides the rest.
+    fs::create_dir_all(fx.l(0, "opq")).unwrap();
+    xattr::set(fx.l(0, "opq"), "trusted.overlay.redirect", b"/hidden").unwrap();
+    xattr::set(fx.l(0, "opq"), "trusted.overlay.opaque", b"y").unwrap();
+    let m = fx.mount(&[]);
+    let check = |when: &str| {
+        assert_eq!(names(&fx.m("a")), strs(&["e"]), "{when}");
+        assert_eq!(read(&fx.m("a/e/f")), "f", "{when}");
+        assert!(names(&fx.m("b")).is_empty(), "{when}");
+        assert_eq!(read(&fx.m("c/g2/h")), "h", "{when}");
+        assert!(
+            names(&fx.m("opq")).is_empty(),
+            "{when}: opaque beats redirect"
+        );
+    };
+    check("mounted");
+    // And moved once more through our mount, on top of the kernel's redirect.
+    fs::rename(fx.m("c/g2"), fx.m("g3")).unwrap();
+    let m = rotate_n(m, 1);
+    check_g3(&fx);
+    let m = m.remount();
+    check_g3(&fx);
+    drop(m);
+}
+
+fn check_g3(fx: &Fixture) {
+    assert_eq!(read(&fx.m("g3/h")), "h");
+    assert!(names(&fx.m("c")).is_empty());
+}
+
+/// A redirect that tries to leave the tree or is malformed is ignored, not followed.
+#[test]
+fn malformed_redirects_are_ignored() {
+    if !is_root() {
+        eprintln!("skipped: needs root (trusted.* xattrs)");
+        return;
+    }
+    let fx = Fixture::new(2);
+    put(&fx.l(1, "secret/s"), "s");
+    put(&fx.l(1, "d/own"), "own");
+    fs::create_dir_all(fx.l(0, "d")).unwrap();
+    xattr::set(fx.l(0, "d"), "trusted.overlay.redirect", b"/x/../secret").unwrap();
+    fs::create_dir_all(fx.l(0, "e")).unwrap();
+    xattr::set(fx.l(0, "e"), "trusted.overlay.redirect", b"a/b").unwrap();
+    let m = fx.mount(&[]);
+    assert_eq!(names(&fx.m("d")), strs(&["own"]));
+    assert!(names(&fx.m("e")).is_empty());
+    drop(m);
+}
