@@ -229,14 +229,12 @@ impl Walk<'_> {
                 .dirs
                 .first()
                 .is_some_and(|d| u.dir_markers(d.raw()).map(|m| m.0).unwrap_or(false));
-            let moved = upper
-                && place.merged.first() == Some(&0)
-                && whiteout::REDIRECT_XATTRS.iter().any(|a| {
-                    matches!(
-                        crate::sys::lgetxattr(place._held[0].raw(), name, a.as_ref()),
-                        Ok(Some(_))
-                    )
-                });
+            // Moved within its layer: through this mount, or when that layer was an upper.
+            let moved = place
+                ._held
+                .iter()
+                .find(|d| d.layer == top)
+                .is_some_and(|d| u.redirect_in(d.raw(), name).is_some());
             if opaque {
                 flags.push("opaque");
             }

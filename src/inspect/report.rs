@@ -223,6 +223,14 @@ fn kind_name(mode: u32) -> &'static str {
     }
 }
 
+/// Where `name` in the layer directory `d` really is (a directory moved within a layer has
+/// its parts below at another path).
+fn real_path(u: &Union, d: &crate::union::node::LayerDir, name: &OsStr) -> std::path::PathBuf {
+    let mut p = u.stack.layers[d.layer].path.clone();
+    p.extend(d.path.iter());
+    p.join(name)
+}
+
 /// Entries named `name` in the parent's layers below `below` (what the top one hides),
 /// as "<real path> (<branch>)"; stops at a whiteout, as resolution does.
 fn hidden_below(
@@ -230,12 +238,11 @@ fn hidden_below(
     pdirs: &[crate::union::node::LayerDir],
     name: &OsStr,
     below: usize,
-    rel: &Path,
 ) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let wh = whiteout::whiteout_name(name);
     for d in pdirs.iter().filter(|d| d.layer > below) {
-        let real = u.stack.layers[d.layer].path.join(rel);
+        let real = real_path(u, d, name);
         match sys::fstatat(d.raw(), name) {
             Ok(st) if whiteout::is_whiteout_dev(&st) => {
                 out.push((
@@ -327,7 +334,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
                 if let Some(m) = marker {
                     out.push(format!("whited out  in {}", describe_layer(u, d.layer)));
                     out.push(format!("whiteout    {m}"));
-                    for (_, h) in hidden_below(u, &pdirs, name, d.layer, &here) {
+                    for (_, h) in hidden_below(u, &pdirs, name, d.layer) {
                         out.push(format!("hides       {h}"));
                     }
                     if !last {
@@ -354,13 +361,18 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
             continue;
         }
         let top = found.layer;
+        let holder = pdirs.iter().find(|d| d.layer == top);
         out.push(format!("served by   {}", describe_layer(u, top)));
         out.push(format!(
             "real path   {}",
-            u.stack.layers[top].path.join(&here).display()
+            match holder {
+                Some(d) => real_path(u, d, name),
+                None => u.stack.layers[top].path.join(&here),
+            }
+            .display()
         ));
         let merged: Vec<usize> = found.dirs.iter().map(|d| d.layer).collect();
-        let hidden: Vec<String> = hidden_below(u, &pdirs, name, top, &here)
+        let hidden: Vec<String> = hidden_below(u, &pdirs, name, top)
             .into_iter()
             .filter(|(l, _)| !is_dir || !merged.contains(l))
             .map(|(_, h)| h)
@@ -373,17 +385,14 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
                 .map(|m| m.0)
                 .unwrap_or(false)
                 || (upper && sys::fstatat(pdirs[0].raw(), &whiteout::whiteout_name(name)).is_ok());
-            let redirect = if upper {
-                sys::lgetxattr(pdirs[0].raw(), name, whiteout::REDIRECT_XATTR.as_ref())
-                    .ok()
-                    .flatten()
-            } else {
-                None
-            };
+            // Moved within its layer, through this mount or when that layer was an upper.
+            let redirect = holder.and_then(|d| u.redirect_of(d.raw(), name, &parent));
             if let Some(r) = redirect {
+                let from: std::path::PathBuf = r.iter().collect();
                 state.push(format!(
-                    "moved here through the mount; its lower parts are read from {}",
-                    String::from_utf8_lossy(&r)
+                    "moved here in {}; its parts below are read from /{}",
+                    branch_name(&u.stack.layers[top].path),
+                    from.display()
                 ));
             }
             if opaque && !hidden.is_empty() {
