@@ -63,17 +63,20 @@ pub struct Config {
     pub fsname: Option<String>,
     /// How owners are shown and stored: ID mapping, squashing, owners kept in an xattr.
     pub owners: Owners,
-    /// nosuid, nodev, noexec, noatime, noacl.
+    /// nosuid, dev, noexec, noatime, noacl.
     pub flags: MountFlags,
 }
 
 /// What the mount allows, as mount(8)'s flags of the same names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MountFlags {
-    /// Set-id bits of files in the mount are ignored on exec.
+    /// Set-id bits of files in the mount are ignored on exec (`nosuid`). Off by default:
+    /// containers need their set-id programs, and fuse-overlayfs as root mounts with `suid`.
     pub nosuid: bool,
-    /// Device files in the mount cannot be opened.
-    pub nodev: bool,
+    /// Device files in the mount can be opened (`dev`). Off by default (`nodev`), as libfuse
+    /// and fuse-overlayfs mount: a device node made in a branch or through the mount must
+    /// not reach a real device unless asked for.
+    pub dev: bool,
     /// Nothing in the mount can be executed.
     pub noexec: bool,
     /// Reading through the mount marks no access time on the branches' files.
@@ -296,7 +299,7 @@ pub struct MountOpts {
     pub whiteout: Option<WhiteoutFormat>,
     /// `volatile`.
     pub volatile: bool,
-    /// `nosuid`/`suid`, `nodev`/`dev`, `noexec`/`exec`, `noatime`/`atime`/`relatime`,
+    /// `nosuid`/`suid`, `dev`/`nodev`, `noexec`/`exec`, `noatime`/`atime`/`relatime`,
     /// `noacl`/`acl`.
     pub flags: MountFlags,
     /// `threads=N`, 1..=64.
@@ -457,8 +460,8 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
             "volatile" => flag(&mut o.volatile, true)?,
             "nosuid" => flag(&mut o.flags.nosuid, true)?,
             "suid" => flag(&mut o.flags.nosuid, false)?,
-            "nodev" => flag(&mut o.flags.nodev, true)?,
-            "dev" => flag(&mut o.flags.nodev, false)?,
+            "dev" => flag(&mut o.flags.dev, true)?,
+            "nodev" => flag(&mut o.flags.dev, false)?,
             "noexec" => flag(&mut o.flags.noexec, true)?,
             "exec" => flag(&mut o.flags.noexec, false)?,
             "noatime" => flag(&mut o.flags.noatime, true)?,
@@ -1041,14 +1044,16 @@ mod tests {
         let o = opts_of(&["nosuid,nodev,noexec,noatime"]);
         let all = MountFlags {
             nosuid: true,
-            nodev: true,
+            dev: false,
             noexec: true,
             noatime: true,
             noacl: false,
         };
         assert_eq!(o.flags, all);
-        let o = opts_of(&["nosuid,nodev,noexec,noatime", "suid,dev,exec,relatime"]);
+        let o = opts_of(&["nosuid,dev,noexec,noatime", "suid,nodev,exec,relatime"]);
         assert_eq!(o.flags, MountFlags::default());
+        // nodev is the default; dev turns device files on.
+        assert!(!MountFlags::default().dev && opts_of(&["dev"]).flags.dev);
         assert!(opt_err(&["nosuid=1"]).contains("takes no value"));
     }
 
