@@ -96,6 +96,12 @@ fn run_tool() -> ExitCode {
         Err(code) => return code,
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // A report piped into `head` ends quietly when the pipe closes. Not commit: killed
+    // between unmount and remount it would leave the stack half swapped, so it goes on and
+    // ignores its closed stdout.
+    if !matches!(parsed.tool, Tool::Commit { .. }) {
+        sys::default_sigpipe();
+    }
     let (name, result) = match parsed.tool {
         Tool::Which { paths } => ("which", which(&paths)),
         Tool::Diff {
