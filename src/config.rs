@@ -174,7 +174,11 @@ impl Config {
                     .collect()
             }
             (None, None) => {
-                bail!("no branches: give BRANCHES (dir=RW:dir=RO:...) or -o lowerdir=DIR[:DIR...]")
+                bail!(
+                    "no branches for mount point '{}': give BRANCHES before it \
+                     (dir=RW:dir=RO:...) or -o lowerdir=DIR[:DIR...]",
+                    mountpoint.display()
+                )
             }
         };
         if specs.is_empty() {

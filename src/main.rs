@@ -59,6 +59,23 @@ fn detach_dead_mount(mountpoint: &Path) {
     }
 }
 
+/// `unionmount u=RW:l=RO` (no mount point): the one argument is taken as the mount point,
+/// which would be refused as "no branches". A lone argument that can only be BRANCHES (it
+/// holds ':' or '=') and no `-o lowerdir=` means the mount point was left out.
+fn missing_mountpoint(args: &[String], options: &[String]) -> Option<String> {
+    let [only] = args else { return None };
+    let lowerdir = options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .any(|o| o.starts_with("lowerdir="));
+    (!lowerdir && only.contains([':', '='])).then(|| {
+        format!(
+            "missing MOUNTPOINT: '{only}' is the branches; give the mount point after it \
+             (unionmount BRANCHES MOUNTPOINT)"
+        )
+    })
+}
+
 /// Take `trace` out of the -o options (it is ours, not the mount's): was it there?
 fn take_trace_option(options: &mut [String]) -> bool {
     let mut found = false;
@@ -240,6 +257,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let trace = take_trace_option(&mut cli.options);
 
+    if let Some(msg) = missing_mountpoint(&cli.args, &cli.options) {
+        eprintln!("unionmount: {msg}");
+        return ExitCode::from(exit::USAGE);
+    }
     let config = parse_mount_options(&cli.options).and_then(|mut opts| {
         // `unionmount SOURCE MOUNTPOINT -o ...`, the form mount.fuse3 runs: SOURCE is the
         // branch spec, or with lowerdir= a word to ignore. Either way it names the mount.
@@ -396,5 +417,18 @@ mod tests {
         for s in ["", "/u=RW:/b", "upper=RW", "a:b", "./x"] {
             assert!(!is_source_word(s), "{s}");
         }
+    }
+
+    #[test]
+    fn a_lone_branch_spec_lacks_its_mount_point() {
+        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for spec in ["u=RW:l=RO", "/u=RW", "a:b"] {
+            let msg = missing_mountpoint(&strs(&[spec]), &[]).unwrap();
+            assert!(msg.contains("MOUNTPOINT") && msg.contains(spec), "{msg}");
+        }
+        // A lone mount point with lowerdir=, or BRANCHES and MOUNTPOINT: nothing missing.
+        let lower = strs(&["ro,lowerdir=/a:/b"]);
+        assert_eq!(missing_mountpoint(&strs(&["/m"]), &lower), None);
+        assert_eq!(missing_mountpoint(&strs(&["/u=RW:/l", "/m"]), &[]), None);
     }
 }
