@@ -12,6 +12,8 @@ use unionmount::inspect;
 use unionmount::sys;
 use unionmount::union::Union;
 
+// The option table and its helpers are for gen-assets and tests/docs.rs.
+#[allow(dead_code)]
 mod cli;
 
 /// Exit statuses, after mount(8) (whose helpers' statuses it passes on) and fuse-overlayfs.
