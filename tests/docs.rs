@@ -236,12 +236,12 @@ fn samples(readme: &str) -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// `bash -c CMD` in `dir` (README's lines are for an interactive bash: `{a,b}`):
-/// (stdout, stderr).
+/// `bash -c CMD` in `dir` (README's lines are for an interactive bash: `{a,b}`), with the
+/// usual umask 022 the modes README shows come from: (stdout, stderr).
 fn sh(cmd: &str, dir: &Path) -> (String, String) {
     let o = Command::new("bash")
         .arg("-c")
-        .arg(cmd)
+        .arg(format!("umask 022; {cmd}"))
         .current_dir(dir)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
