@@ -1,6 +1,7 @@
 # Build, generate the man page and completions, install, package.
 #
 #   make                  release build + assets (target/assets: unionmount.8, completions/)
+#   make readme           regenerate README's option table from src/cli.rs
 #   make install          into $(DESTDIR)$(PREFIX) (default /usr/local): bin, man8, completions
 #   make uninstall
 #   make deb              Debian package via cargo-deb (cargo install cargo-deb); not used by CI
@@ -20,7 +21,7 @@ ZSHDIR = $(DESTDIR)$(PREFIX)/share/zsh/site-functions
 FISHDIR = $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 ASSETS = target/assets
 
-.PHONY: all build assets install uninstall deb test clean
+.PHONY: all build assets readme install uninstall deb test clean
 
 all: build assets
 
@@ -29,6 +30,9 @@ build:
 
 assets:
 	$(CARGO) run --quiet --locked --example gen-assets -- $(ASSETS)
+
+readme:
+	$(CARGO) run --quiet --locked --example gen-assets -- --readme README.md
 
 install: all
 	install -D -m 755 target/release/unionmount $(BINDIR)/unionmount

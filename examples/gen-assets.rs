@@ -1,15 +1,18 @@
 //! Generate the man page unionmount(8) and the bash, zsh and fish completions from the clap
-//! definition in src/cli.rs.
+//! definition in src/cli.rs, and README's option table from its table of `-o` options.
 //!
 //!     cargo run --example gen-assets -- OUTDIR      (what `make assets` runs)
+//!     cargo run --example gen-assets -- --readme README.md
 //!
-//! writes OUTDIR/unionmount.8, OUTDIR/completions/{unionmount.bash,_unionmount,unionmount.fish}.
-//! An example rather than a second binary so `cargo install` installs only `unionmount` and
+//! The first writes OUTDIR/unionmount.8 and
+//! OUTDIR/completions/{unionmount.bash,_unionmount,unionmount.fish}; the second rewrites the
+//! option table between README's markers (tests/docs.rs fails while it is out of date). An
+//! example rather than a second binary so `cargo install` installs only `unionmount` and
 //! clap_mangen/clap_complete stay dev-dependencies.
 
 #[path = "../src/cli.rs"]
 #[allow(dead_code)]
-mod cli;
+pub mod cli;
 
 use clap::CommandFactory;
 use clap_complete::Shell;
@@ -17,40 +20,13 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// Sections after OPTIONS, in roff. Keep in step with README.md and docs/.
-const MORE: &str = r#".SH "MOUNT OPTIONS"
-.TP
-\fBro\fR, \fBrw\fR
-Read\-only mount even with an RW branch; \fBrw\fR undoes an earlier \fBro\fR.
-.TP
-\fBallow_other\fR
-Let other users use the mount (the default when run as root).
-.TP
-\fBtimeout=\fISECS\fR, \fBnegative_timeout=\fISECS\fR
-How long the kernel caches names and attributes, and "no such file" (default 1).
-.TP
-\fBthreads=\fIN\fR
-FUSE worker threads (default: 2 per core, at most 8).
-.TP
-\fBvolatile\fR
-Skip the fsync that makes each copy\-up durable before it is published.
-.TP
-\fBwhiteout=wh\fR|\fBoverlay\fR
-Write \fB.wh.\fR files (default, needs no privilege) or overlayfs character\-device whiteouts.
-.TP
-\fBlowerdir=\fIL1\fB:\fIL2\fR, \fBupperdir=\fIU\fR, \fBworkdir=\fIW\fR
-An overlayfs\-style stack (lowers top first); \fBlowerdir\fR alone is a read\-only mount.
-\fBworkdir\fR must be on the upper's filesystem; by default copy\-ups are built in a hidden
-directory inside the upper.
-.TP
-\fBfsname=\fINAME\fR, \fBsubtype=\fINAME\fR
-Names shown in /proc/mounts.
-.PP
-Ordinary mount flags (\fBnodev\fR, \fBnosuid\fR, \fBnoatime\fR, \fBdev\fR, \fBsuid\fR, ...) are
-accepted. Options meaningful only to mount(8), fstab, systemd or mount.fuse3 (\fBdefaults\fR,
-\fBauto\fR, \fBnoauto\fR, \fBnofail\fR, \fB_netdev\fR, \fBuser\fR, \fBusers\fR, \fBx\-*\fR,
-\fBcomment=*\fR) are ignored.
-.SH "MOUNT HELPER AND FSTAB"
+/// README's markers around the generated option table.
+pub const TABLE_START: &str = "<!-- option table: generated from src/cli.rs by \
+`cargo run --example gen-assets -- --readme README.md`, checked by tests/docs.rs -->";
+pub const TABLE_END: &str = "<!-- end of the generated option table -->";
+
+/// Sections after MOUNT OPTIONS, in roff. Keep in step with README.md and docs/.
+const MORE: &str = r#".SH "MOUNT HELPER AND FSTAB"
 \fBmount \-t fuse.unionmount\fR runs \fBmount.fuse3\fR(8), which runs
 \fBunionmount \fISOURCE MOUNTPOINT\fB \-o \fIOPTIONS\fR through /bin/sh with the default
 PATH, so install unionmount in /usr/bin, /usr/local/bin or another directory of it. No
@@ -70,8 +46,8 @@ lines into mount units; see docs/systemd/ in the source for a hand\-written one.
 /proc/mounts shows the mount with type \fBfuse.unionmount\fR.
 .SH LOGGING
 Messages go to stderr while in the foreground (\fB\-f\fR, \fB\-d\fR) and nowhere once detached.
-The level follows \fBRUST_LOG\fR (error, warn, info, debug, trace; default info, debug with
-\fB\-d\fR). A mount logs one info line naming the stack and the settings in force; at debug
+The level follows \fBRUST_LOG\fR (error, warn, info, debug, trace); without it: warn when
+detaching, info with \fB\-f\fR, debug with \fB\-d\fR. A mount logs one info line naming the stack and the settings in force; at debug
 level each failed operation is logged with the operation, the path, the layer and the errno.
 .SH "EXIT STATUS"
 As mount(8), whose helpers' status it passes on:
@@ -160,16 +136,96 @@ fn tools_section() -> String {
     out
 }
 
-fn main() -> std::io::Result<()> {
-    let out = PathBuf::from(
-        std::env::args_os()
-            .nth(1)
-            .expect("usage: gen-assets OUTDIR"),
-    );
-    fs::create_dir_all(out.join("completions"))?;
+/// Markdown of one option-table text: `code` kept, `|` escaped for the table.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
 
+/// roff of one option-table text: `code` in bold.
+fn roff_text(s: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in roff(s).split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str(&format!("\\fB{part}\\fR"));
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// The MOUNT OPTIONS section, from `cli::mount_options`.
+fn mount_options_section() -> String {
+    let mut out = String::from(".SH \"MOUNT OPTIONS\"\n");
+    for d in cli::mount_options() {
+        let names: Vec<String> = d
+            .syntax
+            .iter()
+            .map(|s| format!("\\fB{}\\fR", roff(s)))
+            .collect();
+        out.push_str(&format!(
+            ".TP\n{}\n{}.\n",
+            names.join(", "),
+            roff_text(&d.meaning)
+        ));
+    }
+    out
+}
+
+/// README's option table: `-f` and `-d` from the clap definition, then every `-o` option.
+pub fn readme_option_table() -> String {
+    let mut out = String::from("| option | meaning |\n| --- | --- |\n");
     let cmd = cli::Cli::command();
-    let man = clap_mangen::Man::new(cmd.clone())
+    for a in cmd.get_arguments().filter(|a| a.get_long().is_none()) {
+        let Some(short) = a.get_short().filter(|c| *c != 'o') else {
+            continue;
+        };
+        let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let mut chars = help.trim_end_matches('.').chars();
+        let help: String = chars
+            .next()
+            .map(|c| c.to_lowercase().chain(chars).collect())
+            .unwrap_or_default();
+        out.push_str(&format!("| `-{short}` | {} |\n", md_cell(&help)));
+    }
+    for d in cli::mount_options() {
+        let names: Vec<String> = d
+            .syntax
+            .iter()
+            .map(|s| format!("`{}`", md_cell(s)))
+            .collect();
+        out.push_str(&format!(
+            "| `-o {} | {} |\n",
+            &names.join(", ")[1..],
+            md_cell(&d.meaning)
+        ));
+    }
+    out.push_str("| `--version`, `--help` | |\n");
+    out
+}
+
+/// `readme` with the text between its table markers replaced by `readme_option_table()`.
+pub fn readme_with_table(readme: &str) -> Result<String, String> {
+    let start = readme
+        .find(TABLE_START)
+        .ok_or("README has no option-table start marker")?
+        + TABLE_START.len();
+    let end = readme[start..]
+        .find(TABLE_END)
+        .ok_or("README has no option-table end marker")?
+        + start;
+    Ok(format!(
+        "{}\n{}{}",
+        &readme[..start],
+        readme_option_table(),
+        &readme[end..]
+    ))
+}
+
+/// The whole man page, unionmount(8).
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let cmd = cli::Cli::command();
+    let man = clap_mangen::Man::new(cmd)
         .section("8")
         .manual("System Administration")
         .source(format!("unionmount {}", env!("CARGO_PKG_VERSION")));
@@ -179,13 +235,34 @@ fn main() -> std::io::Result<()> {
     man.render_synopsis_section(&mut page)?;
     man.render_description_section(&mut page)?;
     man.render_options_section(&mut page)?;
+    page.write_all(mount_options_section().as_bytes())?;
     page.write_all(tools_section().as_bytes())?;
     page.write_all(MORE.as_bytes())?;
-    fs::write(out.join("unionmount.8"), page)?;
+    Ok(page)
+}
+
+#[allow(dead_code)] // tests/docs.rs includes this file for the functions above
+fn main() -> std::io::Result<()> {
+    let mut args = std::env::args_os().skip(1);
+    let first = args
+        .next()
+        .expect("usage: gen-assets OUTDIR | gen-assets --readme README.md");
+    if first == "--readme" {
+        let path = PathBuf::from(args.next().expect("usage: gen-assets --readme README.md"));
+        let readme = fs::read_to_string(&path)?;
+        let new = readme_with_table(&readme)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        fs::write(&path, new)?;
+        println!("{}", path.display());
+        return Ok(());
+    }
+    let out = PathBuf::from(first);
+    fs::create_dir_all(out.join("completions"))?;
+    fs::write(out.join("unionmount.8"), man_page()?)?;
 
     // Completions offer the inspection commands too (main.rs dispatches on them first).
     let tools = cli::ToolCli::command();
-    let cmd = cmd
+    let cmd = cli::Cli::command()
         .subcommands(tools.get_subcommands().cloned())
         .args_conflicts_with_subcommands(true);
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {

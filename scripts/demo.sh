@@ -5,9 +5,10 @@
 #   scripts/demo.sh [--pause] [DIR]
 #
 # --pause waits for Enter between steps (for a classroom). DIR (default: a new temp dir) is
-# where the layers are made; it is removed at the end. The binary is $UNIONMOUNT, else
-# `unionmount` on PATH, else target/{release,debug}/unionmount. Needs /dev/fuse (and root or
-# fusermount3).
+# where the layers are made; it is removed at the end. The binary is $UNIONMOUNT, else the
+# newer of this tree's target/debug and target/release builds, else `unionmount` on PATH.
+# Headings are bold on a terminal only, and not with NO_COLOR set. Needs /dev/fuse (and root
+# or fusermount3).
 set -eu
 
 pause=0
@@ -40,10 +41,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# Bold headings on a terminal only (https://no-color.org: NO_COLOR set turns them off).
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then bold=$(printf '\033[1m') off=$(printf '\033[0m')
+else bold= off=; fi
 n=0
 step() {
     n=$((n + 1))
-    printf '\n\033[1m== %d. %s\033[0m\n' "$n" "$*"
+    printf '\n%s== %d. %s%s\n' "$bold" "$n" "$*" "$off"
 }
 run() {
     printf '$ %s\n' "$*" | sed "s|$um |unionmount |g"
@@ -73,7 +77,7 @@ show() {
 
 # ----------------------------------------------------------------------------------------
 printf 'In %s, with %s\n\n' "$D" "$um"
-printf '\033[1m### Walkthrough 1: a union mount, the unionfs-fuse demo\033[0m\n'
+printf '%s### Walkthrough 1: a union mount, the unionfs-fuse demo%s\n' "$bold" "$off"
 U=ufs
 step "Create the layer directories and the base (read-only) files"
 run "mkdir -p $U/base $U/upper $U/merged"
@@ -110,7 +114,7 @@ run "fusermount3 -u $U/merged"
 show "$U" base upper merged
 
 # ----------------------------------------------------------------------------------------
-printf '\n\033[1m### Walkthrough 2: the Docker copy-on-write lab, without Docker\033[0m\n'
+printf '\n%s### Walkthrough 2: the Docker copy-on-write lab, without Docker%s\n' "$bold" "$off"
 C=docker
 step "An image layer (lower), an empty container layer (upper)"
 run "mkdir -p $C/lower/opt $C/upper $C/merged"

@@ -1,8 +1,212 @@
-//! The clap definition of the command line, and nothing else: `main.rs` parses with it and
-//! `examples/gen-assets.rs` (`make assets`) turns it into the man page and the shell
-//! completions, so the three never disagree. It depends on clap alone for that reason.
+//! The clap definition of the command line and the table of `-o` options, and nothing else:
+//! `main.rs` parses with it, `examples/gen-assets.rs` (`make assets`) turns it into the man
+//! page, the shell completions and README's option table, and tests/docs.rs checks README
+//! and the parser against it, so none of them disagree. It depends on clap and the
+//! library's defaults alone for that reason.
 
 use clap::Parser;
+use unionmount::config::{DEFAULT_TIMEOUT, IGNORED, MAX_DEFAULT_THREADS, THREADS_PER_CORE};
+
+/// One row of the `-o` option table.
+pub struct OptionDoc {
+    /// How the option is written, e.g. `timeout=SECS`; the names before each `=` (and of each
+    /// comma-separated part) are the options the row documents.
+    pub syntax: Vec<&'static str>,
+    /// What it does, defaults included; `code` in backticks, no other markup.
+    pub meaning: String,
+}
+
+/// Every `-o` option the program takes, as README's table and the man page show them.
+pub fn mount_options() -> Vec<OptionDoc> {
+    let t = DEFAULT_TIMEOUT.as_secs_f64();
+    let row = |syntax: &[&'static str], meaning: &str| OptionDoc {
+        syntax: syntax.to_vec(),
+        meaning: meaning.to_string(),
+    };
+    // Mount(8)-only flags; default_permissions and static_nlink have rows of their own.
+    let ignored: Vec<&'static str> = IGNORED
+        .iter()
+        .copied()
+        .filter(|o| !["default_permissions", "static_nlink"].contains(o))
+        .chain(["x-*", "comment=.."])
+        .collect();
+    vec![
+        row(
+            &["ro", "rw"],
+            "read-only mount even if there is an RW branch; `rw` (the default) undoes an \
+             earlier `ro`",
+        ),
+        row(
+            &["allow_other", "allow_root"],
+            "let other users use the mount (the default when run as root, as fuse-overlayfs \
+             does); `allow_root` undoes an earlier `allow_other`",
+        ),
+        row(
+            &["timeout=SECS"],
+            &format!(
+                "how long the kernel caches names and attributes (default {t}); files changed \
+                 by hand in a branch while mounted show their new attributes and data after it \
+                 (`timeout=0`: at once). Directory listings need no timeout: a change to any \
+                 layer of a directory shows at its next listing"
+            ),
+        ),
+        row(
+            &["negative_timeout=SECS"],
+            &format!("how long the kernel caches \"no such file\" (default {t})"),
+        ),
+        row(
+            &["threads=N"],
+            &format!(
+                "FUSE worker threads, 1 to 64 (default: {THREADS_PER_CORE} per core, at most \
+                 {MAX_DEFAULT_THREADS})"
+            ),
+        ),
+        row(
+            &["volatile", "fsync=0|1"],
+            "skip the fsync that makes each copy-up durable before it is published \
+             (`fsync=0` is fuse-overlayfs' spelling; `fsync=1` undoes it)",
+        ),
+        row(
+            &["whiteout=wh|overlay"],
+            "write `.wh.` files (default, needs no privilege) or overlayfs char-device \
+             whiteouts and `trusted.overlay.opaque`",
+        ),
+        row(
+            &["lowerdir=L1:L2,upperdir=U,workdir=W"],
+            "overlayfs-style stack (lowers top first); `lowerdir` alone is a read-only mount",
+        ),
+        row(
+            &["workdir=DIR"],
+            "where copy-ups are built; must be on the upper's filesystem. Default: \
+             `.wh..wh..work` inside the upper (hidden, removed at unmount)",
+        ),
+        row(
+            &["fsname=NAME", "subtype=NAME"],
+            "the source /proc/mounts shows (default: BRANCHES or the SOURCE word as given, \
+             else the upper's, or top branch's, path; fuse-overlayfs shows `fuse-overlayfs`, the kernel's \
+             overlay the source given to mount). The type is always `fuse.unionmount`: \
+             `subtype=` is accepted and ignored",
+        ),
+        row(
+            &["uidmapping=DISK:HOST:COUNT[:...]", "gidmapping=..."],
+            "IDs stored in the branches shown shifted (fuse-overlayfs' options; see \
+             docs/containers.md)",
+        ),
+        row(
+            &["squash_to_root", "squash_to_uid=N", "squash_to_gid=N"],
+            "every entry shown owned by N (0); a failed chown reports success",
+        ),
+        row(
+            &["xattr_permissions=0|1|2"],
+            "owners and modes kept in `security.`/`user.fuseoverlayfs.override_stat` \
+             instead of chown/chmod (`0`, the default: off)",
+        ),
+        row(
+            &["nodev", "dev"],
+            "device files in the branches or made through the mount cannot be opened \
+             (`EACCES`) unless `dev` is given: `nodev` is the default, as libfuse and \
+             fuse-overlayfs mount (mount(8) through mount.fuse3 passes `dev` unless fstab \
+             says `nodev`)",
+        ),
+        row(
+            &["suid", "nosuid"],
+            "set-id bits work (the default, as fuse-overlayfs mounts as root and the kernel's \
+             overlay: containers need them); `nosuid` ignores them on exec. Without root, \
+             fusermount3 always mounts `nosuid,nodev`",
+        ),
+        row(
+            &["exec", "noexec"],
+            "`noexec`: nothing in the mount can be executed",
+        ),
+        row(
+            &["relatime", "atime", "noatime"],
+            "`relatime` (the kernel's default, as on its overlay; fuse-overlayfs mounts \
+             `noatime`). `noatime`: reads and listings mark no access time, also on the branch \
+             files the daemon reads (turns FUSE passthrough off: the kernel's own reads of a \
+             backing file would mark it)",
+        ),
+        row(
+            &["acl", "noacl"],
+            "`noacl`: do not enforce the branches' POSIX ACLs (they are enforced by default, \
+             as on fuse-overlayfs; the kernel then asks for each file's ACL once)",
+        ),
+        row(
+            &["default_permissions"],
+            "always on, as on fuse-overlayfs: the kernel checks permissions against the merged \
+             entries' own modes (the kernel's overlay checks them itself)",
+        ),
+        row(
+            &["trace"],
+            "print copy-ups, whiteouts and opaque directories on the mounting command's \
+             stderr as they happen (a detached daemon keeps that terminal)",
+        ),
+        row(
+            &[
+                "context=..",
+                "fscontext=..",
+                "defcontext=..",
+                "rootcontext=..",
+            ],
+            "an SELinux label for the mount: ignored where SELinux is not enabled, refused \
+             where it is (not supported yet)",
+        ),
+        row(
+            &[
+                "threaded=0|1",
+                "fast_ino=0|1",
+                "writeback=0|1",
+                "redirect_dir=..",
+                "static_nlink",
+                "noxattrs=0",
+            ],
+            "fuse-overlayfs' tuning, accepted and ignored: the result is the same without \
+             (`noxattrs=1` is refused)",
+        ),
+        row(
+            &["plugins=.."],
+            "refused: fuse-overlayfs' layer plugins are not supported",
+        ),
+        OptionDoc {
+            syntax: ignored,
+            meaning: "mean nothing to a FUSE filesystem, or only to mount(8), fstab or \
+                      systemd: accepted and ignored"
+                .into(),
+        },
+    ]
+}
+
+/// The names an option row documents: `lowerdir=L1:L2,upperdir=U` -> lowerdir, upperdir.
+pub fn option_names(syntax: &str) -> Vec<&str> {
+    syntax
+        .split(',')
+        .map(|part| part.split('=').next().unwrap_or(part))
+        .collect()
+}
+
+/// The `-o` help (`--help`): the options by name with the defaults; README and the man page
+/// say what each does.
+fn options_help() -> String {
+    let docs = mount_options();
+    // Up to `trace`: the rest are fuse-overlayfs' and mount(8)'s, accepted for compatibility.
+    let own = docs
+        .iter()
+        .position(|d| d.syntax == ["trace"])
+        .map_or(docs.len(), |i| i + 1);
+    let names: Vec<&str> = docs[..own]
+        .iter()
+        .flat_map(|d| d.syntax.iter().copied())
+        .collect();
+    format!(
+        "Mount options, comma-separated (repeatable): {}. Defaults: timeout={t}, \
+         negative_timeout={t}, threads={THREADS_PER_CORE} per core (at most \
+         {MAX_DEFAULT_THREADS}), whiteout=wh, nodev, suid, relatime, allow_other as root. \
+         fuse-overlayfs' other options (context=, threaded=, ...) are accepted, and flags that \
+         only mean something to mount(8) or fstab (defaults, nofail, _netdev, x-*, ...) \
+         ignored. See MOUNT OPTIONS in unionmount(8) or the README for each.",
+        names.join(", "),
+        t = DEFAULT_TIMEOUT.as_secs_f64()
+    )
+}
 
 /// `--help` text after the options: one example per way of mounting.
 pub const EXAMPLES: &str = "\
@@ -59,14 +263,12 @@ pub struct Cli {
     /// Stay in the foreground and log every operation (debug level; RUST_LOG overrides).
     #[arg(short = 'd')]
     pub debug: bool,
-    /// Mount options, comma-separated (repeatable): ro, rw, allow_other, timeout=SECS
-    /// (default 10), negative_timeout=SECS, threads=N, volatile, whiteout=wh|overlay,
-    /// lowerdir=L1:L2,upperdir=U,workdir=W, fsname=NAME, nosuid, nodev, noexec, noatime,
-    /// noacl, uidmapping=, gidmapping=, squash_to_root, squash_to_uid=N, squash_to_gid=N,
-    /// xattr_permissions=1|2, trace (print copy-ups, whiteouts and opaque directories on
-    /// stderr as they happen); see the README for each. Flags that only mean something to
-    /// mount(8) or fstab (defaults, nofail, noauto, _netdev, user, x-*, ...) are ignored.
-    #[arg(short = 'o', value_name = "OPTIONS")]
+    #[arg(
+        short = 'o',
+        value_name = "OPTIONS",
+        help = "Mount options, comma-separated (repeatable); --help lists them",
+        long_help = options_help()
+    )]
     pub options: Vec<String>,
     /// BRANCHES (dir[=RW|=RO]:dir[=RO]:..., top first) or a SOURCE word, then MOUNTPOINT;
     /// with -o lowerdir= only MOUNTPOINT is needed.

@@ -63,17 +63,20 @@ pub struct Config {
     pub fsname: Option<String>,
     /// How owners are shown and stored: ID mapping, squashing, owners kept in an xattr.
     pub owners: Owners,
-    /// nosuid, nodev, noexec, noatime, noacl.
+    /// nosuid, dev, noexec, noatime, noacl.
     pub flags: MountFlags,
 }
 
 /// What the mount allows, as mount(8)'s flags of the same names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MountFlags {
-    /// Set-id bits of files in the mount are ignored on exec.
+    /// Set-id bits of files in the mount are ignored on exec (`nosuid`). Off by default:
+    /// containers need their set-id programs, and fuse-overlayfs as root mounts with `suid`.
     pub nosuid: bool,
-    /// Device files in the mount cannot be opened.
-    pub nodev: bool,
+    /// Device files in the mount can be opened (`dev`). Off by default (`nodev`), as libfuse
+    /// and fuse-overlayfs mount: a device node made in a branch or through the mount must
+    /// not reach a real device unless asked for.
+    pub dev: bool,
     /// Nothing in the mount can be executed.
     pub noexec: bool,
     /// Reading through the mount marks no access time on the branches' files.
@@ -171,7 +174,11 @@ impl Config {
                     .collect()
             }
             (None, None) => {
-                bail!("no branches: give BRANCHES (dir=RW:dir=RO:...) or -o lowerdir=DIR[:DIR...]")
+                bail!(
+                    "no branches for mount point '{}': give BRANCHES before it \
+                     (dir=RW:dir=RO:...) or -o lowerdir=DIR[:DIR...]",
+                    mountpoint.display()
+                )
             }
         };
         if specs.is_empty() {
@@ -239,7 +246,9 @@ impl Config {
             negative_timeout: opts.negative_timeout.unwrap_or(DEFAULT_TIMEOUT),
             whiteout: opts.whiteout.unwrap_or_default(),
             volatile: opts.volatile,
-            threads: opts.threads.unwrap_or((threads * 2).clamp(2, 8)),
+            threads: opts
+                .threads
+                .unwrap_or((threads * THREADS_PER_CORE).clamp(2, MAX_DEFAULT_THREADS)),
             fsname: opts.fsname.clone(),
             owners: opts.owners(),
             flags: opts.flags,
@@ -249,6 +258,10 @@ impl Config {
 
 /// Kernel entry/attribute and negative-entry cache time unless `-o timeout=`/`negative_timeout=`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// FUSE worker threads unless `-o threads=`: this many per core, at most `MAX_DEFAULT_THREADS`.
+pub const THREADS_PER_CORE: usize = 2;
+pub const MAX_DEFAULT_THREADS: usize = 8;
 
 /// One segment of a branch spec: the path as written, the mode (`Some(true)` RW,
 /// `Some(false)` RO, `None` unspecified, which means RO) and the segment text.
@@ -296,7 +309,7 @@ pub struct MountOpts {
     pub whiteout: Option<WhiteoutFormat>,
     /// `volatile`.
     pub volatile: bool,
-    /// `nosuid`/`suid`, `nodev`/`dev`, `noexec`/`exec`, `noatime`/`atime`/`relatime`,
+    /// `nosuid`/`suid`, `dev`/`nodev`, `noexec`/`exec`, `noatime`/`atime`/`relatime`,
     /// `noacl`/`acl`.
     pub flags: MountFlags,
     /// `threads=N`, 1..=64.
@@ -376,9 +389,57 @@ fn parse_id_mapping(item: &str, v: &str, overflow: u32) -> Result<Option<IdMap>,
     Ok((!map.is_identity()).then_some(map))
 }
 
+/// Every `-o` name `parse_mount_options` acts on (besides `IGNORED`, `x-*` and `comment=`).
+/// A name missing here is refused as unknown, and tests/docs.rs fails for a name here that
+/// the README's option table (generated from src/cli.rs) does not document.
+pub const OPTIONS: &[&str] = &[
+    "ro",
+    "rw",
+    "allow_other",
+    "allow_root",
+    "volatile",
+    "nosuid",
+    "suid",
+    "dev",
+    "nodev",
+    "noexec",
+    "exec",
+    "noatime",
+    "atime",
+    "relatime",
+    "noacl",
+    "acl",
+    "timeout",
+    "negative_timeout",
+    "whiteout",
+    "threads",
+    "workdir",
+    "upperdir",
+    "lowerdir",
+    "fsname",
+    "subtype",
+    "uidmapping",
+    "gidmapping",
+    "squash_to_root",
+    "squash_to_uid",
+    "squash_to_gid",
+    "xattr_permissions",
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "fsync",
+    "noxattrs",
+    "plugins",
+    "threaded",
+    "fast_ino",
+    "writeback",
+    "redirect_dir",
+];
+
 /// Ordinary mount flags that mean nothing here (or are always on) but must not be refused,
 /// so fstab lines and scripts written for other filesystems work.
-const IGNORED: &[&str] = &[
+pub const IGNORED: &[&str] = &[
     "default_permissions",
     "async",
     "sync",
@@ -449,6 +510,10 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
                 "option '{key}' needs a value ({key}=...)"
             ))),
         };
+        let known = OPTIONS.contains(&key) || IGNORED.contains(&key);
+        if !known && !key.starts_with("x-") && key != "comment" {
+            bail!("unknown option '{item}'");
+        }
         match key {
             "ro" => flag(&mut o.read_only, true)?,
             "rw" => flag(&mut o.read_only, false)?,
@@ -457,8 +522,8 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
             "volatile" => flag(&mut o.volatile, true)?,
             "nosuid" => flag(&mut o.flags.nosuid, true)?,
             "suid" => flag(&mut o.flags.nosuid, false)?,
-            "nodev" => flag(&mut o.flags.nodev, true)?,
-            "dev" => flag(&mut o.flags.nodev, false)?,
+            "dev" => flag(&mut o.flags.dev, true)?,
+            "nodev" => flag(&mut o.flags.dev, false)?,
             "noexec" => flag(&mut o.flags.noexec, true)?,
             "exec" => flag(&mut o.flags.noexec, false)?,
             "noatime" => flag(&mut o.flags.noatime, true)?,
@@ -1041,14 +1106,16 @@ mod tests {
         let o = opts_of(&["nosuid,nodev,noexec,noatime"]);
         let all = MountFlags {
             nosuid: true,
-            nodev: true,
+            dev: false,
             noexec: true,
             noatime: true,
             noacl: false,
         };
         assert_eq!(o.flags, all);
-        let o = opts_of(&["nosuid,nodev,noexec,noatime", "suid,dev,exec,relatime"]);
+        let o = opts_of(&["nosuid,dev,noexec,noatime", "suid,nodev,exec,relatime"]);
         assert_eq!(o.flags, MountFlags::default());
+        // nodev is the default; dev turns device files on.
+        assert!(!MountFlags::default().dev && opts_of(&["dev"]).flags.dev);
         assert!(opt_err(&["nosuid=1"]).contains("takes no value"));
     }
 

@@ -12,6 +12,8 @@ use unionmount::inspect;
 use unionmount::sys;
 use unionmount::union::Union;
 
+// The option table and its helpers are for gen-assets and tests/docs.rs.
+#[allow(dead_code)]
 mod cli;
 
 /// Exit statuses, after mount(8) (whose helpers' statuses it passes on) and fuse-overlayfs.
@@ -59,6 +61,23 @@ fn detach_dead_mount(mountpoint: &Path) {
     }
 }
 
+/// `unionmount u=RW:l=RO` (no mount point): the one argument is taken as the mount point,
+/// which would be refused as "no branches". A lone argument that can only be BRANCHES (it
+/// holds ':' or '=') and no `-o lowerdir=` means the mount point was left out.
+fn missing_mountpoint(args: &[String], options: &[String]) -> Option<String> {
+    let [only] = args else { return None };
+    let lowerdir = options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .any(|o| o.starts_with("lowerdir="));
+    (!lowerdir && only.contains([':', '='])).then(|| {
+        format!(
+            "missing MOUNTPOINT: '{only}' is the branches; give the mount point after it \
+             (unionmount BRANCHES MOUNTPOINT)"
+        )
+    })
+}
+
 /// Take `trace` out of the -o options (it is ours, not the mount's): was it there?
 fn take_trace_option(options: &mut [String]) -> bool {
     let mut found = false;
@@ -96,6 +115,12 @@ fn run_tool() -> ExitCode {
         Err(code) => return code,
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // A report piped into `head` ends quietly when the pipe closes. Not commit: killed
+    // between unmount and remount it would leave the stack half swapped, so it goes on and
+    // ignores its closed stdout.
+    if !matches!(parsed.tool, Tool::Commit { .. }) {
+        sys::default_sigpipe();
+    }
     let (name, result) = match parsed.tool {
         Tool::Which { paths } => ("which", which(&paths)),
         Tool::Diff {
@@ -234,6 +259,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let trace = take_trace_option(&mut cli.options);
 
+    if let Some(msg) = missing_mountpoint(&cli.args, &cli.options) {
+        eprintln!("unionmount: {msg}");
+        return ExitCode::from(exit::USAGE);
+    }
     let config = parse_mount_options(&cli.options).and_then(|mut opts| {
         // `unionmount SOURCE MOUNTPOINT -o ...`, the form mount.fuse3 runs: SOURCE is the
         // branch spec, or with lowerdir= a word to ignore. Either way it names the mount.
@@ -390,5 +419,18 @@ mod tests {
         for s in ["", "/u=RW:/b", "upper=RW", "a:b", "./x"] {
             assert!(!is_source_word(s), "{s}");
         }
+    }
+
+    #[test]
+    fn a_lone_branch_spec_lacks_its_mount_point() {
+        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for spec in ["u=RW:l=RO", "/u=RW", "a:b"] {
+            let msg = missing_mountpoint(&strs(&[spec]), &[]).unwrap();
+            assert!(msg.contains("MOUNTPOINT") && msg.contains(spec), "{msg}");
+        }
+        // A lone mount point with lowerdir=, or BRANCHES and MOUNTPOINT: nothing missing.
+        let lower = strs(&["ro,lowerdir=/a:/b"]);
+        assert_eq!(missing_mountpoint(&strs(&["/m"]), &lower), None);
+        assert_eq!(missing_mountpoint(&strs(&["/u=RW:/l", "/m"]), &[]), None);
     }
 }

@@ -211,6 +211,21 @@ fn rejects_missing_mountpoint() {
     expect_rejected(&fx, vec![fx.spec(), p(&nomnt)], &[&p(&nomnt)]);
 }
 
+/// `unionmount BRANCHES` without a mount point says the mount point is missing, as an
+/// incorrect invocation (status 1). (Once: "no branches", the spec taken as the mount point.)
+#[test]
+fn rejects_branches_without_a_mountpoint() {
+    let fx = Fixture::new(1);
+    expect_rejected(&fx, vec![fx.spec()], &["missing MOUNTPOINT"]);
+    expect_rejected(&fx, vec!["u=RW:l=RO".into()], &["missing MOUNTPOINT"]);
+    let r = run(&["-o".into(), "ro".into(), fx.spec()]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains(&fx.spec()), "{}", r.stderr);
+    // A lone directory is taken as the mount point, and the message says so.
+    let want = format!("no branches for mount point '{}'", p(&fx.mnt));
+    expect_rejected(&fx, vec![p(&fx.mnt)], &[&want]);
+}
+
 #[test]
 fn rejects_unknown_option() {
     let fx = Fixture::new(1);

@@ -827,6 +827,23 @@ fn posix_acls_of_branches_are_enforced() {
     drop(m);
 }
 
+/// The per-mount flags of the mount at `mnt`, from /proc/self/mountinfo (`nodev`, `nosuid`,
+/// `relatime`, ...).
+fn vfs_flags(mnt: &Path) -> Vec<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = mnt.display().to_string();
+    let line = info
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(mnt.as_str()))
+        .unwrap_or_else(|| panic!("{mnt} not in /proc/self/mountinfo"));
+    line.split(' ')
+        .nth(5)
+        .unwrap()
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
 /// `-o nosuid,nodev,noexec` apply to the mount: set-id bits, devices and executables in the
 /// branches do not work through it. (Once: they were accepted and silently dropped.)
 #[test]
@@ -837,19 +854,72 @@ fn nosuid_nodev_noexec_are_applied() {
     let fx = Fixture::new(1);
     put_mode(&fx.l(0, "script"), "#!/bin/sh\necho ran\n", 0o755);
     let m = fx.mount(&["-o", "nosuid,nodev,noexec"]);
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mnt = fx.mnt.display().to_string();
-    let line = info
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(mnt.as_str()))
-        .unwrap();
-    let opts = line.split(' ').nth(5).unwrap();
+    let flags = vfs_flags(&fx.mnt);
     let exec = Command::new(fx.m("script")).output();
     drop(m);
     for o in ["nosuid", "nodev", "noexec"] {
-        assert!(opts.split(',').any(|x| x == o), "{o} missing: {line}");
+        assert!(flags.iter().any(|x| x == o), "{o} missing: {flags:?}");
     }
     assert_errno(exec, libc::EACCES, "exec on a noexec mount");
+}
+
+/// mknod(2) of a character device, mode 0666.
+fn mknod_chr(path: &Path, major: u32, minor: u32) -> std::io::Result<()> {
+    let dev = libc::makedev(major, minor);
+    cvt(unsafe { libc::mknod(cstr(path).as_ptr(), libc::S_IFCHR | 0o666, dev) }).map(|_| ())
+}
+
+/// Device files do not work through a mount unless `-o dev` asks for them: it is `nodev`
+/// by default, as libfuse and fuse-overlayfs mount, so `mknod` in a rootful container does
+/// not reach a real device. Set-id programs still work (no `nosuid`: fuse-overlayfs mounts
+/// with `suid` as root, containers need them). (Once: `nodev` only when asked.)
+#[test]
+fn nodev_by_default_dev_on_request_and_set_id_bits_work() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(1);
+    for d in [&fx.root, &fx.upper, &fx.lowers[0]] {
+        set_mode(d, 0o755);
+    }
+    mknod_chr(&fx.l(0, "null"), 1, 3).unwrap();
+    fs::copy("/usr/bin/id", fx.l(0, "id")).unwrap();
+    chown(&fx.l(0, "id"), 0, 0);
+    set_mode(&fx.l(0, "id"), 0o4755);
+
+    let m = fx.mount(&[]);
+    let flags = vfs_flags(&fx.mnt);
+    let made = mknod_chr(&fx.m("made"), 1, 3);
+    // Closed at once: an open device would keep the mount busy.
+    let write_made = OpenOptions::new().write(true).open(fx.m("made")).map(drop);
+    let read_lower = File::open(fx.m("null")).map(drop);
+    let (rc, id_out) = as_nobody(&fx.mnt, "./id >&2");
+    drop(m);
+    made.expect("mknod through the mount");
+    assert!(flags.iter().any(|f| f == "nodev"), "{flags:?}");
+    assert!(!flags.iter().any(|f| f == "nosuid"), "{flags:?}");
+    assert_errno(
+        write_made,
+        libc::EACCES,
+        "open a device made through the mount",
+    );
+    assert_errno(read_lower, libc::EACCES, "open a device of a lower");
+    assert!(
+        rc == 0 && id_out.contains("euid=0"),
+        "set-uid id: {rc} {id_out}"
+    );
+
+    let m = fx.mount(&["-o", "dev"]);
+    let flags = vfs_flags(&fx.mnt);
+    let write_made = OpenOptions::new()
+        .write(true)
+        .open(fx.m("made"))
+        .and_then(|mut f| f.write_all(b"hi\n"));
+    let read_lower = fs::read(fx.m("null"));
+    drop(m);
+    assert!(!flags.iter().any(|f| f == "nodev"), "{flags:?}");
+    write_made.expect("write to a device made through the mount, with -o dev");
+    assert_eq!(read_lower.expect("read a lower device with -o dev"), b"");
 }
 
 /// `trusted.*` xattr names are for root only, as ext4 and overlayfs list them: the daemon

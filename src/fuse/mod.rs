@@ -1044,7 +1044,7 @@ pub fn mount(fs: UnionFs, config: &Config) -> io::Result<(fuser::Session<UnionFs
     for (on, flag) in [
         (config.read_only, libc::MS_RDONLY),
         (config.flags.nosuid, libc::MS_NOSUID),
-        (config.flags.nodev, libc::MS_NODEV),
+        (!config.flags.dev, libc::MS_NODEV),
         (config.flags.noexec, libc::MS_NOEXEC),
         (config.flags.noatime, libc::MS_NOATIME),
     ] {
@@ -1081,7 +1081,7 @@ fn session_config(config: &Config) -> fuser::Config {
     for (on, opt) in [
         (config.read_only, MountOption::RO),
         (config.flags.nosuid, MountOption::NoSuid),
-        (config.flags.nodev, MountOption::NoDev),
+        (!config.flags.dev, MountOption::NoDev),
         (config.flags.noexec, MountOption::NoExec),
         (config.flags.noatime, MountOption::NoAtime),
     ] {

@@ -215,6 +215,15 @@ fn mount_args(stack: &super::Stack, layer: Option<&Path>) -> Vec<String> {
     ]
 }
 
+/// `println!` that ignores a closed stdout: once it has started, a commit goes on whoever
+/// stopped reading (`unionmount commit ... | head -1` must not leave the stack half swapped).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
     if !super::is_mount_point(mountpoint) {
         return Err(format!(
@@ -239,13 +248,13 @@ pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
     if !remount {
         let set = changes(&src)?;
         let counts = materialize(&set, &layer).map_err(|e| e.to_string())?;
-        println!(
+        say!(
             "committed {} to {} ({})",
             upper.display(),
             layer.display(),
             summary(&counts)
         );
-        println!(
+        say!(
             "the mount goes on with its upper unchanged. To stack the layer under a fresh upper:\n  \
              unionmount commit {} --to NEWDIR --remount\nor mount it yourself:\n  unionmount {}",
             super::shell_quote(&mp.display().to_string()),
@@ -294,7 +303,7 @@ pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
             stack.pid
         ));
     }
-    println!("unmounted {}", mp.display());
+    say!("unmounted {}", mp.display());
     // 2. The layer, then a fresh upper.
     let layer = check_target(&layer, &mp, &branches)?;
     let committed =
@@ -309,17 +318,17 @@ pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
             ));
         }
     };
-    println!(
+    say!(
         "committed {} to {} ({})",
         upper.display(),
         layer.display(),
         summary(&counts)
     );
     empty_dir(&upper).map_err(|e| format!("emptying {}: {e}", upper.display()))?;
-    println!("emptied the upper {}", upper.display());
+    say!("emptied the upper {}", upper.display());
     // 3. Mount again with the layer under the fresh upper.
     let args = remount_with(&stack, Some(&layer))?;
-    println!(
+    say!(
         "remounted: unionmount {}",
         args.iter()
             .map(|a| super::shell_quote(a))

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::branch_name;
-use crate::config::{Config, WhiteoutFormat};
+use crate::config::{Config, MountFlags, WhiteoutFormat};
 use crate::sys;
 use crate::union::Union;
 use crate::union::events::{Event, human_bytes};
@@ -27,6 +27,7 @@ pub struct Info {
     pub read_only: bool,
     pub allow_other: bool,
     pub workdir: Option<std::path::PathBuf>,
+    pub flags: MountFlags,
 }
 
 impl Info {
@@ -40,6 +41,7 @@ impl Info {
             read_only: c.read_only,
             allow_other: c.allow_other,
             workdir: c.workdir.clone(),
+            flags: c.flags,
         }
     }
 
@@ -68,6 +70,19 @@ impl Info {
         }
         if let Some(w) = &self.workdir {
             o.push(format!("workdir={}", w.display()));
+        }
+        // Only what differs from the defaults, so `commit --remount` keeps `-o dev` too.
+        let f = self.flags;
+        for (on, name) in [
+            (f.nosuid, "nosuid"),
+            (f.dev, "dev"),
+            (f.noexec, "noexec"),
+            (f.noatime, "noatime"),
+            (f.noacl, "noacl"),
+        ] {
+            if on {
+                o.push(name.into());
+            }
         }
         o.join(",")
     }

@@ -523,6 +523,15 @@ pub fn set_umask(mask: u32) {
     }
 }
 
+/// Let a write to a closed pipe end the process quietly, as it ends `cat` or `ls` (Rust
+/// ignores SIGPIPE, so `println!` would panic instead).
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL is a valid disposition; no handler of ours is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
