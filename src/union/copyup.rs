@@ -17,6 +17,7 @@ use super::index;
 use super::node::{DirSlot, HeldFd, Kept, Node};
 use super::resolve::Loc;
 use super::whiteout;
+use crate::config::WhiteoutFormat;
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 
@@ -275,6 +276,12 @@ impl Union {
             if metacopy {
                 set.op("copy-up metacopy record")?;
             }
+        }
+        // Kernel overlayfs reading this upper knows a metadata-only copy by its own mark
+        // (an empty value: no verity digest); without it, it serves the sparse copy.
+        if metacopy && self.opts.whiteout == WhiteoutFormat::Overlay {
+            let mark = whiteout::METACOPY_XATTRS[0].as_ref();
+            sys::lsetxattr(work.raw(), &tmp, mark, b"", 0).op("copy-up metacopy mark")?;
         }
         copy_metadata(src.raw(), &src.name, work.raw(), &tmp, st, self.opts.squash)?;
         if let Some(f) = &data

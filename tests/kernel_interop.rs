@@ -1,0 +1,483 @@
+//! Kernel overlayfs and unionmount read each other's uppers (issue 15: every upper is a
+//! valid lower). The same changes (copy-up by write, metadata-only copy-ups, whiteouts, an
+//! opaque directory, directories moved by redirect and back, a hard link, symlinks) are made
+//! through one of them; the other then mounts the upper, as the upper and as a lower under
+//! a fresh upper, and must show the same merged view: names, kinds, modes, owners, sizes,
+//! content and the xattrs a user sees. Every test needs root and a kernel with overlayfs,
+//! and says so when it skips.
+mod common;
+use common::*;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// What the kernel needs to write (and read back) every kind of change here: renamed lower
+/// directories (redirect_dir=on) and metadata-only copy-ups (metacopy=on).
+const KERNEL_RW: &str = "redirect_dir=on,metacopy=on";
+/// As containers-storage mounts it on Fedora, with hard links kept across copy-up.
+const KERNEL_INDEX: &str = "redirect_dir=on,metacopy=on,index=on";
+
+// ---------------------------------------------------------------------------------------------
+// Mounting
+// ---------------------------------------------------------------------------------------------
+
+/// Root, and a kernel that mounts overlayfs (a real `mount -t overlay` on scratch dirs);
+/// otherwise the test prints why it is skipped.
+fn ready(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("{test}: skipped, mounting kernel overlayfs needs root");
+        return false;
+    }
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    match PROBE.get_or_init(probe_overlay) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("{test}: skipped, kernel overlayfs unavailable: {why}");
+            false
+        }
+    }
+}
+
+fn probe_overlay() -> Result<(), String> {
+    let fx = Fixture::new(1);
+    let work = fx.root.join("probe-work");
+    mkdir_p(&work);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        fx.lowers[0].display(),
+        fx.upper.display(),
+        work.display()
+    );
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&fx.mnt)
+        .output()
+        .map_err(|e| format!("mount: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let _ = Command::new("umount").arg(&fx.mnt).status();
+    Ok(())
+}
+
+/// A kernel overlayfs mount, unmounted on drop.
+struct Kernel {
+    mnt: PathBuf,
+    mounted: bool,
+}
+
+impl Kernel {
+    /// `mount -t overlay -o OPTS,lowerdir=L1:L2[,upperdir=U,workdir=W] MNT` (lowers top
+    /// first; without an upper the mount is read-only).
+    fn mount(opts: &str, lowers: &[PathBuf], upper: Option<(&Path, &Path)>, mnt: &Path) -> Kernel {
+        let lowers: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+        let mut o = format!("{opts},lowerdir={}", lowers.join(":"));
+        if let Some((u, w)) = upper {
+            mkdir_p(w);
+            o += &format!(",upperdir={},workdir={}", u.display(), w.display());
+        }
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &o])
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount -t overlay -o {o}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            kernel_log()
+        );
+        Kernel {
+            mnt: mnt.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    fn unmount(mut self) {
+        self.mounted = false;
+        let st = Command::new("umount").arg(&self.mnt).status().unwrap();
+        assert!(st.success(), "umount {}", self.mnt.display());
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// The kernel's last overlayfs messages (why a mount or a lookup was refused).
+fn kernel_log() -> String {
+    let out = Command::new("dmesg").output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("overlay")).collect();
+    let start = lines.len().saturating_sub(10);
+    format!("--- dmesg (overlayfs) ---\n{}", lines[start..].join("\n"))
+}
+
+/// unionmount in the overlayfs option form, writing overlay-format whiteouts. Its work
+/// directory is outside the upper, so mounting leaves the upper's root as it was.
+fn union_mount(fx: &Fixture, lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Mount {
+    let lowers_s: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+    let mut o = format!("whiteout=overlay,lowerdir={}", lowers_s.join(":"));
+    if let Some((u, w)) = upper {
+        o += &format!(",upperdir={},workdir={}", u.display(), w.display());
+    }
+    fx.mount_args(
+        strs(&["-o", &o, &fx.mnt.display().to_string()]),
+        lowers.to_vec(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The changes
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes with no run of zeros, so a metadata-only copy read as its own sparse data shows.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8 + 1).collect()
+}
+
+/// A base tree in `lower` under `set/`: what `change` works on.
+fn populate(lower: &Path, set: &str) {
+    let s = lower.join(set);
+    put(&s.join("w"), "write me\n");
+    mkdir_p(&s);
+    fs::write(s.join("chmod"), pattern(20 * 1024)).unwrap();
+    put(&s.join("chown"), "owned\n");
+    put(&s.join("touch"), "touched\n");
+    put(&s.join("xa"), "xattr\n");
+    put(&s.join("gone"), "gone\n");
+    put(&s.join("gone_dir/a"), "a\n");
+    put(&s.join("gone_dir/b/c"), "c\n");
+    put(&s.join("opq/x"), "x\n");
+    put(&s.join("opq/sub/y"), "y\n");
+    put(&s.join("mv/m1"), "m1\n");
+    fs::write(s.join("mv/meta"), pattern(5000)).unwrap();
+    put(&s.join("mv/sub/m2"), "m2\n");
+    put(&s.join("src/s1"), "s1\n");
+    put(&s.join("src/in/s2"), "s2\n");
+    put(&s.join("other/o1"), "o1\n");
+    put(&s.join("back/b1"), "b1\n");
+    put(&s.join("link"), "linked\n");
+    put(&s.join("xdir/f"), "in xdir\n");
+    symlink("w", s.join("sym")).unwrap();
+    symlink("../missing", s.join("dangling")).unwrap();
+    xattr::set(s.join("xa"), "user.before", b"lower").unwrap();
+}
+
+fn append(p: &Path, s: &str) {
+    OpenOptions::new()
+        .append(true)
+        .open(p)
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+        .write_all(s.as_bytes())
+        .unwrap();
+}
+
+fn rename(m: &Path, from: &str, to: &str) {
+    fs::rename(m.join(from), m.join(to))
+        .unwrap_or_else(|e| panic!("rename {from} -> {to} in {}: {e}", m.display()));
+}
+
+/// The changes of issue 15, through the mount at `m`, on `set/` as `populate` made it.
+fn change(m: &Path, set: &str) {
+    let s = m.join(set);
+    append(&s.join("w"), "written\n"); // copy-up with data
+    set_mode(&s.join("chmod"), 0o600); // metadata only from here to `xa`
+    chown(&s.join("chown"), 1000, 1000);
+    set_mtime(&s.join("touch"), 1_000_000_000, 5).unwrap();
+    xattr::set(s.join("xa"), "user.note", b"set through the mount").unwrap();
+    fs::remove_file(s.join("gone")).unwrap(); // whiteouts
+    fs::remove_dir_all(s.join("gone_dir")).unwrap();
+    fs::remove_dir_all(s.join("opq")).unwrap(); // opaque
+    fs::create_dir(s.join("opq")).unwrap();
+    put(&s.join("opq/new"), "new\n");
+    rename(&s, "mv", "moved"); // redirect, in the same parent
+    append(&s.join("moved/m1"), "more\n");
+    set_mode(&s.join("moved/meta"), 0o640);
+    rename(&s, "src", "other/dst"); // redirect, into another directory
+    put(&s.join("other/dst/new"), "new\n");
+    fs::remove_file(s.join("other/dst/in/s2")).unwrap();
+    rename(&s, "back", "back_away"); // and back again
+    rename(&s, "back_away", "back");
+    fs::hard_link(s.join("link"), s.join("link2")).unwrap();
+    symlink("moved/m1", s.join("newsym")).unwrap();
+    chown(&s.join("sym"), 1000, 1000); // a lower symlink copied up
+    xattr::set(s.join("xdir"), "user.dir", b"on a lower dir").unwrap();
+}
+
+/// Changes, one mount later, to what `change` left (now in a lower layer): data for a
+/// metadata-only copy, a file in a moved directory, moving a moved directory again, and
+/// removing what a redirect or an opaque directory brought.
+fn change_again(m: &Path, set: &str) {
+    let s = m.join(set);
+    append(&s.join("chmod"), "appended\n");
+    set_mode(&s.join("w"), 0o640);
+    put(&s.join("moved/again"), "again\n");
+    fs::remove_file(s.join("moved/sub/m2")).unwrap();
+    rename(&s, "moved", "moved2");
+    rename(&s, "other/dst", "dst2");
+    fs::remove_file(s.join("opq/new")).unwrap();
+    fs::remove_file(s.join("link2")).unwrap();
+    append(&s.join("link"), "link\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparing views
+// ---------------------------------------------------------------------------------------------
+
+/// The merged view at `m` as a user sees it.
+fn view(m: &Path) -> Snapshot {
+    snapshot(m)
+}
+
+fn assert_same(what: &str, want: &Snapshot, got: &Snapshot) {
+    let diff = snapshot_diff(want, got);
+    assert!(diff.is_empty(), "{what}: the views differ:\n{diff}");
+}
+
+/// `assert_same` but for the root's mtime, which is the upper root's own: a fresh upper's
+/// (made for the mount), or one where unionmount made its work directory (a branch spec).
+fn assert_same_below_root(what: &str, want: &Snapshot, got: &Snapshot) {
+    let mut got = got.clone();
+    if let (Some(g), Some(w)) = (got.get_mut(""), want.get("")) {
+        g.mtime = w.mtime;
+    }
+    let diff = snapshot_diff(want, &got);
+    assert!(diff.is_empty(), "{what}: the views differ:\n{diff}");
+}
+
+/// The view shows the changes (guards against two engines agreeing on nothing).
+fn assert_changed(v: &Snapshot, set: &str) {
+    let e = |rel: &str| {
+        v.get(&format!("{set}/{rel}"))
+            .unwrap_or_else(|| panic!("{set}/{rel} missing from the view"))
+    };
+    assert_eq!(e("chmod").mode, 0o600);
+    assert_eq!(e("chown").uid, 1000);
+    assert_eq!(e("touch").mtime, (1_000_000_000, 5));
+    for gone in ["gone", "gone_dir", "opq/x", "mv", "src", "back_away"] {
+        assert!(!v.contains_key(&format!("{set}/{gone}")), "{set}/{gone}");
+    }
+    assert_eq!(e("moved/sub/m2").kind, Kind::File);
+    assert_eq!(e("other/dst/s1").kind, Kind::File);
+    assert_eq!(e("back/b1").kind, Kind::File);
+    assert_eq!(e("sym").uid, 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. unionmount writes, kernel overlayfs reads
+// ---------------------------------------------------------------------------------------------
+
+/// An upper unionmount wrote with `-o whiteout=overlay` mounts under kernel overlayfs with
+/// the same merged view: as the upper (`redirect_dir=on,metacopy=on`), and read-only as a
+/// lower (`redirect_dir=follow`, which a read-only mount makes `on`).
+#[test]
+fn unionmount_upper_under_kernel_overlayfs() {
+    if !ready("unionmount_upper_under_kernel_overlayfs") {
+        return;
+    }
+    let fx = Fixture::new(1);
+    populate(&fx.lowers[0], "s");
+    let work = fx.root.join("uwork");
+    let m = union_mount(&fx, &fx.lowers, Some((&fx.upper, &work)));
+    change(&fx.mnt, "s");
+    let ours = view(&fx.mnt);
+    m.unmount();
+    assert_changed(&ours, "s");
+    // The marks the kernel reads.
+    assert_eq!(entry(&fx.u("s/gone")).kind, Kind::Char(0));
+    assert_eq!(
+        xattr::get(fx.u("s/opq"), "trusted.overlay.opaque").unwrap(),
+        Some(b"y".to_vec())
+    );
+    assert!(
+        xattr::get(fx.u("s/moved"), "trusted.overlay.redirect")
+            .unwrap()
+            .is_some()
+    );
+
+    let kwork = fx.root.join("kwork");
+    let k = Kernel::mount(KERNEL_RW, &fx.lowers, Some((&fx.upper, &kwork)), &fx.mnt);
+    let kernel = view(&fx.mnt);
+    k.unmount();
+    assert_same("kernel overlayfs over unionmount's upper", &ours, &kernel);
+
+    let stack = vec![fx.upper.clone(), fx.lowers[0].clone()];
+    let k = Kernel::mount("redirect_dir=follow,metacopy=on", &stack, None, &fx.mnt);
+    let kernel = view(&fx.mnt);
+    k.unmount();
+    assert_same(
+        "kernel overlayfs, read-only, unionmount's upper as a lower",
+        &ours,
+        &kernel,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. kernel overlayfs writes, unionmount reads
+// ---------------------------------------------------------------------------------------------
+
+/// An upper kernel overlayfs wrote with `redirect_dir=on,metacopy=on,index=on` mounts under
+/// unionmount with the same merged view: (a) as the upper, in the overlayfs option form and
+/// as a branch spec, and (b) as a lower under a fresh empty upper.
+#[test]
+fn kernel_upper_under_unionmount() {
+    if !ready("kernel_upper_under_unionmount") {
+        return;
+    }
+    let fx = Fixture::new(1);
+    populate(&fx.lowers[0], "s");
+    let kwork = fx.root.join("kwork");
+    let k = Kernel::mount(KERNEL_INDEX, &fx.lowers, Some((&fx.upper, &kwork)), &fx.mnt);
+    change(&fx.mnt, "s");
+    let kernel = view(&fx.mnt);
+    k.unmount();
+    assert_changed(&kernel, "s");
+
+    // (a) as the upper.
+    let work = fx.root.join("uwork");
+    let m = union_mount(&fx, &fx.lowers, Some((&fx.upper, &work)));
+    assert_same("unionmount, the kernel's upper as upper", &kernel, &view(&fx.mnt));
+    m.unmount();
+    let m = fx.mount(&["-o", "whiteout=overlay"]);
+    assert_same_below_root(
+        "unionmount (branch spec), the kernel's upper as upper",
+        &kernel,
+        &view(&fx.mnt),
+    );
+    m.unmount();
+
+    // (b) as a lower under a fresh upper.
+    let upper2 = fx.root.join("upper2");
+    mkdir_p(&upper2);
+    let stack = vec![fx.upper.clone(), fx.lowers[0].clone()];
+    let m = union_mount(&fx, &stack, Some((&upper2, &work)));
+    assert_same_below_root(
+        "unionmount, the kernel's upper as a lower",
+        &kernel,
+        &view(&fx.mnt),
+    );
+    m.unmount();
+    assert!(upper_names(&upper2).is_empty(), "reading wrote to the upper");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Stacked deeper
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    Kernel,
+    Union,
+}
+
+/// Mount `engine` at the fixture's mount point over `lowers` with `upper` (and its own
+/// work dir) and run `f` on it; unmounts afterwards.
+fn with_mount<T>(
+    fx: &Fixture,
+    engine: Engine,
+    lowers: &[PathBuf],
+    upper: &Path,
+    f: impl FnOnce(&Path) -> T,
+) -> T {
+    let work = fx.root.join(format!(
+        "work-{}",
+        upper.file_name().unwrap().to_string_lossy()
+    ));
+    match engine {
+        Engine::Kernel => {
+            let k = Kernel::mount(KERNEL_INDEX, lowers, Some((upper, &work)), &fx.mnt);
+            let r = f(&fx.mnt);
+            k.unmount();
+            r
+        }
+        Engine::Union => {
+            let m = union_mount(fx, lowers, Some((upper, &work)));
+            let r = f(&fx.mnt);
+            m.unmount();
+            r
+        }
+    }
+}
+
+/// Three mounts, alternating engines starting with `first`: each makes its changes, is
+/// unmounted, and its upper becomes the top lower under a fresh upper for the next, which
+/// must show what the previous one showed before making changes of its own (to new
+/// entries, and again to what the previous mounts changed).
+fn rotate(first: Engine) {
+    let fx = Fixture::new(1);
+    let sets = ["r0", "r1", "r2"];
+    for set in sets {
+        populate(&fx.lowers[0], set);
+    }
+    let other = |e: Engine| match e {
+        Engine::Kernel => Engine::Union,
+        Engine::Union => Engine::Kernel,
+    };
+    let mut lowers = fx.lowers.clone();
+    let mut engine = first;
+    let mut before: Option<(Engine, Snapshot)> = None;
+    for (round, set) in sets.iter().enumerate() {
+        let upper = fx.root.join(format!("upper{round}"));
+        mkdir_p(&upper);
+        let (seen, after) = with_mount(&fx, engine, &lowers, &upper, |m| {
+            let seen = view(m);
+            change(m, set);
+            if round > 0 {
+                change_again(m, sets[round - 1]);
+            }
+            (seen, view(m))
+        });
+        if let Some((prev, want)) = &before {
+            assert_same_below_root(
+                &format!("round {round}: {engine:?} over the upper {prev:?} wrote"),
+                want,
+                &seen,
+            );
+        }
+        assert_changed(&after, set);
+        lowers.insert(0, upper);
+        before = Some((engine, after));
+        engine = other(engine);
+    }
+    // The whole stack once more, read-only, by each engine.
+    let (prev, want) = before.unwrap();
+    let fresh = fx.root.join("upper-last");
+    mkdir_p(&fresh);
+    for e in [Engine::Kernel, Engine::Union] {
+        let seen = with_mount(&fx, e, &lowers, &fresh, view);
+        assert_same_below_root(
+            &format!("{e:?} over every upper, the last written by {prev:?}"),
+            &want,
+            &seen,
+        );
+    }
+}
+
+/// unionmount, then kernel overlayfs, then unionmount, each over the previous uppers.
+#[test]
+fn rotate_starting_with_unionmount() {
+    if !ready("rotate_starting_with_unionmount") {
+        return;
+    }
+    rotate(Engine::Union);
+}
+
+/// Kernel overlayfs, then unionmount, then kernel overlayfs, each over the previous uppers.
+#[test]
+fn rotate_starting_with_kernel() {
+    if !ready("rotate_starting_with_kernel") {
+        return;
+    }
+    rotate(Engine::Kernel);
+}
