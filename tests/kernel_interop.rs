@@ -7,6 +7,7 @@
 //! and says so when it skips.
 mod common;
 use common::*;
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::symlink;
@@ -97,10 +98,18 @@ impl Kernel {
         }
     }
 
+    /// Unmount, waiting out a moment's "target is busy" (a process forked by a test
+    /// running beside this one holds copies of our descriptors until it execs).
     fn unmount(mut self) {
         self.mounted = false;
-        let st = Command::new("umount").arg(&self.mnt).status().unwrap();
-        assert!(st.success(), "umount {}", self.mnt.display());
+        for _ in 0..50 {
+            let out = Command::new("umount").arg(&self.mnt).output().unwrap();
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("umount {}: still busy after 5 s", self.mnt.display());
     }
 }
 
@@ -333,6 +342,106 @@ fn unionmount_upper_under_kernel_overlayfs() {
     );
 }
 
+/// The merged view at `m`, with the entries whose lstat fails left out and listed apart
+/// with their errno.
+fn view_lenient(m: &Path) -> (Snapshot, BTreeMap<String, i32>) {
+    fn walk(m: &Path, rel: &Path, v: &mut Snapshot, failed: &mut BTreeMap<String, i32>) {
+        let p = m.join(rel);
+        if let Err(e) = fs::symlink_metadata(&p) {
+            failed.insert(rel.display().to_string(), e.raw_os_error().unwrap_or(0));
+            return;
+        }
+        let e = entry(&p);
+        let is_dir = e.kind == Kind::Dir;
+        v.insert(rel.display().to_string(), e);
+        if is_dir {
+            for de in fs::read_dir(&p).unwrap() {
+                walk(m, &rel.join(de.unwrap().file_name()), v, failed);
+            }
+        }
+    }
+    let (mut v, mut failed) = (Snapshot::new(), BTreeMap::new());
+    walk(m, Path::new(""), &mut v, &mut failed);
+    (v, failed)
+}
+
+/// `redirect_dir=follow` on a writable kernel mount (which rules out `metacopy=on`) follows
+/// unionmount's redirects and shows the rest the same, but refuses every metadata-only
+/// copy with EPERM, as it does its own ("refusing to follow metacopy origin"): an upper
+/// with such copies needs `metacopy=on`.
+#[test]
+fn unionmount_upper_under_kernel_redirect_follow() {
+    if !ready("unionmount_upper_under_kernel_redirect_follow") {
+        return;
+    }
+    let fx = Fixture::new(1);
+    populate(&fx.lowers[0], "s");
+    let m = union_mount(&fx, &fx.lowers, Some((&fx.upper, &fx.root.join("uwork"))));
+    change(&fx.mnt, "s");
+    let mut ours = view(&fx.mnt);
+    m.unmount();
+    let k = Kernel::mount(
+        "redirect_dir=follow",
+        &fx.lowers,
+        Some((&fx.upper, &fx.root.join("kwork"))),
+        &fx.mnt,
+    );
+    let (kernel, failed) = view_lenient(&fx.mnt);
+    k.unmount();
+    let metadata_only = ["s/chmod", "s/chown", "s/touch", "s/xa", "s/moved/meta"];
+    let want: BTreeMap<String, i32> = metadata_only
+        .iter()
+        .map(|p| (p.to_string(), libc::EPERM))
+        .collect();
+    assert_eq!(failed, want, "what the kernel refused");
+    ours.retain(|p, _| !want.contains_key(p));
+    assert_same("kernel overlayfs, redirect_dir=follow", &ours, &kernel);
+}
+
+/// A metadata-only copy unionmount made, completed by a write through kernel overlayfs on
+/// the same upper, reads as the kernel wrote it under unionmount again (the kernel drops its
+/// own mark and keeps our origin record, which therefore must not say "metadata only").
+#[test]
+fn kernel_completes_a_unionmount_metacopy() {
+    if !ready("kernel_completes_a_unionmount_metacopy") {
+        return;
+    }
+    let fx = Fixture::new(1);
+    fs::write(fx.l(0, "f"), pattern(10_000)).unwrap();
+    let work = fx.root.join("uwork");
+    let m = union_mount(&fx, &fx.lowers, Some((&fx.upper, &work)));
+    set_mode(&fx.m("f"), 0o600);
+    m.unmount();
+    assert!(
+        xattr::get(fx.u("f"), "trusted.overlay.metacopy")
+            .unwrap()
+            .is_some()
+    );
+    let k = Kernel::mount(
+        KERNEL_RW,
+        &fx.lowers,
+        Some((&fx.upper, &fx.root.join("kwork"))),
+        &fx.mnt,
+    );
+    append(&fx.m("f"), "kernel\n");
+    let kernel = view(&fx.mnt);
+    k.unmount();
+    let mut want = pattern(10_000);
+    want.extend_from_slice(b"kernel\n");
+    assert_eq!(
+        fs::read(fx.u("f")).unwrap(),
+        want,
+        "the kernel's whole copy"
+    );
+    let m = union_mount(&fx, &fx.lowers, Some((&fx.upper, &work)));
+    assert_same(
+        "unionmount after the kernel's write",
+        &kernel,
+        &view(&fx.mnt),
+    );
+    m.unmount();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. kernel overlayfs writes, unionmount reads
 // ---------------------------------------------------------------------------------------------
@@ -386,6 +495,59 @@ fn kernel_upper_under_unionmount() {
         upper_names(&upper2).is_empty(),
         "reading wrote to the upper"
     );
+}
+
+/// Kernel overlayfs with `index=on` keeps a lower file's hard links together across copy-up
+/// by an index in its work directory: a write through one name shows through the other,
+/// which stays in the lower. The index is not part of the upper, so where the kernel's work
+/// directory is not at hand, neither the kernel (the upper stacked as a lower) nor
+/// unionmount (which keeps its own index in the upper) shows the write through the other
+/// name (README, "Kernel overlayfs interoperability").
+#[test]
+fn kernel_index_of_lower_hard_links() {
+    if !ready("kernel_index_of_lower_hard_links") {
+        return;
+    }
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "hl1"), "old\n");
+    fs::hard_link(fx.l(0, "hl1"), fx.l(0, "hl2")).unwrap();
+    let kwork = fx.root.join("kwork");
+    let k = Kernel::mount(KERNEL_INDEX, &fx.lowers, Some((&fx.upper, &kwork)), &fx.mnt);
+    append(&fx.m("hl1"), "new\n");
+    assert_eq!(
+        read(&fx.m("hl2")),
+        "old\nnew\n",
+        "the kernel, its index at hand"
+    );
+    k.unmount();
+    assert!(
+        !lexists(&fx.u("hl2")),
+        "the kernel copied up the other name"
+    );
+
+    let upper2 = fx.root.join("upper2");
+    mkdir_p(&upper2);
+    let stack = vec![fx.upper.clone(), fx.lowers[0].clone()];
+    let k = Kernel::mount(
+        KERNEL_INDEX,
+        &stack,
+        Some((&upper2, &fx.root.join("kwork2"))),
+        &fx.mnt,
+    );
+    let kernel = view(&fx.mnt);
+    k.unmount();
+    assert_ne!(
+        kernel["hl2"].data, kernel["hl1"].data,
+        "the kernel, the upper as a lower"
+    );
+
+    let work = fx.root.join("uwork");
+    let m = union_mount(&fx, &stack, Some((&upper2, &work)));
+    assert_same_below_root("unionmount, the upper as a lower", &kernel, &view(&fx.mnt));
+    m.unmount();
+    let m = union_mount(&fx, &fx.lowers, Some((&fx.upper, &work)));
+    assert_same_below_root("unionmount, the upper as upper", &kernel, &view(&fx.mnt));
+    m.unmount();
 }
 
 // ---------------------------------------------------------------------------------------------
