@@ -298,8 +298,9 @@ fn assert_changed(v: &Snapshot, set: &str) {
 // ---------------------------------------------------------------------------------------------
 
 /// An upper unionmount wrote with `-o whiteout=overlay` mounts under kernel overlayfs with
-/// the same merged view: as the upper (`redirect_dir=on,metacopy=on`), and read-only as a
-/// lower (`redirect_dir=follow`, which a read-only mount makes `on`).
+/// the same merged view: as the upper (`redirect_dir=on,metacopy=on`, also with
+/// `index=on`), as a lower under a fresh upper, and read-only as a lower
+/// (`redirect_dir=follow`, which a read-only mount takes as `on`).
 #[test]
 fn unionmount_upper_under_kernel_overlayfs() {
     if !ready("unionmount_upper_under_kernel_overlayfs") {
@@ -325,13 +326,36 @@ fn unionmount_upper_under_kernel_overlayfs() {
             .is_some()
     );
 
-    let kwork = fx.root.join("kwork");
-    let k = Kernel::mount(KERNEL_RW, &fx.lowers, Some((&fx.upper, &kwork)), &fx.mnt);
-    let kernel = view(&fx.mnt);
-    k.unmount();
-    assert_same("kernel overlayfs over unionmount's upper", &ours, &kernel);
+    assert!(
+        xattr::get(fx.u("s/chmod"), "trusted.overlay.metacopy")
+            .unwrap()
+            .is_some()
+    );
+
+    for (opts, work) in [(KERNEL_RW, "kwork"), (KERNEL_INDEX, "kwork-index")] {
+        let kwork = fx.root.join(work);
+        let k = Kernel::mount(opts, &fx.lowers, Some((&fx.upper, &kwork)), &fx.mnt);
+        let kernel = view(&fx.mnt);
+        k.unmount();
+        assert_same(
+            &format!("kernel overlayfs ({opts}) over unionmount's upper"),
+            &ours,
+            &kernel,
+        );
+    }
 
     let stack = vec![fx.upper.clone(), fx.lowers[0].clone()];
+    let upper2 = fx.root.join("upper2");
+    mkdir_p(&upper2);
+    let kwork = fx.root.join("kwork2");
+    let k = Kernel::mount(KERNEL_INDEX, &stack, Some((&upper2, &kwork)), &fx.mnt);
+    let kernel = view(&fx.mnt);
+    k.unmount();
+    assert_same_below_root(
+        "kernel overlayfs, unionmount's upper as a lower under a fresh upper",
+        &ours,
+        &kernel,
+    );
     let k = Kernel::mount("redirect_dir=follow,metacopy=on", &stack, None, &fx.mnt);
     let kernel = view(&fx.mnt);
     k.unmount();
@@ -472,7 +496,8 @@ fn kernel_upper_under_unionmount() {
         &view(&fx.mnt),
     );
     m.unmount();
-    let m = fx.mount(&["-o", "whiteout=overlay"]);
+    // Reading does not depend on the format unionmount writes in: the default here.
+    let m = fx.mount(&[]);
     assert_same_below_root(
         "unionmount (branch spec), the kernel's upper as upper",
         &kernel,
