@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 /// What the kernel needs to write (and read back) every kind of change here: renamed lower
 /// directories (redirect_dir=on) and metadata-only copy-ups (metacopy=on).
 const KERNEL_RW: &str = "redirect_dir=on,metacopy=on";
-/// As containers-storage mounts it on Fedora, with hard links kept across copy-up.
+/// The same, keeping a lower file's hard links together across copy-up (the kernel's index).
 const KERNEL_INDEX: &str = "redirect_dir=on,metacopy=on,index=on";
 
 // ---------------------------------------------------------------------------------------------
@@ -252,7 +252,8 @@ fn change_again(m: &Path, set: &str, moved_dirs: bool) {
 /// it as an ordinary directory (README, "Kernel overlayfs interoperability").
 const UNION_INDEX: &str = ".wh..wh..index";
 
-/// The merged view at `m` as a user sees it, but for unionmount's index.
+/// The merged view at `m` as a user sees it, but for unionmount's index. (`entry` leaves
+/// out trusted.unionmount.* too, which the kernel shows: README, as above.)
 fn view(m: &Path) -> Snapshot {
     let mut v = snapshot(m);
     v.retain(|rel, _| Path::new(rel).iter().next() != Some(UNION_INDEX.as_ref()));
