@@ -100,11 +100,12 @@ impl Kernel {
 
     /// Unmount, waiting out a moment's "target is busy" (a process forked by a test
     /// running beside this one holds copies of our descriptors until it execs).
+    /// (Still busy after that, the panic leaves it to `drop` to detach it.)
     fn unmount(mut self) {
-        self.mounted = false;
         for _ in 0..50 {
             let out = Command::new("umount").arg(&self.mnt).output().unwrap();
             if out.status.success() {
+                self.mounted = false;
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
