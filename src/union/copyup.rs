@@ -17,6 +17,7 @@ use super::index;
 use super::node::{DirSlot, HeldFd, Kept, Node};
 use super::resolve::Loc;
 use super::whiteout;
+use crate::config::WhiteoutFormat;
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 
@@ -262,8 +263,12 @@ impl Union {
         let linked = index::is_linked_lower(src.layer, st);
         let keeps_number = kind == libc::S_IFDIR || st.st_nlink <= 1 || linked;
         let metacopy = want == Data::Deferred;
+        // In overlay format the kernel's mark alone says "metadata only": kernel overlayfs
+        // copies our record (not its own mark) into a whole copy it makes of this file in
+        // an upper above, where a flag in the record would send reads back to stale data.
+        let overlay = self.opts.whiteout == WhiteoutFormat::Overlay;
         if keeps_number {
-            let record = whiteout::encode_origin(ino, metacopy);
+            let record = whiteout::encode_origin(ino, metacopy && !overlay);
             let set = sys::lsetxattr(
                 work.raw(),
                 &tmp,
@@ -275,6 +280,12 @@ impl Union {
             if metacopy {
                 set.op("copy-up metacopy record")?;
             }
+        }
+        // Kernel overlayfs reading this upper knows a metadata-only copy by its own mark
+        // (an empty value: no verity digest); without it, it serves the sparse copy.
+        if metacopy && overlay {
+            let mark = whiteout::METACOPY_XATTRS[0].as_ref();
+            sys::lsetxattr(work.raw(), &tmp, mark, b"", 0).op("copy-up metacopy mark")?;
         }
         copy_metadata(src.raw(), &src.name, work.raw(), &tmp, st, self.opts.squash)?;
         if let Some(f) = &data
