@@ -584,8 +584,6 @@ fn kernel_index_of_lower_hard_links() {
 /// kernel rewrites a relative redirect as an absolute one when it moves the directory to
 /// another parent.)
 #[test]
-#[ignore = "unionmount moves a directory with a relative redirect to another parent \
-            without making the redirect absolute"]
 fn unionmount_moves_a_kernel_moved_directory_into_another() {
     if !ready("unionmount_moves_a_kernel_moved_directory_into_another") {
         return;
@@ -771,8 +769,6 @@ fn rotate_starting_with_kernel() {
 /// The rotations, also changing directories the previous mount moved (see
 /// `kernel_copy_up_of_a_directory_unionmount_moved`).
 #[test]
-#[ignore = "kernel overlayfs copies trusted.unionmount.redirect into its copy-ups, where \
-            unionmount follows it to a path the layer below has whited out"]
 fn rotate_changing_moved_directories() {
     if !ready("rotate_changing_moved_directories") {
         return;
@@ -790,8 +786,6 @@ fn rotate_changing_moved_directories() {
 /// whited out. The directory shows the new file only; kernel overlayfs (which merges the
 /// copy with the middle layer's `moved` by name) shows the moved files too.
 #[test]
-#[ignore = "kernel overlayfs copies trusted.unionmount.redirect into its copy-ups, where \
-            unionmount follows it to a path the layer below has whited out"]
 fn kernel_copy_up_of_a_directory_unionmount_moved() {
     if !ready("kernel_copy_up_of_a_directory_unionmount_moved") {
         return;

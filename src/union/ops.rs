@@ -506,9 +506,10 @@ impl Union {
         if src_lower && !exchange {
             self.check_whiteout_fits(name)?;
         }
-        let src_move = self.copy_up_for_move(&src_node)?;
+        let samedir = Arc::ptr_eq(parent, newparent);
+        let src_move = self.copy_up_for_move(&src_node, samedir)?;
         let dst_move = match &dst_node {
-            Some(d) if exchange => self.copy_up_for_move(d)?,
+            Some(d) if exchange => self.copy_up_for_move(d, samedir)?,
             _ => Move::Plain,
         };
         let up_src = self.upper_dir(parent)?;
@@ -614,7 +615,8 @@ impl Union {
     /// with lower parts is copied up alone and records where its lower parts are (a
     /// redirect), so no file data moves; where that cannot be recorded (an unprivileged
     /// daemon cannot write trusted.* xattrs) its whole subtree is copied up and made opaque.
-    fn copy_up_for_move(&self, node: &Arc<Node>) -> Result<Move> {
+    /// `samedir`: the move stays in the same directory.
+    fn copy_up_for_move(&self, node: &Arc<Node>, samedir: bool) -> Result<Move> {
         if !node.is_dir() {
             self.copy_up(node)?;
             return Ok(Move::Plain);
@@ -623,25 +625,34 @@ impl Union {
             return Ok(Move::Plain);
         }
         let loc = self.copy_up(node)?;
-        let parent = node.state().parent.clone();
-        if let Some(p) = &parent
-            && self.redirect_of(loc.raw(), &loc.name, p).is_some()
-        {
-            return Ok(Move::Redirect);
-        }
-        // Where its lower parts are, as the layers below see it.
-        let value = Some(whiteout::format_redirect(&self.lower_path(node)));
-        let recorded = value.is_some_and(|v| {
-            let attr = whiteout::REDIRECT_XATTR.as_ref();
-            let ok = sys::lsetxattr(loc.raw(), &loc.name, attr, &v, 0).is_ok();
-            // Kernel overlayfs reading the same upper follows its own redirect.
-            if ok && self.opts.whiteout == WhiteoutFormat::Overlay {
-                let kernel = whiteout::REDIRECT_XATTRS[1].as_ref();
-                let _ = sys::lsetxattr(loc.raw(), &loc.name, kernel, &v, 0);
+        // Where its lower parts are, as the layers below see it (computed before the move).
+        let value = whiteout::format_redirect(&self.lower_path(node));
+        // In the overlay format, only the kernel's name: kernel overlayfs copies our
+        // xattrs into its copy-ups, where a stale one of ours would win over its own.
+        let attr = match self.opts.whiteout {
+            WhiteoutFormat::WhFiles => whiteout::REDIRECT_XATTR,
+            WhiteoutFormat::Overlay => whiteout::REDIRECT_XATTRS[1],
+        };
+        match self.redirect_in(loc.raw(), &loc.name) {
+            // Moved before: an absolute redirect still holds anywhere, a relative one (a
+            // name in its parent, as the kernel writes) only in the same directory; else it
+            // becomes absolute, as overlayfs does.
+            Some(whiteout::Redirect::Absolute(_)) => return Ok(Move::Redirect),
+            Some(whiteout::Redirect::Relative(_)) if samedir => return Ok(Move::Redirect),
+            Some(whiteout::Redirect::Relative(_)) => {
+                let present = sys::llistxattr(loc.raw(), &loc.name).unwrap_or_default();
+                for a in whiteout::REDIRECT_XATTRS {
+                    if present.iter().any(|p| p == a.as_bytes()) {
+                        sys::lsetxattr(loc.raw(), &loc.name, a.as_ref(), &value, 0)
+                            .op("rewrite redirect")
+                            .map_err(|e| e.at(node.path()).in_layer(0))?;
+                    }
+                }
+                return Ok(Move::Redirect);
             }
-            ok
-        });
-        if recorded {
+            None => {}
+        }
+        if sys::lsetxattr(loc.raw(), &loc.name, attr.as_ref(), &value, 0).is_ok() {
             return Ok(Move::Redirect);
         }
         self.copy_up_tree(node)?;
