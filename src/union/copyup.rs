@@ -197,6 +197,9 @@ impl Union {
         } else {
             0
         };
+        if index::is_linked_lower(loc.layer, &st) {
+            self.join_known_names(node, &st);
+        }
         let took = started.elapsed();
         log::debug!("copy-up {path} from layer {} ({bytes} bytes)", loc.layer);
         self.events.emit(Event::CopyUp {

@@ -12,7 +12,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::Union;
+use super::layer::INDEX_DIR;
 use super::node::Node;
+use super::whiteout;
 use crate::error::{Context, Result};
 use crate::sys::{self, Stat};
 
@@ -91,6 +93,41 @@ impl Union {
         }
     }
 
+    /// The index of a lower layer, and the key the copy `node` holds there (its origin).
+    fn lower_index(&self, node: &Node, layer: usize) -> Option<(Arc<OwnedFd>, OsString)> {
+        let root = self.stack.layers.get(layer)?.root.as_raw_fd();
+        let index = sys::open_dir_path(root, INDEX_DIR.as_ref()).ok()?;
+        let loc = self.try_locate(node)?;
+        let origin = sys::lgetxattr(loc.raw(), &loc.name, whiteout::ORIGIN_XATTR.as_ref())
+            .ok()
+            .flatten()?;
+        let (ino, _) = whiteout::decode_origin(&origin)?;
+        Some((Arc::new(index), key(ino)))
+    }
+
+    /// After the copy-up of a file with several lower names: the other names the kernel
+    /// knows join the copy on disk now. It serves them already (one node), but a name left
+    /// unjoined on disk would show the old data once this upper is stacked as a lower, where
+    /// its index no longer applies.
+    pub(crate) fn join_known_names(&self, node: &Node, lower: &Stat) {
+        let Some((index, key)) = self.indexed(lower) else {
+            return;
+        };
+        let links = node.state().links.clone();
+        for (parent, name) in links {
+            let joined = self
+                .upper_dir(&parent)
+                .and_then(|up| self.join_index(&index, &key, up.as_raw_fd(), &name));
+            if let Err(e) = joined {
+                log::warn!(
+                    "{}/{}: cannot join its copied-up hard link: {e}",
+                    parent.path(),
+                    name.to_string_lossy()
+                );
+            }
+        }
+    }
+
     /// Publish a finished copy (`tmp` in the work dir) in the index before it gets its name:
     /// a crash in between leaves a whole copy that the names join at the next mount.
     pub(crate) fn add_to_index(&self, work: i32, tmp: &OsStr, lower: &Stat) -> Result<OsString> {
@@ -109,16 +146,22 @@ impl Union {
         }
     }
 
-    /// The link count an indexed upper file shows: its names (not the index's own link),
-    /// and never fewer than it had in the lower (names not looked up yet).
+    /// The link count an indexed file shows: its names (not the index's own link), and
+    /// never fewer than it had in the lower (names not looked up yet). Also for such a file
+    /// in a layer that was the upper when the copy was made: its index came along.
     pub(crate) fn indexed_links(&self, node: &Node, st: &mut Stat) {
         if node.kind != libc::S_IFREG || st.st_nlink < 2 {
             return;
         }
-        let Some(index) = self.stack.index() else {
+        let layer = node.state().layer;
+        let found = if layer == 0 && self.writable() {
+            self.stack.index().map(|i| (i, key(node.ino)))
+        } else {
+            self.lower_index(node, layer)
+        };
+        let Some((index, key)) = found else {
             return;
         };
-        let key = key(node.ino);
         match sys::fstatat(index.as_raw_fd(), &key) {
             Ok(e) if (e.st_dev, e.st_ino) == (st.st_dev, st.st_ino) => {}
             _ => return,

@@ -604,7 +604,7 @@ impl Union {
         })
     }
 
-    fn try_locate(&self, node: &Node) -> Option<Loc> {
+    pub(crate) fn try_locate(&self, node: &Node) -> Option<Loc> {
         let (parent, name, layer) = {
             let st = node.state();
             (st.parent.clone()?, st.name.clone(), st.layer)
