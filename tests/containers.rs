@@ -437,6 +437,7 @@ rm "$M/del"
 rm -rf "$M/redo" && mkdir "$M/redo" && echo new >"$M/redo/new"
 [ ! -e "$M/redo/old" ] || {{ echo "old file still there"; exit 1; }}
 mv "$M/moved" "$M/here"
+echo "moved: $(cat "$M/here/x/y")"
 echo n >"$M/created"
 stat -c '%u:%g %n' "$M/f" "$M/created"
 "#
@@ -462,19 +463,35 @@ stat -c '%u:%g %n' "$M/f" "$M/created"
     assert!(lexists(&fx.u(&format!("redo/{OPQ}"))));
     assert_eq!(read(&fx.u("redo/new")), "new\n");
     assert!(!lexists(&fx.u("redo/old")));
-    // Unprivileged, a moved directory cannot record where its lower parts are
-    // (trusted.* xattrs): it is copied up whole and opaque, its old name whited out.
+    // Unprivileged, a moved directory records where its lower parts are as rootless
+    // kernel overlayfs does (user.overlay.redirect): no file data is copied.
     assert!(lexists(&fx.u(".wh.moved")));
-    assert_eq!(read(&fx.u("here/x/y")), "y");
-    assert!(lexists(&fx.u(&format!("here/{OPQ}"))));
-    for p in [
-        "f", ".wh.del", "redo", "redo/new", "here", "here/x/y", "created",
-    ] {
+    assert_eq!(
+        xattr::get(fx.u("here"), "user.overlay.redirect").unwrap(),
+        Some(b"/moved".to_vec())
+    );
+    assert!(!lexists(&fx.u("here/x")));
+    assert!(!lexists(&fx.u(&format!("here/{OPQ}"))));
+    assert!(stdout.contains("moved: y"), "{stdout}");
+    for p in ["f", ".wh.del", "redo", "redo/new", "here", "created"] {
         assert_eq!(owner(&fx.u(p)), "65534:65534", "{p}");
     }
     // The lower is untouched.
     assert_eq!(read(&fx.l(0, "f")), "base");
     assert!(lexists(&fx.l(0, "del")) && lexists(&fx.l(0, "redo/old")));
+    // That upper stacked as a lower under a fresh upper: the move still holds.
+    let fresh = fx.root.join("fresh");
+    fs::create_dir(&fresh).unwrap();
+    let spec = format!(
+        "{}=RW:{}=RO:{}=RO",
+        fresh.display(),
+        fx.upper.display(),
+        fx.lowers[0].display()
+    );
+    let m = fx.mount_args(vec![spec, fx.mnt.display().to_string()], vec![]);
+    assert_eq!(read(&fx.m("here/x/y")), "y");
+    assert!(!lexists(&fx.m("moved")));
+    drop(m);
 }
 
 #[test]

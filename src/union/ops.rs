@@ -613,8 +613,8 @@ impl Union {
 
     /// Bring a rename's source into the upper so it can move by one rename. A directory
     /// with lower parts is copied up alone and records where its lower parts are (a
-    /// redirect), so no file data moves; where that cannot be recorded (an unprivileged
-    /// daemon cannot write trusted.* xattrs) its whole subtree is copied up and made opaque.
+    /// redirect), so no file data moves; where that cannot be recorded (an upper without
+    /// xattrs) its whole subtree is copied up and made opaque.
     /// `samedir`: the move stays in the same directory.
     fn copy_up_for_move(&self, node: &Arc<Node>, samedir: bool) -> Result<Move> {
         if !node.is_dir() {
@@ -653,6 +653,13 @@ impl Union {
             None => {}
         }
         if sys::lsetxattr(loc.raw(), &loc.name, attr.as_ref(), &value, 0).is_ok() {
+            return Ok(Move::Redirect);
+        }
+        // Unprivileged (rootless), trusted.* cannot be written: record it as kernel
+        // overlayfs does there (`userxattr`). Image tools copy user.* xattrs, but ours
+        // never go into a layer (`diff`, `export`, `commit` leave them out).
+        let user = whiteout::REDIRECT_XATTRS[2];
+        if sys::lsetxattr(loc.raw(), &loc.name, user.as_ref(), &value, 0).is_ok() {
             return Ok(Move::Redirect);
         }
         self.copy_up_tree(node)?;
