@@ -152,15 +152,15 @@ fn run_tool() -> ExitCode {
             color,
         } => (
             "tree",
-            inspect::map::run(
+            inspect::draw::run(
                 &mountpoint,
                 path.as_deref(),
                 depth,
                 html.as_deref(),
                 match color.as_str() {
-                    "always" => inspect::map::Color::Always,
-                    "never" => inspect::map::Color::Never,
-                    _ => inspect::map::Color::Auto,
+                    "always" => inspect::draw::Color::Always,
+                    "never" => inspect::draw::Color::Never,
+                    _ => inspect::draw::Color::Auto,
                 },
             ),
         ),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::tree::{ChangeSet, Kind, Source, changes, user_xattrs};
+use super::changes::{ChangeSet, Kind, Source, changes, user_xattrs};
 use crate::sys;
 use crate::union::whiteout;
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::tree::{ChangeSet, Source, changes};
+use super::changes::{ChangeSet, Source, changes};
 
 /// The change set of an upper directory or of a mount point's upper.
 pub fn source_for(target: &Path, lowers: &[std::path::PathBuf]) -> super::Result<Source> {
@@ -46,7 +46,7 @@ fn json_str(s: &str) -> String {
     out
 }
 
-fn kind_of(c: &super::tree::Change) -> &'static str {
+fn kind_of(c: &super::changes::Change) -> &'static str {
     let Some(m) = &c.meta else {
         return "whiteout";
     };

@@ -14,7 +14,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
-use super::tree::{Change, ChangeSet, Kind, user_xattrs};
+use super::changes::{Change, ChangeSet, Kind, user_xattrs};
 use crate::union::whiteout;
 
 /// A writer that hashes what passes through it.
@@ -237,7 +237,7 @@ fn append_entry<W: Write>(
 /// `unionmount export TARGET --tar FILE [--digest]`.
 pub fn run(target: &Path, lowers: &[PathBuf], tar: &Path, digest: bool) -> super::Result<()> {
     let src = super::diff::source_for(target, lowers)?;
-    let set = super::tree::changes(&src)?;
+    let set = super::changes::changes(&src)?;
     if !set.warnings.is_empty() {
         return Err(format!(
             "cannot export a faithful layer: {}",

@@ -5,13 +5,14 @@
 //! Commands that need the running mount talk to its daemon over the control socket
 //! (`control.rs`); `diff` and `export` also work on an upper directory alone.
 
+pub mod changes;
 pub mod commit;
 pub mod control;
 pub mod diff;
+pub mod draw;
 pub mod export;
 pub mod map;
 pub mod report;
-pub mod tree;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;

@@ -16,6 +16,20 @@ pub struct Kept {
     pub layer: usize,
 }
 
+/// Where a node's real entry is: `name` inside the directory `dir` of layer `layer`.
+#[derive(Debug, Clone)]
+pub struct Loc {
+    pub dir: Arc<OwnedFd>,
+    pub name: OsString,
+    pub layer: usize,
+}
+
+impl Loc {
+    pub fn raw(&self) -> RawFd {
+        self.dir.as_raw_fd()
+    }
+}
+
 /// A directory's presence in one layer, open for use.
 #[derive(Debug, Clone)]
 pub struct LayerDir {
@@ -96,7 +110,7 @@ pub struct NodeState {
     /// when its name is removed (fstat, fchmod, ftruncate of an open, unlinked entry).
     pub kept: Option<Kept>,
     /// A metadata-only upper file: where its data still is (a lower file).
-    pub data: Option<super::resolve::Loc>,
+    pub data: Option<Loc>,
 }
 
 /// The FUSE node id of the root (`FUSE_ROOT_ID`).

@@ -3,30 +3,14 @@
 //! several layers merge.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::index;
-use super::node::{LayerDir, Node, NodeState};
+use super::node::{LayerDir, Loc, Node, NodeState};
 use super::whiteout::{self, Redirect};
 use super::{ROOT_INO, Union};
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
-
-/// Where a node's real entry is: `name` inside the directory `dir` of layer `layer`.
-#[derive(Debug, Clone)]
-pub struct Loc {
-    pub dir: Arc<OwnedFd>,
-    pub name: OsString,
-    pub layer: usize,
-}
-
-impl Loc {
-    pub fn raw(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.dir.as_raw_fd()
-    }
-}
 
 /// What a probe of one name found.
 #[derive(Debug)]
