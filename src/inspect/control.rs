@@ -71,10 +71,6 @@ impl Drop for Control {
     }
 }
 
-/// How long a new daemon waits for the previous owner of its device number to finish
-/// exiting (its mount is gone, but it may still be removing its socket).
-const PREDECESSOR_EXIT: Duration = Duration::from_secs(3);
-
 impl Control {
     /// Bind the socket of the mount with device number `dev` and serve it on a thread of
     /// its own.
@@ -95,17 +91,8 @@ impl Control {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let path = socket_path(dev);
-        // A daemon that died leaves its socket; a live one answers, until it has exited.
-        let deadline = Instant::now() + PREDECESSOR_EXIT;
-        while path.exists() && UnixStream::connect(&path).is_ok() {
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "{} is in use by another daemon",
-                    path.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // A socket already there is a gone mount's: no live filesystem shares our device
+        // number. Its daemon may not have exited yet; it never removes a socket of ours.
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}

@@ -109,21 +109,16 @@ impl Fixture {
         Mount::start(args, &self.mnt, &self.log, read_only)
     }
 
-    /// `unionmount -f -o stack EXTRA... SPEC MNT` on top of the live mount on `self.mnt`,
-    /// waited for until it is the one visible there. Drop it before the one below.
-    pub fn mount_on_top(&self, extra: &[&str]) -> Mount {
-        let below = visible_unionmount(&self.mnt).expect("no unionmount mount to stack on");
+    /// `unionmount -f -o stack EXTRA... SPEC MNT` on top of the live unionmount mount on
+    /// `mnt` (another fixture's), waited for until it is the one visible there. Drop it
+    /// before the one below.
+    pub fn mount_on_top(&self, mnt: &Path, extra: &[&str]) -> Mount {
+        let below = visible_unionmount(mnt).expect("no unionmount mount to stack on");
         let mut args = strs(&["-o", "stack"]);
         args.extend(extra.iter().map(|s| s.to_string()));
         args.push(self.spec());
-        args.push(self.mnt.display().to_string());
-        Mount::start_with(
-            args,
-            &self.mnt,
-            &self.log,
-            self.lowers.clone(),
-            Some(below.id),
-        )
+        args.push(mnt.display().to_string());
+        Mount::start_with(args, mnt, &self.log, self.lowers.clone(), Some(below.id))
     }
 
     pub fn log_tail(&self) -> String {
@@ -268,7 +263,9 @@ impl Mount {
             return;
         }
         self.stopped = true;
-        if self.visible() {
+        // Ours, or one mounted in our place (`commit --remount`) once ours is gone.
+        let replaced = !self.mounted() && visible_unionmount(&self.mnt).is_some();
+        if self.visible() || replaced {
             let ok = quiet(Command::new("fusermount3").arg("-u").arg(&self.mnt));
             if !ok {
                 quiet(Command::new("umount").arg("-l").arg(&self.mnt));
@@ -400,10 +397,21 @@ pub fn visible_unionmount(path: &Path) -> Option<unionmount::mounts::Mount> {
     })
 }
 
-/// The control socket of the unionmount mount visible on `path`.
+/// The control socket of the unionmount mount visible on `path`, waited for until it
+/// takes connections (the daemon binds it just after the mount is live).
 pub fn control_socket(path: &Path) -> PathBuf {
     let m = visible_unionmount(path).expect("no unionmount mount there");
-    unionmount::inspect::control::socket_path(m.dev)
+    let sock = unionmount::inspect::control::socket_path(m.dev);
+    let deadline = Instant::now() + MOUNT_TIMEOUT;
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never answered",
+            sock.display()
+        );
+        sleep(Duration::from_millis(10));
+    }
+    sock
 }
 
 /// fstype of the (topmost) mount on exactly `path`, if any.
