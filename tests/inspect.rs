@@ -920,3 +920,79 @@ fn a_reply_for_another_mount_is_refused() {
     assert!(!lexists(&layer));
     assert_eq!(read(&fx.m("1")), "I am base file 1\n");
 }
+
+/// Unmounts whatever is left on the mount point when the test ends, however it ends.
+struct MountPointGuard(std::path::PathBuf);
+
+impl Drop for MountPointGuard {
+    fn drop(&mut self) {
+        while visible_unionmount(&self.0).is_some() {
+            let st = Command::new("umount").arg("-l").arg(&self.0).status();
+            if !st.is_ok_and(|st| st.success()) {
+                break;
+            }
+        }
+    }
+}
+
+/// The socket a killed daemon leaves is never answered: the tools say the daemon has died,
+/// and the next mount there (which detaches the dead one) answers for itself.
+#[test]
+fn a_killed_daemons_socket_is_never_answered() {
+    let fx = Fixture::new(1);
+    seed(&fx);
+    let _g = MountPointGuard(fx.mnt.clone());
+    let o = tool_status(&[&fx.spec(), &s(&fx.mnt)]);
+    assert!(o.ok, "{}", o.stderr);
+    let sock = control_socket(&fx.mnt);
+    let pid = unionmount::inspect::control::stack(&fx.mnt).unwrap().pid;
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sock.exists(), "a killed daemon removed its socket?");
+    let o = tool(&["layers", &s(&fx.mnt)]);
+    assert!(
+        !o.ok && o.stderr.contains("its daemon has died"),
+        "{}",
+        o.stderr
+    );
+    let fx2 = Fixture::new(1);
+    let o = tool_status(&[&fx2.spec(), &s(&fx.mnt)]);
+    assert!(o.ok, "{}", o.stderr);
+    let layers = ok(&["layers", &s(&fx.mnt)]);
+    assert!(layers.contains(&s(&fx2.upper)), "{layers}");
+    assert!(
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(&fx.mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// `unionmount ARGS...` (a detaching mount) run to completion, stdio in files: the daemon
+/// keeps a pipe open until the mount is live, and /dev/null after.
+fn tool_status(args: &[&str]) -> Out {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr");
+    let st = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    Out {
+        ok: st.success(),
+        stdout: String::new(),
+        stderr: fs::read_to_string(err).unwrap(),
+    }
+}

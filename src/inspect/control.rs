@@ -215,6 +215,11 @@ pub fn request(mountpoint: &Path, request: &str) -> super::Result<BufReader<Unix
                             " (only the user the daemon runs as may use it)",
                         io::ErrorKind::NotFound =>
                             " (is it a unionmount mount of this user, and of this version?)",
+                        io::ErrorKind::ConnectionRefused
+                            if sys::statvfs(mountpoint)
+                                .is_err_and(|e| { e.raw_os_error() == Some(libc::ENOTCONN) }) =>
+                            " (its daemon has died: the mount answers \"Transport endpoint is \
+                             not connected\"; `fusermount3 -uz` detaches it)",
                         io::ErrorKind::ConnectionRefused => " (its daemon has exited)",
                         _ => "",
                     }
