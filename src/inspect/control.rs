@@ -242,7 +242,8 @@ pub fn request(mountpoint: &Path, request: &str) -> super::Result<BufReader<Unix
     match first.strip_prefix("ok").map(str::trim) {
         Some(d) if d.parse() == Ok(m.dev) => Ok(r),
         Some(d) => Err(format!(
-            "{}: the daemon on {} serves the mount with device {}, not the one visible there              ({}, device {}); its answer is not used",
+            "{}: the daemon on {} serves the mount with device {}, not the one visible there \
+             ({}, device {}); its answer is not used",
             mountpoint.display(),
             path.display(),
             if d.is_empty() { "unknown" } else { d },
