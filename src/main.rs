@@ -417,7 +417,10 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>, trace: bool) -> Exit
             // Another mount namespace holds a copy of the mount (or ours is covered, or busy
             // files keep it): ending the process closes /dev/fuse, which ends the connection
             // everywhere. Its users then see ENOTCONN, and the next mount detaches it.
-            log::info!("the mount is still in use elsewhere; ending its FUSE connection");
+            log::info!(
+                "the mount is still in use (open files, another mount namespace, a mount on \
+                 top); ending its FUSE connection"
+            );
             if let Some(c) = &control {
                 c.remove();
             }
