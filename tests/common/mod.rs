@@ -132,8 +132,10 @@ impl Fixture {
 
 pub struct Mount {
     pub mnt: PathBuf,
-    /// Its mount id (/proc/self/mountinfo): a mount point may hold several mounts.
+    /// Its mount id and mount point as /proc/self/mountinfo shows them: a mount point may
+    /// hold several mounts.
     pub id: u64,
+    mount_point: PathBuf,
     args: Vec<String>,
     log: PathBuf,
     child: Child,
@@ -180,6 +182,7 @@ impl Mount {
         let mut m = Mount {
             mnt: mnt.to_path_buf(),
             id: 0,
+            mount_point: PathBuf::new(),
             args,
             log: log.to_path_buf(),
             child,
@@ -193,6 +196,7 @@ impl Mount {
             match visible_unionmount(mnt) {
                 Some(v) if Some(v.id) != below => {
                     m.id = v.id;
+                    m.mount_point = v.mount_point;
                     break;
                 }
                 _ => {}
@@ -249,7 +253,7 @@ impl Mount {
     pub fn mounted(&self) -> bool {
         unionmount::mounts::table()
             .iter()
-            .any(|m| m.id == self.id && m.mount_point == self.mnt)
+            .any(|m| m.id == self.id && m.mount_point == self.mount_point)
     }
 
     /// Its mount is the one visible on its mount point (unmounting by path reaches it).
@@ -264,7 +268,7 @@ impl Mount {
         }
         self.stopped = true;
         // Ours, or one mounted in our place (`commit --remount`) once ours is gone.
-        let replaced = !self.mounted() && visible_unionmount(&self.mnt).is_some();
+        let replaced = self.id != 0 && !self.mounted() && visible_unionmount(&self.mnt).is_some();
         if self.visible() || replaced {
             let ok = quiet(Command::new("fusermount3").arg("-u").arg(&self.mnt));
             if !ok {
