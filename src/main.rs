@@ -67,7 +67,8 @@ fn refuse_live_mount(mountpoint: &Path) -> Result<(), ConfigError> {
         .canonicalize()
         .unwrap_or_else(|_| mountpoint.to_path_buf());
     match mounts::mounted_at(&p) {
-        Ok(Some(m)) => Err(ConfigError(format!(
+        // An automount point (x-systemd.automount) is meant to be mounted on.
+        Ok(Some(m)) if m.fstype != "autofs" => Err(ConfigError(format!(
             "mount point '{}' already has a live mount ({}): unmount it first, or give \
              -o stack to mount on top of it",
             mountpoint.display(),
