@@ -88,6 +88,11 @@ pub fn mount_options() -> Vec<OptionDoc> {
              `subtype=` is accepted and ignored",
         ),
         row(
+            &["stack"],
+            "mount on top of a mount point that already has a live mount (refused without \
+             it); the tools then reach the top mount, and each `umount` takes off one",
+        ),
+        row(
             &["uidmapping=DISK:HOST:COUNT[:...]", "gidmapping=..."],
             "IDs stored in the branches shown shifted (fuse-overlayfs' options; see \
              docs/containers.md)",

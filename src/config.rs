@@ -65,6 +65,8 @@ pub struct Config {
     pub owners: Owners,
     /// nosuid, dev, noexec, noatime, noacl.
     pub flags: MountFlags,
+    /// Mount on top of a mount point that already has a live mount (`-o stack`).
+    pub stack: bool,
 }
 
 /// What the mount allows, as mount(8)'s flags of the same names.
@@ -252,6 +254,7 @@ impl Config {
             fsname: opts.fsname.clone(),
             owners: opts.owners(),
             flags: opts.flags,
+            stack: opts.stack,
         })
     }
 }
@@ -340,6 +343,8 @@ pub struct MountOpts {
     pub xattr_permissions: u8,
     /// `context=`/`fscontext=`/`defcontext=`/`rootcontext=`: an SELinux label for the mount.
     pub context: Option<String>,
+    /// `stack`: mount on top of a live mount at the mount point instead of refusing.
+    pub stack: bool,
 }
 
 impl MountOpts {
@@ -418,6 +423,7 @@ pub const OPTIONS: &[&str] = &[
     "lowerdir",
     "fsname",
     "subtype",
+    "stack",
     "uidmapping",
     "gidmapping",
     "squash_to_root",
@@ -520,6 +526,7 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
             "allow_other" => flag(&mut o.allow_other, true)?,
             "allow_root" => flag(&mut o.allow_other, false)?,
             "volatile" => flag(&mut o.volatile, true)?,
+            "stack" => flag(&mut o.stack, true)?,
             "nosuid" => flag(&mut o.flags.nosuid, true)?,
             "suid" => flag(&mut o.flags.nosuid, false)?,
             "dev" => flag(&mut o.flags.dev, true)?,

@@ -8,5 +8,6 @@ pub mod config;
 pub mod error;
 pub mod fuse;
 pub mod inspect;
+pub mod mounts;
 pub mod sys;
 pub mod union;

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use unionmount::config::{Config, parse_mount_options};
+use unionmount::config::{Config, ConfigError, parse_mount_options};
 use unionmount::fuse::{self, UnionFs};
 use unionmount::inspect;
+use unionmount::mounts;
 use unionmount::sys;
 use unionmount::union::Union;
 
@@ -76,6 +77,25 @@ fn missing_mountpoint(args: &[String], options: &[String]) -> Option<String> {
              (unionmount BRANCHES MOUNTPOINT)"
         )
     })
+}
+
+/// Mounting over a live mount would hide it while its daemon lives on underneath, and one
+/// `umount` would no longer undo one mount: refuse unless `-o stack` asks for it.
+fn refuse_live_mount(mountpoint: &Path) -> Result<(), ConfigError> {
+    let p = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    match mounts::mounted_at(&p) {
+        // An automount point (x-systemd.automount) is meant to be mounted on.
+        Ok(Some(m)) if m.fstype != "autofs" => Err(ConfigError(format!(
+            "mount point '{}' already has a live mount ({}): unmount it first, or give \
+             -o stack to mount on top of it",
+            mountpoint.display(),
+            m.describe()
+        ))),
+        // Anything else is Config::build's to report.
+        _ => Ok(()),
+    }
 }
 
 /// Take `trace` out of the -o options (it is ours, not the mount's): was it there?
@@ -276,6 +296,9 @@ fn main() -> ExitCode {
             opts.fsname.get_or_insert_with(|| cli.args[0].clone());
         }
         detach_dead_mount(Path::new(mountpoint));
+        if !opts.stack {
+            refuse_live_mount(Path::new(mountpoint))?;
+        }
         Config::build(
             branches,
             Path::new(mountpoint),
@@ -336,6 +359,10 @@ fn detach(config: &Config, trace: bool) -> ExitCode {
     }
 }
 
+/// How long a signalled daemon waits for its session to end after unmounting, before it
+/// ends the FUSE connection itself.
+const SESSION_END_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Mount and serve until unmounted. `ready` is told "ok" once the mount is live. With
 /// `trace`, every copy-up, whiteout and opaque directory is printed on stderr, which a
 /// detached daemon then keeps (the mounting terminal).
@@ -363,15 +390,29 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>, trace: bool) -> Exit
             return fail(format!("mount {}: {e}", config.mountpoint.display()));
         }
     };
-    // The control socket (`unionmount which/layers/trace/commit`), gone at unmount.
-    let control = match inspect::control::Control::start(union.clone(), config) {
-        Ok(c) => Some(c),
+    // Our mount's device number (its FUSE connection): the control socket is named by it,
+    // and a signal detaches the mount at our path only while the one there is ours.
+    let dev = match mounts::visible(&config.mountpoint) {
+        Ok(m) if m.is_unionmount() => Some(m.dev),
+        Ok(m) => {
+            log::warn!("the mount visible now is {}, not ours", m.describe());
+            None
+        }
         Err(e) => {
+            log::warn!("{}: {e}", config.mountpoint.display());
+            None
+        }
+    };
+    // The control socket (`unionmount which/layers/trace/commit`), gone at unmount.
+    let control = match dev.map(|d| inspect::control::Control::start(union.clone(), config, d)) {
+        Some(Ok(c)) => Some(Arc::new(c)),
+        Some(Err(e)) => {
             log::warn!(
                 "control socket: {e}; which, layers, trace and commit will not reach this mount"
             );
             None
         }
+        None => None,
     };
     if trace {
         let rx = union.events.subscribe();
@@ -382,13 +423,42 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>, trace: bool) -> Exit
             }
         });
     }
-    std::thread::spawn(move || {
-        let sig = sys::wait_signal(&signals);
-        log::info!("signal {sig}: unmounting");
-        if let Err(e) = unmounter.unmount() {
-            log::warn!("unmount: {e}");
-        }
-    });
+    let (ended, session_ended) = std::sync::mpsc::channel::<()>();
+    {
+        let (union, control, mountpoint) =
+            (union.clone(), control.clone(), config.mountpoint.clone());
+        std::thread::spawn(move || {
+            let sig = sys::wait_signal(&signals);
+            log::info!("signal {sig}: unmounting {}", mountpoint.display());
+            // By path we can only detach what is visible there; a newer mount on top of ours,
+            // or at the same place after ours was unmounted, is not ours to take away.
+            let ours = dev.is_none_or(|d| mounts::visible(&mountpoint).is_ok_and(|m| m.dev == d));
+            if !ours {
+                log::info!("{}: the mount there now is not ours", mountpoint.display());
+            } else if let Err(e) = unmounter.unmount() {
+                log::warn!("unmount: {e}");
+            }
+            // The kernel ends the session once the mount is gone from every namespace.
+            if session_ended.recv_timeout(SESSION_END_GRACE)
+                != Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
+                return;
+            }
+            // Another mount namespace holds a copy of the mount (or ours is covered, or busy
+            // files keep it): ending the process closes /dev/fuse, which ends the connection
+            // everywhere. Its users then see ENOTCONN, and the next mount detaches it.
+            log::info!(
+                "the mount is still in use (open files, another mount namespace, a mount on \
+                 top); ending its FUSE connection"
+            );
+            if let Some(c) = &control {
+                c.remove();
+            }
+            union.shutdown();
+            log::info!("unmounted");
+            std::process::exit(i32::from(exit::OK));
+        });
+    }
     if let Some(mut w) = ready.take() {
         let _ = w.write_all(b"ok\n");
         drop(w);
@@ -397,7 +467,10 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>, trace: bool) -> Exit
         }
     }
     let result = session.run();
-    drop(control);
+    let _ = ended.send(());
+    if let Some(c) = &control {
+        c.remove();
+    }
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {

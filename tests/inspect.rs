@@ -143,7 +143,7 @@ fn control_socket_is_private_and_outside_the_tree() {
     let fx = Fixture::new(1);
     seed(&fx);
     let m = fx.mount(&[]);
-    let sock = unionmount::inspect::control::socket_path(&fx.mnt);
+    let sock = control_socket(&fx.mnt);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !sock.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -156,39 +156,68 @@ fn control_socket_is_private_and_outside_the_tree() {
     assert_eq!(names(&fx.mnt), ["1", "app", "etc", "usr"]);
     assert!(upper_names(&fx.upper).is_empty());
     m.unmount();
-    assert!(!sock.exists(), "socket left behind at unmount");
+    assert!(
+        socket_gone(&sock, md.ino()),
+        "socket left behind at unmount"
+    );
 }
 
-/// A mount made right after an unmount, while the old daemon is still exiting (its control
-/// socket still answers), gets the control socket once the old one is gone. Before, it gave
-/// up at once: `which`, `layers` and `commit` could not reach the new mount. The old daemon
-/// is played by a listener on the socket path that closes after half a second.
+/// A new mount that got the device number of a gone mount (the kernel gives the lowest
+/// free one) takes over that mount's control socket at once, even while the old daemon
+/// still answers on it (it may not have finished exiting): no live mount shares the number.
+/// The old daemon is played by a listener on the socket path that stays open.
 #[test]
-fn a_mount_waits_for_its_predecessors_control_socket_to_go() {
+fn a_new_mount_takes_the_socket_of_a_gone_mount_with_its_device_number() {
     let fx = Fixture::new(1);
     seed(&fx);
-    let sock = unionmount::inspect::control::socket_path(&fx.mnt.canonicalize().unwrap());
+    let m = fx.mount(&[]);
+    let old_dev = visible_unionmount(&fx.mnt).unwrap().dev;
+    m.unmount();
+    let sock = unionmount::inspect::control::socket_path(old_dev);
     fs::create_dir_all(sock.parent().unwrap()).unwrap();
     let _ = fs::remove_file(&sock);
-    let old = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let exiting = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
-        drop(old); // the process exits; its socket file stays
-    });
+    let _old = Listener::bind(&sock, "ok 0:1\n".into());
     let _m = fx.mount(&[]);
-    exiting.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut o = tool(&["layers", &s(&fx.mnt)]);
-    while !o.ok && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        o = tool(&["layers", &s(&fx.mnt)]);
+    if visible_unionmount(&fx.mnt).unwrap().dev != old_dev {
+        eprintln!("note: the new mount got another device number; nothing to take over");
     }
-    assert!(
-        o.ok && o.stdout.contains("lower0"),
-        "{}{}",
-        o.stdout,
-        o.stderr
-    );
+    let layers = ok(&["layers", &s(&fx.mnt)]);
+    assert!(layers.contains(&s(&fx.upper)), "{layers}");
+}
+
+/// A listener on a control socket path that answers every request with `reply`; its
+/// socket file is removed on drop (if it is still its own).
+struct Listener {
+    path: std::path::PathBuf,
+    ino: u64,
+}
+
+impl Listener {
+    fn bind(path: &Path, reply: String) -> Listener {
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let ino = fs::symlink_metadata(path).unwrap().ino();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for c in l.incoming() {
+                let Ok(mut c) = c else { break };
+                let mut req = String::new();
+                let _ = BufReader::new(&c).read_line(&mut req);
+                let _ = c.write_all(reply.as_bytes());
+            }
+        });
+        Listener {
+            path: path.to_path_buf(),
+            ino,
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 #[test]
@@ -578,4 +607,392 @@ fn export_of_a_kernel_metacopy_upper_carries_the_data() {
     untar(&tar, &x, &[]);
     assert_eq!(read(&x.join("f")), "the data is in the lower\n");
     assert_eq!(mode_of(&x.join("f")) & 0o7777, 0o600);
+}
+
+// =============================================================================================
+// One daemon per mount point: the tools reach the mount visible at the path now
+// =============================================================================================
+
+/// Two mounts stacked on one mount point (`-o stack`): every tool answers for the top one,
+/// the one the path shows. Before, the top mount found the control socket taken by the one
+/// below, and `which` said a file of the top did not exist while `layers` named the upper
+/// below. One unmount takes off the top; the tools then answer for the mount below.
+#[test]
+fn tools_answer_for_the_top_of_stacked_mounts() {
+    let below = Fixture::new(1);
+    seed(&below);
+    let top = Fixture::new(1);
+    put(&top.l(0, "top-only"), "t\n");
+    let mnt = below.mnt.clone();
+    let _mb = below.mount(&[]);
+    let mt = top.mount_on_top(&mnt, &[]);
+    let out = ok(&["which", &s(&mnt.join("top-only"))]);
+    assert!(out.contains(&s(&top.l(0, "top-only"))), "{out}");
+    let o = tool(&["which", &s(&mnt.join("1"))]);
+    assert!(!o.ok && o.stderr.contains("no such file"), "{}", o.stderr);
+    let layers = ok(&["layers", &s(&mnt)]);
+    assert!(
+        layers.contains(&s(&top.upper)) && !layers.contains(&s(&below.upper)),
+        "{layers}"
+    );
+    put(&mnt.join("new"), "x");
+    assert_eq!(read(&top.u("new")), "x");
+    assert_eq!(ok(&["diff", &s(&mnt)]), "A /new\n");
+    let tree = ok(&["tree", &s(&mnt), "--color", "never"]);
+    assert!(
+        tree.contains("top-only") && !tree.contains("hello"),
+        "{tree}"
+    );
+    let layer = top.root.join("layer1");
+    let out = ok(&["commit", &s(&mnt), "--to", &s(&layer)]);
+    assert!(out.contains(&s(&top.upper)), "{out}");
+    assert_eq!(read(&layer.join("new")), "x");
+    // --remount mounts on top of the mount below again (the options keep `stack`).
+    let layer2 = top.root.join("layer2");
+    let out = ok(&["commit", &s(&mnt), "--to", &s(&layer2), "--remount"]);
+    assert!(out.contains("stack"), "{out}");
+    let layers = ok(&["layers", &s(&mnt)]);
+    assert!(
+        layers.contains(&s(&layer2)) && layers.contains(&s(&top.upper)),
+        "{layers}"
+    );
+    assert_eq!(read(&mnt.join("new")), "x");
+    // The guard takes the remounted top off; then the mount below answers.
+    mt.unmount();
+    let layers = ok(&["layers", &s(&mnt)]);
+    assert!(layers.contains(&s(&below.upper)), "{layers}");
+    assert_eq!(read(&mnt.join("1")), "I am base file 1\n");
+}
+
+/// A unionmount mount covered by another filesystem, on its mount point or on a directory
+/// inside it, is not asked about what it does not serve: each tool says what covers it and
+/// changes nothing. Before, `which` answered for a path the tmpfs on top serves.
+#[test]
+fn a_covered_unionmount_mount_is_not_asked() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let fx = Fixture::new(1);
+    seed(&fx);
+    let _m = fx.mount(&[]);
+    let tmpfs = |dir: &Path| {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "scratch"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+    };
+    let umount = |dir: &Path| {
+        assert!(Command::new("umount").arg(dir).status().unwrap().success());
+    };
+    tmpfs(&fx.m("app"));
+    let o = tool(&["which", &s(&fx.m("app/hello.txt"))]);
+    let covers = format!(
+        "scratch on {} type tmpfs covers the unionmount mount",
+        s(&fx.m("app"))
+    );
+    assert!(!o.ok && o.stderr.contains(&covers), "{}", o.stderr);
+    assert!(ok(&["which", &s(&fx.m("1"))]).contains("lower0"));
+    umount(&fx.m("app"));
+
+    tmpfs(&fx.mnt);
+    let layer = fx.root.join("layer");
+    let tar = fx.root.join("layer.tar");
+    let covers = format!(
+        "scratch on {} type tmpfs covers the unionmount mount",
+        s(&fx.mnt)
+    );
+    for args in [
+        vec!["layers", &s(&fx.mnt)],
+        vec!["which", &s(&fx.m("1"))],
+        vec!["trace", &s(&fx.mnt)],
+        vec!["tree", &s(&fx.mnt)],
+        vec!["diff", &s(&fx.mnt)],
+        vec!["export", &s(&fx.mnt), "--tar", &s(&tar)],
+        vec!["commit", &s(&fx.mnt), "--to", &s(&layer), "--remount"],
+    ]
+    .iter()
+    .map(|v| v.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = tool(&args);
+        assert!(
+            !o.ok && o.stderr.contains(&covers),
+            "{args:?}: {}",
+            o.stderr
+        );
+    }
+    assert!(!lexists(&layer) && !lexists(&tar));
+    umount(&fx.mnt);
+    let layers = ok(&["layers", &s(&fx.mnt)]);
+    assert!(layers.contains(&s(&fx.upper)), "{layers}");
+}
+
+/// A process in a private mount namespace that holds a copy of the mount on `mnt`. It
+/// unmounts its copies of every other unionmount mount at once, so the daemons of other
+/// tests running meanwhile still exit at their unmount. Killed on drop, which ends the
+/// namespace and its copy.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn new(mnt: &Path) -> Option<Holder> {
+        if !is_root() {
+            eprintln!("skipped: unshare --mount needs root");
+            return None;
+        }
+        let script = format!(
+            "awk '$3 == \"fuse.unionmount\" && $2 != \"{}\" {{print $2}}' /proc/self/mounts \
+             | while read -r m; do umount -l \"$m\"; done; echo ready; exec sleep 1000",
+            s(mnt)
+        );
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        let holder = Holder(child);
+        if line.trim() != "ready" {
+            eprintln!("skipped: unshare --mount is not available here");
+            return None;
+        }
+        Some(holder)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The socket file at `path` with inode `ino` is gone (another mount that got the same
+/// device number since may have its own socket there).
+fn socket_gone(path: &Path, ino: u64) -> bool {
+    fs::symlink_metadata(path).map_or(true, |m| m.ino() != ino)
+}
+
+fn unmount_here(mnt: &Path) {
+    assert!(Command::new("umount").arg(mnt).status().unwrap().success());
+}
+
+fn sigterm(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -TERM {pid}");
+}
+
+/// A daemon whose mount another mount namespace still holds lives on after `umount` here,
+/// but its socket is never answered here, a new mount at that place answers for itself,
+/// and SIGTERM ends the old daemon within seconds, removing its socket and leaving the new
+/// mount alone. Before, the new mount found the socket taken (the tools reached the old
+/// stack) and the old daemon ignored SIGTERM.
+#[test]
+fn sigterm_ends_a_daemon_whose_mount_another_namespace_holds() {
+    let fx = Fixture::new(1);
+    seed(&fx);
+    let mut old = fx.mount(&[]);
+    let old_sock = control_socket(&fx.mnt);
+    let old_ino = fs::symlink_metadata(&old_sock).unwrap().ino();
+    let Some(holder) = Holder::new(&fx.mnt) else {
+        return;
+    };
+    unmount_here(&fx.mnt);
+    assert!(
+        old.wait_exit(Duration::from_millis(500)).is_none(),
+        "the daemon exited while another namespace used its mount"
+    );
+    assert!(old_sock.exists());
+    let o = tool(&["layers", &s(&fx.mnt)]);
+    assert!(
+        !o.ok && o.stderr.contains("not inside a unionmount mount"),
+        "{}",
+        o.stderr
+    );
+
+    let fx2 = Fixture::new(1);
+    put(&fx2.l(0, "new-only"), "n\n");
+    let args = vec![fx2.spec(), s(&fx.mnt)];
+    let new = Mount::start(args, &fx.mnt, &fx2.log, fx2.lowers.clone());
+    let layers = ok(&["layers", &s(&fx.mnt)]);
+    assert!(
+        layers.contains(&s(&fx2.upper)) && !layers.contains(&s(&fx.upper)),
+        "{layers}"
+    );
+    let out = ok(&["which", &s(&fx.m("new-only"))]);
+    assert!(out.contains(&s(&fx2.l(0, "new-only"))), "{out}");
+
+    sigterm(old.pid());
+    let st = old.wait_exit(Duration::from_secs(5));
+    assert!(
+        st.is_some_and(|st| st.success()),
+        "{st:?} 5 s after SIGTERM\n{}",
+        fx.log_tail()
+    );
+    assert!(
+        socket_gone(&old_sock, old_ino),
+        "{} left behind",
+        old_sock.display()
+    );
+    let layers = ok(&["layers", &s(&fx.mnt)]);
+    assert!(
+        layers.contains(&s(&fx2.upper)),
+        "the old daemon took the new mount away: {layers}"
+    );
+    drop(holder);
+    drop(new);
+    drop(old);
+}
+
+/// When the last copy of a mount goes (here with the namespace that held it), the kernel
+/// ends the FUSE connection and the daemon exits by itself, socket and work directory
+/// removed.
+#[test]
+fn a_daemon_exits_when_its_mount_is_gone_from_every_namespace() {
+    let fx = Fixture::new(1);
+    seed(&fx);
+    let mut m = fx.mount(&[]);
+    let sock = control_socket(&fx.mnt);
+    let ino = fs::symlink_metadata(&sock).unwrap().ino();
+    let Some(holder) = Holder::new(&fx.mnt) else {
+        return;
+    };
+    unmount_here(&fx.mnt);
+    assert!(
+        m.wait_exit(Duration::from_millis(500)).is_none(),
+        "the daemon exited while another namespace used its mount"
+    );
+    drop(holder);
+    let st = m.wait_exit(Duration::from_secs(5));
+    assert!(
+        st.is_some_and(|st| st.success()),
+        "{st:?} 5 s after the last copy went\n{}",
+        fx.log_tail()
+    );
+    assert!(socket_gone(&sock, ino), "{} left behind", sock.display());
+    assert!(!lexists(&fx.u(WORKDIR)), "work directory left behind");
+}
+
+/// A reply from a daemon that does not serve the mount visible at the path (played by a
+/// listener put on the visible mount's socket path, answering for another device) is not
+/// used: the tool says so, and `commit --remount` changes nothing.
+#[test]
+fn a_reply_for_another_mount_is_refused() {
+    let fx = Fixture::new(1);
+    seed(&fx);
+    let _m = fx.mount(&[]);
+    let sock = control_socket(&fx.mnt);
+    fs::remove_file(&sock).unwrap();
+    let upper = s(&fx.upper);
+    let _fake = Listener::bind(
+        &sock,
+        format!("ok 0:1\npid 1\noptions \nbranch RW\t{upper}\t{upper}=RW\n"),
+    );
+    let layer = fx.root.join("layer");
+    for args in [
+        vec!["layers".to_string(), s(&fx.mnt)],
+        vec![
+            "commit".into(),
+            s(&fx.mnt),
+            "--to".into(),
+            s(&layer),
+            "--remount".into(),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = tool(&args);
+        assert!(
+            !o.ok
+                && o.stderr
+                    .contains("serves the mount with device 0:1, not the one visible"),
+            "{args:?}: {}",
+            o.stderr
+        );
+    }
+    assert!(!lexists(&layer));
+    assert_eq!(read(&fx.m("1")), "I am base file 1\n");
+}
+
+/// Unmounts whatever is left on the mount point when the test ends, however it ends.
+struct MountPointGuard(std::path::PathBuf);
+
+impl Drop for MountPointGuard {
+    fn drop(&mut self) {
+        while visible_unionmount(&self.0).is_some() {
+            let st = Command::new("umount").arg("-l").arg(&self.0).status();
+            if !st.is_ok_and(|st| st.success()) {
+                break;
+            }
+        }
+    }
+}
+
+/// The socket a killed daemon leaves is never answered: the tools say the daemon has died,
+/// and the next mount there (which detaches the dead one) answers for itself.
+#[test]
+fn a_killed_daemons_socket_is_never_answered() {
+    let fx = Fixture::new(1);
+    seed(&fx);
+    let _g = MountPointGuard(fx.mnt.clone());
+    let o = tool_status(&[&fx.spec(), &s(&fx.mnt)]);
+    assert!(o.ok, "{}", o.stderr);
+    let sock = control_socket(&fx.mnt);
+    let pid = unionmount::inspect::control::stack(&fx.mnt).unwrap().pid;
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sock.exists(), "a killed daemon removed its socket?");
+    let o = tool(&["layers", &s(&fx.mnt)]);
+    assert!(
+        !o.ok && o.stderr.contains("its daemon has died"),
+        "{}",
+        o.stderr
+    );
+    let fx2 = Fixture::new(1);
+    let o = tool_status(&[&fx2.spec(), &s(&fx.mnt)]);
+    assert!(o.ok, "{}", o.stderr);
+    let layers = ok(&["layers", &s(&fx.mnt)]);
+    assert!(layers.contains(&s(&fx2.upper)), "{layers}");
+    assert!(
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(&fx.mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// `unionmount ARGS...` (a detaching mount) run to completion, stdio in files: the daemon
+/// keeps a pipe open until the mount is live, and /dev/null after.
+fn tool_status(args: &[&str]) -> Out {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr");
+    let st = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    Out {
+        ok: st.success(),
+        stdout: String::new(),
+        stderr: fs::read_to_string(err).unwrap(),
+    }
 }

@@ -210,6 +210,69 @@ fn exit_statuses_follow_mount8() {
     assert!(mounts_under(&fx.root).is_empty());
 }
 
+/// The mounts on exactly `mp`, bottom first, as `SOURCE type FSTYPE`.
+fn stacked_on(mp: &Path) -> Vec<String> {
+    unionmount::mounts::table()
+        .into_iter()
+        .filter(|m| m.mount_point == mp)
+        .map(|m| format!("{} type {}", m.source, m.fstype))
+        .collect()
+}
+
+/// A mount point that already has a live mount (of any filesystem) is refused, detaching
+/// or in the foreground: exit 32, one line naming the mount there, nothing mounted. Before,
+/// the second mount stacked silently and the tools talked to the daemon underneath.
+/// `-o stack` asks for it, and then one unmount takes off just the top mount.
+#[test]
+fn a_live_mount_point_is_refused_unless_stack_asks() {
+    let fx = Fixture::new(1);
+    let _c = Cleanup(fx.root.clone());
+    put(&fx.l(0, "f"), "base");
+    let _below = fx.mount(&[]);
+    let before = stacked_on(&fx.mnt);
+    assert_eq!(before.len(), 1, "{before:?}");
+    for fg in [&[][..], &["-f"]] {
+        let (code, _, err) = run(Command::new(BIN).args(fg).args([&fx.spec(), &p(&fx.mnt)]));
+        assert_eq!(code, 32, "{fg:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("already has a live mount")
+                && err.contains(&format!("on {} type fuse.unionmount", p(&fx.mnt)))
+                && err.contains("-o stack"),
+            "{err}"
+        );
+        assert_eq!(stacked_on(&fx.mnt), before);
+    }
+    // Any filesystem, not just ours.
+    if is_root() {
+        let other = fx.root.join("other");
+        fs::create_dir(&other).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "scratch", &p(&other)])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let (code, _, err) = run(Command::new(BIN).args([&fx.spec(), &p(&other)]));
+        let _ = Command::new("umount").arg(&other).status();
+        assert_eq!(code, 32, "{err}");
+        assert!(
+            err.contains(&format!("(scratch on {} type tmpfs)", p(&other))),
+            "{err}"
+        );
+    }
+    // -o stack: on top, and `fusermount3 -u` takes off that one only.
+    let fx2 = Fixture::new(1);
+    put(&fx2.l(0, "f"), "top");
+    let (code, _, err) = run(Command::new(BIN).args(["-o", "stack", &fx2.spec(), &p(&fx.mnt)]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stacked_on(&fx.mnt).len(), 2);
+    assert_eq!(read(&fx.m("f")), "top");
+    let st = Command::new("fusermount3").arg("-u").arg(&fx.mnt).status();
+    assert!(st.unwrap().success());
+    assert_eq!(stacked_on(&fx.mnt), before);
+    assert_eq!(read(&fx.m("f")), "base");
+}
+
 // ---- mount.fuse3 ----
 
 #[test]

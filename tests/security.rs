@@ -650,7 +650,7 @@ fn control_socket_is_unreachable_by_other_users() {
     set_mode(&fx.root, 0o755);
     put_mode(&fx.l(0, "f"), "f", 0o644);
     let m = fx.mount(&[]);
-    let sock = unionmount::inspect::control::socket_path(&fx.mnt);
+    let sock = control_socket(&fx.mnt);
     wait_for(&sock);
     let md = fs::symlink_metadata(&sock).unwrap();
     let dir = fs::metadata(sock.parent().unwrap()).unwrap();

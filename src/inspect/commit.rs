@@ -225,13 +225,12 @@ macro_rules! say {
 }
 
 pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
-    if !super::is_mount_point(mountpoint) {
+    let Some(mp) = super::mount_point(mountpoint)? else {
         return Err(format!(
             "{}: not the mount point of a unionmount mount",
             mountpoint.display()
         ));
-    }
-    let mp = super::absolute(mountpoint)?;
+    };
     let stack = super::control::stack(&mp)?;
     let Some(upper) = stack.upper().map(Path::to_path_buf) else {
         return Err(format!(

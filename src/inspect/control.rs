@@ -1,10 +1,14 @@
 //! The mount's control channel: a unix socket the daemon serves, never part of the merged
-//! tree. It lives at `/run/unionmount/<hash>.sock` (root) or
-//! `$XDG_RUNTIME_DIR/unionmount/<hash>.sock` (`/tmp/unionmount-<uid>/` without one), where
-//! `<hash>` is a hash of the canonical mount point. The directory is 0700 and the socket 0600,
-//! both the daemon's: only the user the daemon runs as (who can read every branch anyway)
-//! can connect. One request line per connection; the reply is `ok` or `error <message>`,
-//! then lines until the daemon closes the connection:
+//! tree. It lives at `/run/unionmount/mount-<major>-<minor>.sock` (root) or
+//! `$XDG_RUNTIME_DIR/unionmount/...` (`/tmp/unionmount-<uid>/` without one), named by the
+//! device number of the mount (its FUSE connection), not by the mount point: a mount point
+//! can have a mount stacked on it, or be mounted again while an older daemon lives on for a
+//! copy of its mount in another mount namespace, and each of them has its own socket. A tool
+//! finds the socket of the mount visible at the path now (`mounts::visible`), and takes a
+//! reply only if it names that device. The directory is 0700 and the socket 0600, both the
+//! daemon's: only the user the daemon runs as (who can read every branch anyway) can
+//! connect. One request line per connection; the reply is `ok <major>:<minor>` or `error
+//! <message>`, then lines until the daemon closes the connection:
 //!
 //! - `stack`: `pid N`, `options OPTS`, then one `branch RW|RO<TAB>DIR<TAB>SPEC` per branch.
 //! - `layers`: the live stack with file counts, counters since mount and kernel features.
@@ -21,10 +25,9 @@ use std::sync::Arc;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 use super::report::{self, Info};
 use crate::config::Config;
+use crate::mounts::{self, Dev};
 use crate::sys;
 use crate::union::Union;
 
@@ -40,35 +43,38 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-/// The control socket of the mount at `mountpoint` (canonical).
-pub fn socket_path(mountpoint: &Path) -> PathBuf {
-    let digest = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    runtime_dir().join(format!("{hex}.sock"))
+/// The control socket of the mount with device number `dev`.
+pub fn socket_path(dev: Dev) -> PathBuf {
+    runtime_dir().join(format!("mount-{}-{}.sock", dev.major, dev.minor))
 }
 
 /// The running control server; the socket goes when this is dropped (at unmount).
 pub struct Control {
     path: PathBuf,
-    /// The socket's inode: a new daemon on the same mount point may have bound the path.
+    /// The socket's inode: a new daemon whose mount got the same device number (the old
+    /// one's is gone) may have bound the path.
     ino: u64,
 }
 
-impl Drop for Control {
-    fn drop(&mut self) {
+impl Control {
+    /// Remove the socket (at unmount, or when a signal ends the daemon).
+    pub fn remove(&self) {
         if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
 }
 
-/// How long a new daemon waits for the previous one on its mount point to finish exiting
-/// (an unmount returns before the daemon is gone).
-const PREDECESSOR_EXIT: Duration = Duration::from_secs(3);
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
 
 impl Control {
-    /// Bind the socket and serve it on a thread of its own.
-    pub fn start(union: Arc<Union>, config: &Config) -> io::Result<Control> {
+    /// Bind the socket of the mount with device number `dev` and serve it on a thread of
+    /// its own.
+    pub fn start(union: Arc<Union>, config: &Config, dev: Dev) -> io::Result<Control> {
         let dir = runtime_dir();
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -84,18 +90,9 @@ impl Control {
         if meta.mode() & 0o077 != 0 {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        let path = socket_path(&config.mountpoint);
-        // A daemon that died leaves its socket; a live one answers, until it has exited.
-        let deadline = Instant::now() + PREDECESSOR_EXIT;
-        while path.exists() && UnixStream::connect(&path).is_ok() {
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "{} is in use by another daemon",
-                    path.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let path = socket_path(dev);
+        // A socket already there is a gone mount's: no live filesystem shares our device
+        // number. Its daemon may not have exited yet; it never removes a socket of ours.
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -113,7 +110,7 @@ impl Control {
                     let _ = std::thread::Builder::new()
                         .name("control-conn".into())
                         .spawn(move || {
-                            if let Err(e) = serve_one(&union, &info, stream) {
+                            if let Err(e) = serve_one(&union, &info, dev, stream) {
                                 log::debug!("control: {e}");
                             }
                         });
@@ -123,7 +120,7 @@ impl Control {
     }
 }
 
-fn serve_one(union: &Union, info: &Info, stream: UnixStream) -> io::Result<()> {
+fn serve_one(union: &Union, info: &Info, dev: Dev, stream: UnixStream) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream.try_clone()?)
@@ -138,7 +135,7 @@ fn serve_one(union: &Union, info: &Info, stream: UnixStream) -> io::Result<()> {
         "which" => report::which(union, arg),
         "tree" => super::map::subtree(union, arg),
         "trace" => {
-            writeln!(out, "ok")?;
+            writeln!(out, "ok {dev}")?;
             out.flush()?;
             return trace(union, stream);
         }
@@ -146,7 +143,7 @@ fn serve_one(union: &Union, info: &Info, stream: UnixStream) -> io::Result<()> {
     };
     match reply {
         Ok(lines) => {
-            writeln!(out, "ok")?;
+            writeln!(out, "ok {dev}")?;
             for l in lines {
                 writeln!(out, "{l}")?;
             }
@@ -179,9 +176,27 @@ fn trace(union: &Union, stream: UnixStream) -> io::Result<()> {
     }
 }
 
-/// Send `request` to the daemon of the mount at `mountpoint`; the reply's lines after `ok`.
+/// Send `request` to the daemon of the unionmount mount visible at `mountpoint` now; the
+/// reply's lines after `ok`. A reply from any other daemon is refused.
 pub fn request(mountpoint: &Path, request: &str) -> super::Result<BufReader<UnixStream>> {
-    let path = socket_path(mountpoint);
+    let m = match mounts::visible(mountpoint) {
+        Ok(m) if m.is_unionmount() && m.mount_point == mountpoint => m,
+        Ok(m) => {
+            return Err(format!(
+                "{}: the mount visible there is {}, not a unionmount mount",
+                mountpoint.display(),
+                m.describe()
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "{}: {}",
+                mountpoint.display(),
+                super::mount_error(&e)
+            ));
+        }
+    };
+    let path = socket_path(m.dev);
     // The socket is bound just after the mount goes live: allow for that moment.
     let deadline = Instant::now() + Duration::from_secs(2);
     let stream = loop {
@@ -200,6 +215,12 @@ pub fn request(mountpoint: &Path, request: &str) -> super::Result<BufReader<Unix
                             " (only the user the daemon runs as may use it)",
                         io::ErrorKind::NotFound =>
                             " (is it a unionmount mount of this user, and of this version?)",
+                        io::ErrorKind::ConnectionRefused
+                            if sys::statvfs(mountpoint)
+                                .is_err_and(|e| { e.raw_os_error() == Some(libc::ENOTCONN) }) =>
+                            " (its daemon has died: the mount answers \"Transport endpoint is \
+                             not connected\"; `fusermount3 -uz` detaches it)",
+                        io::ErrorKind::ConnectionRefused => " (its daemon has exited)",
                         _ => "",
                     }
                 ));
@@ -214,12 +235,22 @@ pub fn request(mountpoint: &Path, request: &str) -> super::Result<BufReader<Unix
     let mut first = String::new();
     r.read_line(&mut first)
         .map_err(|e| format!("control socket: {e}"))?;
-    match first.trim_end() {
-        "ok" => Ok(r),
-        s => Err(s
-            .strip_prefix("error ")
-            .unwrap_or("the daemon closed the connection")
-            .to_string()),
+    let first = first.trim_end();
+    if let Some(e) = first.strip_prefix("error ") {
+        return Err(e.to_string());
+    }
+    match first.strip_prefix("ok").map(str::trim) {
+        Some(d) if d.parse() == Ok(m.dev) => Ok(r),
+        Some(d) => Err(format!(
+            "{}: the daemon on {} serves the mount with device {}, not the one visible there \
+             ({}, device {}); its answer is not used",
+            mountpoint.display(),
+            path.display(),
+            if d.is_empty() { "unknown" } else { d },
+            m.describe(),
+            m.dev
+        )),
+        None => Err("the daemon closed the connection".to_string()),
     }
 }
 

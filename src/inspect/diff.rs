@@ -7,8 +7,7 @@ use super::changes::{ChangeSet, Source, changes};
 
 /// The change set of an upper directory or of a mount point's upper.
 pub fn source_for(target: &Path, lowers: &[std::path::PathBuf]) -> super::Result<Source> {
-    if super::is_mount_point(target) {
-        let mp = super::absolute(target)?;
+    if let Some(mp) = super::mount_point(target)? {
         let stack = super::control::stack(&mp)?;
         let Some(upper) = stack.upper() else {
             return Err(format!(

@@ -18,35 +18,90 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::mounts;
+
 /// An error for the user: one line, printed as `unionmount <cmd>: <msg>`.
 pub type Result<T> = std::result::Result<T, String>;
 
-/// The mount point of the unionmount mount that holds `path`, and `path` relative to it.
-/// `path` need not exist (a whited-out name): its longest existing ancestor is resolved.
+/// The mount point of the unionmount mount that holds `path`, and `path` relative to its
+/// root. `path` need not exist (a whited-out name): its longest existing ancestor is
+/// resolved. Only the mount visible there now counts: a unionmount mount covered by another
+/// mount (stacked on the same mount point, or mounted on a directory inside it) does not
+/// serve the path, and its daemon is not asked.
 pub fn find_mount(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let abs = absolute(path)?;
-    let mounts = unionmount_mounts();
-    let best = mounts
-        .iter()
-        .filter(|m| abs.starts_with(m))
-        .max_by_key(|m| m.as_os_str().len());
-    match best {
-        Some(m) => {
-            let rel = abs.strip_prefix(m).unwrap_or(Path::new("")).to_path_buf();
-            Ok((m.clone(), rel))
+    let mut existing = abs.as_path();
+    let m = loop {
+        match mounts::visible(existing) {
+            Ok(m) => break m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match existing.parent() {
+                Some(p) => existing = p,
+                None => return Err(format!("{}: {e}", path.display())),
+            },
+            Err(e) => return Err(format!("{}: {}", path.display(), mount_error(&e))),
         }
-        None => Err(format!(
-            "{}: not inside a unionmount mount (see /proc/self/mountinfo)",
-            path.display()
-        )),
+    };
+    if !m.is_unionmount() {
+        return Err(match covered_unionmount(&m) {
+            Some(u) => format!(
+                "{}: not inside a unionmount mount: {} covers the unionmount mount {} there",
+                path.display(),
+                m.describe(),
+                u.describe()
+            ),
+            None => format!(
+                "{}: not inside a unionmount mount (see /proc/self/mountinfo)",
+                path.display()
+            ),
+        });
+    }
+    let inside = abs.strip_prefix(&m.mount_point).map_err(|_| {
+        format!(
+            "{}: outside the mount point {} of its mount",
+            path.display(),
+            m.mount_point.display()
+        )
+    })?;
+    let rel = m.root.strip_prefix("/").unwrap_or(&m.root).join(inside);
+    Ok((m.mount_point, rel))
+}
+
+/// If `path` is the mount point of the unionmount mount visible there, that mount point
+/// (absolute). A unionmount mount covered by another mount at `path` is an error that says
+/// so: its daemon is not the one serving `path`.
+pub fn mount_point(path: &Path) -> Result<Option<PathBuf>> {
+    let abs = absolute(path)?;
+    match mounts::mounted_at(&abs) {
+        Ok(Some(m)) if m.is_unionmount() => Ok(Some(abs)),
+        Ok(Some(m)) => match covered_unionmount(&m) {
+            Some(u) => Err(format!(
+                "{}: {} covers the unionmount mount {} there; unmount it to reach that one",
+                path.display(),
+                m.describe(),
+                u.describe()
+            )),
+            None => Ok(None),
+        },
+        Ok(None) => Ok(None),
+        Err(e) => Err(format!("{}: {}", path.display(), mount_error(&e))),
     }
 }
 
-/// Is `path` itself the mount point of a unionmount mount?
-pub fn is_mount_point(path: &Path) -> bool {
-    match absolute(path) {
-        Ok(abs) => unionmount_mounts().contains(&abs),
-        Err(_) => false,
+/// A unionmount mount that `m` hides: one on the same mount point or on a directory
+/// above it.
+fn covered_unionmount(m: &mounts::Mount) -> Option<mounts::Mount> {
+    mounts::table()
+        .into_iter()
+        .filter(|u| u.is_unionmount() && u.id != m.id && m.mount_point.starts_with(&u.mount_point))
+        .max_by_key(|u| u.mount_point.as_os_str().len())
+}
+
+/// An error reaching a mount, with what ENOTCONN means for a FUSE mount.
+pub fn mount_error(e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ENOTCONN) {
+        format!("{e}: the daemon of the mount there has died (`fusermount3 -uz` detaches it)")
+    } else {
+        e.to_string()
     }
 }
 
@@ -77,44 +132,6 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
             }
         }
     }
-}
-
-/// Mount points of every `fuse.unionmount` mount (from /proc/self/mountinfo).
-pub fn unionmount_mounts() -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        if fields.get(sep + 1) == Some(&"fuse.unionmount")
-            && let Some(mp) = fields.get(4)
-        {
-            out.push(PathBuf::from(unescape_mountinfo(mp)));
-        }
-    }
-    out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> OsString {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && b.len() >= i + 4
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    std::os::unix::ffi::OsStringExt::from_vec(out)
 }
 
 /// A relative path as the union sees it: components only, no `..`.
@@ -178,12 +195,6 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo(r"/x\134y\"), r"/x\y\");
-    }
 
     #[test]
     fn relative_paths_stay_inside() {

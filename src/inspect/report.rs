@@ -24,6 +24,8 @@ pub struct Info {
     pub threads: usize,
     pub whiteout: WhiteoutFormat,
     pub volatile: bool,
+    /// Mounted with `-o stack` (a remount on top of what is below it needs it again).
+    pub stack: bool,
     pub read_only: bool,
     pub allow_other: bool,
     pub workdir: Option<std::path::PathBuf>,
@@ -38,6 +40,7 @@ impl Info {
             threads: c.threads,
             whiteout: c.whiteout,
             volatile: c.volatile,
+            stack: c.stack,
             read_only: c.read_only,
             allow_other: c.allow_other,
             workdir: c.workdir.clone(),
@@ -61,6 +64,9 @@ impl Info {
         ];
         if self.volatile {
             o.push("volatile".into());
+        }
+        if self.stack {
+            o.push("stack".into());
         }
         if self.read_only {
             o.push("ro".into());

@@ -432,6 +432,35 @@ pub fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
     Ok(st)
 }
 
+/// Which mount a path resolves into, as the kernel has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountStat {
+    /// The device of the filesystem (for FUSE, its connection): (major, minor).
+    pub dev: (u32, u32),
+    /// The mount id of /proc/self/mountinfo's first field (kernel >= 5.8).
+    pub mnt_id: Option<u64>,
+    /// Whether the path is the root of that mount (kernel >= 5.8).
+    pub mount_root: Option<bool>,
+}
+
+/// statx(2) of a path given by the user, asking for nothing a filesystem must supply and
+/// syncing nothing (`AT_STATX_DONT_SYNC`), so a FUSE daemon that is hung or dead is never
+/// asked; symlinks and automounts at the last component are not followed.
+pub fn statx_mount(path: &std::path::Path) -> io::Result<MountStat> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: zeroed statx is a valid out-parameter.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT | libc::AT_STATX_DONT_SYNC;
+    // SAFETY: c and stx are valid for the call.
+    check(unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), flags, 0, &mut stx) })?;
+    let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    Ok(MountStat {
+        dev: (stx.stx_dev_major, stx.stx_dev_minor),
+        mnt_id: (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id),
+        mount_root: (stx.stx_attributes_mask & root != 0).then_some(stx.stx_attributes & root != 0),
+    })
+}
+
 /// The path through /proc that names `name` inside the directory `dir` without following
 /// a symlink at `name`: used for the xattr calls that have no `*at()` form.
 pub fn proc_path(dir: RawFd, name: &OsStr) -> PathBuf {

@@ -67,6 +67,7 @@ impl Stack {
             fsname: None,
             owners: Default::default(),
             flags: Default::default(),
+            stack: false,
         };
         Union::new(&config).unwrap()
     }

@@ -109,6 +109,18 @@ impl Fixture {
         Mount::start(args, &self.mnt, &self.log, read_only)
     }
 
+    /// `unionmount -f -o stack EXTRA... SPEC MNT` on top of the live unionmount mount on
+    /// `mnt` (another fixture's), waited for until it is the one visible there. Drop it
+    /// before the one below.
+    pub fn mount_on_top(&self, mnt: &Path, extra: &[&str]) -> Mount {
+        let below = visible_unionmount(mnt).expect("no unionmount mount to stack on");
+        let mut args = strs(&["-o", "stack"]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(self.spec());
+        args.push(mnt.display().to_string());
+        Mount::start_with(args, mnt, &self.log, self.lowers.clone(), Some(below.id))
+    }
+
     pub fn log_tail(&self) -> String {
         log_tail(&self.log)
     }
@@ -120,6 +132,10 @@ impl Fixture {
 
 pub struct Mount {
     pub mnt: PathBuf,
+    /// Its mount id and mount point as /proc/self/mountinfo shows them: a mount point may
+    /// hold several mounts.
+    pub id: u64,
+    mount_point: PathBuf,
     args: Vec<String>,
     log: PathBuf,
     child: Child,
@@ -132,6 +148,17 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(args: Vec<String>, mnt: &Path, log: &Path, read_only: Vec<PathBuf>) -> Mount {
+        Mount::start_with(args, mnt, log, read_only, None)
+    }
+
+    /// `start`, waiting for a unionmount mount other than the mount `below` to be visible.
+    fn start_with(
+        args: Vec<String>,
+        mnt: &Path,
+        log: &Path,
+        read_only: Vec<PathBuf>,
+        below: Option<u64>,
+    ) -> Mount {
         let watched = read_only.into_iter().map(|d| {
             let s = snapshot(&d);
             (d, s)
@@ -154,6 +181,8 @@ impl Mount {
             .expect("spawn unionmount");
         let mut m = Mount {
             mnt: mnt.to_path_buf(),
+            id: 0,
+            mount_point: PathBuf::new(),
             args,
             log: log.to_path_buf(),
             child,
@@ -163,7 +192,15 @@ impl Mount {
             stopped: false,
         };
         let deadline = Instant::now() + MOUNT_TIMEOUT;
-        while mount_fstype(mnt).is_none() {
+        loop {
+            match visible_unionmount(mnt) {
+                Some(v) if Some(v.id) != below => {
+                    m.id = v.id;
+                    m.mount_point = v.mount_point;
+                    break;
+                }
+                _ => {}
+            }
             if let Some(st) = m.child.try_wait().unwrap() {
                 m.exit = Some(st);
                 m.exited_by_itself = true;
@@ -212,13 +249,27 @@ impl Mount {
         }
     }
 
+    /// Its mount is still in the mount table (visible or covered by another).
+    pub fn mounted(&self) -> bool {
+        unionmount::mounts::table()
+            .iter()
+            .any(|m| m.id == self.id && m.mount_point == self.mount_point)
+    }
+
+    /// Its mount is the one visible on its mount point (unmounting by path reaches it).
+    fn visible(&self) -> bool {
+        visible_unionmount(&self.mnt).is_some_and(|m| m.id == self.id)
+    }
+
     /// Unmount (fusermount3 -u, else umount -l), wait for the daemon, kill it if it hangs.
     fn stop(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
-        if mount_fstype(&self.mnt).is_some() {
+        // Ours, or one mounted in our place (`commit --remount`) once ours is gone.
+        let replaced = self.id != 0 && !self.mounted() && visible_unionmount(&self.mnt).is_some();
+        if self.visible() || replaced {
             let ok = quiet(Command::new("fusermount3").arg("-u").arg(&self.mnt));
             if !ok {
                 quiet(Command::new("umount").arg("-l").arg(&self.mnt));
@@ -229,7 +280,7 @@ impl Mount {
             self.exit = self.child.wait().ok();
         }
         // A daemon that died leaves a dead mount behind; never leave one around.
-        if mount_fstype(&self.mnt).is_some() {
+        if self.visible() {
             quiet(Command::new("umount").arg("-l").arg(&self.mnt));
         }
     }
@@ -310,11 +361,7 @@ impl Mount {
             st.success(),
             "unionmount exited with {st} after unmount\n{log}"
         );
-        assert!(
-            mount_fstype(&self.mnt).is_none(),
-            "{} still mounted",
-            self.mnt.display()
-        );
+        assert!(!self.mounted(), "{} still mounted", self.mnt.display());
         for (dir, before) in &self.watched {
             let after = snapshot(dir);
             let diff = snapshot_diff(before, &after);
@@ -533,6 +580,31 @@ pub fn mounts() -> Vec<(PathBuf, String)> {
         out.push((PathBuf::from(unescape_mountinfo(mp)), fstype));
     }
     out
+}
+
+/// The unionmount mount visible on exactly `path` (the top one), if it is one.
+pub fn visible_unionmount(path: &Path) -> Option<unionmount::mounts::Mount> {
+    unionmount::mounts::visible(path).ok().filter(|m| {
+        m.is_unionmount()
+            && (m.mount_point == path || path.canonicalize().is_ok_and(|c| c == m.mount_point))
+    })
+}
+
+/// The control socket of the unionmount mount visible on `path`, waited for until it
+/// takes connections (the daemon binds it just after the mount is live).
+pub fn control_socket(path: &Path) -> PathBuf {
+    let m = visible_unionmount(path).expect("no unionmount mount there");
+    let sock = unionmount::inspect::control::socket_path(m.dev);
+    let deadline = Instant::now() + MOUNT_TIMEOUT;
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never answered",
+            sock.display()
+        );
+        sleep(Duration::from_millis(10));
+    }
+    sock
 }
 
 /// fstype of the (topmost) mount on exactly `path`, if any.
