@@ -18,18 +18,32 @@ use super::whiteout;
 use crate::error::{Context, Result};
 use crate::sys::{self, Stat};
 
-/// On the index entry (so on every name): how many names the file had in its lower layer,
-/// the least link count it shows (names not yet joined still count).
+/// On the index entry (so on every name): how many of the file's names in its lower layer
+/// have not joined the copy yet. They still count in its link count, which so stays what it
+/// was: the copy's own names, plus these (as overlayfs keeps `trusted.overlay.nlink`).
+pub const PENDING_XATTR: &str = "trusted.unionmount.pending";
+/// What uppers written before `PENDING_XATTR` carry instead: the lower link count, the
+/// least the file shows.
 pub const LINKS_XATTR: &str = "trusted.unionmount.links";
+
+/// Joins update the pending count by read, change, write: one at a time.
+static JOINING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+fn read_count(dir: i32, name: &OsStr, attr: &str) -> Option<u64> {
+    let v = sys::lgetxattr(dir, name, attr.as_ref()).ok().flatten()?;
+    String::from_utf8(v).ok()?.parse().ok()
+}
 
 /// The index entry's name for the file with inode number `ino` in the merged view.
 pub fn key(ino: u64) -> OsString {
     OsString::from(format!("{ino:016x}"))
 }
 
-/// Is this lower entry a file the index may hold (several names in its layer)?
+/// Is this lower entry a file the index may hold (several names in its layer)? Any kind
+/// but a directory: a symlink or a device can have several names too, and the kernel shows
+/// them as one node.
 pub fn is_linked_lower(layer: usize, st: &Stat) -> bool {
-    layer > 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1
+    layer > 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1
 }
 
 impl Union {
@@ -51,12 +65,21 @@ impl Union {
         name: &OsStr,
     ) -> Result<()> {
         let pst = sys::fstat_path(up_parent).op("stat parent")?;
+        let joining = JOINING.lock();
         match sys::linkat(index.as_raw_fd(), key, up_parent, name) {
-            Ok(()) => {}
+            Ok(()) => {
+                // One name fewer waits in the lower.
+                let ifd = index.as_raw_fd();
+                if let Some(n) = read_count(ifd, key, PENDING_XATTR) {
+                    let n = n.saturating_sub(1).to_string();
+                    let _ = sys::lsetxattr(ifd, key, PENDING_XATTR.as_ref(), n.as_bytes(), 0);
+                }
+            }
             // Joined by a racing lookup.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(crate::error::Error::io(e, "join index").in_layer(0)),
         }
+        drop(joining);
         let _ = sys::utimensat(
             up_parent,
             ".".as_ref(),
@@ -133,8 +156,9 @@ impl Union {
     pub(crate) fn add_to_index(&self, work: i32, tmp: &OsStr, lower: &Stat) -> Result<OsString> {
         let index = self.stack.index_or_create()?;
         let key = key(self.ino_of(lower));
-        let links = lower.st_nlink.to_string();
-        let _ = sys::lsetxattr(work, tmp, LINKS_XATTR.as_ref(), links.as_bytes(), 0);
+        // Every lower name but the one being copied up.
+        let pending = lower.st_nlink.saturating_sub(1).to_string();
+        let _ = sys::lsetxattr(work, tmp, PENDING_XATTR.as_ref(), pending.as_bytes(), 0);
         sys::linkat(work, tmp, index.as_raw_fd(), &key).op("copy-up index")?;
         Ok(key)
     }
@@ -146,11 +170,11 @@ impl Union {
         }
     }
 
-    /// The link count an indexed file shows: its names (not the index's own link), and
-    /// never fewer than it had in the lower (names not looked up yet). Also for such a file
+    /// The link count an indexed file shows: its names (not the index's own link), and the
+    /// lower names not joined yet (see `PENDING_XATTR`). Also for such a file
     /// in a layer that was the upper when the copy was made: its index came along.
     pub(crate) fn indexed_links(&self, node: &Node, st: &mut Stat) {
-        if node.kind != libc::S_IFREG || st.st_nlink < 2 {
+        if node.kind == libc::S_IFDIR || st.st_nlink < 2 {
             return;
         }
         let layer = node.state().layer;
@@ -166,11 +190,11 @@ impl Union {
             Ok(e) if (e.st_dev, e.st_ino) == (st.st_dev, st.st_ino) => {}
             _ => return,
         }
-        let lower = sys::lgetxattr(index.as_raw_fd(), &key, LINKS_XATTR.as_ref())
-            .ok()
-            .flatten()
-            .and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        st.st_nlink = (st.st_nlink - 1).max(lower as _);
+        let ifd = index.as_raw_fd();
+        let names = st.st_nlink - 1;
+        st.st_nlink = match read_count(ifd, &key, PENDING_XATTR) {
+            Some(pending) => names + pending as libc::nlink_t,
+            None => names.max(read_count(ifd, &key, LINKS_XATTR).unwrap_or(0) as _),
+        };
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::events::Event;
 use super::idmap::{self, StatOverride};
+use super::index;
 use super::layer::{ACL_DEFAULT, remove_tree_contents};
 use super::node::Loc;
 use super::node::{Kept, LayerDir, Node, NodeState};
@@ -364,6 +365,9 @@ impl Union {
         let op = if dir { "rmdir" } else { "unlink" };
         let path = child_path(parent, name);
         self.check_writable(op)?;
+        if !dir {
+            self.index_before_removal(parent, name)?;
+        }
         let found = self.probe(parent, name)?;
         // Opens of the file by its name wait until it is gone (see `Node::place`); taken
         // before the copy-up lock, as an open takes them.
@@ -415,6 +419,21 @@ impl Union {
         Ok(())
     }
 
+    /// Before a name of a lower file with several names goes (removed, or renamed over):
+    /// copy the file up into the index, its known names joining the copy, as overlayfs
+    /// copies such a file up before it unlinks it. The count of its names still waiting in
+    /// the lower (`index::PENDING_XATTR`) then stays true, and so does its link count.
+    fn index_before_removal(&self, parent: &Arc<Node>, name: &OsStr) -> Result<()> {
+        let Some(found) = self.probe(parent, name)? else {
+            return Ok(());
+        };
+        if index::is_linked_lower(found.layer, &found.st) {
+            let node = self.node_for(parent, name, found);
+            self.copy_up(&node)?;
+        }
+        Ok(())
+    }
+
     /// The live node of a file a removal or a rename is about to replace: opens of it by
     /// name must not find the name after the node has let go of it, nor whatever file comes
     /// there next. (Directories are not opened by name.)
@@ -455,6 +474,9 @@ impl Union {
             return Err(Error::new(libc::EINVAL, "rename").at(&path));
         }
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        if !exchange {
+            self.index_before_removal(newparent, newname)?;
+        }
         let src = self
             .probe(parent, name)?
             .ok_or_else(|| Error::new(libc::ENOENT, "rename").at(&path))?;
