@@ -1,0 +1,258 @@
+//! Open files (overlayfs's file.c): open, read, write, flush, fsync, release, fallocate,
+//! lseek, copy_file_range; whether the kernel does a file's I/O itself (passthrough) or
+//! through the daemon.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use fuser::{
+    Errno, FileHandle, FopenFlags, Generation, INodeNo, OpenFlags, ReplyCreate, ReplyData,
+    ReplyEmpty, ReplyLseek, ReplyOpen, ReplyWrite,
+};
+
+use super::UnionFs;
+use super::handles::{Handle, IoMode, OpenFile};
+use crate::sys::{self, Stat};
+use crate::union::node::Node;
+
+pub(super) fn open(fs: &UnionFs, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    let node = match fs.node(ino) {
+        Ok(n) => n,
+        Err(e) => return reply.error(e),
+    };
+    // A file resolved just before a copy-up can lose the race to the copy the kernel
+    // already uses in passthrough: open the node again, which now finds the copy.
+    let mut opened = None;
+    for _ in 0..3 {
+        let (file, layer) = match fs.union.open(&node, flags.0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(fs.fail(&e)),
+        };
+        let Some(mode) = fs.io_mode(&node, &file, layer, || reply.open_backing(&file)) else {
+            opened = sys::fstat(file.as_raw_fd())
+                .ok()
+                .map(|st| (layer, st.st_dev, st.st_ino));
+            continue;
+        };
+        let (fh, backing) = fs.insert_file(node, file, layer, flags.0, &mode);
+        return match (&mode, backing) {
+            (IoMode::Passthrough(_), Some(b)) => {
+                reply.opened_passthrough(fh, fopen_flags(&mode), &b)
+            }
+            _ => reply.opened(fh, fopen_flags(&mode)),
+        };
+    }
+    let path = node.path();
+    let (layer, real, unlinked) = {
+        let s = node.state();
+        (s.layer, s.real, s.unlinked)
+    };
+    log::warn!(
+        "{path}: no I/O mode the kernel accepts: node {} (layer {layer}, real {real:?}, \
+         unlinked {unlinked}) opened (layer, dev, ino) {opened:?} beside a live \
+         passthrough backing of {:?}",
+        node.id,
+        fs.backings.live(node.id),
+    );
+    reply.error(Errno::EIO);
+}
+
+pub(super) fn read(fs: &UnionFs, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
+    let res = fs.with_file(fh, |f| {
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], offset + done as u64)? {
+                0 => break,
+                n => done += n,
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    });
+    match res {
+        Ok(buf) => reply.data(&buf),
+        Err(e) => reply.error(e),
+    }
+}
+
+pub(super) fn write(fs: &UnionFs, fh: FileHandle, offset: u64, data: &[u8], reply: ReplyWrite) {
+    match fs.with_file(fh, |f| f.write_all_at(data, offset)) {
+        Ok(()) => reply.written(data.len() as u32),
+        Err(e) => reply.error(e),
+    }
+}
+
+pub(super) fn flush(reply: ReplyEmpty) {
+    reply.ok();
+}
+
+pub(super) fn release(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
+    if let Some(h) = fs.handles.remove(fh.0)
+        && let Handle::File(of) = &*h
+    {
+        let (id, cached) = (of.node.id, of.backing.is_none());
+        drop(h);
+        fs.backings.release(id, cached);
+    }
+    reply.ok();
+}
+
+pub(super) fn fsync(fs: &UnionFs, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    match fs.with_file(fh, |f| sys::fsync(f.as_raw_fd(), datasync)) {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+pub(super) fn fallocate(
+    fs: &UnionFs,
+    fh: FileHandle,
+    offset: u64,
+    length: u64,
+    mode: i32,
+    reply: ReplyEmpty,
+) {
+    match fs.with_file(fh, |f| sys::fallocate(f.as_raw_fd(), mode, offset, length)) {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+pub(super) fn lseek(fs: &UnionFs, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    match fs.with_file(fh, |f| sys::lseek(f.as_raw_fd(), offset, whence)) {
+        Ok(o) => reply.offset(o),
+        Err(e) => reply.error(e),
+    }
+}
+
+pub(super) fn copy_file_range(
+    fs: &UnionFs,
+    fh_in: FileHandle,
+    offset_in: u64,
+    fh_out: FileHandle,
+    offset_out: u64,
+    len: u64,
+    reply: ReplyWrite,
+) {
+    let res = fs.with_file(fh_in, |src| {
+        let src = src.try_clone()?;
+        Ok(src)
+    });
+    let res = res.and_then(|src| {
+        fs.with_file(fh_out, |dst| {
+            let (mut si, mut so) = (offset_in as i64, offset_out as i64);
+            let want = len.min(u32::MAX as u64 / 2) as usize;
+            sys::copy_file_range(src.as_raw_fd(), &mut si, dst.as_raw_fd(), &mut so, want)
+        })
+    });
+    match res {
+        Ok(n) => reply.written(n as u32),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl UnionFs {
+    /// Run `f` on the real file of an open handle. A read-only handle opened on a lower
+    /// file is first reopened from the upper if the file has been copied up since.
+    pub(super) fn with_file<T>(
+        &self,
+        fh: FileHandle,
+        f: impl FnOnce(&std::fs::File) -> io::Result<T>,
+    ) -> Result<T, Errno> {
+        let h = self.file(fh)?;
+        let Handle::File(of) = &*h else {
+            return Err(Errno::EISDIR);
+        };
+        if of.file.read().1 > 0
+            && of.node.data_in_upper()
+            && let Ok(fresh) = self.union.reopen_copy(&of.node, of.flags)
+        {
+            *of.file.write() = (fresh, 0);
+        }
+        let guard = of.file.read();
+        f(&guard.0).map_err(Errno::from)
+    }
+
+    /// Answer a create or tmpfile with its new node, opened. No entry without an I/O mode:
+    /// none only when fstat of the new file fails, or another real file has a live backing
+    /// under the node's id (a new file's node has a new id, and an existing file opened by
+    /// a racing create is the same real file); the reference the creation counted goes back.
+    pub(super) fn reply_created(
+        &self,
+        node: Arc<Node>,
+        st: &Stat,
+        file: File,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
+            self.union.nodes.forget(node.id, 1);
+            return reply.error(Errno::EIO);
+        };
+        let id = INodeNo(node.id);
+        let (fh, backing) = self.insert_file(node, file, 0, flags, &mode);
+        reply.created_node(
+            id,
+            &self.ttl,
+            &self.attr(st),
+            Generation(0),
+            fh,
+            fopen_flags(&mode),
+            backing.as_deref(),
+        );
+    }
+
+    /// Passthrough where the kernel allows it, else through the daemon.
+    fn io_mode(
+        &self,
+        node: &Node,
+        file: &std::fs::File,
+        layer: usize,
+        register: impl FnOnce() -> io::Result<fuser::BackingId>,
+    ) -> Option<IoMode> {
+        if !self.passthrough {
+            return Some(IoMode::Cached);
+        }
+        let may_copy_up = layer > 0 && self.union.writable();
+        let st = sys::fstat(file.as_raw_fd()).ok()?;
+        self.backings
+            .choose(node.id, (st.st_dev, st.st_ino), may_copy_up, register)
+    }
+
+    fn insert_file(
+        &self,
+        node: Arc<Node>,
+        file: std::fs::File,
+        layer: usize,
+        flags: i32,
+        mode: &IoMode,
+    ) -> (FileHandle, Option<Arc<fuser::BackingId>>) {
+        let backing = match mode {
+            IoMode::Passthrough(b) => Some(b.clone()),
+            _ => None,
+        };
+        let fh = self.handles.insert(Handle::File(OpenFile {
+            node,
+            file: parking_lot::RwLock::new((file, layer)),
+            flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
+            backing: backing.clone(),
+        }));
+        (FileHandle(fh), backing)
+    }
+}
+
+fn fopen_flags(mode: &IoMode) -> FopenFlags {
+    // Our flush does nothing (data is written through to the real file), so the kernel
+    // need not send one at every close.
+    let flags = FopenFlags::FOPEN_NOFLUSH;
+    match mode {
+        IoMode::Passthrough(_) => flags,
+        // File data changes only through us (or by hand in a lower, which the attribute
+        // timeout and auto_inval_data catch): keep the page cache across opens.
+        IoMode::Cached => flags | FopenFlags::FOPEN_KEEP_CACHE,
+    }
+}

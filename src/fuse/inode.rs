@@ -1,0 +1,142 @@
+//! Attributes (overlayfs's inode.c): getattr, setattr, readlink, access, and the encoding
+//! of a stat as the kernel gets it, which every reply with attributes uses.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileHandle, FileType, INodeNo, ReplyAttr, ReplyData, ReplyEmpty, TimeOrNow};
+
+use super::UnionFs;
+use super::handles::Handle;
+use crate::sys::{self, Stat};
+use crate::union::ops::SetAttr;
+
+/// What a setattr asks to change, as the kernel sent it (only what Linux sends).
+pub(super) struct Changes {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+}
+
+pub(super) fn getattr(fs: &UnionFs, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    let node = match fs.node(ino) {
+        Ok(n) => n,
+        Err(e) => return reply.error(e),
+    };
+    // An open file may be unlinked: its handle still knows it.
+    if let Some(fh) = fh
+        && let Ok(mut st) = fs.with_file(fh, |f| sys::fstat(f.as_raw_fd()))
+    {
+        fs.union.present(&node, &mut st);
+        return reply.attr(&fs.ttl, &fs.attr(&st));
+    }
+    match fs.union.getattr(&node) {
+        Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),
+        Err(e) => reply.error(fs.fail(&e)),
+    }
+}
+
+pub(super) fn setattr(
+    fs: &UnionFs,
+    ino: INodeNo,
+    changes: Changes,
+    fh: Option<FileHandle>,
+    reply: ReplyAttr,
+) {
+    let node = match fs.node(ino) {
+        Ok(n) => n,
+        Err(e) => return reply.error(e),
+    };
+    let a = SetAttr {
+        mode: changes.mode,
+        uid: changes.uid.map(|u| fs.owners.stored_uid(u)),
+        gid: changes.gid.map(|g| fs.owners.stored_gid(g)),
+        size: changes.size,
+        atime: time_spec(changes.atime),
+        mtime: time_spec(changes.mtime),
+    };
+    // Truncate through an open upper handle when there is one (the name may be gone).
+    let handle = fh.and_then(|fh| fs.handles.get(fh.0));
+    let file = handle.as_deref().and_then(|h| match h {
+        Handle::File(of) if of.file.read().1 == 0 => Some(of),
+        _ => None,
+    });
+    let guard = file.map(|of| of.file.read());
+    match fs.union.setattr(&node, a, guard.as_ref().map(|g| &g.0)) {
+        Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),
+        Err(e) => reply.error(fs.fail(&e)),
+    }
+}
+
+pub(super) fn readlink(fs: &UnionFs, ino: INodeNo, reply: ReplyData) {
+    match fs.on(ino, |n| fs.union.readlink(&n)) {
+        Ok(t) => reply.data(&t),
+        Err(e) => reply.error(e),
+    }
+}
+
+pub(super) fn access(reply: ReplyEmpty) {
+    // default_permissions: the kernel checks modes itself.
+    reply.ok();
+}
+
+pub(super) fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+pub(super) fn file_attr(st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(st.st_ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn time_spec(t: Option<TimeOrNow>) -> sys::TimeSpec {
+    t.map(|t| match t {
+        TimeOrNow::Now => None,
+        TimeOrNow::SpecificTime(s) => Some(match s.duration_since(UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (s, n) = (-(d.as_secs() as i64), d.subsec_nanos() as i64);
+                if n == 0 {
+                    (s, 0)
+                } else {
+                    (s - 1, 1_000_000_000 - n)
+                }
+            }
+        }),
+    })
+}
