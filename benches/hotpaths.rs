@@ -53,7 +53,7 @@ impl Stack {
             false,
         )
         .expect("config");
-        Union::new(&config).expect("union")
+        Union::new(&config.settings).expect("union")
     }
 }
 

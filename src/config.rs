@@ -1,5 +1,5 @@
-//! What the user asked for: the branch stack and the mount options, parsed and validated
-//! before anything is mounted or created.
+//! What the user asked for, parsed and validated before anything is mounted or created:
+//! the union's stack and settings (`union::Settings`) and the options of the mount itself.
 
 use std::fmt;
 use std::fs;
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::union::idmap::{self, IdMap, Owners};
+use crate::union::{Branch, Settings, WhiteoutFormat};
 
 /// Return early with a `ConfigError` built like `format!`.
 macro_rules! bail {
@@ -17,53 +18,25 @@ macro_rules! bail {
     };
 }
 
-/// One branch of the stack, top first in `Config::branches`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Branch {
-    /// Canonical absolute path of the branch directory.
-    pub path: PathBuf,
-    /// Only the first branch may be writable.
-    pub writable: bool,
-    /// The spec text the user wrote for this branch (for messages and `which`).
-    pub spec: String,
-}
-
-/// Whiteout format written to the upper branch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WhiteoutFormat {
-    /// `.wh.<name>` files and `.wh..wh..opq` markers (OCI/AUFS); needs no privilege.
-    #[default]
-    WhFiles,
-    /// Kernel overlayfs: char device 0/0 and `trusted.overlay.opaque` (needs CAP_MKNOD/SYS_ADMIN).
-    Overlay,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Top first. If the first is writable it is the upper; all others are read-only lowers.
-    pub branches: Vec<Branch>,
+    /// The union's stack and settings: all that decides what the mount shows and does.
+    /// The rest of `Config` is about the mount and the daemon.
+    pub settings: Settings,
     pub mountpoint: PathBuf,
-    /// Where copy-ups are built; must be on the upper's filesystem. `None`: a hidden
-    /// directory inside the upper (see `union::layer::DEFAULT_WORKDIR`).
-    pub workdir: Option<PathBuf>,
     pub foreground: bool,
     pub debug: bool,
-    pub read_only: bool,
     pub allow_other: bool,
     /// Entry and attribute cache time in the kernel.
     pub timeout: Duration,
     /// Negative-entry cache time in the kernel.
     pub negative_timeout: Duration,
-    pub whiteout: WhiteoutFormat,
-    /// Skip fsync of copy-ups (containers' `volatile`).
-    pub volatile: bool,
     /// FUSE worker threads.
     pub threads: usize,
     /// The source /proc/mounts shows (mount(8) matches fstab lines by it).
     pub fsname: Option<String>,
-    /// How owners are shown and stored: ID mapping, squashing, owners kept in an xattr.
-    pub owners: Owners,
-    /// nosuid, dev, noexec, noatime, noacl.
+    /// nosuid, dev, noexec, noatime, noacl, as the kernel mount gets them (`noatime` is
+    /// also in `settings`, for the branch files the daemon opens).
     pub flags: MountFlags,
     /// Mount on top of a mount point that already has a live mount (`-o stack`).
     pub stack: bool,
@@ -92,7 +65,8 @@ impl Config {
     /// The one line a mount logs: the stack top first with modes, the mount point, and the
     /// settings in force.
     pub fn describe(&self) -> String {
-        let stack: Vec<String> = self
+        let s = &self.settings;
+        let stack: Vec<String> = s
             .branches
             .iter()
             .map(|b| {
@@ -104,19 +78,13 @@ impl Config {
             })
             .collect();
         let mut settings = vec![
-            if self.read_only {
+            if s.read_only {
                 "read-only"
             } else {
                 "read-write"
             }
             .to_string(),
-            format!(
-                "whiteout={}",
-                match self.whiteout {
-                    WhiteoutFormat::WhFiles => "wh",
-                    WhiteoutFormat::Overlay => "overlay",
-                }
-            ),
+            format!("whiteout={}", s.whiteout.name()),
             format!("threads={}", self.threads),
             format!(
                 "timeout={}s,negative_timeout={}s",
@@ -124,28 +92,23 @@ impl Config {
                 self.negative_timeout.as_secs_f64()
             ),
         ];
-        if let Some(w) = &self.workdir {
+        if let Some(w) = &s.workdir {
             settings.push(format!("workdir={}", w.display()));
         }
         if self.allow_other {
             settings.push("allow_other".into());
         }
-        if self.volatile {
+        if s.volatile {
             settings.push("volatile".into());
         }
-        settings.extend(self.owners.describe());
+        settings.extend(s.owners.describe());
         format!(
             "mounted {} on {} ({} branches; {})",
             stack.join(":"),
             self.mountpoint.display(),
-            self.branches.len(),
+            s.branches.len(),
             settings.join(", ")
         )
-    }
-
-    /// Index of the writable branch, if the stack has one.
-    pub fn upper(&self) -> Option<&Branch> {
-        self.branches.first().filter(|b| b.writable)
     }
 
     /// Check the branches (a spec, or `-o lowerdir=`/`upperdir=`), the mount point and the
@@ -237,22 +200,25 @@ impl Config {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let root = crate::sys::geteuid() == 0;
         Ok(Config {
-            read_only: opts.read_only || !out[0].writable,
-            branches: out,
+            settings: Settings {
+                read_only: opts.read_only || !out[0].writable,
+                branches: out,
+                workdir,
+                whiteout: opts.whiteout.unwrap_or_default(),
+                volatile: opts.volatile,
+                owners: opts.owners(),
+                noatime: opts.flags.noatime,
+            },
             mountpoint: mp.canon,
-            workdir,
             foreground,
             debug,
             allow_other: opts.allow_other || root,
             timeout: opts.timeout.unwrap_or(DEFAULT_TIMEOUT),
             negative_timeout: opts.negative_timeout.unwrap_or(DEFAULT_TIMEOUT),
-            whiteout: opts.whiteout.unwrap_or_default(),
-            volatile: opts.volatile,
             threads: opts
                 .threads
                 .unwrap_or((threads * THREADS_PER_CORE).clamp(2, MAX_DEFAULT_THREADS)),
             fsname: opts.fsname.clone(),
-            owners: opts.owners(),
             flags: opts.flags,
             stack: opts.stack,
         })
@@ -1181,19 +1147,19 @@ mod tests {
                 spec: format!("{}=RO", fx.s("lower0")),
             },
         ];
-        assert_eq!(c.branches, want);
-        assert_eq!(c.upper(), Some(&want[0]));
+        assert_eq!(c.settings.branches, want);
+        assert_eq!(c.settings.upper(), Some(&want[0]));
         assert_eq!(c.mountpoint, fx.p("mnt"));
-        assert!(!c.read_only && !c.volatile && !c.foreground && !c.debug);
+        assert!(!c.settings.read_only && !c.settings.volatile && !c.foreground && !c.debug);
         assert_eq!(c.allow_other, is_root());
         assert_eq!(
             (c.timeout, c.negative_timeout),
             (DEFAULT_TIMEOUT, DEFAULT_TIMEOUT)
         );
         assert_eq!(c.timeout, Duration::from_secs(10));
-        assert_eq!(c.whiteout, WhiteoutFormat::WhFiles);
+        assert_eq!(c.settings.whiteout, WhiteoutFormat::WhFiles);
         assert!((2..=8).contains(&c.threads), "{}", c.threads);
-        assert_eq!(c.workdir, None);
+        assert_eq!(c.settings.workdir, None);
     }
 
     #[test]
@@ -1206,13 +1172,19 @@ mod tests {
             (Duration::from_secs(3), Duration::ZERO)
         );
         assert_eq!(
-            (c.threads, c.volatile, c.whiteout),
+            (c.threads, c.settings.volatile, c.settings.whiteout),
             (5, true, WhiteoutFormat::Overlay)
         );
         assert!(c.allow_other && c.foreground && c.debug);
         let o = ["uidmapping=0:100000:65536,squash_to_gid=3,xattr_permissions=2"];
         let c = Config::build(Some(&fx.spec()), &fx.p("mnt"), &opts_of(&o), true, true).unwrap();
-        assert_eq!((c.owners.shown_uid(1), c.owners.shown_gid(1)), (100001, 3));
+        assert_eq!(
+            (
+                c.settings.owners.shown_uid(1),
+                c.settings.owners.shown_gid(1)
+            ),
+            (100001, 3)
+        );
         let line = c.describe();
         assert!(line.contains("uidmapping=0:100000:65536") && line.contains("squash_to_gid=3"));
     }
@@ -1227,12 +1199,12 @@ mod tests {
             fx.s("upper")
         );
         let c = fx.build(&spec, "mnt/..//mnt", &[]).unwrap();
-        assert_eq!(c.branches[0].path, fx.p("upper"));
+        assert_eq!(c.settings.branches[0].path, fx.p("upper"));
         assert_eq!(
-            c.branches[0].spec,
+            c.settings.branches[0].spec,
             format!("{}/./link=RW", fx.root.display())
         );
-        assert_eq!(c.branches[1].path, fx.p("lower0"));
+        assert_eq!(c.settings.branches[1].path, fx.p("lower0"));
         assert_eq!(c.mountpoint, fx.p("mnt"));
     }
 
@@ -1246,12 +1218,12 @@ mod tests {
             fx.s("lower2")
         );
         let c = fx.build(&spec, "mnt", &[]).unwrap();
-        assert!(c.read_only && c.upper().is_none());
-        assert_eq!(c.branches.len(), 3);
-        assert!(c.branches.iter().all(|b| !b.writable));
+        assert!(c.settings.read_only && c.settings.upper().is_none());
+        assert_eq!(c.settings.branches.len(), 3);
+        assert!(c.settings.branches.iter().all(|b| !b.writable));
         // `-o ro` makes a stack with an upper read-only too.
         let c = fx.build(&fx.spec(), "mnt", &["ro"]).unwrap();
-        assert!(c.read_only && c.branches[0].writable);
+        assert!(c.settings.read_only && c.settings.branches[0].writable);
     }
 
     #[test]
@@ -1267,19 +1239,22 @@ mod tests {
         );
         let c = Config::build(None, &fx.p("mnt"), &opts_of(&[&o]), false, false).unwrap();
         let got: Vec<_> = c
+            .settings
             .branches
             .iter()
             .map(|b| (b.path.clone(), b.writable))
             .collect();
         let want = [("upper", true), ("lower0", false), ("lower1", false)];
         assert_eq!(got, want.map(|(d, w)| (fx.p(d), w)));
-        assert_eq!(c.branches[1].spec, fx.s("lower0"));
-        assert_eq!(c.workdir, Some(fx.p("work")));
-        assert!(!c.read_only);
+        assert_eq!(c.settings.branches[1].spec, fx.s("lower0"));
+        assert_eq!(c.settings.workdir, Some(fx.p("work")));
+        assert!(!c.settings.read_only);
         // lowerdir alone: read-only.
         let o = format!("lowerdir={}:{}", fx.s("lower0"), fx.s("lower1"));
         let c = Config::build(None, &fx.p("mnt"), &opts_of(&[&o]), false, false).unwrap();
-        assert!(c.read_only && c.upper().is_none() && c.branches.len() == 2);
+        assert!(
+            c.settings.read_only && c.settings.upper().is_none() && c.settings.branches.len() == 2
+        );
     }
 
     #[test]
@@ -1291,9 +1266,9 @@ mod tests {
             spec.push_str(&format!(":{}=RO", fx.s(&format!("l{i}"))));
         }
         let c = fx.build(&spec, "mnt", &[]).unwrap();
-        assert_eq!(c.branches.len(), 65);
-        assert_eq!(c.branches[64].path, fx.p("l63"));
-        assert_eq!(c.branches.iter().filter(|b| b.writable).count(), 1);
+        assert_eq!(c.settings.branches.len(), 65);
+        assert_eq!(c.settings.branches[64].path, fx.p("l63"));
+        assert_eq!(c.settings.branches.iter().filter(|b| b.writable).count(), 1);
     }
 
     #[test]
@@ -1303,7 +1278,7 @@ mod tests {
         let c = fx
             .build(&fx.spec(), "mnt", &[&format!("workdir={}", fx.s("work"))])
             .unwrap();
-        assert_eq!(c.workdir, Some(fx.p("work")));
+        assert_eq!(c.settings.workdir, Some(fx.p("work")));
         assert_eq!(fx.listing(), before);
     }
 

@@ -376,7 +376,7 @@ fn serve(config: &Config, mut ready: Option<std::fs::File>, trace: bool) -> Exit
         }
         ExitCode::from(exit::MOUNT)
     };
-    let union = match Union::new(config) {
+    let union = match Union::new(&config.settings) {
         Ok(u) => Arc::new(u),
         Err(e) => return fail(e.to_string()),
     };

@@ -93,7 +93,7 @@ impl UnionFs {
             ttl: config.timeout,
             negative_ttl: config.negative_timeout,
             description: config.describe(),
-            owners: config.owners.clone(),
+            owners: config.settings.owners.clone(),
             acl: !config.flags.noacl,
             noatime: config.flags.noatime,
         }

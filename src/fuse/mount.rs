@@ -113,7 +113,7 @@ pub fn mount(fs: UnionFs, config: &Config) -> io::Result<(fuser::Session<UnionFs
     }
     let mut flags = 0;
     for (on, flag) in [
-        (config.read_only, libc::MS_RDONLY),
+        (config.settings.read_only, libc::MS_RDONLY),
         (config.flags.nosuid, libc::MS_NOSUID),
         (!config.flags.dev, libc::MS_NODEV),
         (config.flags.noexec, libc::MS_NOEXEC),
@@ -150,7 +150,7 @@ fn session_config(config: &Config) -> fuser::Config {
         MountOption::DefaultPermissions,
     ];
     for (on, opt) in [
-        (config.read_only, MountOption::RO),
+        (config.settings.read_only, MountOption::RO),
         (config.flags.nosuid, MountOption::NoSuid),
         (!config.flags.dev, MountOption::NoDev),
         (config.flags.noexec, MountOption::NoExec),
@@ -179,7 +179,7 @@ fn fsname(config: &Config) -> String {
         .fsname
         .clone()
         .or_else(|| {
-            let top = config.upper().or(config.branches.first());
+            let top = config.settings.upper().or(config.settings.branches.first());
             top.map(|b| b.path.display().to_string())
         })
         .unwrap_or_else(|| "unionmount".into())

@@ -9,12 +9,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::branch_name;
-use crate::config::{Config, MountFlags, WhiteoutFormat};
+use crate::config::{Config, MountFlags};
 use crate::sys;
-use crate::union::Union;
 use crate::union::events::{Event, human_bytes};
 use crate::union::layer::{DEFAULT_WORKDIR, INDEX_DIR};
 use crate::union::whiteout;
+use crate::union::{Union, WhiteoutFormat};
 
 /// The mount's settings, kept from its Config.
 #[derive(Debug, Clone)]
@@ -38,12 +38,12 @@ impl Info {
             timeout: c.timeout,
             negative_timeout: c.negative_timeout,
             threads: c.threads,
-            whiteout: c.whiteout,
-            volatile: c.volatile,
+            whiteout: c.settings.whiteout,
+            volatile: c.settings.volatile,
             stack: c.stack,
-            read_only: c.read_only,
+            read_only: c.settings.read_only,
             allow_other: c.allow_other,
-            workdir: c.workdir.clone(),
+            workdir: c.settings.workdir.clone(),
             flags: c.flags,
         }
     }
@@ -54,13 +54,7 @@ impl Info {
             format!("timeout={}", self.timeout.as_secs_f64()),
             format!("negative_timeout={}", self.negative_timeout.as_secs_f64()),
             format!("threads={}", self.threads),
-            format!(
-                "whiteout={}",
-                match self.whiteout {
-                    WhiteoutFormat::WhFiles => "wh",
-                    WhiteoutFormat::Overlay => "overlay",
-                }
-            ),
+            format!("whiteout={}", self.whiteout.name()),
         ];
         if self.volatile {
             o.push("volatile".into());

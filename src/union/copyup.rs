@@ -12,11 +12,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::Union;
+use super::WhiteoutFormat;
 use super::events::Event;
 use super::index;
 use super::node::{DirSlot, HeldFd, Kept, Loc, Node};
 use super::whiteout;
-use crate::config::WhiteoutFormat;
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::Config;
+use super::Settings;
 use crate::error::{Context, Error, Result};
 use crate::sys;
 
@@ -179,9 +179,9 @@ pub struct LayerStack {
 
 impl LayerStack {
     /// Open every branch; prepare (and clean) the work directory if there is an upper.
-    pub fn open(config: &Config) -> Result<LayerStack> {
-        let mut layers = Vec::with_capacity(config.branches.len());
-        for (index, b) in config.branches.iter().enumerate() {
+    pub fn open(settings: &Settings) -> Result<LayerStack> {
+        let mut layers = Vec::with_capacity(settings.branches.len());
+        for (index, b) in settings.branches.iter().enumerate() {
             let root = open_root(&b.path).map_err(|e| e.at(b.path.display()).in_layer(index))?;
             let st = sys::fstat_path(root.as_raw_fd()).op("stat branch")?;
             layers.push(Layer {
@@ -189,12 +189,12 @@ impl LayerStack {
                 path: b.path.clone(),
                 spec: b.spec.clone(),
                 root: Arc::new(root),
-                writable: b.writable && index == 0 && !config.read_only,
+                writable: b.writable && index == 0 && !settings.read_only,
                 dev: st.st_dev,
             });
         }
         let work = match layers.first().filter(|l| l.writable) {
-            Some(upper) => Some(open_workdir(upper, config.workdir.as_deref())?),
+            Some(upper) => Some(open_workdir(upper, settings.workdir.as_deref())?),
             None => None,
         };
         if let Some(w) = &work {

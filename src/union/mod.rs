@@ -11,6 +11,7 @@ pub mod node;
 pub mod ops;
 pub mod readdir;
 pub mod resolve;
+pub mod settings;
 pub mod whiteout;
 
 #[cfg(test)]
@@ -21,11 +22,11 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::{Config, WhiteoutFormat};
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 use layer::LayerStack;
 use node::{DirSlot, HeldFd, LayerDir, Node, NodeState, NodeTable};
+pub use settings::{Branch, Settings, WhiteoutFormat};
 
 /// The inode number the merged root shows (as its node id, `node::ROOT_ID`, is 1). No other
 /// node shows it (see `Union::ino_of`).
@@ -77,8 +78,8 @@ pub struct Union {
 }
 
 impl Union {
-    pub fn new(config: &Config) -> Result<Union> {
-        let stack = LayerStack::open(config)?;
+    pub fn new(settings: &Settings) -> Result<Union> {
+        let stack = LayerStack::open(settings)?;
         let mut devs: Vec<u64> = Vec::new();
         for l in &stack.layers {
             if !devs.contains(&l.dev) {
@@ -89,11 +90,11 @@ impl Union {
             stack,
             nodes: NodeTable::default(),
             opts: Options {
-                whiteout: config.whiteout,
-                volatile: config.volatile,
-                squash: config.owners.squashes(),
-                owner_xattr: config.owners.xattr,
-                noatime: config.flags.noatime,
+                whiteout: settings.whiteout,
+                volatile: settings.volatile,
+                squash: settings.owners.squashes(),
+                owner_xattr: settings.owners.xattr,
+                noatime: settings.noatime,
             },
             generation: AtomicU64::new(0),
             changes: AtomicU64::new(0),

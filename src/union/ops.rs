@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use super::WhiteoutFormat;
 use super::events::Event;
 use super::idmap::{self, StatOverride};
 use super::index;
@@ -21,7 +22,6 @@ use super::node::{Kept, LayerDir, Node, NodeState};
 use super::resolve::Found;
 use super::whiteout;
 use super::{Options, ROOT_INO, Union};
-use crate::config::WhiteoutFormat;
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat, TimeSpec};
 

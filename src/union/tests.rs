@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::Union;
 use super::node::Node;
 use super::ops::{Caller, New};
-use crate::config::{Branch, Config, WhiteoutFormat};
+use super::{Branch, Settings, WhiteoutFormat};
 
 struct Stack {
     _tmp: tempfile::TempDir,
@@ -51,25 +51,16 @@ impl Stack {
                 spec: format!("lower{i}=RO"),
             });
         }
-        let config = Config {
+        let settings = Settings {
             branches,
-            mountpoint: PathBuf::from("/nonexistent"),
             workdir: None,
-            foreground: true,
-            debug: false,
             read_only: false,
-            allow_other: false,
-            timeout: Duration::from_secs(1),
-            negative_timeout: Duration::from_secs(1),
             whiteout: WhiteoutFormat::WhFiles,
             volatile: true,
-            threads: 1,
-            fsname: None,
             owners: Default::default(),
-            flags: Default::default(),
-            stack: false,
+            noatime: false,
         };
-        Union::new(&config).unwrap()
+        Union::new(&settings).unwrap()
     }
 }
 
