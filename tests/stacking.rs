@@ -203,3 +203,85 @@ fn which_and_tree_see_moves_in_lower_layers() {
     assert!(line.contains("moved"), "{out}");
     drop(m);
 }
+
+/// `diff`, `commit` and `export` on a stack whose lower layer holds a moved directory,
+/// moved again above it: the change set follows the chain of redirects, so the committed
+/// layer stacked on the same lowers shows the same tree.
+#[test]
+fn diff_commit_and_export_follow_redirects_in_lower_layers() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "d/a"), "a");
+    put(&fx.l(0, "d/sub/b"), "b");
+    let m = fx.mount(&[]);
+    fs::rename(fx.m("d"), fx.m("e")).unwrap();
+    let (m, d) = m.rotate();
+    assert!(d.is_empty(), "{d}");
+    fs::rename(fx.m("e"), fx.m("f")).unwrap();
+    put(&fx.m("f/new"), "new");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mnt = fx.mnt.display().to_string();
+    let diff = run(&["diff", &mnt]);
+    let lines: Vec<&str> = diff.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "D /e",
+            "A /f",
+            "A /f/a",
+            "A /f/new",
+            "A /f/sub",
+            "A /f/sub/b"
+        ],
+        "{diff}"
+    );
+    let tar = fx.root.join("layer.tar");
+    run(&["export", &mnt, "--tar", &tar.display().to_string()]);
+    let list = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    for p in [".wh.e", "f/a", "f/sub/b", "f/new"] {
+        assert!(
+            list.lines().any(|l| l.trim_end_matches('/') == p),
+            "{p}:\n{list}"
+        );
+    }
+    let before = view(&fx.mnt);
+    let layer = fx.root.join("committed");
+    run(&["commit", &mnt, "--to", &layer.display().to_string()]);
+    drop(m);
+    // The committed layer over the lowers the upper sat on gives the same tree.
+    let fresh = fx.root.join("fresh");
+    fs::create_dir(&fresh).unwrap();
+    let lowers: Vec<String> = fs::read_dir(&fx.root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("rotated")
+        })
+        .filter(|p| !p.to_string_lossy().ends_with("-work"))
+        .map(|p| format!("{}=RO", p.display()))
+        .collect();
+    assert_eq!(lowers.len(), 1, "{lowers:?}");
+    let spec = format!(
+        "{}=RW:{}=RO:{}:{}=RO",
+        fresh.display(),
+        layer.display(),
+        lowers[0],
+        fx.lowers[0].display()
+    );
+    let m = fx.mount_args(vec![spec, mnt.clone()], vec![]);
+    let after = view(&fx.mnt);
+    let d = view_diff(&before, &after);
+    assert!(d.is_empty(), "the committed layer shows another tree:\n{d}");
+    drop(m);
+}

@@ -4,12 +4,16 @@
 //! directory.
 //!
 //! Added or changed: with the lower branches known (a mount point, or `--lower`), an upper
-//! entry whose path exists in a lower is C, else A. From the upper alone, an entry carrying
-//! a copy-up origin xattr (`trusted.unionmount.origin`, `trusted.overlay.origin`) is C.
-//! Our work directory and private xattrs are never part of it. A directory moved through the
-//! mount (it carries `trusted.unionmount.redirect`) is new content at its new place (A,
-//! opaque, its whole subtree merged from the upper and the lower directories it came from);
-//! its old path is D through the whiteout the move left there.
+//! entry whose path exists in the lowers is C, else A. From the upper alone, an entry
+//! carrying a copy-up origin xattr (`trusted.unionmount.origin`, `trusted.overlay.origin`)
+//! is C. Our work directory and private xattrs are never part of it. A directory moved
+//! through the mount (it carries a redirect, ours or the kernel's) is new content at its
+//! new place (A, opaque, its whole subtree as the stack shows it); its old path is D
+//! through the whiteout the move left there.
+//!
+//! What the lowers hold is read through the union itself (a read-only `Union` over them,
+//! and one over the whole stack for moved directories), so redirects, whiteouts and opaque
+//! directories in any layer mean here what they mean in the mount.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
@@ -17,7 +21,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::union::whiteout;
+use std::sync::Arc;
+
+use crate::union::node::{Loc, Node};
+use crate::union::{Settings, Union, whiteout};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -118,37 +125,78 @@ fn is_meta(name: &OsStr) -> bool {
 /// The change set of `src.upper`.
 pub fn changes(src: &Source) -> super::Result<ChangeSet> {
     let mut set = ChangeSet::default();
-    let w = Walker { src };
+    let lowers = if src.lowers.is_empty() {
+        None
+    } else {
+        Some(read_only_union(&src.lowers)?)
+    };
+    let mut all = vec![src.upper.clone()];
+    all.extend(src.lowers.iter().cloned());
+    let stack = read_only_union(&all)?;
+    let w = Walker { src, lowers, stack };
     w.walk(&src.upper, Path::new(""), false, &mut set)
         .map_err(|e| format!("{}: {e}", src.upper.display()))?;
     Ok(set)
 }
 
+/// A union over `dirs` (top first), read-only, marking no access times.
+fn read_only_union(dirs: &[PathBuf]) -> super::Result<Union> {
+    let settings = Settings {
+        noatime: true,
+        ..Settings::read_only(dirs)
+    };
+    Union::new(&settings).map_err(|e| e.to_string())
+}
+
+/// The node at `rel` in `u`'s merged view, if the path is there.
+fn resolve(u: &Union, rel: &Path) -> Option<Arc<Node>> {
+    let mut node = u.root();
+    for c in rel.iter() {
+        let found = u.probe(&node, c).ok()??;
+        node = u.node_for(&node, c, found);
+    }
+    Some(node)
+}
+
+/// The real path of a location the union found (its directory is an open fd).
+fn loc_path(loc: &Loc) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::read_link(format!("/proc/self/fd/{}", loc.dir.as_raw_fd())).ok()?;
+    Some(dir.join(&loc.name))
+}
+
 struct Walker<'a> {
     src: &'a Source,
+    /// The lower branches alone (None without any).
+    lowers: Option<Union>,
+    /// The upper over the lowers: the merged view the mount shows.
+    stack: Union,
 }
 
 impl Walker<'_> {
     fn in_lowers(&self, rel: &Path) -> bool {
-        self.src
-            .lowers
-            .iter()
-            .any(|l| std::fs::symlink_metadata(l.join(rel)).is_ok_and(|m| !is_whiteout_dev(&m)))
+        self.lowers
+            .as_ref()
+            .is_some_and(|u| resolve(u, rel).is_some())
     }
 
-    /// Names in the lower directories at `rel` (for what an opaque directory deletes).
+    /// Names the lowers show in the directory at `rel` (for what an opaque directory
+    /// deletes).
     fn lower_names(&self, rel: &Path) -> Vec<OsString> {
-        let mut out: Vec<OsString> = Vec::new();
-        for l in &self.src.lowers {
-            if let Ok(names) = sorted_names(&l.join(rel)) {
-                for n in names {
-                    if whiteout::is_reserved(&n) || out.contains(&n) {
-                        continue;
-                    }
-                    out.push(n);
-                }
-            }
-        }
+        let Some(u) = &self.lowers else {
+            return Vec::new();
+        };
+        let Some(dir) = resolve(u, rel).filter(|n| n.is_dir()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<OsString> = u
+            .list(&dir)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        out.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         out
     }
 
@@ -233,8 +281,7 @@ impl Walker<'_> {
                 Kind::Added
             };
             let moved = if meta.is_dir() {
-                xattr_get(&p, whiteout::REDIRECT_XATTR)
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                moved_from(&p, rel)
             } else {
                 None
             };
@@ -245,8 +292,7 @@ impl Walker<'_> {
             let is_dir = meta.is_dir();
             let child_opaque = is_dir && (dir_markers(&p).0 || replaced);
             let data = if meta.is_file() && is_metacopy(&p) {
-                let lowers: Vec<PathBuf> = self.src.lowers.iter().map(|l| l.join(&crel)).collect();
-                self.data_in(&lowers, &crel, set)
+                self.data_of(&crel, set)
             } else {
                 None
             };
@@ -266,8 +312,9 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// A directory moved through the mount: new content at `rel`, its merged subtree (the
-    /// upper directory over the lower directories at the path it came from).
+    /// A directory moved through the mount: new content at `rel`, its merged subtree as
+    /// the whole stack shows it there (the upper directory over the lower directories its
+    /// redirect leads to, through any redirects they carry in turn).
     fn moved(
         &self,
         upper: &Path,
@@ -290,88 +337,47 @@ impl Walker<'_> {
             meta: Some(meta),
             data: None,
             opaque: true,
-            moved_from: Some(from.clone()),
+            moved_from: Some(from),
         });
-        let mut dirs = vec![upper.to_path_buf()];
-        if !dir_markers(upper).0 {
-            let old = Path::new(from.trim_start_matches('/'));
-            for l in &self.src.lowers {
-                let d = l.join(old);
-                if std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
-                    let opaque = dir_markers(&d).0;
-                    dirs.push(d);
-                    if opaque {
-                        break;
-                    }
-                }
-            }
+        match resolve(&self.stack, rel).filter(|n| n.is_dir()) {
+            Some(dir) => self.walk_merged(&dir, rel, set),
+            None => Ok(()),
         }
-        self.walk_merged(&dirs, rel, set)
     }
 
-    /// Everything below a directory merged from `dirs` (top first), as added: the union's
-    /// resolution rule (whiteouts in any format, opaque directories, first file wins).
-    fn walk_merged(
-        &self,
-        dirs: &[PathBuf],
-        rel: &Path,
-        set: &mut ChangeSet,
-    ) -> std::io::Result<()> {
-        let mut names: Vec<OsString> = Vec::new();
-        for d in dirs {
-            for n in sorted_names(d)? {
-                if !whiteout::is_reserved(&n) && !names.contains(&n) {
-                    names.push(n);
-                }
-            }
-        }
+    /// Everything below the directory `dir` of the whole stack, as added, with each entry
+    /// read where the union finds it.
+    fn walk_merged(&self, dir: &Arc<Node>, rel: &Path, set: &mut ChangeSet) -> std::io::Result<()> {
+        let u = &self.stack;
+        let io = |e: crate::error::Error| std::io::Error::from_raw_os_error(e.errno);
+        let pdirs = u.dirs_of(dir).map_err(io)?;
+        let mut names: Vec<OsString> = u
+            .list(dir)
+            .map_err(io)?
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| n != "." && n != "..")
+            .collect();
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for n in names {
-            let mut top: Option<(PathBuf, Metadata)> = None;
-            let mut sub: Vec<PathBuf> = Vec::new();
-            for d in dirs {
-                let (_, xwh) = dir_markers(d);
-                let p = d.join(&n);
-                let Ok(m) = std::fs::symlink_metadata(&p) else {
-                    if std::fs::symlink_metadata(d.join(whiteout::whiteout_name(&n))).is_ok() {
-                        break;
-                    }
-                    continue;
-                };
-                let xattr_wh = xwh
-                    && m.is_file()
-                    && m.len() == 0
-                    && whiteout::WHITEOUT_XATTRS
-                        .iter()
-                        .any(|a| xattr_get(&p, a).is_some());
-                if is_whiteout_dev(&m) || xattr_wh {
-                    break;
-                }
-                if top.is_some() && !m.is_dir() {
-                    break;
-                }
-                let is_dir = m.is_dir();
-                if top.is_none() {
-                    top = Some((p.clone(), m));
-                }
-                if !is_dir {
-                    break;
-                }
-                let opaque = dir_markers(&p).0
-                    || std::fs::symlink_metadata(d.join(whiteout::whiteout_name(&n))).is_ok();
-                sub.push(p);
-                if opaque {
-                    break;
-                }
-            }
-            let Some((p, m)) = top else { continue };
-            let is_dir = m.is_dir();
-            let data = if m.is_file() && is_metacopy(&p) {
-                let below: Vec<PathBuf> = dirs.iter().skip(1).map(|d| d.join(&n)).collect();
-                self.data_in(&below, &rel.join(&n), set)
-            } else {
-                None
+            let Some(found) = u.probe(dir, &n).map_err(io)? else {
+                continue;
             };
+            let Some(holder) = pdirs.iter().find(|d| d.layer == found.layer) else {
+                continue;
+            };
+            let mut p = u.stack.layers[holder.layer].path.clone();
+            p.extend(holder.path.iter());
+            p.push(&n);
+            let m = std::fs::symlink_metadata(&p)?;
+            let data = found.data.as_ref().and_then(loc_path);
+            if m.is_file() && data.is_none() && is_metacopy(&p) {
+                set.warnings.push(format!(
+                    "/{} holds metadata only and its data is in no lower branch",
+                    rel.join(&n).display()
+                ));
+            }
+            let child = u.node_for(dir, &n, found);
             set.changes.push(Change {
                 path: rel.join(&n),
                 kind: Kind::Added,
@@ -381,12 +387,40 @@ impl Walker<'_> {
                 opaque: false,
                 moved_from: None,
             });
-            if is_dir {
-                self.walk_merged(&sub, &rel.join(&n), set)?;
+            if child.is_dir() {
+                self.walk_merged(&child, &rel.join(&n), set)?;
             }
         }
         Ok(())
     }
+
+    /// Where the upper metadata-only file at `rel` has its data, as the stack resolves it.
+    fn data_of(&self, rel: &Path, set: &mut ChangeSet) -> Option<PathBuf> {
+        let found = resolve(&self.stack, rel).and_then(|n| n.state().data.clone());
+        let path = found.as_ref().and_then(loc_path);
+        if path.is_none() {
+            set.warnings.push(format!(
+                "/{} holds metadata only and its data is in a lower branch: give the mount \
+                 point, or the lowers with --lower",
+                rel.display()
+            ));
+        }
+        path
+    }
+}
+
+/// The path a directory moved through the mount came from, as its redirect records it (ours
+/// or the kernel's; a relative one names a sibling in the parent at `parent_rel`).
+fn moved_from(p: &Path, parent_rel: &Path) -> Option<String> {
+    let v = whiteout::REDIRECT_XATTRS
+        .iter()
+        .find_map(|a| xattr_get(p, a))?;
+    Some(match whiteout::Redirect::parse(&v)? {
+        whiteout::Redirect::Absolute(parts) => {
+            format!("/{}", parts.iter().collect::<PathBuf>().display())
+        }
+        whiteout::Redirect::Relative(name) => format!("/{}", parent_rel.join(name).display()),
+    })
 }
 
 /// An upper file that holds metadata only: its origin record says so, or kernel
@@ -398,24 +432,6 @@ fn is_metacopy(p: &Path) -> bool {
         || xattr_get(p, whiteout::ORIGIN_XATTR)
             .and_then(|v| whiteout::decode_origin(&v))
             .is_some_and(|(_, m)| m)
-}
-
-impl Walker<'_> {
-    /// The first regular file among `candidates`: a metadata-only file's data.
-    fn data_in(&self, candidates: &[PathBuf], rel: &Path, set: &mut ChangeSet) -> Option<PathBuf> {
-        let found = candidates
-            .iter()
-            .find(|c| std::fs::symlink_metadata(c).is_ok_and(|m| m.is_file()))
-            .cloned();
-        if found.is_none() {
-            set.warnings.push(format!(
-                "/{} holds metadata only and its data is in a lower branch: give the mount \
-                 point, or the lowers with --lower",
-                rel.display()
-            ));
-        }
-        found
-    }
 }
 
 /// Xattrs of a real entry worth carrying into a layer: all but the layering's own.
