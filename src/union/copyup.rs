@@ -295,7 +295,7 @@ impl Union {
         {
             sys::fsync(f.as_raw_fd(), false).op("copy-up fsync")?;
         }
-        let key = match linked.then(|| self.add_to_index(work.raw(), &tmp, st)) {
+        let key = match linked.then(|| self.add_to_index(work.raw(), &tmp, src, st)) {
             // A copy-up of another name of the file got there first: share its copy.
             Some(Err(e)) if e.errno == libc::EEXIST => {
                 let (index, key) = self.indexed(st).ok_or(e)?;

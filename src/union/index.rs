@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::Union;
 use super::layer::INDEX_DIR;
-use super::node::Node;
+use super::node::{Loc, Node};
 use super::whiteout;
 use crate::error::{Context, Result};
 use crate::sys::{self, Stat};
@@ -116,11 +116,10 @@ impl Union {
         }
     }
 
-    /// The index of a lower layer, and the key the copy `node` holds there (its origin).
-    fn lower_index(&self, node: &Node, layer: usize) -> Option<(Arc<OwnedFd>, OsString)> {
-        let root = self.stack.layers.get(layer)?.root.as_raw_fd();
+    /// The index of a lower layer, and the key the copy at `loc` holds there (its origin).
+    fn lower_index(&self, loc: &Loc) -> Option<(Arc<OwnedFd>, OsString)> {
+        let root = self.stack.layers.get(loc.layer)?.root.as_raw_fd();
         let index = sys::open_dir_path(root, INDEX_DIR.as_ref()).ok()?;
-        let loc = self.try_locate(node)?;
         let origin = sys::lgetxattr(loc.raw(), &loc.name, whiteout::ORIGIN_XATTR.as_ref())
             .ok()
             .flatten()?;
@@ -153,11 +152,23 @@ impl Union {
 
     /// Publish a finished copy (`tmp` in the work dir) in the index before it gets its name:
     /// a crash in between leaves a whole copy that the names join at the next mount.
-    pub(crate) fn add_to_index(&self, work: i32, tmp: &OsStr, lower: &Stat) -> Result<OsString> {
+    pub(crate) fn add_to_index(
+        &self,
+        work: i32,
+        tmp: &OsStr,
+        src: &Loc,
+        lower: &Stat,
+    ) -> Result<OsString> {
         let index = self.stack.index_or_create()?;
         let key = key(self.ino_of(lower));
-        // Every lower name but the one being copied up.
-        let pending = lower.st_nlink.saturating_sub(1).to_string();
+        // Every lower name but the one being copied up; a copy in a layer that was an upper
+        // has one more link, its own index entry, which is no name.
+        let indexed_there = self.lower_index(src).is_some_and(|(i, k)| {
+            sys::fstatat(i.as_raw_fd(), &k)
+                .is_ok_and(|e| (e.st_dev, e.st_ino) == (lower.st_dev, lower.st_ino))
+        });
+        let names = lower.st_nlink - libc::nlink_t::from(indexed_there);
+        let pending = names.saturating_sub(1).to_string();
         let _ = sys::lsetxattr(work, tmp, PENDING_XATTR.as_ref(), pending.as_bytes(), 0);
         sys::linkat(work, tmp, index.as_raw_fd(), &key).op("copy-up index")?;
         Ok(key)
@@ -181,7 +192,7 @@ impl Union {
         let found = if layer == 0 && self.writable() {
             self.stack.index().map(|i| (i, key(node.ino)))
         } else {
-            self.lower_index(node, layer)
+            self.try_locate(node).and_then(|l| self.lower_index(&l))
         };
         let Some((index, key)) = found else {
             return;
