@@ -7,7 +7,7 @@ use std::path::Path;
 use fuser::{Errno, INodeNo, RenameFlags, ReplyCreate, ReplyEmpty, ReplyEntry};
 
 use super::{UnionFs, reply_empty};
-use crate::union::ops::{Caller, New};
+use crate::union::dir::{Caller, New};
 
 pub(super) fn mknod(
     fs: &UnionFs,

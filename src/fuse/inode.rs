@@ -9,7 +9,7 @@ use fuser::{FileAttr, FileHandle, FileType, INodeNo, ReplyAttr, ReplyData, Reply
 use super::UnionFs;
 use super::handles::Handle;
 use crate::sys::{self, Stat};
-use crate::union::ops::SetAttr;
+use crate::union::inode::SetAttr;
 
 /// What a setattr asks to change, as the kernel sent it (only what Linux sends).
 pub(super) struct Changes {

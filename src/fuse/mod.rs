@@ -46,9 +46,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::sys::Stat;
 use crate::union::Union;
+use crate::union::dir::Caller;
 use crate::union::idmap::Owners;
 use crate::union::node::Node;
-use crate::union::ops::Caller;
 use handles::{Backings, Handle, Handles};
 
 pub struct UnionFs {

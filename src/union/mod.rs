@@ -3,13 +3,16 @@
 //! tests drive it on temp-dir branches without mounting.
 
 pub mod copyup;
+pub mod dir;
 pub mod events;
+pub mod file;
 pub mod idmap;
 pub mod index;
+pub mod inode;
 pub mod layer;
 pub mod node;
-pub mod ops;
 pub mod readdir;
+pub mod rename;
 pub mod resolve;
 pub mod settings;
 pub mod whiteout;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Union;
+use super::dir::{Caller, New};
 use super::node::Node;
-use super::ops::{Caller, New};
 use super::{Branch, Settings, WhiteoutFormat};
 
 struct Stack {
@@ -370,7 +370,7 @@ fn readdir_inode_numbers_match_lookup() {
     // copy one up so its inode comes from the origin record
     u.setattr(
         &walk(&u, "lower").unwrap(),
-        super::ops::SetAttr {
+        super::inode::SetAttr {
             mode: Some(0o600),
             ..Default::default()
         },
@@ -436,7 +436,7 @@ fn chmod_copies_metadata_only_until_the_first_write() {
     write(&s.lowers[0].join("big"), &data);
     let u = s.union();
     let node = walk(&u, "big").unwrap();
-    let set_mode = super::ops::SetAttr {
+    let set_mode = super::inode::SetAttr {
         mode: Some(0o600),
         ..Default::default()
     };

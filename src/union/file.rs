@@ -1,0 +1,56 @@
+//! Opening a merged entry's file for I/O: for writing it is copied up first (overlayfs'
+//! file.c).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use super::Union;
+use super::node::Node;
+use crate::error::{Context, Result};
+use crate::sys;
+
+impl Union {
+    /// Open a node's file for I/O; opening for writing copies it up first.
+    pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<(File, usize)> {
+        let _place = node.place.read();
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let loc = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            self.copy_up_truncated(node)?
+        } else if writing {
+            self.copy_up(node)?
+        } else {
+            // A metadata-only copy reads its data from the lower file.
+            let data = node.state().data.clone();
+            match data {
+                Some(d) => d,
+                None => self.locate(node)?,
+            }
+        };
+        let f = self
+            .open_branch(loc.raw(), &loc.name, flags)
+            .op("open")
+            .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
+        Ok((f, loc.layer))
+    }
+
+    /// Reopen a node's file after it was copied up, for a descriptor opened on the lower
+    /// file before: the copy itself, even if its name has since gone or been reused.
+    pub fn reopen_copy(&self, node: &Arc<Node>, flags: i32) -> Result<File> {
+        let copy = node.state().kept.clone().filter(|k| k.layer == 0);
+        match copy.map(|k| k.fd) {
+            Some(fd) => {
+                let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+                sys::openat(
+                    libc::AT_FDCWD,
+                    sys::proc_path(fd.as_raw_fd(), "".as_ref()).as_os_str(),
+                    flags,
+                    0,
+                )
+                .map(File::from)
+                .op("reopen copy")
+            }
+            None => Ok(self.open(node, flags & !libc::O_TRUNC)?.0),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Attributes and extended attributes of a merged entry: setattr (a copy-up first, of the
+//! metadata only where the data need not move), owners and modes kept in xattrs
+//! (`xattr_permissions=`), readlink, the xattr calls, statfs (overlayfs' inode.c, xattrs.c).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use super::idmap::{self, StatOverride};
+use super::node::Loc;
+use super::node::Node;
+use super::whiteout;
+use super::{ROOT_INO, Union};
+use crate::error::{Context, Error, Result};
+use crate::sys::{self, Stat, TimeSpec};
+
+/// Attribute changes of a setattr; `None` leaves a field alone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: TimeSpec,
+    pub mtime: TimeSpec,
+}
+
+impl Union {
+    /// Change attributes. `file` is an open descriptor of the node's upper file, if the
+    /// caller has one: it is used instead of the name, which may be gone (an open, unlinked
+    /// file) or may name another file by now. With `xattr_permissions=` the owner, group
+    /// and mode of a file or directory change in its xattr, the file's own stay.
+    pub fn setattr(&self, node: &Arc<Node>, a: SetAttr, file: Option<&File>) -> Result<Stat> {
+        let path = node.path();
+        let wrap = |e: Error| e.at(&path).in_layer(0);
+        let in_xattr = self
+            .opts
+            .owner_xattr
+            .filter(|_| idmap::may_override(node.kind));
+        let chown = (a.uid.is_some() || a.gid.is_some()) && in_xattr.is_none();
+        let chmod = a.mode.filter(|_| in_xattr.is_none());
+        if let Some(f) = file {
+            let fd = f.as_raw_fd();
+            if let Some(size) = a.size {
+                sys::ftruncate(fd, size).op("truncate").map_err(wrap)?;
+            }
+            if chown {
+                self.chowned(sys::fchown(fd, a.uid, a.gid))
+                    .op("chown")
+                    .map_err(wrap)?;
+            }
+            if let Some(mode) = chmod {
+                sys::fchmod(fd, mode & 0o7777).op("chmod").map_err(wrap)?;
+            }
+            if a.atime.is_some() || a.mtime.is_some() {
+                sys::futimens(fd, a.atime, a.mtime)
+                    .op("utimens")
+                    .map_err(wrap)?;
+            }
+            if let Some(x) = in_xattr {
+                let loc = self.locate(node)?;
+                self.set_owner_xattr(x, &loc, &a).map_err(wrap)?;
+            }
+            let mut st = sys::fstat(fd).op("stat").map_err(wrap)?;
+            self.present(node, &mut st);
+            return Ok(st);
+        }
+        let place = node.place.read();
+        let loc = match a.size {
+            Some(0) => self.copy_up_truncated(node)?,
+            Some(_) => self.copy_up(node)?,
+            None => self.copy_up_metadata(node)?,
+        };
+        if let Some(size) = a.size {
+            let f = sys::open_file(loc.raw(), &loc.name, libc::O_WRONLY)
+                .op("truncate")
+                .map_err(wrap)?;
+            sys::ftruncate(f.as_raw_fd(), size)
+                .op("truncate")
+                .map_err(wrap)?;
+        }
+        if chown {
+            self.chowned(sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid))
+                .op("chown")
+                .map_err(wrap)?;
+        }
+        if let Some(mode) = chmod {
+            sys::fchmodat(loc.raw(), &loc.name, mode & 0o7777)
+                .op("chmod")
+                .map_err(wrap)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            sys::utimensat(loc.raw(), &loc.name, a.atime, a.mtime)
+                .op("utimens")
+                .map_err(wrap)?;
+        }
+        if let Some(x) = in_xattr {
+            self.set_owner_xattr(x, &loc, &a).map_err(wrap)?;
+        }
+        drop(place);
+        log::debug!("setattr {path}");
+        self.getattr(node)
+    }
+
+    /// A chown's result as the caller sees it: with squash_to_* a failure is a success
+    /// (fuse-overlayfs), the owner shown being the squashed one anyway.
+    fn chowned(&self, r: std::io::Result<()>) -> std::io::Result<()> {
+        match r {
+            Err(e) if self.opts.squash => {
+                log::debug!("chown failed, squashed: {e}");
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Record a chown and chmod in the owner xattr of the upper entry at `loc`.
+    fn set_owner_xattr(&self, xattr: &str, loc: &Loc, a: &SetAttr) -> Result<()> {
+        if a.uid.is_none() && a.gid.is_none() && a.mode.is_none() {
+            return Ok(());
+        }
+        let st = sys::fstatat(loc.raw(), &loc.name).op("stat")?;
+        let cur = self.shown_owner(loc.raw(), &loc.name, &st);
+        let kind = st.st_mode & libc::S_IFMT;
+        // Fields not changed keep their shown value (fuse-overlayfs writes -1 for them).
+        let new = StatOverride {
+            uid: a.uid.unwrap_or(cur.uid),
+            gid: a.gid.unwrap_or(cur.gid),
+            mode: kind | (a.mode.unwrap_or(cur.mode) & 0o7777),
+        };
+        let r = sys::lsetxattr(loc.raw(), &loc.name, xattr.as_ref(), &new.format(), 0);
+        let r = if a.mode.is_none() { self.chowned(r) } else { r };
+        r.op("write owner xattr")
+    }
+
+    /// Where a layer shows owners and modes from its files' xattrs, as fuse-overlayfs
+    /// decides: a layer whose root directory carries one of `idmap::OVERRIDE_XATTRS` uses
+    /// that one, and the upper with `xattr_permissions=` the option's, which its root is
+    /// given first (from the first lower root that has it, else the upper root's own owner
+    /// and mode, as fuse-overlayfs 1.10 writes it). The upper also reads the lowers' ones:
+    /// a copy-up copies a lower file's xattr as it is.
+    pub(crate) fn find_override_xattrs(&self) -> Result<Vec<Vec<&'static str>>> {
+        let root_value = |l: usize, x: &str| {
+            let fd = self.stack.layers[l].root.as_raw_fd();
+            sys::lgetxattr(fd, ".".as_ref(), x.as_ref()).ok().flatten()
+        };
+        let mut own: Vec<Option<&'static str>> = (0..self.stack.layers.len())
+            .map(|l| {
+                idmap::OVERRIDE_XATTRS
+                    .into_iter()
+                    .find(|x| root_value(l, x).is_some())
+            })
+            .collect();
+        if let (Some(x), true) = (self.opts.owner_xattr, self.writable()) {
+            if root_value(0, x).is_none() {
+                // fuse-overlayfs' xattr_permissions=2 also takes containers-storage's.
+                let names: &[&str] = if x == idmap::OVERRIDE_USER {
+                    &[x, idmap::OVERRIDE_CONTAINERS]
+                } else {
+                    &[x]
+                };
+                let lower = (1..self.stack.layers.len())
+                    .find_map(|l| names.iter().find_map(|n| root_value(l, n)));
+                let upper = &self.stack.layers[0];
+                let fd = upper.root.as_raw_fd();
+                let value = match lower {
+                    Some(v) => v,
+                    None => StatOverride::of(&sys::fstat_path(fd).op("stat upper")?).format(),
+                };
+                sys::lsetxattr(fd, ".".as_ref(), x.as_ref(), &value, 0)
+                    .op("xattr_permissions: write the owner xattr")
+                    .map_err(|e| e.at(format!("{} ({x})", upper.path.display())).in_layer(0))?;
+            }
+            own[0] = Some(x);
+        }
+        let mut out: Vec<Vec<&'static str>> =
+            own.iter().map(|o| o.iter().copied().collect()).collect();
+        if self.writable() {
+            for x in own[1..].iter().flatten() {
+                if !out[0].contains(x) {
+                    out[0].push(x);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Owner, group and mode of the upper entry `name` in `dir` as shown: from its owner
+    /// xattr if it has one, else its own (`st`).
+    pub(crate) fn shown_owner(&self, dir: RawFd, name: &OsStr, st: &Stat) -> StatOverride {
+        let names = self.override_xattrs.first().map_or(&[][..], |n| &n[..]);
+        read_override(dir, name, names).unwrap_or_else(|| StatOverride::of(st))
+    }
+
+    /// Show a node's owner, group and mode from its xattr where its layer keeps them there.
+    /// An entry without one shows its own (fuse-overlayfs fails its stat with ENODATA).
+    pub(crate) fn apply_override(&self, node: &Node, st: &mut Stat) {
+        if !idmap::may_override(st.st_mode) {
+            return;
+        }
+        let (layer, parent, name) = {
+            let s = node.state();
+            (s.layer, s.parent.clone(), s.name.clone())
+        };
+        let Some(names) = self.override_xattrs.get(layer).filter(|n| !n.is_empty()) else {
+            return;
+        };
+        let place = if node.ino == ROOT_INO {
+            self.dir_in(node, layer).map(|d| (d, ".".into()))
+        } else if node.is_unlinked() {
+            None
+        } else {
+            parent
+                .and_then(|p| self.dir_in(&p, layer))
+                .map(|d| (d, name))
+        };
+        let Some((dir, name)) = place else {
+            return;
+        };
+        if let Some(o) = read_override(dir.as_raw_fd(), &name, names) {
+            o.apply(st);
+        }
+    }
+
+    pub fn readlink(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        let _place = node.place.read();
+        let loc = self.locate(node)?;
+        sys::readlinkat(loc.raw(), &loc.name)
+            .op("readlink")
+            .map_err(|e| e.at(node.path()).in_layer(loc.layer))
+    }
+
+    pub fn getxattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<Vec<u8>> {
+        let _place = node.place.read();
+        if attr == whiteout::LAYER_XATTR {
+            // Which branch serves this entry: "<index> <branch directory>" (never listed).
+            let loc = self.locate(node)?;
+            let layer = &self.stack.layers[loc.layer];
+            return Ok(format!("{} {}", layer.index, layer.path.display()).into_bytes());
+        }
+        if whiteout::is_private_xattr(attr) || idmap::is_owner_xattr(attr.as_bytes()) {
+            return Err(Error::new(libc::ENODATA, "getxattr"));
+        }
+        let loc = self.locate(node)?;
+        sys::lgetxattr(loc.raw(), &loc.name, attr)
+            .op("getxattr")
+            .map_err(|e| e.at(node.path()).in_layer(loc.layer))?
+            .ok_or_else(|| Error::new(libc::ENODATA, "getxattr"))
+    }
+
+    /// The xattr names a caller may see. `trusted.*` ones only for root: the kernel leaves
+    /// that filtering to the filesystem (ext4 and overlayfs do it), and the daemon reads
+    /// the branches with more privilege than the caller may have.
+    pub fn listxattr(&self, node: &Arc<Node>, root: bool) -> Result<Vec<Vec<u8>>> {
+        let _place = node.place.read();
+        let loc = self.locate(node)?;
+        let mut names = sys::llistxattr(loc.raw(), &loc.name)
+            .op("listxattr")
+            .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
+        names.retain(|n| {
+            !whiteout::is_private_xattr(OsStr::from_bytes(n))
+                && !idmap::is_owner_xattr(n)
+                && (root || !n.starts_with(b"trusted."))
+        });
+        Ok(names)
+    }
+
+    pub fn setxattr(&self, node: &Arc<Node>, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if whiteout::is_private_xattr(attr) || idmap::is_owner_xattr(attr.as_bytes()) {
+            return Err(Error::new(libc::EPERM, "setxattr").at(node.path()));
+        }
+        let _place = node.place.read();
+        let loc = self.copy_up_metadata(node)?;
+        sys::lsetxattr(loc.raw(), &loc.name, attr, value, flags)
+            .op("setxattr")
+            .map_err(|e| e.at(node.path()).in_layer(0))
+    }
+
+    pub fn removexattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<()> {
+        // Nothing to remove means nothing to copy up.
+        self.getxattr(node, attr)?;
+        let _place = node.place.read();
+        let was_lower = self.locate(node)?.layer > 0;
+        let loc = self.copy_up_metadata(node)?;
+        // What the daemon may not set (security.capability, trusted.*, unprivileged) is not
+        // copied up: gone already, as asked. Removing it would fail, and with it the
+        // kernel's removal of a capability before a chown or truncate.
+        if was_lower && matches!(sys::lgetxattr(loc.raw(), &loc.name, attr), Ok(None)) {
+            return Ok(());
+        }
+        sys::lremovexattr(loc.raw(), &loc.name, attr)
+            .op("removexattr")
+            .map_err(|e| e.at(node.path()).in_layer(0))
+    }
+
+    /// Space figures of the upper (or the top layer of a read-only stack).
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        let top = &self.stack.layers[0];
+        sys::fstatvfs(top.root.as_raw_fd()).op("statfs")
+    }
+
+    /// Where a node is now (for callers outside the union module).
+    pub fn location(&self, node: &Arc<Node>) -> Result<Loc> {
+        self.locate(node)
+    }
+}
+
+/// Owner, group and mode from the first of `names` that `name` in `dir` carries.
+fn read_override(dir: RawFd, name: &OsStr, names: &[&str]) -> Option<StatOverride> {
+    names.iter().find_map(|x| {
+        let v = sys::lgetxattr(dir, name, x.as_ref()).ok().flatten()?;
+        let o = StatOverride::parse(&v);
+        if o.is_none() {
+            log::debug!("{}: malformed {x}, ignored", name.to_string_lossy());
+        }
+        o
+    })
+}
