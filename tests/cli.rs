@@ -6,65 +6,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Run the binary (no `-f`, RUST_LOG unset) with output in files outside the fixture, so a
-/// daemon that keeps them open cannot hang us.
-fn run(args: &[String]) -> Run {
-    let out = tempfile::tempdir().unwrap();
-    let (o, e) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&o).unwrap())
-        .stderr(fs::File::create(&e).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unionmount {args:?} did not return within 20 s");
-        }
-        sleep(Duration::from_millis(10));
-    };
-    Run {
-        status,
-        stdout: fs::read_to_string(o).unwrap(),
-        stderr: fs::read_to_string(e).unwrap(),
-    }
-}
-
-/// Unmounts a mount point on drop (for mounts not owned by a `Mount` guard).
-struct Unmounter(PathBuf);
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        for mp in mounts_under(&self.0).into_iter().rev() {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&mp)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&mp).status();
-            }
-        }
-    }
-}
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 /// Every path under `dir` (including hidden work dirs) with its type, mode and mtime.
 fn listing(dir: &Path) -> BTreeMap<String, (u32, (i64, i64))> {
@@ -89,9 +33,9 @@ fn listing(dir: &Path) -> BTreeMap<String, (u32, (i64, i64))> {
 /// The binary refuses `args`: non-zero exit, exactly one stderr line mentioning one of
 /// `mentions` (if any given), nothing mounted, nothing created under the fixture.
 fn expect_rejected(fx: &Fixture, args: Vec<String>, mentions: &[&str]) {
-    let _cleanup = Unmounter(fx.root.clone());
+    let _cleanup = UnmountGuard(fx.root.clone());
     let before = listing(&fx.root);
-    let r = run(&args);
+    let r = tool(&args);
     let mounted = mounts_under(&fx.root);
     assert!(
         mounted.is_empty(),
@@ -218,7 +162,7 @@ fn rejects_branches_without_a_mountpoint() {
     let fx = Fixture::new(1);
     expect_rejected(&fx, vec![fx.spec()], &["missing MOUNTPOINT"]);
     expect_rejected(&fx, vec!["u=RW:l=RO".into()], &["missing MOUNTPOINT"]);
-    let r = run(&["-o".into(), "ro".into(), fx.spec()]);
+    let r = tool(&["-o".into(), "ro".into(), fx.spec()]);
     assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     assert!(r.stderr.contains(&fx.spec()), "{}", r.stderr);
     // A lone directory is taken as the mount point, and the message says so.
@@ -283,8 +227,8 @@ fn daemons_for(mnt: &Path) -> Vec<u32> {
 fn detaches_only_once_mount_is_live() {
     let fx = Fixture::new(1);
     put(&fx.l(0, "f"), "hello");
-    let _cleanup = Unmounter(fx.mnt.clone());
-    let r = run(&[fx.spec(), p(&fx.mnt)]);
+    let _cleanup = UnmountGuard(fx.mnt.clone());
+    let r = tool(&[fx.spec(), p(&fx.mnt)]);
     assert!(r.status.success(), "detaching mount failed: {}", r.stderr);
     // No waiting: the mount must already be usable.
     assert_eq!(mount_fstype(&fx.mnt).as_deref(), Some("fuse.unionmount"));
@@ -296,20 +240,11 @@ fn detaches_only_once_mount_is_live() {
     let pids = daemons_for(&fx.mnt);
     assert_eq!(pids.len(), 1, "one daemon serves the mount: {pids:?}");
     assert!(!pids.contains(&std::process::id()));
-    let st = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&fx.mnt)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemons_for(&fx.mnt).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "daemon still running 10 s after unmount"
-        );
-        sleep(Duration::from_millis(20));
-    }
+    assert!(fusermount_u(&fx.mnt));
+    assert!(
+        eventually(Duration::from_secs(10), || daemons_for(&fx.mnt).is_empty()),
+        "daemon still running 10 s after unmount"
+    );
     assert!(mount_fstype(&fx.mnt).is_none());
     assert_eq!(
         names(&fx.upper),
@@ -341,7 +276,7 @@ fn mountinfo_fstype() {
 
 #[test]
 fn version() {
-    let r = run(&["--version".into()]);
+    let r = tool(["--version"]);
     assert!(r.status.success());
     assert!(
         r.stdout.contains(env!("CARGO_PKG_VERSION")),
@@ -352,7 +287,7 @@ fn version() {
 
 #[test]
 fn help_mentions_an_example() {
-    let r = run(&["--help".into()]);
+    let r = tool(["--help"]);
     assert!(r.status.success());
     assert!(
         r.stdout.to_lowercase().contains("example"),

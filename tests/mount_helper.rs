@@ -8,11 +8,11 @@
 //! /usr/local/sbin. They need root and unshare, and are skipped (with a note) without them.
 mod common;
 use common::*;
+use std::borrow::BorrowMut;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn p(path: &Path) -> String {
     path.display().to_string()
@@ -36,34 +36,11 @@ fn mount_fuse3() -> Option<PathBuf> {
 }
 
 /// Run to completion with stdio in files (a detaching daemon keeps its inherited stderr open
-/// until it has reported the mount live, so pipes would be held open by it).
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = tempfile::tempdir().unwrap();
-    let (o, e) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = cmd
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&o).unwrap())
-        .stderr(fs::File::create(&e).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not return within 30 s");
-        }
-        sleep(Duration::from_millis(10));
-    };
-    (
-        status.code().unwrap_or(-1),
-        fs::read_to_string(o).unwrap(),
-        fs::read_to_string(e).unwrap(),
-    )
+/// until it has reported the mount live, so pipes would be held open by it): (exit code,
+/// stdout, stderr).
+fn run(mut cmd: impl BorrowMut<Command>) -> (i32, String, String) {
+    let r = run_within(cmd.borrow_mut(), Duration::from_secs(30));
+    (r.code(), r.stdout, r.stderr)
 }
 
 /// (source, fstype) of the topmost mount on exactly `mp`, from /proc/self/mounts.
@@ -74,43 +51,6 @@ fn proc_mount(mp: &Path) -> Option<(String, String)> {
         (f.len() > 2 && Path::new(&f[1].replace("\\040", " ")) == mp)
             .then(|| (f[0].to_string(), f[2].to_string()))
     })
-}
-
-/// Unmount everything under `root` on drop, so a failing test leaves no mount behind.
-struct Cleanup(PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for mp in mounts_under(&self.0).into_iter().rev() {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&mp)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&mp).status();
-            }
-        }
-    }
-}
-
-/// Unmount `mp` and wait until it is gone.
-fn unmount(mp: &Path) {
-    let ok = Command::new("fusermount3")
-        .arg("-u")
-        .arg(mp)
-        .status()
-        .is_ok_and(|s| s.success())
-        || Command::new("umount")
-            .arg(mp)
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(ok, "cannot unmount {}", mp.display());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mount_fstype(mp).is_some() {
-        assert!(Instant::now() < deadline, "{} still mounted", mp.display());
-        sleep(Duration::from_millis(20));
-    }
 }
 
 /// The source /proc/mounts shows is meaningful: the fstab/command-line SOURCE, or the upper.
@@ -128,19 +68,19 @@ fn assert_source(mp: &Path, sources: &[&str]) {
 #[test]
 fn source_mountpoint_options_form() {
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
+    let _c = UnmountGuard(fx.root.clone());
     put(&fx.l(0, "f"), "base");
     // What mount(8) + mount.fuse3 pass, plus fstab/systemd-only options a hand-written command
     // might carry: all of them accepted.
     let opts = "rw,noatime,nodev,nosuid,dev,suid,defaults,nofail,_netdev,auto,x-systemd.automount,comment=x";
-    let (code, _, err) = run(Command::new(BIN).args([&fx.spec(), &p(&fx.mnt), "-o", opts]));
+    let (code, _, err) = run(unionmount([&fx.spec(), &p(&fx.mnt), "-o", opts]));
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(err, "", "a detaching mount prints nothing on success");
     assert_source(&fx.mnt, &[&fx.spec(), &p(&fx.upper)]);
     assert_eq!(read(&fx.m("f")), "base");
     fs::write(fx.m("new"), "n").unwrap();
     assert_eq!(read(&fx.u("new")), "n");
-    unmount(&fx.mnt);
+    unmount_and_wait(&fx.mnt);
     assert_eq!(read(&fx.l(0, "f")), "base");
 }
 
@@ -148,7 +88,7 @@ fn source_mountpoint_options_form() {
 fn overlay_style_ignores_a_source_word() {
     for word in ["none", "unionmount", "overlay"] {
         let fx = Fixture::new(2);
-        let _c = Cleanup(fx.root.clone());
+        let _c = UnmountGuard(fx.root.clone());
         put(&fx.l(0, "top"), "l0");
         put(&fx.l(1, "top"), "l1");
         let work = fx.root.join("work");
@@ -160,22 +100,22 @@ fn overlay_style_ignores_a_source_word() {
             p(&fx.upper),
             p(&work)
         );
-        let (code, _, err) = run(Command::new(BIN).args([word, &p(&fx.mnt), "-o", &opts]));
+        let (code, _, err) = run(unionmount([word, &p(&fx.mnt), "-o", &opts]));
         assert_eq!(code, 0, "{word}: {err}");
         assert_source(&fx.mnt, &[word, &p(&fx.upper)]);
         assert_eq!(read(&fx.m("top")), "l0");
         fs::write(fx.m("new"), "n").unwrap();
         assert_eq!(read(&fx.u("new")), "n");
-        unmount(&fx.mnt);
+        unmount_and_wait(&fx.mnt);
     }
 }
 
 #[test]
 fn a_branch_spec_beside_lowerdir_is_still_refused() {
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
+    let _c = UnmountGuard(fx.root.clone());
     let opts = format!("lowerdir={}", p(&fx.lowers[0]));
-    let (code, _, err) = run(Command::new(BIN).args([&fx.spec(), &p(&fx.mnt), "-o", &opts]));
+    let (code, _, err) = run(unionmount([&fx.spec(), &p(&fx.mnt), "-o", &opts]));
     assert_eq!(code, 32, "stderr: {err}");
     assert!(err.contains("twice"), "{err}");
     assert!(mounts_under(&fx.root).is_empty());
@@ -184,8 +124,8 @@ fn a_branch_spec_beside_lowerdir_is_still_refused() {
 #[test]
 fn exit_statuses_follow_mount8() {
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
-    let bad = |args: &[&str]| run(Command::new(BIN).args(args));
+    let _c = UnmountGuard(fx.root.clone());
+    let bad = |args: &[&str]| run(unionmount(args));
     // 1: the command line cannot be parsed.
     for args in [&[][..], &["-x", "a", "b"], &["a", "b", "c"]] {
         let (code, _, err) = bad(args);
@@ -202,7 +142,7 @@ fn exit_statuses_follow_mount8() {
         vec!["-o".into(), "bogus".into(), fx.spec(), p(&fx.mnt)],
         vec!["none".into(), p(&fx.mnt)],
     ] {
-        let (code, _, err) = run(Command::new(BIN).args(&args));
+        let (code, _, err) = run(unionmount(&args));
         assert_eq!(code, 32, "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("unionmount: "), "{err}");
@@ -226,13 +166,13 @@ fn stacked_on(mp: &Path) -> Vec<String> {
 #[test]
 fn a_live_mount_point_is_refused_unless_stack_asks() {
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
+    let _c = UnmountGuard(fx.root.clone());
     put(&fx.l(0, "f"), "base");
     let _below = fx.mount(&[]);
     let before = stacked_on(&fx.mnt);
     assert_eq!(before.len(), 1, "{before:?}");
     for fg in [&[][..], &["-f"]] {
-        let (code, _, err) = run(Command::new(BIN).args(fg).args([&fx.spec(), &p(&fx.mnt)]));
+        let (code, _, err) = run(unionmount(fg).args([&fx.spec(), &p(&fx.mnt)]));
         assert_eq!(code, 32, "{fg:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
@@ -252,7 +192,7 @@ fn a_live_mount_point_is_refused_unless_stack_asks() {
             .status()
             .unwrap();
         assert!(st.success());
-        let (code, _, err) = run(Command::new(BIN).args([&fx.spec(), &p(&other)]));
+        let (code, _, err) = run(unionmount([&fx.spec(), &p(&other)]));
         let _ = Command::new("umount").arg(&other).status();
         assert_eq!(code, 32, "{err}");
         assert!(
@@ -263,12 +203,11 @@ fn a_live_mount_point_is_refused_unless_stack_asks() {
     // -o stack: on top, and `fusermount3 -u` takes off that one only.
     let fx2 = Fixture::new(1);
     put(&fx2.l(0, "f"), "top");
-    let (code, _, err) = run(Command::new(BIN).args(["-o", "stack", &fx2.spec(), &p(&fx.mnt)]));
+    let (code, _, err) = run(unionmount(["-o", "stack", &fx2.spec(), &p(&fx.mnt)]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(stacked_on(&fx.mnt).len(), 2);
     assert_eq!(read(&fx.m("f")), "top");
-    let st = Command::new("fusermount3").arg("-u").arg(&fx.mnt).status();
-    assert!(st.unwrap().success());
+    assert!(fusermount_u(&fx.mnt));
     assert_eq!(stacked_on(&fx.mnt), before);
     assert_eq!(read(&fx.m("f")), "base");
 }
@@ -282,7 +221,7 @@ fn through_mount_fuse3() {
         return;
     };
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
+    let _c = UnmountGuard(fx.root.clone());
     put(&fx.l(0, "f"), "base");
     let work = fx.root.join("work");
     fs::create_dir(&work).unwrap();
@@ -295,7 +234,7 @@ fn through_mount_fuse3() {
     assert_eq!(read(&fx.m("f")), "base");
     fs::write(fx.m("f"), "changed").unwrap();
     assert_eq!(read(&fx.u("f")), "changed");
-    unmount(&fx.mnt);
+    unmount_and_wait(&fx.mnt);
 
     // Overlay style with a dummy source; and the old `type#source` form (no -t).
     let opts = format!(
@@ -315,7 +254,7 @@ fn through_mount_fuse3() {
         assert_eq!(code, 0, "mount.fuse3 {source} {ty:?}: {err}");
         assert_source(&fx.mnt, &["none", &p(&fx.upper)]);
         assert_eq!(read(&fx.m("f")), "changed");
-        unmount(&fx.mnt);
+        unmount_and_wait(&fx.mnt);
     }
 
     // A refusal comes back through mount.fuse3 with our status and message.
@@ -362,7 +301,7 @@ impl Namespace {
     /// Run `script` with sh -e in a new private mount namespace, `unionmount` bound first on
     /// the PATH mount.fuse3 uses. Every mount under `root` it leaves is lazily unmounted on
     /// the way out (also on failure), which ends its daemon.
-    fn run(&self, root: &Path, script: &str) -> Output {
+    fn run(&self, root: &Path, script: &str) -> Finished {
         let full = format!(
             "set -e\n\
              cleanup() {{ for m in $(awk '{{print $2}}' /proc/self/mounts | grep '^{root}/'); do umount -l \"$m\" || true; done; }}\n\
@@ -371,18 +310,14 @@ impl Namespace {
             root = p(root),
             bin = p(self.bindir.path())
         );
-        let out = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &full])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        if !out.status.success() {
+        let out = run_within(
+            Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &full]),
+            Duration::from_secs(30),
+        );
+        if !out.ok() {
             panic!(
                 "script failed ({}):\n{script}\n--- stdout\n{}--- stderr\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                out.status, out.stdout, out.stderr
             );
         }
         out
@@ -390,8 +325,8 @@ impl Namespace {
 }
 
 /// The script's `key=value` lines.
-fn values(out: &Output) -> std::collections::BTreeMap<String, String> {
-    String::from_utf8_lossy(&out.stdout)
+fn values(out: &Finished) -> std::collections::BTreeMap<String, String> {
+    out.stdout
         .lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))

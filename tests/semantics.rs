@@ -73,10 +73,7 @@ fn inode_numbers_survive_remount() {
             ("m+".into(), "new".into())
         );
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 /// Writers racing on one lower file copy it up once: every append lands in one upper file.

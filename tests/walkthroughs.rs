@@ -183,10 +183,7 @@ fn docker_lab_opaque_dir() {
         );
         assert_eq!(upper_names(&fx.u("etc/conf")), strs(&[OPQ, "new.conf"]));
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 /// "Docker commit": the first container's upper becomes a read-only layer of a second mount.
