@@ -68,31 +68,27 @@ fn expect_rejected(fx: &Fixture, args: Vec<String>, mentions: &[&str]) {
     );
 }
 
-fn p(path: &Path) -> String {
-    path.display().to_string()
-}
-
 #[test]
 fn rejects_malformed_spec() {
     let fx = Fixture::new(1);
-    let spec = format!("{}=RW::{}=RO", p(&fx.upper), p(&fx.lowers[0]));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[]);
-    expect_rejected(&fx, vec!["a::b".into(), p(&fx.mnt)], &[]);
+    let spec = format!("{}=RW::{}=RO", s(&fx.upper), s(&fx.lowers[0]));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[]);
+    expect_rejected(&fx, vec!["a::b".into(), s(&fx.mnt)], &[]);
 }
 
 #[test]
 fn rejects_unknown_mode() {
     let fx = Fixture::new(1);
-    let spec = format!("{}=RW:{}=RX", p(&fx.upper), p(&fx.lowers[0]));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &["RX"]);
+    let spec = format!("{}=RW:{}=RX", s(&fx.upper), s(&fx.lowers[0]));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &["RX"]);
 }
 
 #[test]
 fn rejects_missing_branch() {
     let fx = Fixture::new(1);
     let nope = fx.root.join("nope");
-    let spec = format!("{}=RW:{}=RO", p(&fx.upper), p(&nope));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&p(&nope)]);
+    let spec = format!("{}=RW:{}=RO", s(&fx.upper), s(&nope));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&s(&nope)]);
 }
 
 #[test]
@@ -100,36 +96,36 @@ fn rejects_branch_that_is_a_file() {
     let fx = Fixture::new(1);
     let file = fx.root.join("plainfile");
     put(&file, "x");
-    let spec = format!("{}=RW:{}=RO", p(&fx.upper), p(&file));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&p(&file)]);
+    let spec = format!("{}=RW:{}=RO", s(&fx.upper), s(&file));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&s(&file)]);
 }
 
 #[test]
 fn rejects_same_dir_twice() {
     let fx = Fixture::new(1);
-    let l = p(&fx.lowers[0]);
-    let spec = format!("{}=RW:{l}=RO:{l}=RO", p(&fx.upper));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&l]);
-    let u = p(&fx.upper);
+    let l = s(&fx.lowers[0]);
+    let spec = format!("{}=RW:{l}=RO:{l}=RO", s(&fx.upper));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&l]);
+    let u = s(&fx.upper);
     let spec = format!("{u}=RW:{u}=RO");
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&u]);
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&u]);
     // The same directory spelled differently.
-    let spec = format!("{}=RW:{l}=RO:{l}/.=RO", p(&fx.upper));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&l]);
+    let spec = format!("{}=RW:{l}=RO:{l}/.=RO", s(&fx.upper));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&l]);
 }
 
 #[test]
 fn rejects_two_rw_branches() {
     let fx = Fixture::new(1);
-    let spec = format!("{}=RW:{}=RW", p(&fx.upper), p(&fx.lowers[0]));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&p(&fx.lowers[0]), "RW"]);
+    let spec = format!("{}=RW:{}=RW", s(&fx.upper), s(&fx.lowers[0]));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&s(&fx.lowers[0]), "RW"]);
 }
 
 #[test]
 fn rejects_rw_not_first() {
     let fx = Fixture::new(1);
-    let spec = format!("{}=RO:{}=RW", p(&fx.lowers[0]), p(&fx.upper));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&p(&fx.upper)]);
+    let spec = format!("{}=RO:{}=RW", s(&fx.lowers[0]), s(&fx.upper));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&s(&fx.upper)]);
 }
 
 #[test]
@@ -137,22 +133,22 @@ fn rejects_mountpoint_inside_a_branch() {
     let fx = Fixture::new(1);
     mkdir_p(&fx.u("m"));
     mkdir_p(&fx.l(0, "m"));
-    expect_rejected(&fx, vec![fx.spec(), p(&fx.u("m"))], &[&p(&fx.upper)]);
-    expect_rejected(&fx, vec![fx.spec(), p(&fx.l(0, "m"))], &[&p(&fx.lowers[0])]);
+    expect_rejected(&fx, vec![fx.spec(), s(&fx.u("m"))], &[&s(&fx.upper)]);
+    expect_rejected(&fx, vec![fx.spec(), s(&fx.l(0, "m"))], &[&s(&fx.lowers[0])]);
 }
 
 #[test]
 fn rejects_mountpoint_equal_to_a_branch() {
     let fx = Fixture::new(1);
-    expect_rejected(&fx, vec![fx.spec(), p(&fx.lowers[0])], &[&p(&fx.lowers[0])]);
-    expect_rejected(&fx, vec![fx.spec(), p(&fx.upper)], &[&p(&fx.upper)]);
+    expect_rejected(&fx, vec![fx.spec(), s(&fx.lowers[0])], &[&s(&fx.lowers[0])]);
+    expect_rejected(&fx, vec![fx.spec(), s(&fx.upper)], &[&s(&fx.upper)]);
 }
 
 #[test]
 fn rejects_missing_mountpoint() {
     let fx = Fixture::new(1);
     let nomnt = fx.root.join("nomnt");
-    expect_rejected(&fx, vec![fx.spec(), p(&nomnt)], &[&p(&nomnt)]);
+    expect_rejected(&fx, vec![fx.spec(), s(&nomnt)], &[&s(&nomnt)]);
 }
 
 /// `unionmount BRANCHES` without a mount point says the mount point is missing, as an
@@ -166,8 +162,8 @@ fn rejects_branches_without_a_mountpoint() {
     assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     assert!(r.stderr.contains(&fx.spec()), "{}", r.stderr);
     // A lone directory is taken as the mount point, and the message says so.
-    let want = format!("no branches for mount point '{}'", p(&fx.mnt));
-    expect_rejected(&fx, vec![p(&fx.mnt)], &[&want]);
+    let want = format!("no branches for mount point '{}'", s(&fx.mnt));
+    expect_rejected(&fx, vec![s(&fx.mnt)], &[&want]);
 }
 
 #[test]
@@ -175,7 +171,7 @@ fn rejects_unknown_option() {
     let fx = Fixture::new(1);
     expect_rejected(
         &fx,
-        vec!["-o".into(), "bogus_option".into(), fx.spec(), p(&fx.mnt)],
+        vec!["-o".into(), "bogus_option".into(), fx.spec(), s(&fx.mnt)],
         &["bogus_option"],
     );
     expect_rejected(
@@ -184,13 +180,13 @@ fn rejects_unknown_option() {
             "-o".into(),
             "ro,bogus_option=1".into(),
             fx.spec(),
-            p(&fx.mnt),
+            s(&fx.mnt),
         ],
         &["bogus_option"],
     );
     expect_rejected(
         &fx,
-        vec!["-o".into(), "timeout=abc".into(), fx.spec(), p(&fx.mnt)],
+        vec!["-o".into(), "timeout=abc".into(), fx.spec(), s(&fx.mnt)],
         &["timeout"],
     );
 }
@@ -228,7 +224,7 @@ fn detaches_only_once_mount_is_live() {
     let fx = Fixture::new(1);
     put(&fx.l(0, "f"), "hello");
     let _cleanup = UnmountGuard(fx.mnt.clone());
-    let r = tool(&[fx.spec(), p(&fx.mnt)]);
+    let r = tool(&[fx.spec(), s(&fx.mnt)]);
     assert!(r.status.success(), "detaching mount failed: {}", r.stderr);
     // No waiting: the mount must already be usable.
     assert_eq!(mount_fstype(&fx.mnt).as_deref(), Some("fuse.unionmount"));
@@ -375,12 +371,12 @@ fn overlay_style_options() {
     fs::create_dir(&work).unwrap();
     let opts = format!(
         "lowerdir={}:{},upperdir={},workdir={}",
-        p(&fx.lowers[0]),
-        p(&fx.lowers[1]),
-        p(&fx.upper),
-        p(&work)
+        s(&fx.lowers[0]),
+        s(&fx.lowers[1]),
+        s(&fx.upper),
+        s(&work)
     );
-    let args = vec!["-o".to_string(), opts, p(&fx.mnt)];
+    let args = vec!["-o".to_string(), opts, s(&fx.mnt)];
     let m = fx.mount_args(args.clone(), fx.lowers.clone());
     assert_eq!(names(&fx.mnt), strs(&["bottom", "top"]));
     assert_eq!(

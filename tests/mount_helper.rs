@@ -14,10 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn p(path: &Path) -> String {
-    path.display().to_string()
-}
-
 /// The directory holding the built binary, first on PATH.
 fn path_with_bin() -> String {
     let dir = Path::new(BIN).parent().unwrap();
@@ -73,10 +69,10 @@ fn source_mountpoint_options_form() {
     // What mount(8) + mount.fuse3 pass, plus fstab/systemd-only options a hand-written command
     // might carry: all of them accepted.
     let opts = "rw,noatime,nodev,nosuid,dev,suid,defaults,nofail,_netdev,auto,x-systemd.automount,comment=x";
-    let (code, _, err) = run(unionmount([&fx.spec(), &p(&fx.mnt), "-o", opts]));
+    let (code, _, err) = run(unionmount([&fx.spec(), &s(&fx.mnt), "-o", opts]));
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(err, "", "a detaching mount prints nothing on success");
-    assert_source(&fx.mnt, &[&fx.spec(), &p(&fx.upper)]);
+    assert_source(&fx.mnt, &[&fx.spec(), &s(&fx.upper)]);
     assert_eq!(read(&fx.m("f")), "base");
     fs::write(fx.m("new"), "n").unwrap();
     assert_eq!(read(&fx.u("new")), "n");
@@ -95,14 +91,14 @@ fn overlay_style_ignores_a_source_word() {
         fs::create_dir(&work).unwrap();
         let opts = format!(
             "lowerdir={}:{},upperdir={},workdir={},rw,dev,suid",
-            p(&fx.lowers[0]),
-            p(&fx.lowers[1]),
-            p(&fx.upper),
-            p(&work)
+            s(&fx.lowers[0]),
+            s(&fx.lowers[1]),
+            s(&fx.upper),
+            s(&work)
         );
-        let (code, _, err) = run(unionmount([word, &p(&fx.mnt), "-o", &opts]));
+        let (code, _, err) = run(unionmount([word, &s(&fx.mnt), "-o", &opts]));
         assert_eq!(code, 0, "{word}: {err}");
-        assert_source(&fx.mnt, &[word, &p(&fx.upper)]);
+        assert_source(&fx.mnt, &[word, &s(&fx.upper)]);
         assert_eq!(read(&fx.m("top")), "l0");
         fs::write(fx.m("new"), "n").unwrap();
         assert_eq!(read(&fx.u("new")), "n");
@@ -114,8 +110,8 @@ fn overlay_style_ignores_a_source_word() {
 fn a_branch_spec_beside_lowerdir_is_still_refused() {
     let fx = Fixture::new(1);
     let _c = UnmountGuard(fx.root.clone());
-    let opts = format!("lowerdir={}", p(&fx.lowers[0]));
-    let (code, _, err) = run(unionmount([&fx.spec(), &p(&fx.mnt), "-o", &opts]));
+    let opts = format!("lowerdir={}", s(&fx.lowers[0]));
+    let (code, _, err) = run(unionmount([&fx.spec(), &s(&fx.mnt), "-o", &opts]));
     assert_eq!(code, 32, "stderr: {err}");
     assert!(err.contains("twice"), "{err}");
     assert!(mounts_under(&fx.root).is_empty());
@@ -135,12 +131,12 @@ fn exit_statuses_follow_mount8() {
     assert_eq!(bad(&["--help"]).0, 0);
     assert_eq!(bad(&["--version"]).0, 0);
     // 32: refused branch, mount point or option; one line on stderr.
-    let missing = format!("{}=RW:{}/nope", p(&fx.upper), p(&fx.root));
+    let missing = format!("{}=RW:{}/nope", s(&fx.upper), s(&fx.root));
     for args in [
-        vec![missing, p(&fx.mnt)],
-        vec![fx.spec(), p(&fx.root.join("nomnt"))],
-        vec!["-o".into(), "bogus".into(), fx.spec(), p(&fx.mnt)],
-        vec!["none".into(), p(&fx.mnt)],
+        vec![missing, s(&fx.mnt)],
+        vec![fx.spec(), s(&fx.root.join("nomnt"))],
+        vec!["-o".into(), "bogus".into(), fx.spec(), s(&fx.mnt)],
+        vec!["none".into(), s(&fx.mnt)],
     ] {
         let (code, _, err) = run(unionmount(&args));
         assert_eq!(code, 32, "{args:?}: {err}");
@@ -172,12 +168,12 @@ fn a_live_mount_point_is_refused_unless_stack_asks() {
     let before = stacked_on(&fx.mnt);
     assert_eq!(before.len(), 1, "{before:?}");
     for fg in [&[][..], &["-f"]] {
-        let (code, _, err) = run(unionmount(fg).args([&fx.spec(), &p(&fx.mnt)]));
+        let (code, _, err) = run(unionmount(fg).args([&fx.spec(), &s(&fx.mnt)]));
         assert_eq!(code, 32, "{fg:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
             err.contains("already has a live mount")
-                && err.contains(&format!("on {} type fuse.unionmount", p(&fx.mnt)))
+                && err.contains(&format!("on {} type fuse.unionmount", s(&fx.mnt)))
                 && err.contains("-o stack"),
             "{err}"
         );
@@ -188,22 +184,22 @@ fn a_live_mount_point_is_refused_unless_stack_asks() {
         let other = fx.root.join("other");
         fs::create_dir(&other).unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "scratch", &p(&other)])
+            .args(["-t", "tmpfs", "scratch", &s(&other)])
             .status()
             .unwrap();
         assert!(st.success());
-        let (code, _, err) = run(unionmount([&fx.spec(), &p(&other)]));
+        let (code, _, err) = run(unionmount([&fx.spec(), &s(&other)]));
         let _ = Command::new("umount").arg(&other).status();
         assert_eq!(code, 32, "{err}");
         assert!(
-            err.contains(&format!("(scratch on {} type tmpfs)", p(&other))),
+            err.contains(&format!("(scratch on {} type tmpfs)", s(&other))),
             "{err}"
         );
     }
     // -o stack: on top, and `fusermount3 -u` takes off that one only.
     let fx2 = Fixture::new(1);
     put(&fx2.l(0, "f"), "top");
-    let (code, _, err) = run(unionmount(["-o", "stack", &fx2.spec(), &p(&fx.mnt)]));
+    let (code, _, err) = run(unionmount(["-o", "stack", &fx2.spec(), &s(&fx.mnt)]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(stacked_on(&fx.mnt).len(), 2);
     assert_eq!(read(&fx.m("f")), "top");
@@ -226,11 +222,11 @@ fn through_mount_fuse3() {
     let work = fx.root.join("work");
     fs::create_dir(&work).unwrap();
     let (code, _, err) = run(Command::new(&helper)
-        .args([&fx.spec(), &p(&fx.mnt), "-t", "fuse.unionmount"])
+        .args([&fx.spec(), &s(&fx.mnt), "-t", "fuse.unionmount"])
         .args(["-o", "rw,noatime,nofail,_netdev,users"])
         .env("PATH", path_with_bin()));
     assert_eq!(code, 0, "mount.fuse3 {}: {err}", fx.spec());
-    assert_source(&fx.mnt, &[&fx.spec(), &p(&fx.upper)]);
+    assert_source(&fx.mnt, &[&fx.spec(), &s(&fx.upper)]);
     assert_eq!(read(&fx.m("f")), "base");
     fs::write(fx.m("f"), "changed").unwrap();
     assert_eq!(read(&fx.u("f")), "changed");
@@ -239,28 +235,28 @@ fn through_mount_fuse3() {
     // Overlay style with a dummy source; and the old `type#source` form (no -t).
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
-        p(&fx.lowers[0]),
-        p(&fx.upper),
-        p(&work)
+        s(&fx.lowers[0]),
+        s(&fx.upper),
+        s(&work)
     );
     for (source, ty) in [
         ("none", &["-t", "fuse.unionmount"][..]),
         ("unionmount#none", &[]),
     ] {
         let (code, _, err) = run(Command::new(&helper)
-            .args([source, &p(&fx.mnt), "-o", &opts])
+            .args([source, &s(&fx.mnt), "-o", &opts])
             .args(ty)
             .env("PATH", path_with_bin()));
         assert_eq!(code, 0, "mount.fuse3 {source} {ty:?}: {err}");
-        assert_source(&fx.mnt, &["none", &p(&fx.upper)]);
+        assert_source(&fx.mnt, &["none", &s(&fx.upper)]);
         assert_eq!(read(&fx.m("f")), "changed");
         unmount_and_wait(&fx.mnt);
     }
 
     // A refusal comes back through mount.fuse3 with our status and message.
-    let missing = format!("{}/nope", p(&fx.root));
+    let missing = format!("{}/nope", s(&fx.root));
     let (code, _, err) = run(Command::new(&helper)
-        .args([&missing, &p(&fx.mnt), "-t", "fuse.unionmount"])
+        .args([&missing, &s(&fx.mnt), "-t", "fuse.unionmount"])
         .env("PATH", path_with_bin()));
     assert_eq!(code, 32, "{err}");
     assert!(err.contains("no such directory"), "{err}");
@@ -307,8 +303,8 @@ impl Namespace {
              cleanup() {{ for m in $(awk '{{print $2}}' /proc/self/mounts | grep '^{root}/'); do umount -l \"$m\" || true; done; }}\n\
              trap cleanup EXIT\n\
              mount --bind {bin} /usr/local/sbin\n{script}",
-            root = p(root),
-            bin = p(self.bindir.path())
+            root = s(root),
+            bin = s(self.bindir.path())
         );
         let out = run_within(
             Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &full]),
@@ -365,13 +361,13 @@ impl FstabFx {
              none  {}  fuse.unionmount  lowerdir={},upperdir={},workdir={},_netdev  0 0\n\
              {}  {}/never  fuse.unionmount  noauto  0 0\n",
             fx.spec(),
-            p(&fx.mnt),
-            p(&mnt2),
-            p(&fx.lowers[0]),
-            p(&upper2),
-            p(&work),
+            s(&fx.mnt),
+            s(&mnt2),
+            s(&fx.lowers[0]),
+            s(&upper2),
+            s(&work),
             fx.spec(),
-            p(&fx.root),
+            s(&fx.root),
         );
         fs::write(&fstab, text).unwrap();
         FstabFx {
@@ -388,7 +384,7 @@ impl FstabFx {
 fn fstab_mount_all() {
     let Some(ns) = Namespace::new() else { return };
     let t = FstabFx::new();
-    let (m1, m2) = (p(&t.fx.mnt), p(&t.mnt2));
+    let (m1, m2) = (s(&t.fx.mnt), s(&t.mnt2));
     let out = ns.run(
         &t.fx.root,
         &format!(
@@ -403,19 +399,19 @@ fn fstab_mount_all() {
          umount {m1}\n\
          umount {m2}\n\
          echo left=\"$(show {m1})$(show {m2})\"\n",
-            fstab = p(&t.fstab),
+            fstab = s(&t.fstab),
         ),
     );
     let v = values(&out);
     let spec = t.fx.spec();
     let ok1 = [
         format!("{spec} fuse.unionmount"),
-        format!("{} fuse.unionmount", p(&t.fx.upper)),
+        format!("{} fuse.unionmount", s(&t.fx.upper)),
     ];
     assert!(ok1.contains(&v["m1"]), "{:?}", v["m1"]);
     let ok2 = [
         "none fuse.unionmount".to_string(),
-        format!("{} fuse.unionmount", p(&t.upper2)),
+        format!("{} fuse.unionmount", s(&t.upper2)),
     ];
     assert!(ok2.contains(&v["m2"]), "{:?}", v["m2"]);
     assert_eq!((v["f1"].as_str(), v["f2"].as_str()), ("base", "base"));
@@ -432,7 +428,7 @@ fn fstab_mount_all() {
 fn fstab_mount_by_mountpoint_and_by_type() {
     let Some(ns) = Namespace::new() else { return };
     let t = FstabFx::new();
-    let (m1, m2) = (p(&t.fx.mnt), p(&t.mnt2));
+    let (m1, m2) = (s(&t.fx.mnt), s(&t.mnt2));
     let out = ns.run(&t.fx.root, &format!(
         "{SHOW}\
          mount -T {fstab} {m2}\n\
@@ -447,12 +443,12 @@ fn fstab_mount_by_mountpoint_and_by_type() {
          echo f2=\"$(cat {m2}/f)\"\n\
          umount {m2}\n\
          if mount -t fuse.unionmount {root}/nope {m1} 2>/dev/null; then echo bad=0; else echo bad=$?; fi\n",
-        fstab = p(&t.fstab),
+        fstab = s(&t.fstab),
         spec = t.fx.spec(),
-        l = p(&t.fx.lowers[0]),
-        u2 = p(&t.upper2),
-        w = p(&t.work),
-        root = p(&t.fx.root),
+        l = s(&t.fx.lowers[0]),
+        u2 = s(&t.upper2),
+        w = s(&t.work),
+        root = s(&t.fx.root),
     ));
     let v = values(&out);
     assert_eq!(v["m2"], "fuse.unionmount");
@@ -476,8 +472,8 @@ fn fstab_mount_all_is_idempotent() {
             "mount -a -T {fstab} -t fuse.unionmount\n\
          mount -a -T {fstab} -t fuse.unionmount\n\
          echo n=$(awk '$3==\"fuse.unionmount\"' /proc/self/mounts | grep -c {root})\n",
-            fstab = p(&t.fstab),
-            root = p(&t.fx.root),
+            fstab = s(&t.fstab),
+            root = s(&t.fx.root),
         ),
     );
     assert_eq!(values(&out)["n"], "2");

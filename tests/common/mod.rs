@@ -157,6 +157,11 @@ pub fn upper_names(dir: &Path) -> Vec<String> {
     names(dir).into_iter().filter(|n| n != WORKDIR).collect()
 }
 
+/// A path as a command-line argument.
+pub fn s(path: &Path) -> String {
+    path.display().to_string()
+}
+
 /// Names as `["a", "b"]` literal helper.
 pub fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()

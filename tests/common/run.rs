@@ -33,12 +33,13 @@ impl Finished {
     }
 }
 
-/// `unionmount ARGS...` to run or spawn: RUST_LOG unset, stdin, stdout and stderr null
-/// (`run` gives it files for its output).
+/// `unionmount ARGS...` to run or spawn: RUST_LOG and NO_COLOR unset, stdin, stdout and
+/// stderr null (`run` gives it files for its output).
 pub fn unionmount<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
         .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
