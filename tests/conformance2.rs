@@ -10,8 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -21,72 +20,6 @@ use std::time::{Duration, Instant};
 /// Returns (exit code, stderr).
 fn as_user(dir: &Path, script: &str) -> (i32, String) {
     sh_as(1000, dir, script)
-}
-
-/// A kernel overlayfs mount, unmounted on drop.
-struct KernelOverlay {
-    mnt: PathBuf,
-}
-
-impl KernelOverlay {
-    fn mount(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path) -> KernelOverlay {
-        Self::mount_with(lowers, upper, work, mnt, "")
-    }
-
-    /// With `extra` options before the layers ("metacopy=on,").
-    fn mount_with(
-        lowers: &[&Path],
-        upper: &Path,
-        work: &Path,
-        mnt: &Path,
-        extra: &str,
-    ) -> KernelOverlay {
-        mkdir_p(work);
-        let lower: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
-        let opts = format!(
-            "{extra}lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            upper.display(),
-            work.display()
-        );
-        let st = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(mnt)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount -t overlay -o {opts}");
-        KernelOverlay {
-            mnt: mnt.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for KernelOverlay {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-    }
-}
-
-/// A tmpfs mounted at `dir`, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Tmpfs {
-        mkdir_p(dir);
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// Every entry below `root` as the merged view shows it: "f <content>", "d", "l <target>"...
@@ -169,7 +102,13 @@ fn overlay_whiteout_moved_lower_dir_seen_by_kernel_overlayfs() {
     fs::rename(fx.m("mv"), fx.m("moved")).unwrap();
     let ours = tree(&fx.mnt);
     m.unmount();
-    let k = KernelOverlay::mount(&[&fx.lowers[0]], &fx.upper, &fx.root.join("kwork"), &fx.mnt);
+    let k = KernelMount::overlay(
+        &[&fx.lowers[0]],
+        &fx.upper,
+        &fx.root.join("kwork"),
+        &fx.mnt,
+        "",
+    );
     let kernel = tree(&fx.mnt);
     drop(k);
     assert_eq!(
@@ -243,7 +182,7 @@ fn kernel_metacopy_chmod(fx: &Fixture) -> Vec<(&'static str, Vec<u8>)> {
         fs::write(fx.l(0, name), data).unwrap();
     }
     let work = fx.root.join("kwork");
-    let k = KernelOverlay::mount_with(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
+    let k = KernelMount::overlay(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
     for (name, _) in &files {
         set_mode(&fx.m(name), 0o600);
     }
@@ -339,7 +278,7 @@ fn kernel_overlay_metacopy_upper_read_and_written() {
         }
     }
     let work = fx.root.join("kwork");
-    let k = KernelOverlay::mount_with(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
+    let k = KernelMount::overlay(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
     let kernel: Vec<_> = want
         .iter()
         .map(|(n, _)| fs::read(fx.m(n)).unwrap())
@@ -378,7 +317,7 @@ fn kernel_overlay_metacopy_chain_stacked_as_lowers() {
     mkdir_p(&upper2);
     let work = fx.root.join("kwork2");
     let lowers: [&Path; 2] = [&fx.upper, &fx.lowers[0]];
-    let k = KernelOverlay::mount_with(&lowers, &upper2, &work, &fx.mnt, "metacopy=on,");
+    let k = KernelMount::overlay(&lowers, &upper2, &work, &fx.mnt, "metacopy=on,");
     for (name, _) in &files {
         set_mode(&fx.m(name), 0o640);
     }
@@ -454,7 +393,7 @@ fn renamed_kernel_metacopy_files_find_their_data() {
     }
     let work = fx.root.join("kwork");
     let opts = "metacopy=on,redirect_dir=on,";
-    let k = KernelOverlay::mount_with(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, opts);
+    let k = KernelMount::overlay(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, opts);
     let moved: Vec<(String, &Vec<u8>)> = files
         .iter()
         .enumerate()
@@ -610,8 +549,8 @@ fn submounts_in_two_lowers_get_distinct_inode_numbers() {
         return;
     }
     let fx = Fixture::new(2);
-    let _a = Tmpfs::mount(&fx.l(0, "a"));
-    let _b = Tmpfs::mount(&fx.l(1, "b"));
+    let _a = KernelMount::tmpfs(&fx.l(0, "a"), "");
+    let _b = KernelMount::tmpfs(&fx.l(1, "b"), "");
     for i in 0..3 {
         put(&fx.l(0, &format!("a/f{i}")), "a");
         put(&fx.l(1, &format!("b/f{i}")), "b");
@@ -963,7 +902,13 @@ fn overlay_whiteouts_interoperate_with_kernel_overlayfs() {
         xattr::get(fx.u("re"), "trusted.overlay.opaque").unwrap(),
         Some(b"y".to_vec())
     );
-    let k = KernelOverlay::mount(&[&fx.lowers[0]], &fx.upper, &fx.root.join("kwork"), &fx.mnt);
+    let k = KernelMount::overlay(
+        &[&fx.lowers[0]],
+        &fx.upper,
+        &fx.root.join("kwork"),
+        &fx.mnt,
+        "",
+    );
     let kernel = tree(&fx.mnt);
     drop(k);
     assert_eq!(kernel, ours);
@@ -981,7 +926,13 @@ fn kernel_overlayfs_changes_read_by_unionmount() {
     put(&fx.l(0, "w"), "w");
     put(&fx.l(0, "d/b"), "b");
     put(&fx.l(0, "re/old"), "old");
-    let k = KernelOverlay::mount(&[&fx.lowers[0]], &fx.upper, &fx.root.join("kwork"), &fx.mnt);
+    let k = KernelMount::overlay(
+        &[&fx.lowers[0]],
+        &fx.upper,
+        &fx.root.join("kwork"),
+        &fx.mnt,
+        "",
+    );
     fs::remove_file(fx.m("a")).unwrap();
     fs::remove_file(fx.m("d/b")).unwrap();
     fs::remove_dir_all(fx.m("re")).unwrap();
@@ -1005,7 +956,7 @@ fn lower_on_tmpfs_upper_on_disk() {
     }
     let fx = Fixture::new(0);
     let lower = fx.root.join("tmpfs");
-    let _t = Tmpfs::mount(&lower);
+    let _t = KernelMount::tmpfs(&lower, "");
     for i in 0..10 {
         put(&lower.join(format!("d/f{i}")), &format!("{i}\n"));
         fs::write(fx.u(&format!("u{i}")), "u").unwrap();
@@ -1047,31 +998,14 @@ fn lower_on_tmpfs_upper_on_disk() {
 fn mount_on_dead_mount_point() {
     let fx = Fixture::new(1);
     put(&fx.l(0, "a"), "a");
-    let mut child = Command::new(BIN)
-        .arg("-f")
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mount_fstype(&fx.mnt).is_none() {
-        assert!(Instant::now() < deadline, "not mounted");
-        thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = fx.daemon(&[]);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_errno(fs::read_dir(&fx.mnt), libc::ENOTCONN, "readdir dead mount");
-    let out = Command::new(BIN)
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let out = tool([fx.spec(), s(&fx.mnt)]);
+    let err = out.stderr;
     let listing = fs::read_dir(&fx.mnt).map(|rd| rd.count());
-    let _ = Command::new("umount").arg(&fx.mnt).status();
-    let _ = Command::new("umount").arg("-l").arg(&fx.mnt).status();
+    unmount_all(&fx.mnt);
     match out.status.code() {
         Some(0) => assert_eq!(listing.ok(), Some(1), "mounted over a dead mount: {err}"),
         Some(32) => assert!(

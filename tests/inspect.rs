@@ -529,27 +529,9 @@ fn export_of_a_kernel_metacopy_upper_carries_the_data() {
     let fx = Fixture::new(1);
     put(&fx.l(0, "f"), "the data is in the lower\n");
     let work = fx.root.join("kwork");
-    mkdir_p(&work);
-    let opts = format!(
-        "metacopy=on,lowerdir={},upperdir={},workdir={}",
-        fx.lowers[0].display(),
-        fx.upper.display(),
-        work.display()
-    );
-    let st = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&fx.mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount -t overlay -o {opts}");
+    let k = KernelMount::overlay(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
     let chmod = fs::set_permissions(fx.m("f"), fs::Permissions::from_mode(0o600));
-    assert!(
-        Command::new("umount")
-            .arg(&fx.mnt)
-            .status()
-            .unwrap()
-            .success()
-    );
+    k.unmount();
     chmod.unwrap();
     assert!(
         xattr::get(fx.u("f"), "trusted.overlay.metacopy")
@@ -638,18 +620,8 @@ fn a_covered_unionmount_mount_is_not_asked() {
     let fx = Fixture::new(1);
     seed(&fx);
     let _m = fx.mount(&[]);
-    let tmpfs = |dir: &Path| {
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "scratch"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-    };
-    let umount = |dir: &Path| {
-        assert!(Command::new("umount").arg(dir).status().unwrap().success());
-    };
-    tmpfs(&fx.m("app"));
+    let tmpfs = |dir: &Path| KernelMount::new(&["-t", "tmpfs", "scratch"], dir);
+    let t = tmpfs(&fx.m("app"));
     let o = tool(["which", &s(&fx.m("app/hello.txt"))]);
     let covers = format!(
         "scratch on {} type tmpfs covers the unionmount mount",
@@ -657,9 +629,9 @@ fn a_covered_unionmount_mount_is_not_asked() {
     );
     assert!(!o.ok() && o.stderr.contains(&covers), "{}", o.stderr);
     assert!(tool_ok(["which", &s(&fx.m("1"))]).contains("lower0"));
-    umount(&fx.m("app"));
+    t.unmount();
 
-    tmpfs(&fx.mnt);
+    let t = tmpfs(&fx.mnt);
     let layer = fx.root.join("layer");
     let tar = fx.root.join("layer.tar");
     let covers = format!(
@@ -687,7 +659,7 @@ fn a_covered_unionmount_mount_is_not_asked() {
         );
     }
     assert!(!lexists(&layer) && !lexists(&tar));
-    umount(&fx.mnt);
+    t.unmount();
     let layers = tool_ok(["layers", &s(&fx.mnt)]);
     assert!(layers.contains(&s(&fx.upper)), "{layers}");
 }

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread::{self, sleep};
@@ -674,24 +674,6 @@ fn sigkill_during_burst_of_creates() {
 // Disk full: an upper on an 8 MiB tmpfs
 // ---------------------------------------------------------------------------------------------
 
-struct TmpfsGuard(PathBuf);
-
-impl Drop for TmpfsGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(dir: &Path, size: &str) -> TmpfsGuard {
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs on {}", dir.display());
-    TmpfsGuard(dir.to_path_buf())
-}
-
 /// Write `len` bytes at the end, then fsync: the first error, if any.
 fn append_and_sync(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new().append(true).open(path)?;
@@ -706,7 +688,7 @@ fn disk_full_upper() {
         return;
     }
     let fx = Fixture::new(1);
-    let _tmpfs = mount_tmpfs(&fx.upper, "8M");
+    let _tmpfs = KernelMount::tmpfs(&fx.upper, "size=8M");
     let big = Rng::new(3).bytes(6 * MIB);
     fs::write(fx.l(0, "big"), &big).unwrap();
     put(&fx.l(0, "dir/sub/x"), &"x".repeat(3 * MIB));

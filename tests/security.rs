@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// A directory outside every branch: `file` (0644, "outside"), `dir/secret`, `dir/sub/`.
 /// Files get an old atime, so a relatime filesystem marks a read of them.
@@ -505,21 +505,13 @@ fn work_dir_symlink_in_upper_is_refused() {
     symlink(out.join("dir"), fx.u(WORKDIR)).unwrap();
     put(&fx.l(0, "f"), "f");
     let before = state(&out);
-    let o = Command::new(BIN)
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = tool([fx.spec(), s(&fx.mnt)]);
     let mounted = mount_fstype(&fx.mnt).is_some();
     if mounted {
-        let _ = Command::new("umount").arg(&fx.mnt).status();
+        unmount_all(&fx.mnt);
     }
-    assert!(
-        !mounted && !o.status.success(),
-        "mounted over a work dir symlink"
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!mounted && !o.ok(), "mounted over a work dir symlink");
+    let err = &o.stderr;
     assert!(err.contains("workdir"), "{err}");
     assert_same(&before, &out, "mount attempt");
 }

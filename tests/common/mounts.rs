@@ -1,6 +1,7 @@
 //! What /proc/self/mountinfo shows: mount points, their types, the unionmount on a path.
 
 use super::*;
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
@@ -88,4 +89,80 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .map(|(mp, _)| mp)
         .filter(|mp| mp.starts_with(dir))
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel mounts a test makes: tmpfs, kernel overlayfs
+// ---------------------------------------------------------------------------------------------
+
+/// A mount made with mount(8) (kernel overlayfs, a tmpfs), unmounted on drop: `umount`,
+/// lazily if it is busy.
+pub struct KernelMount {
+    pub mnt: PathBuf,
+    live: bool,
+}
+
+impl KernelMount {
+    /// `mount ARGS... MNT`, which must succeed.
+    pub fn new(args: &[&str], mnt: &Path) -> KernelMount {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .arg(mnt)
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(ok, "mount {} {}", args.join(" "), mnt.display());
+        KernelMount {
+            mnt: mnt.to_path_buf(),
+            live: true,
+        }
+    }
+
+    /// `mount -t tmpfs [-o OPTS] tmpfs DIR`, making DIR first.
+    pub fn tmpfs(dir: &Path, opts: &str) -> KernelMount {
+        mkdir_p(dir);
+        let mut args = vec!["-t", "tmpfs"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.push("tmpfs");
+        KernelMount::new(&args, dir)
+    }
+
+    /// Kernel overlayfs: `mount -t overlay overlay -o EXTRAlowerdir=..,upperdir=..,workdir=..
+    /// MNT`, making WORK first; `extra` ("metacopy=on,") goes before the layers.
+    pub fn overlay(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        extra: &str,
+    ) -> KernelMount {
+        mkdir_p(work);
+        let lower: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+        let opts = format!(
+            "{extra}lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        );
+        KernelMount::new(&["-t", "overlay", "overlay", "-o", &opts], mnt)
+    }
+
+    /// `umount MNT`, which must succeed.
+    pub fn unmount(mut self) {
+        self.live = false;
+        assert!(
+            succeeds("umount", [&self.mnt]),
+            "umount {}",
+            self.mnt.display()
+        );
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        if self.live && !succeeds("umount", [&self.mnt]) {
+            succeeds("umount", [OsStr::new("-l"), self.mnt.as_os_str()]);
+        }
+    }
 }

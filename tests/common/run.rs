@@ -179,15 +179,20 @@ pub struct UnmountGuard(pub PathBuf);
 
 impl Drop for UnmountGuard {
     fn drop(&mut self) {
-        // Mounts stacked on one point are listed bottom first: the top goes first.
-        for _ in 0..4 {
-            let left = mounts_under(&self.0);
-            if left.is_empty() {
-                return;
-            }
-            for mp in left.into_iter().rev() {
-                unmount(&mp);
-            }
+        unmount_all(&self.0);
+    }
+}
+
+/// Unmount every mount at or below `dir`, dead or alive, stacked or not, as well as it can.
+pub fn unmount_all(dir: &Path) {
+    // Mounts stacked on one point are listed bottom first: the top goes first.
+    for _ in 0..4 {
+        let left = mounts_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        for mp in left.into_iter().rev() {
+            unmount(&mp);
         }
     }
 }
