@@ -12,21 +12,11 @@ use std::time::Duration;
 
 /// Every path under `dir` (including hidden work dirs) with its type, mode and mtime.
 fn listing(dir: &Path) -> BTreeMap<String, (u32, (i64, i64))> {
-    fn walk(base: &Path, rel: &Path, out: &mut BTreeMap<String, (u32, (i64, i64))>) {
-        let p = base.join(rel);
-        let md = fs::symlink_metadata(&p).unwrap();
-        out.insert(
-            rel.display().to_string(),
-            (md.mode(), (md.mtime(), md.mtime_nsec())),
-        );
-        if md.is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                walk(base, &rel.join(e.unwrap().file_name()), out);
-            }
-        }
-    }
     let mut out = BTreeMap::new();
-    walk(dir, Path::new(""), &mut out);
+    walk_tree(dir, |p, md| {
+        let rel = p.strip_prefix(dir).unwrap().display().to_string();
+        out.insert(rel, (md.mode(), (md.mtime(), md.mtime_nsec())));
+    });
     out
 }
 

@@ -24,27 +24,22 @@ fn as_user(dir: &Path, script: &str) -> (i32, String) {
 
 /// Every entry below `root` as the merged view shows it: "f <content>", "d", "l <target>"...
 fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(base: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
-        for de in fs::read_dir(base.join(rel)).unwrap() {
-            let de = de.unwrap();
-            let r = rel.join(de.file_name());
-            let p = base.join(&r);
-            let md = fs::symlink_metadata(&p).unwrap();
-            let v = if md.is_dir() {
-                walk(base, &r, out);
-                "d".to_string()
-            } else if md.file_type().is_symlink() {
-                format!("l {}", fs::read_link(&p).unwrap().display())
-            } else if md.is_file() {
-                format!("f {}", String::from_utf8_lossy(&fs::read(&p).unwrap()))
-            } else {
-                format!("other {:o}", md.mode())
-            };
-            out.insert(r.display().to_string(), v);
-        }
-    }
     let mut out = BTreeMap::new();
-    walk(root, Path::new(""), &mut out);
+    walk_tree(root, |p, md| {
+        if p == root {
+            return;
+        }
+        let v = if md.is_dir() {
+            "d".to_string()
+        } else if md.file_type().is_symlink() {
+            format!("l {}", fs::read_link(p).unwrap().display())
+        } else if md.is_file() {
+            format!("f {}", String::from_utf8_lossy(&fs::read(p).unwrap()))
+        } else {
+            format!("other {:o}", md.mode())
+        };
+        out.insert(p.strip_prefix(root).unwrap().display().to_string(), v);
+    });
     out
 }
 

@@ -35,12 +35,7 @@ fn owner(p: &Path) -> String {
 }
 
 fn available(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    succeeds(cmd, ["--version"])
 }
 
 /// The lower of the mapping checks: files owned by 0, by a mapped ID and by one outside
@@ -166,7 +161,7 @@ fn id_mapping_shifts_owners_as_fuse_overlayfs_does() {
         .unwrap();
     assert!(ok.success(), "fuse-overlayfs mount");
     let peer = mapping_observations(&fx);
-    let _ = Command::new("fusermount3").arg("-u").arg(&fx.mnt).status();
+    fusermount_u(&fx.mnt);
     assert_eq!(peer, MAPPING_WANT, "fuse-overlayfs itself");
 }
 
@@ -377,29 +372,31 @@ fn xattr_permissions_1_keeps_them_in_the_security_namespace() {
 /// Run `script` as root of a new user namespace (with its own mount namespace) whose root
 /// is `nobody` outside, as rootless podman runs its mount program. `None` where user
 /// namespaces or the tools are not available.
-fn in_user_namespace(fx: &Fixture, script: &str) -> Option<std::process::Output> {
-    if !is_root() || !available("unshare") || !Path::new("/usr/bin/setpriv").exists() {
+/// Run `sh -euc script` as nobody in a new user namespace where it is root, with `$BIN`
+/// and `$ROOT` set: it must succeed; its stdout. None (with a note) where that cannot be
+/// set up.
+fn in_user_namespace(fx: &Fixture, script: &str) -> Option<String> {
+    let userns = || {
+        let mut c = as_user(65534);
+        c.args(["unshare", "--user", "--map-root-user", "--mount"]);
+        c
+    };
+    let possible = is_root()
+        && available("unshare")
+        && Path::new("/usr/bin/setpriv").exists()
+        && userns().arg("true").status().is_ok_and(|st| st.success());
+    if !possible {
+        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
         return None;
     }
-    let probe = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["unshare", "--user", "--map-root-user", "--mount", "true"])
-        .status()
-        .ok()?;
-    if !probe.success() {
-        return None;
-    }
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["unshare", "--user", "--map-root-user", "--mount"])
+    let out = run(userns()
         .args(["sh", "-euc", script])
         .env("BIN", BIN)
-        .env("ROOT", &fx.root)
-        .output()
-        .unwrap();
+        .env("ROOT", &fx.root));
     // The mount lived in the namespace, which is gone with the shell.
     assert!(mounts_under(&fx.root).is_empty());
-    Some(out)
+    assert!(out.ok(), "{}{}", out.stdout, out.stderr);
+    Some(out.stdout)
 }
 
 /// A fixture the namespace's root (nobody outside) owns entirely.
@@ -412,12 +409,7 @@ fn rootless_fixture() -> Fixture {
     put(&fx.l(0, "redo/sub/old2"), "old");
     put(&fx.l(0, "moved/x/y"), "y");
     put(&fx.l(0, "meta"), "meta");
-    let ok = Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&fx.root)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    chown_r(&fx.root, 65534, 65534);
     fx
 }
 
@@ -442,16 +434,9 @@ echo n >"$M/created"
 stat -c '%u:%g %n' "$M/f" "$M/created"
 "#
     );
-    let Some(out) = in_user_namespace(&fx, &script) else {
-        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
+    let Some(stdout) = in_user_namespace(&fx, &script) else {
         return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // Inside, the namespace's root owns everything.
     assert!(
         stdout.contains("0:0 ") && !stdout.contains("65534"),
@@ -503,15 +488,9 @@ chmod 600 "$M/meta"
 touch -m -d 2001-02-03 "$M/f"
 "#
     );
-    let Some(out) = in_user_namespace(&fx, &script) else {
-        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
+    if in_user_namespace(&fx, &script).is_none() {
         return;
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    }
     assert_eq!(mode_of(&fx.u("meta")), 0o600);
     assert_eq!(read(&fx.u("meta")), "meta");
 }
@@ -532,16 +511,9 @@ stat -c '%u:%g' "$M/foreign"
 if echo more >>"$M/foreign/mine"; then echo "written"; fi
 "#
     );
-    let Some(out) = in_user_namespace(&fx, &script) else {
-        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
+    let Some(stdout) = in_user_namespace(&fx, &script) else {
         return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(stdout, "65534:65534\n");
     assert!(!lexists(&fx.u("foreign")));
     assert_eq!(read(&fx.l(0, "foreign/mine")), "mine");

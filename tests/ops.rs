@@ -1652,24 +1652,12 @@ fn created_files_owned_by_caller() {
 
     let script = "set -e; umask 027; cd \"$1/pub\"; echo hi > newfile; mkdir newdir; ln -s target link; \
                   echo more >> userown; if echo x >> ../rootfile; then exit 10; fi";
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=1000",
-            "--regid=1000",
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ])
-        .arg(&fx.mnt)
-        .output()
-        .unwrap();
+    let out = run(as_user(1000).args(["sh", "-c", script, "sh"]).arg(&fx.mnt));
     assert!(
-        out.status.success(),
+        out.ok(),
         "script as uid 1000 failed ({}): {}",
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
 
     let owner = |p: &Path| {

@@ -146,30 +146,14 @@ fn assert_work_empty(fx: &Fixture, when: &str) {
 
 /// Every path (relative) under `dir`, directories with a trailing '/'.
 fn tree_names(dir: &Path) -> BTreeSet<String> {
-    fn walk(base: &Path, rel: &str, out: &mut BTreeSet<String>) {
-        let p = if rel.is_empty() {
-            base.to_path_buf()
-        } else {
-            base.join(rel)
-        };
-        for e in fs::read_dir(&p).unwrap_or_else(|e| panic!("readdir {}: {e}", p.display())) {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            let r = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            if e.file_type().unwrap().is_dir() {
-                out.insert(format!("{r}/"));
-                walk(base, &r, out);
-            } else {
-                out.insert(r);
-            }
-        }
-    }
     let mut out = BTreeSet::new();
-    walk(dir, "", &mut out);
+    walk_tree(dir, |p, md| {
+        if p == dir {
+            return;
+        }
+        let r = p.strip_prefix(dir).unwrap().display().to_string();
+        out.insert(if md.is_dir() { format!("{r}/") } else { r });
+    });
     out
 }
 

@@ -35,9 +35,9 @@ fn outside(fx: &Fixture) -> PathBuf {
 /// Everything about every entry below `dir`, atimes and ctimes included. Files are read
 /// with O_NOATIME; directory atimes are left out (listing them here would mark them).
 fn state(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(p: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        let md = fs::symlink_metadata(p).unwrap();
-        let data = quiet_content(p, &md);
+    let mut out = BTreeMap::new();
+    walk_tree(dir, |p, md| {
+        let data = quiet_content(p, md);
         let atime = if md.is_dir() {
             String::new()
         } else {
@@ -62,14 +62,7 @@ fn state(dir: &Path) -> BTreeMap<PathBuf, String> {
                 String::from_utf8_lossy(&data),
             ),
         );
-        if md.is_dir() {
-            for e in fs::read_dir(p).unwrap() {
-                walk(&e.unwrap().path(), out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, &mut out);
+    });
     out
 }
 

@@ -22,7 +22,6 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod mount;
@@ -244,42 +243,15 @@ pub fn is_root() -> bool {
 
 /// Wait (up to 10 s) until `mnt` is, or is no longer, a unionmount mount point.
 pub fn wait_mounted(mnt: &Path, mounted: bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while mount_fstype(mnt).is_some() != mounted {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}: {} after 10 s",
-            mnt.display(),
-            if mounted {
-                "not mounted"
-            } else {
-                "still mounted"
-            }
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Run `sh -c script` in `dir` as `uid` (gid the same, no supplementary groups):
-/// (exit code, stderr).
-pub fn sh_as(uid: u32, dir: &Path, script: &str) -> (i32, String) {
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("setpriv");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let done = eventually(Duration::from_secs(10), || {
+        mount_fstype(mnt).is_some() == mounted
+    });
+    let state = if mounted {
+        "not mounted"
+    } else {
+        "still mounted"
+    };
+    assert!(done, "{}: {state} after 10 s", mnt.display());
 }
 
 /// The content of a file (read without marking its atime) or a symlink's target; nothing

@@ -98,6 +98,38 @@ pub fn expect_ok(cmd: &mut Command) -> String {
     o.stdout
 }
 
+/// `setpriv --reuid=UID --regid=UID --clear-groups`, to which the command to run as `uid`
+/// (gid the same, no supplementary groups) is added.
+pub fn as_user(uid: u32) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        "--clear-groups",
+    ]);
+    c
+}
+
+/// Run `sh -c script` in `dir` as `uid` (gid the same, no supplementary groups):
+/// (exit code, stderr).
+pub fn sh_as(uid: u32, dir: &Path, script: &str) -> (i32, String) {
+    let out = run(as_user(uid).args(["sh", "-c", script]).current_dir(dir));
+    (out.code(), out.stderr)
+}
+
+/// `chown -R UID:GID DIR`, which must succeed.
+pub fn chown_r(dir: &Path, uid: u32, gid: u32) {
+    let owner = format!("{uid}:{gid}");
+    assert!(
+        succeeds(
+            "chown",
+            [OsStr::new("-R"), OsStr::new(&owner), dir.as_os_str()]
+        ),
+        "chown -R {owner} {}",
+        dir.display()
+    );
+}
+
 /// Wait up to `limit` for `child` to exit: its status, or None if it still runs.
 pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;

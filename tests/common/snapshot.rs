@@ -117,6 +117,21 @@ pub fn snapshot(dir: &Path) -> Snapshot {
     out
 }
 
+/// Call `visit(path, lstat)` for `dir` and every entry below it, parents first, without
+/// following symlinks.
+pub fn walk_tree(dir: &Path, mut visit: impl FnMut(&Path, &fs::Metadata)) {
+    fn walk(p: &Path, visit: &mut dyn FnMut(&Path, &fs::Metadata)) {
+        let md = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+        visit(p, &md);
+        if md.is_dir() {
+            for e in fs::read_dir(p).unwrap_or_else(|e| panic!("readdir {}: {e}", p.display())) {
+                walk(&e.unwrap().path(), visit);
+            }
+        }
+    }
+    walk(dir, &mut visit);
+}
+
 /// Human-readable differences between two snapshots ("" if equal).
 pub fn snapshot_diff(a: &Snapshot, b: &Snapshot) -> String {
     let mut s = String::new();
