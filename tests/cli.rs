@@ -359,13 +359,7 @@ fn overlay_style_options() {
     put(&fx.l(1, "bottom"), "l1");
     let work = fx.root.join("work");
     fs::create_dir(&work).unwrap();
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        s(&fx.lowers[0]),
-        s(&fx.lowers[1]),
-        s(&fx.upper),
-        s(&work)
-    );
+    let opts = fx.overlay_opts(&work);
     let args = vec!["-o".to_string(), opts, s(&fx.mnt)];
     let m = fx.mount_args(args.clone(), fx.lowers.clone());
     assert_eq!(names(&fx.mnt), strs(&["bottom", "top"]));

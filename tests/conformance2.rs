@@ -232,12 +232,7 @@ fn kernel_overlay_metacopy_upper_read_and_written() {
     }
     let fx = Fixture::new(1);
     let files = kernel_metacopy_chmod(&fx);
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        fx.lowers[0].display(),
-        fx.upper.display(),
-        fx.root.join("work").display()
-    );
+    let opts = overlay_opts(&[&fx.lowers[0]], &fx.upper, &fx.root.join("work"));
     let m = fx.mount_args(
         strs(&["-o", &opts, &fx.mnt.display().to_string()]),
         fx.lowers.clone(),
@@ -336,13 +331,7 @@ fn copy_up_of_a_marked_lower_file_takes_its_data_from_below() {
     let files = kernel_metacopy_chmod(&fx);
     let upper2 = fx.root.join("upper2");
     mkdir_p(&upper2);
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        fx.upper.display(),
-        fx.lowers[0].display(),
-        upper2.display(),
-        fx.root.join("work2").display()
-    );
+    let opts = overlay_opts(&[&fx.upper, &fx.lowers[0]], &upper2, &fx.root.join("work2"));
     let args = strs(&["-o", &opts, &fx.mnt.display().to_string()]);
     let watched = vec![fx.upper.clone(), fx.lowers[0].clone()];
     let m = fx.mount_args(args.clone(), watched.clone());

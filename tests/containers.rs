@@ -12,12 +12,7 @@ use std::process::{Command, Stdio};
 
 /// `-o lowerdir=LOWER0,upperdir=UPPER,workdir=ROOT/work[,EXTRA] MNT`
 fn overlay_args(fx: &Fixture, extra: &str) -> Vec<String> {
-    let mut o = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        fx.lowers[0].display(),
-        fx.upper.display(),
-        fx.root.join("work").display()
-    );
+    let mut o = overlay_opts(&[&fx.lowers[0]], &fx.upper, &fx.root.join("work"));
     if !extra.is_empty() {
         o = format!("{o},{extra}");
     }
@@ -148,10 +143,8 @@ fn id_mapping_shifts_owners_as_fuse_overlayfs_does() {
     mapping_lower(&fx);
     fs::create_dir(fx.root.join("work")).unwrap();
     let o = format!(
-        "lowerdir={},upperdir={},workdir={},uidmapping=0:100000:65536,gidmapping=0:100000:65536",
-        fx.lowers[0].display(),
-        fx.upper.display(),
-        fx.root.join("work").display()
+        "{},uidmapping=0:100000:65536,gidmapping=0:100000:65536",
+        overlay_opts(&[&fx.lowers[0]], &fx.upper, &fx.root.join("work"))
     );
     let ok = Command::new("fuse-overlayfs")
         .args(["-o", &o])

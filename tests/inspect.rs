@@ -82,7 +82,7 @@ fn which_names_the_branch_and_what_it_hides() {
     assert!(blocks[5].contains("merged from upper, lower0"), "{out}");
     // A name that is nowhere fails, the others still answer.
     let o = tool(["which", &s(&fx.m("nothing")), &s(&fx.m("1"))]);
-    assert!(!o.ok() && o.stderr.contains("no such file"), "{}", o.stderr);
+    o.assert_fails_with("no such file");
     assert!(o.stdout.contains("copied up"), "{}", o.stdout);
     // The short form: a computed xattr, never listed (cp -a and tar do not copy it).
     let v = xattr::get(fx.m("etc/hosts"), "user.unionmount.layer")
@@ -96,11 +96,7 @@ fn which_names_the_branch_and_what_it_hides() {
     assert_eq!(listed, ["user.comment"]);
     drop(m);
     let o = tool(["which", &s(&fx.m("1"))]);
-    assert!(
-        !o.ok() && o.stderr.contains("not inside a unionmount mount"),
-        "{}",
-        o.stderr
-    );
+    o.assert_fails_with("not inside a unionmount mount");
 }
 
 #[test]
@@ -207,11 +203,7 @@ fn layers_reports_stack_counters_and_kernel() {
     assert!(out.contains("kernel: FUSE"), "{out}");
     assert!(out.contains("entry/attr TTL 0.5s"), "{out}");
     let o = tool(["layers", &s(&fx.m("app"))]);
-    assert!(
-        !o.ok() && o.stderr.contains("give the mount point"),
-        "{}",
-        o.stderr
-    );
+    o.assert_fails_with("give the mount point");
 }
 
 #[test]
@@ -440,7 +432,7 @@ fn export_writes_an_oci_layer() {
         "--tar",
         &s(&fx.root.join("no.tar")),
     ]);
-    assert!(!o.ok() && o.stderr.contains("--lower"), "{}", o.stderr);
+    o.assert_fails_with("--lower");
     let with_lower = tool_ok([
         "export",
         &s(&fx.upper),
@@ -473,7 +465,7 @@ fn commit_makes_a_layer_and_remount_stacks_it() {
     // The mount went on; a non-empty target is refused.
     assert_eq!(read(&fx.m("1")), "OVERRIDDEN\n");
     let o = tool(["commit", &s(&fx.mnt), "--to", &s(&layer)]);
-    assert!(!o.ok() && o.stderr.contains("not empty"), "{}", o.stderr);
+    o.assert_fails_with("not empty");
     // --remount is refused while a file is open, and nothing changes.
     let layer2 = fx.root.join("layer2");
     let held = fs::File::open(fx.m("d")).unwrap();
@@ -573,7 +565,7 @@ fn tools_answer_for_the_top_of_stacked_mounts() {
     let out = tool_ok(["which", &s(&mnt.join("top-only"))]);
     assert!(out.contains(&s(&top.l(0, "top-only"))), "{out}");
     let o = tool(["which", &s(&mnt.join("1"))]);
-    assert!(!o.ok() && o.stderr.contains("no such file"), "{}", o.stderr);
+    o.assert_fails_with("no such file");
     let layers = tool_ok(["layers", &s(&mnt)]);
     assert!(
         layers.contains(&s(&top.upper)) && !layers.contains(&s(&below.upper)),
@@ -627,7 +619,7 @@ fn a_covered_unionmount_mount_is_not_asked() {
         "scratch on {} type tmpfs covers the unionmount mount",
         s(&fx.m("app"))
     );
-    assert!(!o.ok() && o.stderr.contains(&covers), "{}", o.stderr);
+    o.assert_fails_with(&covers);
     assert!(tool_ok(["which", &s(&fx.m("1"))]).contains("lower0"));
     t.unmount();
 
@@ -746,11 +738,7 @@ fn sigterm_ends_a_daemon_whose_mount_another_namespace_holds() {
     );
     assert!(old_sock.exists());
     let o = tool(["layers", &s(&fx.mnt)]);
-    assert!(
-        !o.ok() && o.stderr.contains("not inside a unionmount mount"),
-        "{}",
-        o.stderr
-    );
+    o.assert_fails_with("not inside a unionmount mount");
 
     let fx2 = Fixture::new(1);
     put(&fx2.l(0, "new-only"), "n\n");
@@ -876,11 +864,7 @@ fn a_killed_daemons_socket_is_never_answered() {
     });
     assert!(sock.exists(), "a killed daemon removed its socket?");
     let o = tool(["layers", &s(&fx.mnt)]);
-    assert!(
-        !o.ok() && o.stderr.contains("its daemon has died"),
-        "{}",
-        o.stderr
-    );
+    o.assert_fails_with("its daemon has died");
     let fx2 = Fixture::new(1);
     let o = tool([&fx2.spec(), &s(&fx.mnt)]);
     assert!(o.ok(), "{}", o.stderr);

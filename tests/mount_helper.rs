@@ -89,13 +89,7 @@ fn overlay_style_ignores_a_source_word() {
         put(&fx.l(1, "top"), "l1");
         let work = fx.root.join("work");
         fs::create_dir(&work).unwrap();
-        let opts = format!(
-            "lowerdir={}:{},upperdir={},workdir={},rw,dev,suid",
-            s(&fx.lowers[0]),
-            s(&fx.lowers[1]),
-            s(&fx.upper),
-            s(&work)
-        );
+        let opts = format!("{},rw,dev,suid", fx.overlay_opts(&work));
         let (code, _, err) = run(unionmount([word, &s(&fx.mnt), "-o", &opts]));
         assert_eq!(code, 0, "{word}: {err}");
         assert_source(&fx.mnt, &[word, &s(&fx.upper)]);
@@ -233,12 +227,7 @@ fn through_mount_fuse3() {
     unmount_and_wait(&fx.mnt);
 
     // Overlay style with a dummy source; and the old `type#source` form (no -t).
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        s(&fx.lowers[0]),
-        s(&fx.upper),
-        s(&work)
-    );
+    let opts = fx.overlay_opts(&work);
     for (source, ty) in [
         ("none", &["-t", "fuse.unionmount"][..]),
         ("unionmount#none", &[]),

@@ -212,13 +212,7 @@ fn docker_lab_layer_stacking() {
     let work2 = fx.root.join("work2");
     fs::create_dir(&upper2).unwrap();
     fs::create_dir(&work2).unwrap();
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        layer1.display(),
-        fx.lowers[0].display(),
-        upper2.display(),
-        work2.display()
-    );
+    let opts = overlay_opts(&[&layer1, &fx.lowers[0]], &upper2, &work2);
     let args = vec!["-o".to_string(), opts, fx.mnt.display().to_string()];
     let m = fx.mount_args(args.clone(), vec![layer1.clone(), fx.lowers[0].clone()]);
 

@@ -83,6 +83,12 @@ impl Fixture {
         parts.join(":")
     }
 
+    /// `lowerdir=LOWER0:LOWER1..,upperdir=UPPER,workdir=WORK`, for `-o`.
+    pub fn overlay_opts(&self, work: &Path) -> String {
+        let lowers: Vec<&Path> = self.lowers.iter().map(PathBuf::as_path).collect();
+        overlay_opts(&lowers, &self.upper, work)
+    }
+
     /// `unionmount -f EXTRA... SPEC MNT`; every lower is checked unchanged after unmount.
     pub fn mount(&self, extra: &[&str]) -> Mount {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();

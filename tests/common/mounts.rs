@@ -95,6 +95,17 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 // Kernel mounts a test makes: tmpfs, kernel overlayfs
 // ---------------------------------------------------------------------------------------------
 
+/// Overlay-style options: `lowerdir=L1:L2..,upperdir=UPPER,workdir=WORK`.
+pub fn overlay_opts(lowers: &[&Path], upper: &Path, work: &Path) -> String {
+    let lower: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    )
+}
+
 /// A mount made with mount(8) (kernel overlayfs, a tmpfs), unmounted on drop: `umount`,
 /// lazily if it is busy.
 pub struct KernelMount {
@@ -138,13 +149,7 @@ impl KernelMount {
         extra: &str,
     ) -> KernelMount {
         mkdir_p(work);
-        let lower: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
-        let opts = format!(
-            "{extra}lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            upper.display(),
-            work.display()
-        );
+        let opts = format!("{extra}{}", overlay_opts(lowers, upper, work));
         KernelMount::new(&["-t", "overlay", "overlay", "-o", &opts], mnt)
     }
 

@@ -27,6 +27,12 @@ impl Finished {
         self.status.success()
     }
 
+    /// It failed, and said `text` on stderr.
+    #[track_caller]
+    pub fn assert_fails_with(&self, text: &str) {
+        assert!(!self.ok() && self.stderr.contains(text), "{}", self.stderr);
+    }
+
     /// Its exit code, -1 if a signal ended it.
     pub fn code(&self) -> i32 {
         self.status.code().unwrap_or(-1)
