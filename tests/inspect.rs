@@ -19,12 +19,7 @@ fn seed(fx: &Fixture) {
 
 /// The seed's changes, through the mount.
 fn change(fx: &Fixture) {
-    put(&fx.m("d"), "new file\n");
-    put(&fx.m("1"), "OVERRIDDEN\n");
-    fs::remove_file(fx.m("app/hello.txt")).unwrap();
-    fs::remove_dir_all(fx.m("usr/share/man")).unwrap();
-    mkdir_p(&fx.m("usr/share/man"));
-    put(&fx.m("usr/share/man/b"), "new man\n");
+    demo_changes(fx);
     fs::hard_link(fx.m("d"), fx.m("d2")).unwrap();
     xattr::set(fx.m("d"), "user.comment", b"hi").unwrap();
 }

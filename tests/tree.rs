@@ -31,12 +31,7 @@ fn demo(fx: &Fixture) -> Mount {
     put(&fx.l(0, "etc/hosts"), "127.0.0.1 localhost\n");
     put(&fx.l(0, "usr/share/man/a"), "man\n");
     let m = fx.mount(&[]);
-    put(&fx.m("d"), "new file\n");
-    put(&fx.m("1"), "OVERRIDDEN\n");
-    fs::remove_file(fx.m("app/hello.txt")).unwrap();
-    fs::remove_dir_all(fx.m("usr/share/man")).unwrap();
-    mkdir_p(&fx.m("usr/share/man"));
-    put(&fx.m("usr/share/man/b"), "new man\n");
+    demo_changes(fx);
     m
 }
 

@@ -64,6 +64,18 @@ pub fn put(path: &Path, content: &str) {
     fs::write(path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// README's demo, the changes made through the mount of `fx` (whose lower 0 holds `1`,
+/// `app/hello.txt` and `usr/share/man/a`): `d` created, `1` overwritten, `app/hello.txt`
+/// removed, `usr/share/man` removed and made again (opaque) with `b` in it.
+pub fn demo_changes(fx: &Fixture) {
+    put(&fx.m("d"), "new file\n");
+    put(&fx.m("1"), "OVERRIDDEN\n");
+    fs::remove_file(fx.m("app/hello.txt")).unwrap();
+    fs::remove_dir_all(fx.m("usr/share/man")).unwrap();
+    mkdir_p(&fx.m("usr/share/man"));
+    put(&fx.m("usr/share/man/b"), "new man\n");
+}
+
 /// `put` then chmod.
 pub fn put_mode(path: &Path, content: &str, mode: u32) {
     put(path, content);
