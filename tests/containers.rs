@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// `-o lowerdir=LOWER0,upperdir=UPPER,workdir=ROOT/work[,EXTRA] MNT`
 fn overlay_args(fx: &Fixture, extra: &str) -> Vec<String> {
@@ -146,13 +146,10 @@ fn id_mapping_shifts_owners_as_fuse_overlayfs_does() {
         "{},uidmapping=0:100000:65536,gidmapping=0:100000:65536",
         overlay_opts(&[&fx.lowers[0]], &fx.upper, &fx.root.join("work"))
     );
-    let ok = Command::new("fuse-overlayfs")
-        .args(["-o", &o])
-        .arg(&fx.mnt)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "fuse-overlayfs mount");
+    assert!(
+        succeeds("fuse-overlayfs", ["-o", &o, &s(&fx.mnt)]),
+        "fuse-overlayfs mount"
+    );
     let peer = mapping_observations(&fx);
     fusermount_u(&fx.mnt);
     assert_eq!(peer, MAPPING_WANT, "fuse-overlayfs itself");
@@ -180,15 +177,11 @@ fn squashing_shows_one_owner_and_forgives_a_failed_chown() {
     std::os::unix::fs::lchown(fx.m("a"), Some(100007), None).unwrap();
     assert_eq!(owner(&fx.u("a")), "7:6");
     // A chown the filesystem refuses (an immutable file) still reports success.
-    let immutable = Command::new("chattr")
-        .arg("+i")
-        .arg(fx.u("new"))
-        .status()
-        .is_ok_and(|s| s.success());
+    let immutable = succeeds("chattr", ["+i", &s(&fx.u("new"))]);
     if immutable {
         let r = std::os::unix::fs::lchown(fx.m("new"), Some(100001), Some(100001));
         let chmod = fs::set_permissions(fx.m("new"), fs::Permissions::from_mode(0o600));
-        let _ = Command::new("chattr").arg("-i").arg(fx.u("new")).status();
+        succeeds("chattr", ["-i", &s(&fx.u("new"))]);
         assert!(r.is_ok(), "chown of an immutable file: {r:?}");
         assert!(chmod.is_err(), "chmod failures are not forgiven");
         assert_eq!(owner(&fx.u("new")), "65534:0");

@@ -444,11 +444,7 @@ fn demo_script_prints_colour_only_on_a_terminal_without_no_color() {
     let piped = demo_script(&[], false);
     assert!(piped.contains("== 1. "), "{piped}");
     assert!(!has_colour(&piped), "colour codes in a pipe:\n{piped}");
-    let have_script = Command::new("script")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_script {
+    if !succeeds("script", ["--version"]) {
         eprintln!("script(1) not installed: the terminal half of the check is skipped");
         return;
     }

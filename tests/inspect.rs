@@ -206,10 +206,8 @@ fn trace_streams_events_with_branch_names() {
     let fx = Fixture::new(1);
     seed(&fx);
     let _m = fx.mount(&[]);
-    let mut child = Command::new(BIN)
-        .args(["trace", &s(&fx.mnt)])
+    let mut child = unionmount(["trace", &s(&fx.mnt)])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -700,15 +698,14 @@ fn socket_gone(path: &Path, ino: u64) -> bool {
 }
 
 fn unmount_here(mnt: &Path) {
-    assert!(Command::new("umount").arg(mnt).status().unwrap().success());
+    assert!(succeeds("umount", [mnt]), "umount {}", mnt.display());
 }
 
 fn sigterm(pid: u32) {
-    let st = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -TERM {pid}");
+    assert!(
+        succeeds("kill", ["-TERM", &pid.to_string()]),
+        "kill -TERM {pid}"
+    );
 }
 
 /// A daemon whose mount another mount namespace still holds lives on after `umount` here,
@@ -849,11 +846,7 @@ fn a_killed_daemons_socket_is_never_answered() {
     assert!(o.ok(), "{}", o.stderr);
     let sock = control_socket(&fx.mnt);
     let pid = unionmount::inspect::control::stack(&fx.mnt).unwrap().pid;
-    let st = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(succeeds("kill", ["-KILL", &pid.to_string()]));
     eventually(Duration::from_secs(5), || {
         !Path::new(&format!("/proc/{pid}")).exists()
     });

@@ -11,7 +11,7 @@ use common::*;
 use std::borrow::BorrowMut;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// The directory holding the built binary, first on PATH.
@@ -177,13 +177,9 @@ fn a_live_mount_point_is_refused_unless_stack_asks() {
     if is_root() {
         let other = fx.root.join("other");
         fs::create_dir(&other).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "scratch", &s(&other)])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let tmpfs = KernelMount::new(&["-t", "tmpfs", "scratch"], &other);
         let (code, _, err) = run(unionmount([&fx.spec(), &s(&other)]));
-        let _ = Command::new("umount").arg(&other).status();
+        drop(tmpfs);
         assert_eq!(code, 32, "{err}");
         assert!(
             err.contains(&format!("(scratch on {} type tmpfs)", s(&other))),
@@ -269,12 +265,7 @@ impl Namespace {
             eprintln!("skipped: no mount.fuse3 (apt-get install fuse3)");
             return None;
         }
-        let ok = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "true"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
+        if !succeeds("unshare", ["-m", "--propagation", "private", "true"]) {
             eprintln!("skipped: unshare -m is not available here");
             return None;
         }

@@ -689,15 +689,11 @@ fn connect_as(uid: u32, path: &Path) -> i32 {
 }
 
 fn wait_for(p: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !p.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} never appeared",
-            p.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || p.exists()),
+        "{} never appeared",
+        p.display()
+    );
 }
 
 /// Through an `allow_other` mount of root's, another user reaches exactly what they reach

@@ -7,7 +7,6 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 
 /// With every branch on one filesystem, a file keeps its number across remounts, also
@@ -280,15 +279,14 @@ fn upper_on_read_only_filesystem_is_refused() {
     let fx = Fixture::new(1);
     let ro = fx.root.join("ro");
     fs::create_dir(&ro).unwrap();
-    let ok = |args: &[&str]| Command::new("mount").args(args).status().unwrap().success();
     let ro_s = ro.to_str().unwrap();
-    assert!(ok(&["--bind", ro_s, ro_s]));
-    assert!(ok(&["-o", "remount,bind,ro", ro_s]));
+    let bind = KernelMount::new(&["--bind", ro_s], &ro);
+    assert!(succeeds("mount", ["-o", "remount,bind,ro", ro_s]));
     let out = tool([
         format!("{ro_s}=RW:{}=RO", fx.lowers[0].display()),
         s(&fx.mnt),
     ]);
-    Command::new("umount").arg(&ro).status().unwrap();
+    drop(bind);
     let stderr = &out.stderr;
     assert!(!out.ok());
     assert!(stderr.contains("read-only"), "{stderr}");

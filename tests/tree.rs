@@ -117,7 +117,7 @@ fn tree_colours_a_terminal_unless_no_color() {
     let never = tool(["tree", &s(&fx.mnt), "--color", "never"]);
     assert!(!never.stdout.contains('\x1b'));
     // On a real terminal (script(1) gives it one): colour, unless NO_COLOR is set.
-    if Command::new("script").arg("--version").output().is_err() {
+    if !succeeds("script", ["--version"]) {
         eprintln!("SKIP terminal colour: no script(1)");
         return;
     }
