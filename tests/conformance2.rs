@@ -88,10 +88,9 @@ fn overlay_whiteout_link_onto_whiteout() {
 /// the same upper, the kernel shows the moved directory empty.
 #[test]
 fn overlay_whiteout_moved_lower_dir_seen_by_kernel_overlayfs() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "mv/inner/x"), "in");
     let m = fx.mount(&["-o", "whiteout=overlay"]);
     fs::rename(fx.m("mv"), fx.m("moved")).unwrap();
@@ -119,10 +118,9 @@ fn overlay_whiteout_moved_lower_dir_seen_by_kernel_overlayfs() {
 /// directory shows empty.
 #[test]
 fn kernel_overlay_redirect_is_followed() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "mv/inner/x"), "in");
     mkdir_p(&fx.u("moved"));
     xattr::set(fx.u("moved"), "trusted.overlay.redirect", b"mv").unwrap();
@@ -139,10 +137,9 @@ fn kernel_overlay_redirect_is_followed() {
 /// unionmount serves the sparse upper file: zeros instead of the data.
 #[test]
 fn kernel_overlay_metacopy_reads_lower_data() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "f"), "lower data\n");
     let f = File::create(fx.u("f")).unwrap();
     f.set_len(11).unwrap();
@@ -227,10 +224,9 @@ fn assert_read_through(fx: &Fixture, files: &[(&str, Vec<u8>)], mode: u32) {
 /// still sent kernel overlayfs to the lower data.
 #[test]
 fn kernel_overlay_metacopy_upper_read_and_written() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = kernel_metacopy_chmod(&fx);
     let opts = overlay_opts(&[&fx.lowers[0]], &fx.upper, &fx.root.join("work"));
     let m = fx.mount_args(
@@ -283,10 +279,9 @@ fn kernel_overlay_metacopy_upper_read_and_written() {
 /// marked file in a lower layer takes its data from the layer below, as on overlayfs.
 #[test]
 fn kernel_overlay_metacopy_upper_stacked_as_lower() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = kernel_metacopy_chmod(&fx);
     let m = mount_stacked(&fx, &[&fx.upper, &fx.lowers[0]]);
     assert_read_through(&fx, &files, 0o600);
@@ -298,10 +293,9 @@ fn kernel_overlay_metacopy_upper_stacked_as_lower() {
 /// the marked file of the middle layer for the data: zeros.
 #[test]
 fn kernel_overlay_metacopy_chain_stacked_as_lowers() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = kernel_metacopy_chmod(&fx);
     let upper2 = fx.root.join("upper2");
     mkdir_p(&upper2);
@@ -324,10 +318,9 @@ fn kernel_overlay_metacopy_chain_stacked_as_lowers() {
 /// made a metadata-only copy whose data pointed at the marked file.
 #[test]
 fn copy_up_of_a_marked_lower_file_takes_its_data_from_below() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = kernel_metacopy_chmod(&fx);
     let upper2 = fx.root.join("upper2");
     mkdir_p(&upper2);
@@ -365,10 +358,9 @@ fn copy_up_of_a_marked_lower_file_takes_its_data_from_below() {
 /// looked for the data under the new name only, found none and read zeros.
 #[test]
 fn renamed_kernel_metacopy_files_find_their_data() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = metacopy_files();
     mkdir_p(&fx.l(0, "d"));
     mkdir_p(&fx.l(0, "e"));
@@ -418,10 +410,9 @@ fn renamed_kernel_metacopy_files_find_their_data() {
 /// these read as zeros.
 #[test]
 fn own_metacopy_upper_stacked_as_lower() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = metacopy_files();
     for (name, data) in &files {
         fs::write(fx.l(0, name), data).unwrap();
@@ -529,10 +520,9 @@ fn fstat_open_unlinked_lower_file() {
 /// inside a branch) gets one and the same tag: two tmpfs mounted in two lowers collide.
 #[test]
 fn submounts_in_two_lowers_get_distinct_inode_numbers() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(2, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(2);
+    };
     let _a = KernelMount::tmpfs(&fx.l(0, "a"), "");
     let _b = KernelMount::tmpfs(&fx.l(1, "b"), "");
     for i in 0..3 {
@@ -560,10 +550,9 @@ fn submounts_in_two_lowers_get_distinct_inode_numbers() {
 /// O_CREAT in a directory the user cannot write, set-id bits cleared by a write.
 #[test]
 fn non_root_permissions_through_allow_other() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     put_mode(&fx.l(0, "f"), "root\n", 0o644);
     put_mode(&fx.l(0, "w"), "w\n", 0o666);
@@ -861,10 +850,9 @@ fn rm_rf_racing_readers() {
 /// unlink, rmdir, rename of a file, mkdir over a whiteout.
 #[test]
 fn overlay_whiteouts_interoperate_with_kernel_overlayfs() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "a"), "a");
     put(&fx.l(0, "ren"), "r");
     put(&fx.l(0, "d/b"), "b");
@@ -902,10 +890,9 @@ fn overlay_whiteouts_interoperate_with_kernel_overlayfs() {
 /// unionmount.
 #[test]
 fn kernel_overlayfs_changes_read_by_unionmount() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "a"), "a");
     put(&fx.l(0, "w"), "w");
     put(&fx.l(0, "d/b"), "b");
@@ -935,10 +922,9 @@ fn kernel_overlayfs_changes_read_by_unionmount() {
 /// readdir's d_ino is stat's st_ino, copy-up and hard links work across filesystems.
 #[test]
 fn lower_on_tmpfs_upper_on_disk() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(0, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(0);
+    };
     let lower = fx.root.join("tmpfs");
     let _t = KernelMount::tmpfs(&lower, "");
     for i in 0..10 {

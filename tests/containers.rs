@@ -157,11 +157,9 @@ fn id_mapping_shifts_owners_as_fuse_overlayfs_does() {
 
 #[test]
 fn squashing_shows_one_owner_and_forgives_a_failed_chown() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "a"), "a");
     chown(&fx.l(0, "a"), 5, 6);
     let m = mount_overlay(
@@ -206,11 +204,9 @@ const USER_XATTR: &str = "user.fuseoverlayfs.override_stat";
 
 #[test]
 fn xattr_permissions_keep_owners_and_modes_in_an_xattr() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "plain"), "p");
     chown(&fx.l(0, "plain"), 5, 6);
     mkdir_p(&fx.l(0, "d"));
@@ -316,12 +312,10 @@ fn xattr_permissions_keep_owners_and_modes_in_an_xattr() {
 
 #[test]
 fn layers_with_an_owner_xattr_on_their_root_show_owners_from_it() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     // What containers-storage's force_mask leaves in a layer it unpacks.
-    let fx = Fixture::new(1);
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
+        return;
+    };
     put(&fx.l(0, "a"), "a");
     set_mode(&fx.l(0, "a"), 0o700);
     put(&fx.l(0, "b"), "b");
@@ -340,11 +334,9 @@ fn layers_with_an_owner_xattr_on_their_root_show_owners_from_it() {
 
 #[test]
 fn xattr_permissions_1_keeps_them_in_the_security_namespace() {
-    if !is_root() {
-        eprintln!("skipped: needs root (security.* xattrs)");
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root (security.* xattrs)") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let m = mount_overlay(&fx, "xattr_permissions=1");
     put(&fx.m("f"), "f");
     std::os::unix::fs::lchown(fx.m("f"), Some(11), Some(12)).unwrap();

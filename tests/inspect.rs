@@ -508,10 +508,9 @@ fn help_has_examples() {
 /// layer carried the marked copy's zeros.
 #[test]
 fn export_of_a_kernel_metacopy_upper_carries_the_data() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "f"), "the data is in the lower\n");
     let work = fx.root.join("kwork");
     let k = KernelMount::overlay(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
@@ -598,11 +597,9 @@ fn tools_answer_for_the_top_of_stacked_mounts() {
 /// changes nothing. Before, `which` answered for a path the tmpfs on top serves.
 #[test]
 fn a_covered_unionmount_mount_is_not_asked() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: mounting a tmpfs needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     seed(&fx);
     let _m = fx.mount(&[]);
     let tmpfs = |dir: &Path| KernelMount::new(&["-t", "tmpfs", "scratch"], dir);

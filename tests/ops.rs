@@ -727,10 +727,10 @@ fn renameat2_noreplace() {
 /// which a union reads as a whiteout: the name vanished instead). Nothing changes.
 #[test]
 fn renameat2_whiteout_is_einval() {
-    if !is_root() {
-        return; // the flag needs CAP_MKNOD
-    }
-    let fx = Fixture::new(1);
+    // the flag needs CAP_MKNOD
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
+        return;
+    };
     put(&fx.l(0, "a"), "A");
     let m = fx.mount(&[]);
     put(&fx.m("u"), "U");

@@ -1062,11 +1062,10 @@ fn compare_privs(plain: &Path, fx: &Fixture, cases: &[PrivCase]) -> Vec<String> 
 /// are set.
 #[test]
 fn copy_up_keeps_capability_setid_bits_and_acl() {
-    if !is_root() {
-        eprintln!("posix: SKIPPED: needs root (chown, security.capability)");
+    let Some(fx) = Fixture::as_root(1, "posix: SKIPPED: needs root (chown, security.capability)")
+    else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let plain = fx.root.join("plain");
     let cases: &[PrivCase] = &[
         ("chmod", |p| set_mode(p, 0o6711)),
@@ -1120,11 +1119,10 @@ fn copy_up_keeps_capability_setid_bits_and_acl() {
 /// set-id bits, on a lower file as on ext4: the copy-up must not make that removal fail.
 #[test]
 fn chown_of_lower_file_with_capability_drops_it() {
-    if !is_root() {
-        eprintln!("posix: SKIPPED: needs root (chown, security.capability)");
+    let Some(fx) = Fixture::as_root(1, "posix: SKIPPED: needs root (chown, security.capability)")
+    else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let plain = fx.root.join("plain");
     for side in [&plain, &fx.lowers[0]] {
         privileged_file(&side.join("to-root"));

@@ -667,11 +667,9 @@ fn append_and_sync(path: &Path, data: &[u8]) -> io::Result<()> {
 
 #[test]
 fn disk_full_upper() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: mounting a tmpfs needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let _tmpfs = KernelMount::tmpfs(&fx.upper, "size=8M");
     let big = Rng::new(3).bytes(6 * MIB);
     fs::write(fx.l(0, "big"), &big).unwrap();

@@ -628,10 +628,9 @@ fn layering_names_cannot_be_reached() {
 /// its name, let alone connect. (tests/inspect.rs checks the modes and the unmount.)
 #[test]
 fn control_socket_is_unreachable_by_other_users() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     put_mode(&fx.l(0, "f"), "f", 0o644);
     let m = fx.mount(&[]);
@@ -702,10 +701,9 @@ fn wait_for(p: &Path) {
 /// writes, chmod, utimes, sticky directories and set-id bits.)
 #[test]
 fn other_users_reach_no_more_than_on_the_branches() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     put_mode(&fx.l(0, "pub"), "public\n", 0o644);
     put_mode(&fx.l(0, "secret"), "lower secret\n", 0o600);
@@ -779,10 +777,9 @@ fn other_users_reach_no_more_than_on_the_branches() {
 /// FUSE_POSIX_ACL, so the kernel checked only the mode bits.)
 #[test]
 fn posix_acls_of_branches_are_enforced() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     set_mode(&fx.l(0, ""), 0o755);
     put_mode(&fx.l(0, "f"), "acl secret\n", 0o644);
@@ -829,10 +826,9 @@ fn vfs_flags(mnt: &Path) -> Vec<String> {
 /// branches do not work through it. (Once: they were accepted and silently dropped.)
 #[test]
 fn nosuid_nodev_noexec_are_applied() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put_mode(&fx.l(0, "script"), "#!/bin/sh\necho ran\n", 0o755);
     let m = fx.mount(&["-o", "nosuid,nodev,noexec"]);
     let flags = vfs_flags(&fx.mnt);
@@ -856,10 +852,9 @@ fn mknod_chr(path: &Path, major: u32, minor: u32) -> std::io::Result<()> {
 /// with `suid` as root, containers need them). (Once: `nodev` only when asked.)
 #[test]
 fn nodev_by_default_dev_on_request_and_set_id_bits_work() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     for d in [&fx.root, &fx.upper, &fx.lowers[0]] {
         set_mode(d, 0o755);
     }
@@ -908,10 +903,9 @@ fn nodev_by_default_dev_on_request_and_set_id_bits_work() {
 /// names break `cp -a` and `rsync -X` (their values answer ENODATA).
 #[test]
 fn trusted_xattr_names_are_listed_for_root_only() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     put_mode(&fx.l(0, "f"), "f\n", 0o644);
     xattr::set(fx.l(0, "f"), "trusted.secret", b"1").unwrap();

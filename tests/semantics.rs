@@ -13,11 +13,9 @@ use std::sync::{Arc, Barrier};
 /// once copied up or moved (the number is recorded with the copy, which takes root).
 #[test]
 fn inode_numbers_survive_remount() {
-    if !is_root() {
-        eprintln!("skipped: the origin record needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: the origin record needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "f"), "f");
     put(&fx.l(0, "d/inner"), "i");
     put(&fx.l(0, "moved/x"), "x");
@@ -272,11 +270,9 @@ fn copy_file_range_through_the_mount() {
 /// An upper on a read-only filesystem is refused up front, and nothing is mounted.
 #[test]
 fn upper_on_read_only_filesystem_is_refused() {
-    if !is_root() {
-        eprintln!("skipped: making a read-only bind mount needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: making a read-only bind mount needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let ro = fx.root.join("ro");
     fs::create_dir(&ro).unwrap();
     let ro_s = ro.to_str().unwrap();

@@ -53,6 +53,16 @@ impl Fixture {
         }
     }
 
+    /// `Fixture::new(n_lowers)` for a test that needs root; elsewhere None, after printing
+    /// `skip_note` (the test then returns: skipped).
+    pub fn as_root(n_lowers: usize, skip_note: &str) -> Option<Fixture> {
+        if !is_root() {
+            eprintln!("{skip_note}");
+            return None;
+        }
+        Some(Fixture::new(n_lowers))
+    }
+
     /// `lower<i>/rel`
     pub fn l(&self, i: usize, rel: &str) -> PathBuf {
         self.lowers[i].join(rel)
