@@ -1,17 +1,21 @@
 //! Test harness: temp branches, a real FUSE mount of the `unionmount` binary, commands run
 //! with a deadline, and tree snapshots.
 //!
-//! - `mount.rs`: `Fixture` (upper/, lower0/.., mnt/ in a temp dir) and the `Mount` guard.
-//!   Every `Mount` snapshots its read-only branches before the daemon starts and, when
-//!   dropped (even after a failed assertion), unmounts, waits for the daemon, and — unless
-//!   the test is already failing — asserts that the daemon exited cleanly, the mount is gone,
-//!   and the read-only branches are byte-for-byte, mode-for-mode unchanged. `remount()` also
-//!   checks the merged view across a rotation of the upper into the lowers, and
-//!   `check_across_remount(check)` runs a test's checks before and after it.
-//! - `run.rs`: the `unionmount` tools and other commands run to completion with a deadline;
-//!   waiting for a child or a condition; unmounting and `UnmountGuard`.
-//! - `mounts.rs`: /proc/self/mountinfo.
-//! - `snapshot.rs`: snapshots of branch trees and their differences.
+//! - `mount.rs`: `Fixture` (upper/, lower0/.., mnt/ in a temp dir; `as_root` for root-only
+//!   tests) and the `Mount` guard. Every `Mount` snapshots its read-only branches before the
+//!   daemon starts and, when dropped (even after a failed assertion), unmounts, waits for
+//!   the daemon, and — unless the test is already failing — asserts that the daemon exited
+//!   cleanly, the mount is gone, and the read-only branches are byte-for-byte, mode-for-mode
+//!   unchanged. `remount()` also checks the merged view across a rotation of the upper into
+//!   the lowers, and `check_across_remount(check)` runs a test's checks before and after
+//!   it. `Fixture::daemon` spawns a daemon the harness does not own, for tests that kill it.
+//! - `run.rs`: the `unionmount` tools and other commands run to completion with a deadline
+//!   (`tool`, `tool_ok`, `run`, `run_within` -> `Finished`), `succeeds`, `as_user`;
+//!   waiting for a child or a condition (`wait_within`, `wait_or_kill`, `eventually`);
+//!   unmounting (`unmount`, `unmount_and_wait`, `unmount_all`, `UnmountGuard`).
+//! - `mounts.rs`: /proc/self/mountinfo; `KernelMount` (kernel overlayfs, tmpfs, any mount(8)
+//!   line, unmounted on drop) and `overlay_opts`.
+//! - `snapshot.rs`: snapshots of branch trees, their differences, and `walk_tree`.
 //! - here: small helpers for populating branches and asserting.
 #![allow(dead_code)]
 

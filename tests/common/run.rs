@@ -52,11 +52,10 @@ pub fn unionmount<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command
     c
 }
 
-/// Run `cmd` to completion within `limit`, RUST_LOG unset (it and what it starts log
-/// nothing), stdin null and output in files outside any
-/// fixture (a detaching daemon keeps its inherited stdio open until it has reported the
-/// mount live, so pipes would be held open by it). Past `limit` it is killed and the test
-/// fails.
+/// Run `cmd` to completion within `limit`: RUST_LOG unset (neither it nor what it starts
+/// logs), stdin null, output in files outside any fixture (a detaching daemon keeps its
+/// inherited stdio open until it has reported the mount live, so pipes would be held open
+/// by it). Past `limit` it is killed and the test fails.
 pub fn run_within(cmd: &mut Command, limit: Duration) -> Finished {
     let out = tempfile::tempdir().unwrap();
     let (o, e) = (out.path().join("stdout"), out.path().join("stderr"));
