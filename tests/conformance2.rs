@@ -96,13 +96,7 @@ fn overlay_whiteout_moved_lower_dir_seen_by_kernel_overlayfs() {
     fs::rename(fx.m("mv"), fx.m("moved")).unwrap();
     let ours = tree(&fx.mnt);
     m.unmount();
-    let k = KernelMount::overlay(
-        &[&fx.lowers[0]],
-        &fx.upper,
-        &fx.root.join("kwork"),
-        &fx.mnt,
-        "",
-    );
+    let k = fx.kernel_overlay("");
     let kernel = tree(&fx.mnt);
     drop(k);
     assert_eq!(
@@ -173,8 +167,7 @@ fn kernel_metacopy_chmod(fx: &Fixture) -> Vec<(&'static str, Vec<u8>)> {
     for (name, data) in &files {
         fs::write(fx.l(0, name), data).unwrap();
     }
-    let work = fx.root.join("kwork");
-    let k = KernelMount::overlay(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
+    let k = fx.kernel_overlay("metacopy=on,");
     for (name, _) in &files {
         set_mode(&fx.m(name), 0o600);
     }
@@ -263,8 +256,7 @@ fn kernel_overlay_metacopy_upper_read_and_written() {
             );
         }
     }
-    let work = fx.root.join("kwork");
-    let k = KernelMount::overlay(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
+    let k = fx.kernel_overlay("metacopy=on,");
     let kernel: Vec<_> = want
         .iter()
         .map(|(n, _)| fs::read(fx.m(n)).unwrap())
@@ -367,9 +359,8 @@ fn renamed_kernel_metacopy_files_find_their_data() {
     for (name, data) in &files {
         fs::write(fx.l(0, &format!("d/{name}")), data).unwrap();
     }
-    let work = fx.root.join("kwork");
     let opts = "metacopy=on,redirect_dir=on,";
-    let k = KernelMount::overlay(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, opts);
+    let k = fx.kernel_overlay(opts);
     let moved: Vec<(String, &Vec<u8>)> = files
         .iter()
         .enumerate()
@@ -874,13 +865,7 @@ fn overlay_whiteouts_interoperate_with_kernel_overlayfs() {
         xattr::get(fx.u("re"), "trusted.overlay.opaque").unwrap(),
         Some(b"y".to_vec())
     );
-    let k = KernelMount::overlay(
-        &[&fx.lowers[0]],
-        &fx.upper,
-        &fx.root.join("kwork"),
-        &fx.mnt,
-        "",
-    );
+    let k = fx.kernel_overlay("");
     let kernel = tree(&fx.mnt);
     drop(k);
     assert_eq!(kernel, ours);
@@ -897,13 +882,7 @@ fn kernel_overlayfs_changes_read_by_unionmount() {
     put(&fx.l(0, "w"), "w");
     put(&fx.l(0, "d/b"), "b");
     put(&fx.l(0, "re/old"), "old");
-    let k = KernelMount::overlay(
-        &[&fx.lowers[0]],
-        &fx.upper,
-        &fx.root.join("kwork"),
-        &fx.mnt,
-        "",
-    );
+    let k = fx.kernel_overlay("");
     fs::remove_file(fx.m("a")).unwrap();
     fs::remove_file(fx.m("d/b")).unwrap();
     fs::remove_dir_all(fx.m("re")).unwrap();

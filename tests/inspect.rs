@@ -512,8 +512,7 @@ fn export_of_a_kernel_metacopy_upper_carries_the_data() {
         return;
     };
     put(&fx.l(0, "f"), "the data is in the lower\n");
-    let work = fx.root.join("kwork");
-    let k = KernelMount::overlay(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
+    let k = fx.kernel_overlay("metacopy=on,");
     let chmod = fs::set_permissions(fx.m("f"), fs::Permissions::from_mode(0o600));
     k.unmount();
     chmod.unwrap();

@@ -99,6 +99,13 @@ impl Fixture {
         overlay_opts(&lowers, &self.upper, work)
     }
 
+    /// Kernel overlayfs on `mnt` over lower 0 and the upper, its work directory `kwork`
+    /// beside them; `extra` ("metacopy=on,") goes before the layers.
+    pub fn kernel_overlay(&self, extra: &str) -> KernelMount {
+        let work = self.root.join("kwork");
+        KernelMount::overlay(&[&self.lowers[0]], &self.upper, &work, &self.mnt, extra)
+    }
+
     /// `unionmount -f EXTRA... SPEC MNT`; every lower is checked unchanged after unmount.
     pub fn mount(&self, extra: &[&str]) -> Mount {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
