@@ -6,92 +6,26 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Run the binary (no `-f`, RUST_LOG unset) with output in files outside the fixture, so a
-/// daemon that keeps them open cannot hang us.
-fn run(args: &[String]) -> Run {
-    let out = tempfile::tempdir().unwrap();
-    let (o, e) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&o).unwrap())
-        .stderr(fs::File::create(&e).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unionmount {args:?} did not return within 20 s");
-        }
-        sleep(Duration::from_millis(10));
-    };
-    Run {
-        status,
-        stdout: fs::read_to_string(o).unwrap(),
-        stderr: fs::read_to_string(e).unwrap(),
-    }
-}
-
-/// Unmounts a mount point on drop (for mounts not owned by a `Mount` guard).
-struct Unmounter(PathBuf);
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        for mp in mounts_under(&self.0).into_iter().rev() {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&mp)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&mp).status();
-            }
-        }
-    }
-}
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 /// Every path under `dir` (including hidden work dirs) with its type, mode and mtime.
 fn listing(dir: &Path) -> BTreeMap<String, (u32, (i64, i64))> {
-    fn walk(base: &Path, rel: &Path, out: &mut BTreeMap<String, (u32, (i64, i64))>) {
-        let p = base.join(rel);
-        let md = fs::symlink_metadata(&p).unwrap();
-        out.insert(
-            rel.display().to_string(),
-            (md.mode(), (md.mtime(), md.mtime_nsec())),
-        );
-        if md.is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                walk(base, &rel.join(e.unwrap().file_name()), out);
-            }
-        }
-    }
     let mut out = BTreeMap::new();
-    walk(dir, Path::new(""), &mut out);
+    walk_tree(dir, |p, md| {
+        let rel = p.strip_prefix(dir).unwrap().display().to_string();
+        out.insert(rel, (md.mode(), (md.mtime(), md.mtime_nsec())));
+    });
     out
 }
 
 /// The binary refuses `args`: non-zero exit, exactly one stderr line mentioning one of
 /// `mentions` (if any given), nothing mounted, nothing created under the fixture.
 fn expect_rejected(fx: &Fixture, args: Vec<String>, mentions: &[&str]) {
-    let _cleanup = Unmounter(fx.root.clone());
+    let _cleanup = UnmountGuard(fx.root.clone());
     let before = listing(&fx.root);
-    let r = run(&args);
+    let r = tool(&args);
     let mounted = mounts_under(&fx.root);
     assert!(
         mounted.is_empty(),
@@ -124,31 +58,27 @@ fn expect_rejected(fx: &Fixture, args: Vec<String>, mentions: &[&str]) {
     );
 }
 
-fn p(path: &Path) -> String {
-    path.display().to_string()
-}
-
 #[test]
 fn rejects_malformed_spec() {
     let fx = Fixture::new(1);
-    let spec = format!("{}=RW::{}=RO", p(&fx.upper), p(&fx.lowers[0]));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[]);
-    expect_rejected(&fx, vec!["a::b".into(), p(&fx.mnt)], &[]);
+    let spec = format!("{}=RW::{}=RO", s(&fx.upper), s(&fx.lowers[0]));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[]);
+    expect_rejected(&fx, vec!["a::b".into(), s(&fx.mnt)], &[]);
 }
 
 #[test]
 fn rejects_unknown_mode() {
     let fx = Fixture::new(1);
-    let spec = format!("{}=RW:{}=RX", p(&fx.upper), p(&fx.lowers[0]));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &["RX"]);
+    let spec = format!("{}=RW:{}=RX", s(&fx.upper), s(&fx.lowers[0]));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &["RX"]);
 }
 
 #[test]
 fn rejects_missing_branch() {
     let fx = Fixture::new(1);
     let nope = fx.root.join("nope");
-    let spec = format!("{}=RW:{}=RO", p(&fx.upper), p(&nope));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&p(&nope)]);
+    let spec = format!("{}=RW:{}=RO", s(&fx.upper), s(&nope));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&s(&nope)]);
 }
 
 #[test]
@@ -156,36 +86,36 @@ fn rejects_branch_that_is_a_file() {
     let fx = Fixture::new(1);
     let file = fx.root.join("plainfile");
     put(&file, "x");
-    let spec = format!("{}=RW:{}=RO", p(&fx.upper), p(&file));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&p(&file)]);
+    let spec = format!("{}=RW:{}=RO", s(&fx.upper), s(&file));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&s(&file)]);
 }
 
 #[test]
 fn rejects_same_dir_twice() {
     let fx = Fixture::new(1);
-    let l = p(&fx.lowers[0]);
-    let spec = format!("{}=RW:{l}=RO:{l}=RO", p(&fx.upper));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&l]);
-    let u = p(&fx.upper);
+    let l = s(&fx.lowers[0]);
+    let spec = format!("{}=RW:{l}=RO:{l}=RO", s(&fx.upper));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&l]);
+    let u = s(&fx.upper);
     let spec = format!("{u}=RW:{u}=RO");
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&u]);
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&u]);
     // The same directory spelled differently.
-    let spec = format!("{}=RW:{l}=RO:{l}/.=RO", p(&fx.upper));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&l]);
+    let spec = format!("{}=RW:{l}=RO:{l}/.=RO", s(&fx.upper));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&l]);
 }
 
 #[test]
 fn rejects_two_rw_branches() {
     let fx = Fixture::new(1);
-    let spec = format!("{}=RW:{}=RW", p(&fx.upper), p(&fx.lowers[0]));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&p(&fx.lowers[0]), "RW"]);
+    let spec = format!("{}=RW:{}=RW", s(&fx.upper), s(&fx.lowers[0]));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&s(&fx.lowers[0]), "RW"]);
 }
 
 #[test]
 fn rejects_rw_not_first() {
     let fx = Fixture::new(1);
-    let spec = format!("{}=RO:{}=RW", p(&fx.lowers[0]), p(&fx.upper));
-    expect_rejected(&fx, vec![spec, p(&fx.mnt)], &[&p(&fx.upper)]);
+    let spec = format!("{}=RO:{}=RW", s(&fx.lowers[0]), s(&fx.upper));
+    expect_rejected(&fx, vec![spec, s(&fx.mnt)], &[&s(&fx.upper)]);
 }
 
 #[test]
@@ -193,22 +123,22 @@ fn rejects_mountpoint_inside_a_branch() {
     let fx = Fixture::new(1);
     mkdir_p(&fx.u("m"));
     mkdir_p(&fx.l(0, "m"));
-    expect_rejected(&fx, vec![fx.spec(), p(&fx.u("m"))], &[&p(&fx.upper)]);
-    expect_rejected(&fx, vec![fx.spec(), p(&fx.l(0, "m"))], &[&p(&fx.lowers[0])]);
+    expect_rejected(&fx, vec![fx.spec(), s(&fx.u("m"))], &[&s(&fx.upper)]);
+    expect_rejected(&fx, vec![fx.spec(), s(&fx.l(0, "m"))], &[&s(&fx.lowers[0])]);
 }
 
 #[test]
 fn rejects_mountpoint_equal_to_a_branch() {
     let fx = Fixture::new(1);
-    expect_rejected(&fx, vec![fx.spec(), p(&fx.lowers[0])], &[&p(&fx.lowers[0])]);
-    expect_rejected(&fx, vec![fx.spec(), p(&fx.upper)], &[&p(&fx.upper)]);
+    expect_rejected(&fx, vec![fx.spec(), s(&fx.lowers[0])], &[&s(&fx.lowers[0])]);
+    expect_rejected(&fx, vec![fx.spec(), s(&fx.upper)], &[&s(&fx.upper)]);
 }
 
 #[test]
 fn rejects_missing_mountpoint() {
     let fx = Fixture::new(1);
     let nomnt = fx.root.join("nomnt");
-    expect_rejected(&fx, vec![fx.spec(), p(&nomnt)], &[&p(&nomnt)]);
+    expect_rejected(&fx, vec![fx.spec(), s(&nomnt)], &[&s(&nomnt)]);
 }
 
 /// `unionmount BRANCHES` without a mount point says the mount point is missing, as an
@@ -218,12 +148,12 @@ fn rejects_branches_without_a_mountpoint() {
     let fx = Fixture::new(1);
     expect_rejected(&fx, vec![fx.spec()], &["missing MOUNTPOINT"]);
     expect_rejected(&fx, vec!["u=RW:l=RO".into()], &["missing MOUNTPOINT"]);
-    let r = run(&["-o".into(), "ro".into(), fx.spec()]);
+    let r = tool(&["-o".into(), "ro".into(), fx.spec()]);
     assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     assert!(r.stderr.contains(&fx.spec()), "{}", r.stderr);
     // A lone directory is taken as the mount point, and the message says so.
-    let want = format!("no branches for mount point '{}'", p(&fx.mnt));
-    expect_rejected(&fx, vec![p(&fx.mnt)], &[&want]);
+    let want = format!("no branches for mount point '{}'", s(&fx.mnt));
+    expect_rejected(&fx, vec![s(&fx.mnt)], &[&want]);
 }
 
 #[test]
@@ -231,7 +161,7 @@ fn rejects_unknown_option() {
     let fx = Fixture::new(1);
     expect_rejected(
         &fx,
-        vec!["-o".into(), "bogus_option".into(), fx.spec(), p(&fx.mnt)],
+        vec!["-o".into(), "bogus_option".into(), fx.spec(), s(&fx.mnt)],
         &["bogus_option"],
     );
     expect_rejected(
@@ -240,13 +170,13 @@ fn rejects_unknown_option() {
             "-o".into(),
             "ro,bogus_option=1".into(),
             fx.spec(),
-            p(&fx.mnt),
+            s(&fx.mnt),
         ],
         &["bogus_option"],
     );
     expect_rejected(
         &fx,
-        vec!["-o".into(), "timeout=abc".into(), fx.spec(), p(&fx.mnt)],
+        vec!["-o".into(), "timeout=abc".into(), fx.spec(), s(&fx.mnt)],
         &["timeout"],
     );
 }
@@ -283,8 +213,8 @@ fn daemons_for(mnt: &Path) -> Vec<u32> {
 fn detaches_only_once_mount_is_live() {
     let fx = Fixture::new(1);
     put(&fx.l(0, "f"), "hello");
-    let _cleanup = Unmounter(fx.mnt.clone());
-    let r = run(&[fx.spec(), p(&fx.mnt)]);
+    let _cleanup = UnmountGuard(fx.mnt.clone());
+    let r = tool(&[fx.spec(), s(&fx.mnt)]);
     assert!(r.status.success(), "detaching mount failed: {}", r.stderr);
     // No waiting: the mount must already be usable.
     assert_eq!(mount_fstype(&fx.mnt).as_deref(), Some("fuse.unionmount"));
@@ -296,20 +226,11 @@ fn detaches_only_once_mount_is_live() {
     let pids = daemons_for(&fx.mnt);
     assert_eq!(pids.len(), 1, "one daemon serves the mount: {pids:?}");
     assert!(!pids.contains(&std::process::id()));
-    let st = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&fx.mnt)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemons_for(&fx.mnt).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "daemon still running 10 s after unmount"
-        );
-        sleep(Duration::from_millis(20));
-    }
+    assert!(fusermount_u(&fx.mnt));
+    assert!(
+        eventually(Duration::from_secs(10), || daemons_for(&fx.mnt).is_empty()),
+        "daemon still running 10 s after unmount"
+    );
     assert!(mount_fstype(&fx.mnt).is_none());
     assert_eq!(
         names(&fx.upper),
@@ -341,7 +262,7 @@ fn mountinfo_fstype() {
 
 #[test]
 fn version() {
-    let r = run(&["--version".into()]);
+    let r = tool(["--version"]);
     assert!(r.status.success());
     assert!(
         r.stdout.contains(env!("CARGO_PKG_VERSION")),
@@ -352,7 +273,7 @@ fn version() {
 
 #[test]
 fn help_mentions_an_example() {
-    let r = run(&["--help".into()]);
+    let r = tool(["--help"]);
     assert!(r.status.success());
     assert!(
         r.stdout.to_lowercase().contains("example"),
@@ -438,14 +359,8 @@ fn overlay_style_options() {
     put(&fx.l(1, "bottom"), "l1");
     let work = fx.root.join("work");
     fs::create_dir(&work).unwrap();
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        p(&fx.lowers[0]),
-        p(&fx.lowers[1]),
-        p(&fx.upper),
-        p(&work)
-    );
-    let args = vec!["-o".to_string(), opts, p(&fx.mnt)];
+    let opts = fx.overlay_opts(&work);
+    let args = vec!["-o".to_string(), opts, s(&fx.mnt)];
     let m = fx.mount_args(args.clone(), fx.lowers.clone());
     assert_eq!(names(&fx.mnt), strs(&["bottom", "top"]));
     assert_eq!(

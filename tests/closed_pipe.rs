@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, ExitStatus};
+use std::time::Duration;
 
 /// `unionmount ARGS...` with stdout a pipe whose read end is already closed, so the first
 /// write fails for sure (with `| head` it might fit in the pipe before head exits).
@@ -15,11 +15,8 @@ fn spawn_closed(args: &[String]) -> (Child, tempfile::NamedTempFile) {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let err = tempfile::NamedTempFile::new().unwrap();
-    let child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
+    let child = unionmount(args)
         .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
         .stdout(writer)
         .stderr(err.reopen().unwrap())
         .spawn()
@@ -28,18 +25,8 @@ fn spawn_closed(args: &[String]) -> (Child, tempfile::NamedTempFile) {
 }
 
 fn wait(child: &mut Child, args: &[String]) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unionmount {args:?} still running 20 s after its stdout closed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let what = format!("unionmount {args:?} did not end after its stdout closed");
+    wait_or_kill(child, DEADLINE, what)
 }
 
 /// What was not quiet: ended other than by SIGPIPE or with status 0, or wrote on stderr

@@ -311,10 +311,9 @@ fn acl_state(p: &std::path::Path) -> (u32, Option<Vec<u8>>, Option<Vec<u8>>) {
 /// in the work dir, where the ACL is not) inherited nothing.
 #[test]
 fn default_acl_replaces_the_umask() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let none = u32::MAX;
     let acl = acl_xattr(&[
         (0x01, 7, none),
@@ -352,10 +351,9 @@ fn default_acl_replaces_the_umask() {
 /// back).
 #[test]
 fn set_id_bits_of_a_new_fifo_survive_the_owner_change() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     let plain = fx.root.join("plain");
     for d in [fx.l(0, "g"), plain.join("g")] {
@@ -383,10 +381,10 @@ fn set_id_bits_of_a_new_fifo_survive_the_owner_change() {
 /// behind. A plain twin directory gets the same calls. unionmount answered EOPNOTSUPP.
 #[test]
 fn o_tmpfile_makes_an_unnamed_file_that_linkat_names() {
-    if !is_root() {
-        return; // linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH
-    }
-    let fx = Fixture::new(1);
+    // linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
+        return;
+    };
     put(&fx.l(0, "d/base"), "base\n");
     let plain = fx.root.join("plain");
     mkdir_p(&plain.join("d"));

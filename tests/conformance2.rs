@@ -10,8 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -23,95 +22,24 @@ fn as_user(dir: &Path, script: &str) -> (i32, String) {
     sh_as(1000, dir, script)
 }
 
-/// A kernel overlayfs mount, unmounted on drop.
-struct KernelOverlay {
-    mnt: PathBuf,
-}
-
-impl KernelOverlay {
-    fn mount(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path) -> KernelOverlay {
-        Self::mount_with(lowers, upper, work, mnt, "")
-    }
-
-    /// With `extra` options before the layers ("metacopy=on,").
-    fn mount_with(
-        lowers: &[&Path],
-        upper: &Path,
-        work: &Path,
-        mnt: &Path,
-        extra: &str,
-    ) -> KernelOverlay {
-        mkdir_p(work);
-        let lower: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
-        let opts = format!(
-            "{extra}lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            upper.display(),
-            work.display()
-        );
-        let st = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(mnt)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount -t overlay -o {opts}");
-        KernelOverlay {
-            mnt: mnt.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for KernelOverlay {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-    }
-}
-
-/// A tmpfs mounted at `dir`, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Tmpfs {
-        mkdir_p(dir);
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// Every entry below `root` as the merged view shows it: "f <content>", "d", "l <target>"...
 fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(base: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
-        for de in fs::read_dir(base.join(rel)).unwrap() {
-            let de = de.unwrap();
-            let r = rel.join(de.file_name());
-            let p = base.join(&r);
-            let md = fs::symlink_metadata(&p).unwrap();
-            let v = if md.is_dir() {
-                walk(base, &r, out);
-                "d".to_string()
-            } else if md.file_type().is_symlink() {
-                format!("l {}", fs::read_link(&p).unwrap().display())
-            } else if md.is_file() {
-                format!("f {}", String::from_utf8_lossy(&fs::read(&p).unwrap()))
-            } else {
-                format!("other {:o}", md.mode())
-            };
-            out.insert(r.display().to_string(), v);
-        }
-    }
     let mut out = BTreeMap::new();
-    walk(root, Path::new(""), &mut out);
+    walk_tree(root, |p, md| {
+        if p == root {
+            return;
+        }
+        let v = if md.is_dir() {
+            "d".to_string()
+        } else if md.file_type().is_symlink() {
+            format!("l {}", fs::read_link(p).unwrap().display())
+        } else if md.is_file() {
+            format!("f {}", String::from_utf8_lossy(&fs::read(p).unwrap()))
+        } else {
+            format!("other {:o}", md.mode())
+        };
+        out.insert(p.strip_prefix(root).unwrap().display().to_string(), v);
+    });
     out
 }
 
@@ -160,16 +88,15 @@ fn overlay_whiteout_link_onto_whiteout() {
 /// the same upper, the kernel shows the moved directory empty.
 #[test]
 fn overlay_whiteout_moved_lower_dir_seen_by_kernel_overlayfs() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "mv/inner/x"), "in");
     let m = fx.mount(&["-o", "whiteout=overlay"]);
     fs::rename(fx.m("mv"), fx.m("moved")).unwrap();
     let ours = tree(&fx.mnt);
     m.unmount();
-    let k = KernelOverlay::mount(&[&fx.lowers[0]], &fx.upper, &fx.root.join("kwork"), &fx.mnt);
+    let k = fx.kernel_overlay("");
     let kernel = tree(&fx.mnt);
     drop(k);
     assert_eq!(
@@ -185,10 +112,9 @@ fn overlay_whiteout_moved_lower_dir_seen_by_kernel_overlayfs() {
 /// directory shows empty.
 #[test]
 fn kernel_overlay_redirect_is_followed() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "mv/inner/x"), "in");
     mkdir_p(&fx.u("moved"));
     xattr::set(fx.u("moved"), "trusted.overlay.redirect", b"mv").unwrap();
@@ -205,10 +131,9 @@ fn kernel_overlay_redirect_is_followed() {
 /// unionmount serves the sparse upper file: zeros instead of the data.
 #[test]
 fn kernel_overlay_metacopy_reads_lower_data() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "f"), "lower data\n");
     let f = File::create(fx.u("f")).unwrap();
     f.set_len(11).unwrap();
@@ -242,8 +167,7 @@ fn kernel_metacopy_chmod(fx: &Fixture) -> Vec<(&'static str, Vec<u8>)> {
     for (name, data) in &files {
         fs::write(fx.l(0, name), data).unwrap();
     }
-    let work = fx.root.join("kwork");
-    let k = KernelOverlay::mount_with(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
+    let k = fx.kernel_overlay("metacopy=on,");
     for (name, _) in &files {
         set_mode(&fx.m(name), 0o600);
     }
@@ -293,17 +217,11 @@ fn assert_read_through(fx: &Fixture, files: &[(&str, Vec<u8>)], mode: u32) {
 /// still sent kernel overlayfs to the lower data.
 #[test]
 fn kernel_overlay_metacopy_upper_read_and_written() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = kernel_metacopy_chmod(&fx);
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        fx.lowers[0].display(),
-        fx.upper.display(),
-        fx.root.join("work").display()
-    );
+    let opts = overlay_opts(&[&fx.lowers[0]], &fx.upper, &fx.root.join("work"));
     let m = fx.mount_args(
         strs(&["-o", &opts, &fx.mnt.display().to_string()]),
         fx.lowers.clone(),
@@ -338,8 +256,7 @@ fn kernel_overlay_metacopy_upper_read_and_written() {
             );
         }
     }
-    let work = fx.root.join("kwork");
-    let k = KernelOverlay::mount_with(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, "metacopy=on,");
+    let k = fx.kernel_overlay("metacopy=on,");
     let kernel: Vec<_> = want
         .iter()
         .map(|(n, _)| fs::read(fx.m(n)).unwrap())
@@ -354,10 +271,9 @@ fn kernel_overlay_metacopy_upper_read_and_written() {
 /// marked file in a lower layer takes its data from the layer below, as on overlayfs.
 #[test]
 fn kernel_overlay_metacopy_upper_stacked_as_lower() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = kernel_metacopy_chmod(&fx);
     let m = mount_stacked(&fx, &[&fx.upper, &fx.lowers[0]]);
     assert_read_through(&fx, &files, 0o600);
@@ -369,16 +285,15 @@ fn kernel_overlay_metacopy_upper_stacked_as_lower() {
 /// the marked file of the middle layer for the data: zeros.
 #[test]
 fn kernel_overlay_metacopy_chain_stacked_as_lowers() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = kernel_metacopy_chmod(&fx);
     let upper2 = fx.root.join("upper2");
     mkdir_p(&upper2);
     let work = fx.root.join("kwork2");
     let lowers: [&Path; 2] = [&fx.upper, &fx.lowers[0]];
-    let k = KernelOverlay::mount_with(&lowers, &upper2, &work, &fx.mnt, "metacopy=on,");
+    let k = KernelMount::overlay(&lowers, &upper2, &work, &fx.mnt, "metacopy=on,");
     for (name, _) in &files {
         set_mode(&fx.m(name), 0o640);
     }
@@ -395,20 +310,13 @@ fn kernel_overlay_metacopy_chain_stacked_as_lowers() {
 /// made a metadata-only copy whose data pointed at the marked file.
 #[test]
 fn copy_up_of_a_marked_lower_file_takes_its_data_from_below() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = kernel_metacopy_chmod(&fx);
     let upper2 = fx.root.join("upper2");
     mkdir_p(&upper2);
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        fx.upper.display(),
-        fx.lowers[0].display(),
-        upper2.display(),
-        fx.root.join("work2").display()
-    );
+    let opts = overlay_opts(&[&fx.upper, &fx.lowers[0]], &upper2, &fx.root.join("work2"));
     let args = strs(&["-o", &opts, &fx.mnt.display().to_string()]);
     let watched = vec![fx.upper.clone(), fx.lowers[0].clone()];
     let m = fx.mount_args(args.clone(), watched.clone());
@@ -442,19 +350,17 @@ fn copy_up_of_a_marked_lower_file_takes_its_data_from_below() {
 /// looked for the data under the new name only, found none and read zeros.
 #[test]
 fn renamed_kernel_metacopy_files_find_their_data() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = metacopy_files();
     mkdir_p(&fx.l(0, "d"));
     mkdir_p(&fx.l(0, "e"));
     for (name, data) in &files {
         fs::write(fx.l(0, &format!("d/{name}")), data).unwrap();
     }
-    let work = fx.root.join("kwork");
     let opts = "metacopy=on,redirect_dir=on,";
-    let k = KernelOverlay::mount_with(&[&fx.lowers[0]], &fx.upper, &work, &fx.mnt, opts);
+    let k = fx.kernel_overlay(opts);
     let moved: Vec<(String, &Vec<u8>)> = files
         .iter()
         .enumerate()
@@ -495,10 +401,9 @@ fn renamed_kernel_metacopy_files_find_their_data() {
 /// these read as zeros.
 #[test]
 fn own_metacopy_upper_stacked_as_lower() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let files = metacopy_files();
     for (name, data) in &files {
         fs::write(fx.l(0, name), data).unwrap();
@@ -606,12 +511,11 @@ fn fstat_open_unlinked_lower_file() {
 /// inside a branch) gets one and the same tag: two tmpfs mounted in two lowers collide.
 #[test]
 fn submounts_in_two_lowers_get_distinct_inode_numbers() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(2, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(2);
-    let _a = Tmpfs::mount(&fx.l(0, "a"));
-    let _b = Tmpfs::mount(&fx.l(1, "b"));
+    };
+    let _a = KernelMount::tmpfs(&fx.l(0, "a"), "");
+    let _b = KernelMount::tmpfs(&fx.l(1, "b"), "");
     for i in 0..3 {
         put(&fx.l(0, &format!("a/f{i}")), "a");
         put(&fx.l(1, &format!("b/f{i}")), "b");
@@ -637,10 +541,9 @@ fn submounts_in_two_lowers_get_distinct_inode_numbers() {
 /// O_CREAT in a directory the user cannot write, set-id bits cleared by a write.
 #[test]
 fn non_root_permissions_through_allow_other() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     put_mode(&fx.l(0, "f"), "root\n", 0o644);
     put_mode(&fx.l(0, "w"), "w\n", 0o666);
@@ -938,10 +841,9 @@ fn rm_rf_racing_readers() {
 /// unlink, rmdir, rename of a file, mkdir over a whiteout.
 #[test]
 fn overlay_whiteouts_interoperate_with_kernel_overlayfs() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "a"), "a");
     put(&fx.l(0, "ren"), "r");
     put(&fx.l(0, "d/b"), "b");
@@ -963,7 +865,7 @@ fn overlay_whiteouts_interoperate_with_kernel_overlayfs() {
         xattr::get(fx.u("re"), "trusted.overlay.opaque").unwrap(),
         Some(b"y".to_vec())
     );
-    let k = KernelOverlay::mount(&[&fx.lowers[0]], &fx.upper, &fx.root.join("kwork"), &fx.mnt);
+    let k = fx.kernel_overlay("");
     let kernel = tree(&fx.mnt);
     drop(k);
     assert_eq!(kernel, ours);
@@ -973,15 +875,14 @@ fn overlay_whiteouts_interoperate_with_kernel_overlayfs() {
 /// unionmount.
 #[test]
 fn kernel_overlayfs_changes_read_by_unionmount() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "a"), "a");
     put(&fx.l(0, "w"), "w");
     put(&fx.l(0, "d/b"), "b");
     put(&fx.l(0, "re/old"), "old");
-    let k = KernelOverlay::mount(&[&fx.lowers[0]], &fx.upper, &fx.root.join("kwork"), &fx.mnt);
+    let k = fx.kernel_overlay("");
     fs::remove_file(fx.m("a")).unwrap();
     fs::remove_file(fx.m("d/b")).unwrap();
     fs::remove_dir_all(fx.m("re")).unwrap();
@@ -1000,12 +901,11 @@ fn kernel_overlayfs_changes_read_by_unionmount() {
 /// readdir's d_ino is stat's st_ino, copy-up and hard links work across filesystems.
 #[test]
 fn lower_on_tmpfs_upper_on_disk() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(0, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(0);
+    };
     let lower = fx.root.join("tmpfs");
-    let _t = Tmpfs::mount(&lower);
+    let _t = KernelMount::tmpfs(&lower, "");
     for i in 0..10 {
         put(&lower.join(format!("d/f{i}")), &format!("{i}\n"));
         fs::write(fx.u(&format!("u{i}")), "u").unwrap();
@@ -1047,31 +947,14 @@ fn lower_on_tmpfs_upper_on_disk() {
 fn mount_on_dead_mount_point() {
     let fx = Fixture::new(1);
     put(&fx.l(0, "a"), "a");
-    let mut child = Command::new(BIN)
-        .arg("-f")
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mount_fstype(&fx.mnt).is_none() {
-        assert!(Instant::now() < deadline, "not mounted");
-        thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = fx.daemon(&[]);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_errno(fs::read_dir(&fx.mnt), libc::ENOTCONN, "readdir dead mount");
-    let out = Command::new(BIN)
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let out = tool([fx.spec(), s(&fx.mnt)]);
+    let err = out.stderr;
     let listing = fs::read_dir(&fx.mnt).map(|rd| rd.count());
-    let _ = Command::new("umount").arg(&fx.mnt).status();
-    let _ = Command::new("umount").arg("-l").arg(&fx.mnt).status();
+    unmount_all(&fx.mnt);
     match out.status.code() {
         Some(0) => assert_eq!(listing.ok(), Some(1), "mounted over a dead mount: {err}"),
         Some(32) => assert!(

@@ -8,16 +8,11 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// `-o lowerdir=LOWER0,upperdir=UPPER,workdir=ROOT/work[,EXTRA] MNT`
 fn overlay_args(fx: &Fixture, extra: &str) -> Vec<String> {
-    let mut o = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        fx.lowers[0].display(),
-        fx.upper.display(),
-        fx.root.join("work").display()
-    );
+    let mut o = overlay_opts(&[&fx.lowers[0]], &fx.upper, &fx.root.join("work"));
     if !extra.is_empty() {
         o = format!("{o},{extra}");
     }
@@ -35,12 +30,7 @@ fn owner(p: &Path) -> String {
 }
 
 fn available(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    succeeds(cmd, ["--version"])
 }
 
 /// The lower of the mapping checks: files owned by 0, by a mapped ID and by one outside
@@ -153,30 +143,23 @@ fn id_mapping_shifts_owners_as_fuse_overlayfs_does() {
     mapping_lower(&fx);
     fs::create_dir(fx.root.join("work")).unwrap();
     let o = format!(
-        "lowerdir={},upperdir={},workdir={},uidmapping=0:100000:65536,gidmapping=0:100000:65536",
-        fx.lowers[0].display(),
-        fx.upper.display(),
-        fx.root.join("work").display()
+        "{},uidmapping=0:100000:65536,gidmapping=0:100000:65536",
+        overlay_opts(&[&fx.lowers[0]], &fx.upper, &fx.root.join("work"))
     );
-    let ok = Command::new("fuse-overlayfs")
-        .args(["-o", &o])
-        .arg(&fx.mnt)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "fuse-overlayfs mount");
+    assert!(
+        succeeds("fuse-overlayfs", ["-o", &o, &s(&fx.mnt)]),
+        "fuse-overlayfs mount"
+    );
     let peer = mapping_observations(&fx);
-    let _ = Command::new("fusermount3").arg("-u").arg(&fx.mnt).status();
+    fusermount_u(&fx.mnt);
     assert_eq!(peer, MAPPING_WANT, "fuse-overlayfs itself");
 }
 
 #[test]
 fn squashing_shows_one_owner_and_forgives_a_failed_chown() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "a"), "a");
     chown(&fx.l(0, "a"), 5, 6);
     let m = mount_overlay(
@@ -192,15 +175,11 @@ fn squashing_shows_one_owner_and_forgives_a_failed_chown() {
     std::os::unix::fs::lchown(fx.m("a"), Some(100007), None).unwrap();
     assert_eq!(owner(&fx.u("a")), "7:6");
     // A chown the filesystem refuses (an immutable file) still reports success.
-    let immutable = Command::new("chattr")
-        .arg("+i")
-        .arg(fx.u("new"))
-        .status()
-        .is_ok_and(|s| s.success());
+    let immutable = succeeds("chattr", ["+i", &s(&fx.u("new"))]);
     if immutable {
         let r = std::os::unix::fs::lchown(fx.m("new"), Some(100001), Some(100001));
         let chmod = fs::set_permissions(fx.m("new"), fs::Permissions::from_mode(0o600));
-        let _ = Command::new("chattr").arg("-i").arg(fx.u("new")).status();
+        succeeds("chattr", ["-i", &s(&fx.u("new"))]);
         assert!(r.is_ok(), "chown of an immutable file: {r:?}");
         assert!(chmod.is_err(), "chmod failures are not forgiven");
         assert_eq!(owner(&fx.u("new")), "65534:0");
@@ -225,11 +204,9 @@ const USER_XATTR: &str = "user.fuseoverlayfs.override_stat";
 
 #[test]
 fn xattr_permissions_keep_owners_and_modes_in_an_xattr() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "plain"), "p");
     chown(&fx.l(0, "plain"), 5, 6);
     mkdir_p(&fx.l(0, "d"));
@@ -335,12 +312,10 @@ fn xattr_permissions_keep_owners_and_modes_in_an_xattr() {
 
 #[test]
 fn layers_with_an_owner_xattr_on_their_root_show_owners_from_it() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     // What containers-storage's force_mask leaves in a layer it unpacks.
-    let fx = Fixture::new(1);
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
+        return;
+    };
     put(&fx.l(0, "a"), "a");
     set_mode(&fx.l(0, "a"), 0o700);
     put(&fx.l(0, "b"), "b");
@@ -359,11 +334,9 @@ fn layers_with_an_owner_xattr_on_their_root_show_owners_from_it() {
 
 #[test]
 fn xattr_permissions_1_keeps_them_in_the_security_namespace() {
-    if !is_root() {
-        eprintln!("skipped: needs root (security.* xattrs)");
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root (security.* xattrs)") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let m = mount_overlay(&fx, "xattr_permissions=1");
     put(&fx.m("f"), "f");
     std::os::unix::fs::lchown(fx.m("f"), Some(11), Some(12)).unwrap();
@@ -377,29 +350,31 @@ fn xattr_permissions_1_keeps_them_in_the_security_namespace() {
 /// Run `script` as root of a new user namespace (with its own mount namespace) whose root
 /// is `nobody` outside, as rootless podman runs its mount program. `None` where user
 /// namespaces or the tools are not available.
-fn in_user_namespace(fx: &Fixture, script: &str) -> Option<std::process::Output> {
-    if !is_root() || !available("unshare") || !Path::new("/usr/bin/setpriv").exists() {
+/// Run `sh -euc script` as nobody in a new user namespace where it is root, with `$BIN`
+/// and `$ROOT` set: it must succeed; its stdout. None (with a note) where that cannot be
+/// set up.
+fn in_user_namespace(fx: &Fixture, script: &str) -> Option<String> {
+    let userns = || {
+        let mut c = as_user(65534);
+        c.args(["unshare", "--user", "--map-root-user", "--mount"]);
+        c
+    };
+    let possible = is_root()
+        && available("unshare")
+        && Path::new("/usr/bin/setpriv").exists()
+        && userns().arg("true").status().is_ok_and(|st| st.success());
+    if !possible {
+        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
         return None;
     }
-    let probe = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["unshare", "--user", "--map-root-user", "--mount", "true"])
-        .status()
-        .ok()?;
-    if !probe.success() {
-        return None;
-    }
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["unshare", "--user", "--map-root-user", "--mount"])
+    let out = run(userns()
         .args(["sh", "-euc", script])
         .env("BIN", BIN)
-        .env("ROOT", &fx.root)
-        .output()
-        .unwrap();
+        .env("ROOT", &fx.root));
     // The mount lived in the namespace, which is gone with the shell.
     assert!(mounts_under(&fx.root).is_empty());
-    Some(out)
+    assert!(out.ok(), "{}{}", out.stdout, out.stderr);
+    Some(out.stdout)
 }
 
 /// A fixture the namespace's root (nobody outside) owns entirely.
@@ -412,12 +387,7 @@ fn rootless_fixture() -> Fixture {
     put(&fx.l(0, "redo/sub/old2"), "old");
     put(&fx.l(0, "moved/x/y"), "y");
     put(&fx.l(0, "meta"), "meta");
-    let ok = Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&fx.root)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    chown_r(&fx.root, 65534, 65534);
     fx
 }
 
@@ -442,16 +412,9 @@ echo n >"$M/created"
 stat -c '%u:%g %n' "$M/f" "$M/created"
 "#
     );
-    let Some(out) = in_user_namespace(&fx, &script) else {
-        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
+    let Some(stdout) = in_user_namespace(&fx, &script) else {
         return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // Inside, the namespace's root owns everything.
     assert!(
         stdout.contains("0:0 ") && !stdout.contains("65534"),
@@ -503,15 +466,9 @@ chmod 600 "$M/meta"
 touch -m -d 2001-02-03 "$M/f"
 "#
     );
-    let Some(out) = in_user_namespace(&fx, &script) else {
-        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
+    if in_user_namespace(&fx, &script).is_none() {
         return;
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    }
     assert_eq!(mode_of(&fx.u("meta")), 0o600);
     assert_eq!(read(&fx.u("meta")), "meta");
 }
@@ -532,16 +489,9 @@ stat -c '%u:%g' "$M/foreign"
 if echo more >>"$M/foreign/mine"; then echo "written"; fi
 "#
     );
-    let Some(out) = in_user_namespace(&fx, &script) else {
-        eprintln!("skipped: needs root to set up, setpriv and unprivileged user namespaces");
+    let Some(stdout) = in_user_namespace(&fx, &script) else {
         return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(stdout, "65534:65534\n");
     assert!(!lexists(&fx.u("foreign")));
     assert_eq!(read(&fx.l(0, "foreign/mine")), "mine");

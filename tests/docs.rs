@@ -5,9 +5,10 @@
 mod common;
 use common::*;
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 #[path = "../examples/gen-assets.rs"]
@@ -114,8 +115,7 @@ fn man_page_has_every_option_and_the_real_defaults() {
     }
     let defaults = section.matches(&format!("(default {t})")).count();
     assert_eq!(defaults, 2, "timeout and negative_timeout default to {t}");
-    let help = Command::new(BIN).arg("--help").output().unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
+    let help = tool(["--help"]).stdout;
     assert!(help.contains(&format!("timeout={t},")), "{help}");
     // README's prose about the cache time says the same.
     assert!(
@@ -239,25 +239,20 @@ fn samples(readme: &str) -> Vec<(String, Vec<String>)> {
 /// `bash -c CMD` in `dir` (README's lines are for an interactive bash: `{a,b}`), with the
 /// usual umask 022 the modes README shows come from: (stdout, stderr).
 fn sh(cmd: &str, dir: &Path) -> (String, String) {
-    let o = Command::new("bash")
+    let o = run(Command::new("bash")
         .arg("-c")
         .arg(format!("umask 022; {cmd}"))
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{cmd}: {o:?}");
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+        .current_dir(dir));
+    assert!(o.ok(), "{cmd}: {o:?}");
+    (o.stdout, o.stderr)
 }
 
 struct Demo {
     root: PathBuf,
     merged: PathBuf,
     trace: Option<Child>,
+    /// Dropped after `drop` has stopped the trace.
+    _unmount: UnmountGuard,
 }
 
 impl Demo {
@@ -281,16 +276,6 @@ impl Drop for Demo {
             let _ = t.kill();
             let _ = t.wait();
         }
-        for _ in 0..50 {
-            if mount_fstype(&self.merged).is_none() {
-                break;
-            }
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.merged)
-                .status();
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 }
 
@@ -311,6 +296,7 @@ fn readme_samples_are_what_the_commands_print() {
     let root = tmp.path().canonicalize().unwrap().join("demo");
     let mut demo = Demo {
         merged: root.join("merged"),
+        _unmount: UnmountGuard(root.join("merged")),
         root,
         trace: None,
     };
@@ -331,9 +317,7 @@ fn readme_samples_are_what_the_commands_print() {
         let (out, _) = sh(&demo.cmd(&cmd), tmp.path());
         if cmd.starts_with("unionmount ") {
             wait_mounted(&demo.merged, true);
-            let t = Command::new(BIN)
-                .arg("trace")
-                .arg(&demo.merged)
+            let t = unionmount([OsStr::new("trace"), demo.merged.as_os_str()])
                 .stdout(fs::File::create(&trace_out).unwrap())
                 .stderr(fs::File::create(&trace_err).unwrap())
                 .spawn()
@@ -446,15 +430,12 @@ fn demo_script(env: &[(&str, &str)], tty: bool) -> String {
         c.arg(&script);
         c
     };
-    let o = cmd
+    let o = run(cmd
         .env("UNIONMOUNT", BIN)
         .env_remove("NO_COLOR")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "demo.sh: {o:?}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
+        .envs(env.iter().copied()));
+    assert!(o.ok(), "demo.sh: {o:?}");
+    o.stdout
 }
 
 /// Bold headings on a terminal only, and not with NO_COLOR (once: always, also in a pipe).
@@ -463,11 +444,7 @@ fn demo_script_prints_colour_only_on_a_terminal_without_no_color() {
     let piped = demo_script(&[], false);
     assert!(piped.contains("== 1. "), "{piped}");
     assert!(!has_colour(&piped), "colour codes in a pipe:\n{piped}");
-    let have_script = Command::new("script")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_script {
+    if !succeeds("script", ["--version"]) {
         eprintln!("script(1) not installed: the terminal half of the check is skipped");
         return;
     }

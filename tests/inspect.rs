@@ -9,41 +9,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// `unionmount ARGS...` (an inspection command) run to completion.
-fn tool(args: &[&str]) -> Out {
-    let o = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run unionmount");
-    Out {
-        ok: o.status.success(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = tool(args);
-    assert!(
-        o.ok,
-        "unionmount {args:?} failed:\n{}{}",
-        o.stdout, o.stderr
-    );
-    o.stdout
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// The seed's base layer: `1`, `app/hello.txt`, `usr/share/man/a`, `etc/hosts`.
 fn seed(fx: &Fixture) {
     put(&fx.l(0, "1"), "I am base file 1\n");
@@ -54,12 +19,7 @@ fn seed(fx: &Fixture) {
 
 /// The seed's changes, through the mount.
 fn change(fx: &Fixture) {
-    put(&fx.m("d"), "new file\n");
-    put(&fx.m("1"), "OVERRIDDEN\n");
-    fs::remove_file(fx.m("app/hello.txt")).unwrap();
-    fs::remove_dir_all(fx.m("usr/share/man")).unwrap();
-    mkdir_p(&fx.m("usr/share/man"));
-    put(&fx.m("usr/share/man/b"), "new man\n");
+    demo_changes(fx);
     fs::hard_link(fx.m("d"), fx.m("d2")).unwrap();
     xattr::set(fx.m("d"), "user.comment", b"hi").unwrap();
 }
@@ -83,7 +43,7 @@ fn which_names_the_branch_and_what_it_hides() {
     seed(&fx);
     let m = fx.mount(&[]);
     change(&fx);
-    let out = ok(&[
+    let out = tool_ok([
         "which",
         &s(&fx.m("1")),
         &s(&fx.m("d")),
@@ -116,8 +76,8 @@ fn which_names_the_branch_and_what_it_hides() {
     assert!(blocks[4].contains("not copied up"), "{out}");
     assert!(blocks[5].contains("merged from upper, lower0"), "{out}");
     // A name that is nowhere fails, the others still answer.
-    let o = tool(&["which", &s(&fx.m("nothing")), &s(&fx.m("1"))]);
-    assert!(!o.ok && o.stderr.contains("no such file"), "{}", o.stderr);
+    let o = tool(["which", &s(&fx.m("nothing")), &s(&fx.m("1"))]);
+    o.assert_fails_with("no such file");
     assert!(o.stdout.contains("copied up"), "{}", o.stdout);
     // The short form: a computed xattr, never listed (cp -a and tar do not copy it).
     let v = xattr::get(fx.m("etc/hosts"), "user.unionmount.layer")
@@ -130,12 +90,8 @@ fn which_names_the_branch_and_what_it_hides() {
     let listed: Vec<_> = xattr::list(fx.m("d")).unwrap().collect();
     assert_eq!(listed, ["user.comment"]);
     drop(m);
-    let o = tool(&["which", &s(&fx.m("1"))]);
-    assert!(
-        !o.ok && o.stderr.contains("not inside a unionmount mount"),
-        "{}",
-        o.stderr
-    );
+    let o = tool(["which", &s(&fx.m("1"))]);
+    o.assert_fails_with("not inside a unionmount mount");
 }
 
 #[test]
@@ -144,10 +100,7 @@ fn control_socket_is_private_and_outside_the_tree() {
     seed(&fx);
     let m = fx.mount(&[]);
     let sock = control_socket(&fx.mnt);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(5), || sock.exists());
     let md = fs::symlink_metadata(&sock).unwrap();
     assert_eq!(md.permissions().mode() & 0o777, 0o600);
     let dir = fs::metadata(sock.parent().unwrap()).unwrap();
@@ -181,7 +134,7 @@ fn a_new_mount_takes_the_socket_of_a_gone_mount_with_its_device_number() {
     if visible_unionmount(&fx.mnt).unwrap().dev != old_dev {
         eprintln!("note: the new mount got another device number; nothing to take over");
     }
-    let layers = ok(&["layers", &s(&fx.mnt)]);
+    let layers = tool_ok(["layers", &s(&fx.mnt)]);
     assert!(layers.contains(&s(&fx.upper)), "{layers}");
 }
 
@@ -226,7 +179,7 @@ fn layers_reports_stack_counters_and_kernel() {
     seed(&fx);
     let _m = fx.mount(&["-o", "timeout=0.5"]);
     change(&fx);
-    let out = ok(&["layers", &s(&fx.mnt)]);
+    let out = tool_ok(["layers", &s(&fx.mnt)]);
     let row = |name: &str| {
         out.lines()
             .find(|l| l.split_whitespace().nth(1) == Some(name))
@@ -244,12 +197,8 @@ fn layers_reports_stack_counters_and_kernel() {
     assert!(out.contains("1 opaque dirs"), "{out}");
     assert!(out.contains("kernel: FUSE"), "{out}");
     assert!(out.contains("entry/attr TTL 0.5s"), "{out}");
-    let o = tool(&["layers", &s(&fx.m("app"))]);
-    assert!(
-        !o.ok && o.stderr.contains("give the mount point"),
-        "{}",
-        o.stderr
-    );
+    let o = tool(["layers", &s(&fx.m("app"))]);
+    o.assert_fails_with("give the mount point");
 }
 
 #[test]
@@ -257,10 +206,8 @@ fn trace_streams_events_with_branch_names() {
     let fx = Fixture::new(1);
     seed(&fx);
     let _m = fx.mount(&[]);
-    let mut child = Command::new(BIN)
-        .args(["trace", &s(&fx.mnt)])
+    let mut child = unionmount(["trace", &s(&fx.mnt)])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -322,8 +269,8 @@ fn diff_lists_changes_from_the_mount_or_the_upper() {
     seed(&fx);
     let m = fx.mount(&[]);
     change(&fx);
-    assert_eq!(ok(&["diff", &s(&fx.mnt)]), DIFF);
-    let json = ok(&["diff", &s(&fx.mnt), "--json"]);
+    assert_eq!(tool_ok(["diff", &s(&fx.mnt)]), DIFF);
+    let json = tool_ok(["diff", &s(&fx.mnt), "--json"]);
     assert!(
         json.trim_start().starts_with('[') && json.trim_end().ends_with(']'),
         "{json}"
@@ -339,11 +286,11 @@ fn diff_lists_changes_from_the_mount_or_the_upper() {
     drop(m);
     // From the upper alone, with the lower named: the same.
     assert_eq!(
-        ok(&["diff", &s(&fx.upper), "--lower", &s(&fx.lowers[0])]),
+        tool_ok(["diff", &s(&fx.upper), "--lower", &s(&fx.lowers[0])]),
         DIFF
     );
     // Without it: C from the copy-up origin xattr; what the opaque dir hid is unknown.
-    let alone = ok(&["diff", &s(&fx.upper)]);
+    let alone = tool_ok(["diff", &s(&fx.upper)]);
     assert_eq!(alone, DIFF.replace("D /usr/share/man/a\n", ""));
 }
 
@@ -366,14 +313,14 @@ fn diff_reads_every_whiteout_format() {
     mkdir_p(&fx.u(WORKDIR));
     let lower = s(&fx.lowers[0]);
     assert_eq!(
-        ok(&["diff", &s(&fx.upper), "--lower", &lower]),
+        tool_ok(["diff", &s(&fx.upper), "--lower", &lower]),
         "D /a\nD /b\nC /o\nA /o/new\nD /o/old\nC /x\nD /x/c\n"
     );
     // A mount writing overlay-format whiteouts reads the same.
     let m = fx.mount(&["-o", "whiteout=overlay"]);
     fs::remove_file(fx.m("o/new")).unwrap();
     assert_eq!(
-        ok(&["diff", &s(&fx.mnt)]),
+        tool_ok(["diff", &s(&fx.mnt)]),
         "D /a\nD /b\nC /o\nD /o/old\nC /x\nD /x/c\n"
     );
     drop(m);
@@ -413,7 +360,7 @@ fn export_writes_an_oci_layer() {
     chown(&fx.m("1"), 1234, 5678);
     fs::rename(fx.m("etc"), fx.m("etc2")).unwrap();
     let tar = fx.root.join("layer.tar");
-    let digest = ok(&["export", &s(&fx.mnt), "--tar", &s(&tar), "--digest"]);
+    let digest = tool_ok(["export", &s(&fx.mnt), "--tar", &s(&tar), "--digest"]);
     let sum = Command::new("sha256sum").arg(&tar).output().unwrap();
     let sum = String::from_utf8_lossy(&sum.stdout);
     assert_eq!(
@@ -438,11 +385,11 @@ fn export_writes_an_oci_layer() {
         "{list}"
     );
     // The same upper gives the same bytes.
-    let again = ok(&["export", &s(&fx.mnt), "--tar", "-", "--digest"]);
+    let again = tool_ok(["export", &s(&fx.mnt), "--tar", "-", "--digest"]);
     assert!(!again.is_empty());
     let tar2 = fx.root.join("again.tar");
     assert_eq!(
-        ok(&["export", &s(&fx.mnt), "--tar", &s(&tar2), "--digest"]),
+        tool_ok(["export", &s(&fx.mnt), "--tar", &s(&tar2), "--digest"]),
         digest
     );
     drop(m);
@@ -472,14 +419,14 @@ fn export_writes_an_oci_layer() {
         assert_eq!(secs(entry(&x.join(f))), secs(entry(&fx.u(f))), "{f}");
     }
     // From the upper alone a moved directory cannot be complete: refused, with the way out.
-    let o = tool(&[
+    let o = tool([
         "export",
         &s(&fx.upper),
         "--tar",
         &s(&fx.root.join("no.tar")),
     ]);
-    assert!(!o.ok && o.stderr.contains("--lower"), "{}", o.stderr);
-    let with_lower = ok(&[
+    o.assert_fails_with("--lower");
+    let with_lower = tool_ok([
         "export",
         &s(&fx.upper),
         "--lower",
@@ -502,7 +449,7 @@ fn commit_makes_a_layer_and_remount_stacks_it() {
     change(&fx);
     let before = snapshot(&fx.mnt);
     let layer = fx.root.join("layer1");
-    let out = ok(&["commit", &s(&fx.mnt), "--to", &s(&layer)]);
+    let out = tool_ok(["commit", &s(&fx.mnt), "--to", &s(&layer)]);
     assert!(out.contains("3 added, 5 changed, 2 deleted"), "{out}");
     assert!(lexists(&layer.join("app/.wh.hello.txt")));
     assert!(lexists(&layer.join("usr/share/man/.wh..wh..opq")));
@@ -510,20 +457,20 @@ fn commit_makes_a_layer_and_remount_stacks_it() {
     assert_eq!(entry(&layer.join("1")), entry(&fx.u("1")));
     // The mount went on; a non-empty target is refused.
     assert_eq!(read(&fx.m("1")), "OVERRIDDEN\n");
-    let o = tool(&["commit", &s(&fx.mnt), "--to", &s(&layer)]);
-    assert!(!o.ok && o.stderr.contains("not empty"), "{}", o.stderr);
+    let o = tool(["commit", &s(&fx.mnt), "--to", &s(&layer)]);
+    o.assert_fails_with("not empty");
     // --remount is refused while a file is open, and nothing changes.
     let layer2 = fx.root.join("layer2");
     let held = fs::File::open(fx.m("d")).unwrap();
-    let o = tool(&["commit", &s(&fx.mnt), "--to", &s(&layer2), "--remount"]);
+    let o = tool(["commit", &s(&fx.mnt), "--to", &s(&layer2), "--remount"]);
     assert!(
-        !o.ok && o.stderr.contains("busy") && o.stderr.contains("nothing was changed"),
+        !o.ok() && o.stderr.contains("busy") && o.stderr.contains("nothing was changed"),
         "{}",
         o.stderr
     );
     assert!(!lexists(&layer2));
     drop(held);
-    let out = ok(&["commit", &s(&fx.mnt), "--to", &s(&layer2), "--remount"]);
+    let out = tool_ok(["commit", &s(&fx.mnt), "--to", &s(&layer2), "--remount"]);
     assert!(out.contains("remounted"), "{out}");
     // The same tree now comes from the new stack.
     let after = snapshot(&fx.mnt);
@@ -534,13 +481,13 @@ fn commit_makes_a_layer_and_remount_stacks_it() {
     let (before, after) = (strip(before), strip(after));
     assert!(before == after, "{}", snapshot_diff(&before, &after));
     assert_eq!(upper_names(&fx.upper), Vec::<String>::new());
-    let layers = ok(&["layers", &s(&fx.mnt)]);
+    let layers = tool_ok(["layers", &s(&fx.mnt)]);
     assert!(
         layers.contains("layer2") && layers.contains("lower0"),
         "{layers}"
     );
     put(&fx.m("new"), "x");
-    assert_eq!(ok(&["diff", &s(&fx.mnt)]), "A /new\n");
+    assert_eq!(tool_ok(["diff", &s(&fx.mnt)]), "A /new\n");
     // The guard sees its daemon exited cleanly (at the commit), and unmounts the new mount.
     drop(m);
 }
@@ -548,11 +495,11 @@ fn commit_makes_a_layer_and_remount_stacks_it() {
 #[test]
 fn help_has_examples() {
     for t in ["which", "diff", "commit", "export", "layers", "trace"] {
-        let out = ok(&[t, "--help"]);
+        let out = tool_ok([t, "--help"]);
         assert!(out.contains("Example"), "{t}: {out}");
         assert!(out.contains(&format!("unionmount {t} ")), "{t}: {out}");
     }
-    let out = ok(&["--help"]);
+    let out = tool_ok(["--help"]);
     assert!(out.contains("unionmount diff"), "{out}");
 }
 
@@ -561,33 +508,13 @@ fn help_has_examples() {
 /// layer carried the marked copy's zeros.
 #[test]
 fn export_of_a_kernel_metacopy_upper_carries_the_data() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "f"), "the data is in the lower\n");
-    let work = fx.root.join("kwork");
-    mkdir_p(&work);
-    let opts = format!(
-        "metacopy=on,lowerdir={},upperdir={},workdir={}",
-        fx.lowers[0].display(),
-        fx.upper.display(),
-        work.display()
-    );
-    let st = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&fx.mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount -t overlay -o {opts}");
+    let k = fx.kernel_overlay("metacopy=on,");
     let chmod = fs::set_permissions(fx.m("f"), fs::Permissions::from_mode(0o600));
-    assert!(
-        Command::new("umount")
-            .arg(&fx.mnt)
-            .status()
-            .unwrap()
-            .success()
-    );
+    k.unmount();
     chmod.unwrap();
     assert!(
         xattr::get(fx.u("f"), "trusted.overlay.metacopy")
@@ -595,7 +522,7 @@ fn export_of_a_kernel_metacopy_upper_carries_the_data() {
             .is_some()
     );
     let tar = fx.root.join("layer.tar");
-    ok(&[
+    tool_ok([
         "export",
         &s(&fx.upper),
         "--lower",
@@ -626,32 +553,32 @@ fn tools_answer_for_the_top_of_stacked_mounts() {
     let mnt = below.mnt.clone();
     let _mb = below.mount(&[]);
     let mt = top.mount_on_top(&mnt, &[]);
-    let out = ok(&["which", &s(&mnt.join("top-only"))]);
+    let out = tool_ok(["which", &s(&mnt.join("top-only"))]);
     assert!(out.contains(&s(&top.l(0, "top-only"))), "{out}");
-    let o = tool(&["which", &s(&mnt.join("1"))]);
-    assert!(!o.ok && o.stderr.contains("no such file"), "{}", o.stderr);
-    let layers = ok(&["layers", &s(&mnt)]);
+    let o = tool(["which", &s(&mnt.join("1"))]);
+    o.assert_fails_with("no such file");
+    let layers = tool_ok(["layers", &s(&mnt)]);
     assert!(
         layers.contains(&s(&top.upper)) && !layers.contains(&s(&below.upper)),
         "{layers}"
     );
     put(&mnt.join("new"), "x");
     assert_eq!(read(&top.u("new")), "x");
-    assert_eq!(ok(&["diff", &s(&mnt)]), "A /new\n");
-    let tree = ok(&["tree", &s(&mnt), "--color", "never"]);
+    assert_eq!(tool_ok(["diff", &s(&mnt)]), "A /new\n");
+    let tree = tool_ok(["tree", &s(&mnt), "--color", "never"]);
     assert!(
         tree.contains("top-only") && !tree.contains("hello"),
         "{tree}"
     );
     let layer = top.root.join("layer1");
-    let out = ok(&["commit", &s(&mnt), "--to", &s(&layer)]);
+    let out = tool_ok(["commit", &s(&mnt), "--to", &s(&layer)]);
     assert!(out.contains(&s(&top.upper)), "{out}");
     assert_eq!(read(&layer.join("new")), "x");
     // --remount mounts on top of the mount below again (the options keep `stack`).
     let layer2 = top.root.join("layer2");
-    let out = ok(&["commit", &s(&mnt), "--to", &s(&layer2), "--remount"]);
+    let out = tool_ok(["commit", &s(&mnt), "--to", &s(&layer2), "--remount"]);
     assert!(out.contains("stack"), "{out}");
-    let layers = ok(&["layers", &s(&mnt)]);
+    let layers = tool_ok(["layers", &s(&mnt)]);
     assert!(
         layers.contains(&s(&layer2)) && layers.contains(&s(&top.upper)),
         "{layers}"
@@ -659,7 +586,7 @@ fn tools_answer_for_the_top_of_stacked_mounts() {
     assert_eq!(read(&mnt.join("new")), "x");
     // The guard takes the remounted top off; then the mount below answers.
     mt.unmount();
-    let layers = ok(&["layers", &s(&mnt)]);
+    let layers = tool_ok(["layers", &s(&mnt)]);
     assert!(layers.contains(&s(&below.upper)), "{layers}");
     assert_eq!(read(&mnt.join("1")), "I am base file 1\n");
 }
@@ -669,35 +596,23 @@ fn tools_answer_for_the_top_of_stacked_mounts() {
 /// changes nothing. Before, `which` answered for a path the tmpfs on top serves.
 #[test]
 fn a_covered_unionmount_mount_is_not_asked() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: mounting a tmpfs needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     seed(&fx);
     let _m = fx.mount(&[]);
-    let tmpfs = |dir: &Path| {
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "scratch"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-    };
-    let umount = |dir: &Path| {
-        assert!(Command::new("umount").arg(dir).status().unwrap().success());
-    };
-    tmpfs(&fx.m("app"));
-    let o = tool(&["which", &s(&fx.m("app/hello.txt"))]);
+    let tmpfs = |dir: &Path| KernelMount::new(&["-t", "tmpfs", "scratch"], dir);
+    let t = tmpfs(&fx.m("app"));
+    let o = tool(["which", &s(&fx.m("app/hello.txt"))]);
     let covers = format!(
         "scratch on {} type tmpfs covers the unionmount mount",
         s(&fx.m("app"))
     );
-    assert!(!o.ok && o.stderr.contains(&covers), "{}", o.stderr);
-    assert!(ok(&["which", &s(&fx.m("1"))]).contains("lower0"));
-    umount(&fx.m("app"));
+    o.assert_fails_with(&covers);
+    assert!(tool_ok(["which", &s(&fx.m("1"))]).contains("lower0"));
+    t.unmount();
 
-    tmpfs(&fx.mnt);
+    let t = tmpfs(&fx.mnt);
     let layer = fx.root.join("layer");
     let tar = fx.root.join("layer.tar");
     let covers = format!(
@@ -719,14 +634,14 @@ fn a_covered_unionmount_mount_is_not_asked() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = tool(&args);
         assert!(
-            !o.ok && o.stderr.contains(&covers),
+            !o.ok() && o.stderr.contains(&covers),
             "{args:?}: {}",
             o.stderr
         );
     }
     assert!(!lexists(&layer) && !lexists(&tar));
-    umount(&fx.mnt);
-    let layers = ok(&["layers", &s(&fx.mnt)]);
+    t.unmount();
+    let layers = tool_ok(["layers", &s(&fx.mnt)]);
     assert!(layers.contains(&s(&fx.upper)), "{layers}");
 }
 
@@ -779,15 +694,14 @@ fn socket_gone(path: &Path, ino: u64) -> bool {
 }
 
 fn unmount_here(mnt: &Path) {
-    assert!(Command::new("umount").arg(mnt).status().unwrap().success());
+    assert!(succeeds("umount", [mnt]), "umount {}", mnt.display());
 }
 
 fn sigterm(pid: u32) {
-    let st = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -TERM {pid}");
+    assert!(
+        succeeds("kill", ["-TERM", &pid.to_string()]),
+        "kill -TERM {pid}"
+    );
 }
 
 /// A daemon whose mount another mount namespace still holds lives on after `umount` here,
@@ -811,23 +725,19 @@ fn sigterm_ends_a_daemon_whose_mount_another_namespace_holds() {
         "the daemon exited while another namespace used its mount"
     );
     assert!(old_sock.exists());
-    let o = tool(&["layers", &s(&fx.mnt)]);
-    assert!(
-        !o.ok && o.stderr.contains("not inside a unionmount mount"),
-        "{}",
-        o.stderr
-    );
+    let o = tool(["layers", &s(&fx.mnt)]);
+    o.assert_fails_with("not inside a unionmount mount");
 
     let fx2 = Fixture::new(1);
     put(&fx2.l(0, "new-only"), "n\n");
     let args = vec![fx2.spec(), s(&fx.mnt)];
     let new = Mount::start(args, &fx.mnt, &fx2.log, fx2.lowers.clone());
-    let layers = ok(&["layers", &s(&fx.mnt)]);
+    let layers = tool_ok(["layers", &s(&fx.mnt)]);
     assert!(
         layers.contains(&s(&fx2.upper)) && !layers.contains(&s(&fx.upper)),
         "{layers}"
     );
-    let out = ok(&["which", &s(&fx.m("new-only"))]);
+    let out = tool_ok(["which", &s(&fx.m("new-only"))]);
     assert!(out.contains(&s(&fx2.l(0, "new-only"))), "{out}");
 
     sigterm(old.pid());
@@ -842,7 +752,7 @@ fn sigterm_ends_a_daemon_whose_mount_another_namespace_holds() {
         "{} left behind",
         old_sock.display()
     );
-    let layers = ok(&["layers", &s(&fx.mnt)]);
+    let layers = tool_ok(["layers", &s(&fx.mnt)]);
     assert!(
         layers.contains(&s(&fx2.upper)),
         "the old daemon took the new mount away: {layers}"
@@ -910,7 +820,7 @@ fn a_reply_for_another_mount_is_refused() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = tool(&args);
         assert!(
-            !o.ok
+            !o.ok()
                 && o.stderr
                     .contains("serves the mount with device 0:1, not the one visible"),
             "{args:?}: {}",
@@ -921,78 +831,28 @@ fn a_reply_for_another_mount_is_refused() {
     assert_eq!(read(&fx.m("1")), "I am base file 1\n");
 }
 
-/// Unmounts whatever is left on the mount point when the test ends, however it ends.
-struct MountPointGuard(std::path::PathBuf);
-
-impl Drop for MountPointGuard {
-    fn drop(&mut self) {
-        while visible_unionmount(&self.0).is_some() {
-            let st = Command::new("umount").arg("-l").arg(&self.0).status();
-            if !st.is_ok_and(|st| st.success()) {
-                break;
-            }
-        }
-    }
-}
-
 /// The socket a killed daemon leaves is never answered: the tools say the daemon has died,
 /// and the next mount there (which detaches the dead one) answers for itself.
 #[test]
 fn a_killed_daemons_socket_is_never_answered() {
     let fx = Fixture::new(1);
     seed(&fx);
-    let _g = MountPointGuard(fx.mnt.clone());
-    let o = tool_status(&[&fx.spec(), &s(&fx.mnt)]);
-    assert!(o.ok, "{}", o.stderr);
+    let _g = UnmountGuard(fx.mnt.clone());
+    let o = tool([&fx.spec(), &s(&fx.mnt)]);
+    assert!(o.ok(), "{}", o.stderr);
     let sock = control_socket(&fx.mnt);
     let pid = unionmount::inspect::control::stack(&fx.mnt).unwrap().pid;
-    let st = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(succeeds("kill", ["-KILL", &pid.to_string()]));
+    eventually(Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
     assert!(sock.exists(), "a killed daemon removed its socket?");
-    let o = tool(&["layers", &s(&fx.mnt)]);
-    assert!(
-        !o.ok && o.stderr.contains("its daemon has died"),
-        "{}",
-        o.stderr
-    );
+    let o = tool(["layers", &s(&fx.mnt)]);
+    o.assert_fails_with("its daemon has died");
     let fx2 = Fixture::new(1);
-    let o = tool_status(&[&fx2.spec(), &s(&fx.mnt)]);
-    assert!(o.ok, "{}", o.stderr);
-    let layers = ok(&["layers", &s(&fx.mnt)]);
+    let o = tool([&fx2.spec(), &s(&fx.mnt)]);
+    assert!(o.ok(), "{}", o.stderr);
+    let layers = tool_ok(["layers", &s(&fx.mnt)]);
     assert!(layers.contains(&s(&fx2.upper)), "{layers}");
-    assert!(
-        Command::new("fusermount3")
-            .arg("-u")
-            .arg(&fx.mnt)
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-/// `unionmount ARGS...` (a detaching mount) run to completion, stdio in files: the daemon
-/// keeps a pipe open until the mount is live, and /dev/null after.
-fn tool_status(args: &[&str]) -> Out {
-    let dir = tempfile::tempdir().unwrap();
-    let err = dir.path().join("stderr");
-    let st = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&err).unwrap())
-        .status()
-        .unwrap();
-    Out {
-        ok: st.success(),
-        stdout: String::new(),
-        stderr: fs::read_to_string(err).unwrap(),
-    }
+    assert!(fusermount_u(&fx.mnt));
 }

@@ -8,15 +8,11 @@
 //! /usr/local/sbin. They need root and unshare, and are skipped (with a note) without them.
 mod common;
 use common::*;
+use std::borrow::BorrowMut;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
-
-fn p(path: &Path) -> String {
-    path.display().to_string()
-}
+use std::process::Command;
+use std::time::Duration;
 
 /// The directory holding the built binary, first on PATH.
 fn path_with_bin() -> String {
@@ -36,34 +32,11 @@ fn mount_fuse3() -> Option<PathBuf> {
 }
 
 /// Run to completion with stdio in files (a detaching daemon keeps its inherited stderr open
-/// until it has reported the mount live, so pipes would be held open by it).
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = tempfile::tempdir().unwrap();
-    let (o, e) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = cmd
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&o).unwrap())
-        .stderr(fs::File::create(&e).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not return within 30 s");
-        }
-        sleep(Duration::from_millis(10));
-    };
-    (
-        status.code().unwrap_or(-1),
-        fs::read_to_string(o).unwrap(),
-        fs::read_to_string(e).unwrap(),
-    )
+/// until it has reported the mount live, so pipes would be held open by it): (exit code,
+/// stdout, stderr).
+fn run(mut cmd: impl BorrowMut<Command>) -> (i32, String, String) {
+    let r = run_within(cmd.borrow_mut(), Duration::from_secs(30));
+    (r.code(), r.stdout, r.stderr)
 }
 
 /// (source, fstype) of the topmost mount on exactly `mp`, from /proc/self/mounts.
@@ -74,43 +47,6 @@ fn proc_mount(mp: &Path) -> Option<(String, String)> {
         (f.len() > 2 && Path::new(&f[1].replace("\\040", " ")) == mp)
             .then(|| (f[0].to_string(), f[2].to_string()))
     })
-}
-
-/// Unmount everything under `root` on drop, so a failing test leaves no mount behind.
-struct Cleanup(PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for mp in mounts_under(&self.0).into_iter().rev() {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&mp)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&mp).status();
-            }
-        }
-    }
-}
-
-/// Unmount `mp` and wait until it is gone.
-fn unmount(mp: &Path) {
-    let ok = Command::new("fusermount3")
-        .arg("-u")
-        .arg(mp)
-        .status()
-        .is_ok_and(|s| s.success())
-        || Command::new("umount")
-            .arg(mp)
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(ok, "cannot unmount {}", mp.display());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mount_fstype(mp).is_some() {
-        assert!(Instant::now() < deadline, "{} still mounted", mp.display());
-        sleep(Duration::from_millis(20));
-    }
 }
 
 /// The source /proc/mounts shows is meaningful: the fstab/command-line SOURCE, or the upper.
@@ -128,19 +64,19 @@ fn assert_source(mp: &Path, sources: &[&str]) {
 #[test]
 fn source_mountpoint_options_form() {
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
+    let _c = UnmountGuard(fx.root.clone());
     put(&fx.l(0, "f"), "base");
     // What mount(8) + mount.fuse3 pass, plus fstab/systemd-only options a hand-written command
     // might carry: all of them accepted.
     let opts = "rw,noatime,nodev,nosuid,dev,suid,defaults,nofail,_netdev,auto,x-systemd.automount,comment=x";
-    let (code, _, err) = run(Command::new(BIN).args([&fx.spec(), &p(&fx.mnt), "-o", opts]));
+    let (code, _, err) = run(unionmount([&fx.spec(), &s(&fx.mnt), "-o", opts]));
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(err, "", "a detaching mount prints nothing on success");
-    assert_source(&fx.mnt, &[&fx.spec(), &p(&fx.upper)]);
+    assert_source(&fx.mnt, &[&fx.spec(), &s(&fx.upper)]);
     assert_eq!(read(&fx.m("f")), "base");
     fs::write(fx.m("new"), "n").unwrap();
     assert_eq!(read(&fx.u("new")), "n");
-    unmount(&fx.mnt);
+    unmount_and_wait(&fx.mnt);
     assert_eq!(read(&fx.l(0, "f")), "base");
 }
 
@@ -148,34 +84,28 @@ fn source_mountpoint_options_form() {
 fn overlay_style_ignores_a_source_word() {
     for word in ["none", "unionmount", "overlay"] {
         let fx = Fixture::new(2);
-        let _c = Cleanup(fx.root.clone());
+        let _c = UnmountGuard(fx.root.clone());
         put(&fx.l(0, "top"), "l0");
         put(&fx.l(1, "top"), "l1");
         let work = fx.root.join("work");
         fs::create_dir(&work).unwrap();
-        let opts = format!(
-            "lowerdir={}:{},upperdir={},workdir={},rw,dev,suid",
-            p(&fx.lowers[0]),
-            p(&fx.lowers[1]),
-            p(&fx.upper),
-            p(&work)
-        );
-        let (code, _, err) = run(Command::new(BIN).args([word, &p(&fx.mnt), "-o", &opts]));
+        let opts = format!("{},rw,dev,suid", fx.overlay_opts(&work));
+        let (code, _, err) = run(unionmount([word, &s(&fx.mnt), "-o", &opts]));
         assert_eq!(code, 0, "{word}: {err}");
-        assert_source(&fx.mnt, &[word, &p(&fx.upper)]);
+        assert_source(&fx.mnt, &[word, &s(&fx.upper)]);
         assert_eq!(read(&fx.m("top")), "l0");
         fs::write(fx.m("new"), "n").unwrap();
         assert_eq!(read(&fx.u("new")), "n");
-        unmount(&fx.mnt);
+        unmount_and_wait(&fx.mnt);
     }
 }
 
 #[test]
 fn a_branch_spec_beside_lowerdir_is_still_refused() {
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
-    let opts = format!("lowerdir={}", p(&fx.lowers[0]));
-    let (code, _, err) = run(Command::new(BIN).args([&fx.spec(), &p(&fx.mnt), "-o", &opts]));
+    let _c = UnmountGuard(fx.root.clone());
+    let opts = format!("lowerdir={}", s(&fx.lowers[0]));
+    let (code, _, err) = run(unionmount([&fx.spec(), &s(&fx.mnt), "-o", &opts]));
     assert_eq!(code, 32, "stderr: {err}");
     assert!(err.contains("twice"), "{err}");
     assert!(mounts_under(&fx.root).is_empty());
@@ -184,8 +114,8 @@ fn a_branch_spec_beside_lowerdir_is_still_refused() {
 #[test]
 fn exit_statuses_follow_mount8() {
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
-    let bad = |args: &[&str]| run(Command::new(BIN).args(args));
+    let _c = UnmountGuard(fx.root.clone());
+    let bad = |args: &[&str]| run(unionmount(args));
     // 1: the command line cannot be parsed.
     for args in [&[][..], &["-x", "a", "b"], &["a", "b", "c"]] {
         let (code, _, err) = bad(args);
@@ -195,14 +125,14 @@ fn exit_statuses_follow_mount8() {
     assert_eq!(bad(&["--help"]).0, 0);
     assert_eq!(bad(&["--version"]).0, 0);
     // 32: refused branch, mount point or option; one line on stderr.
-    let missing = format!("{}=RW:{}/nope", p(&fx.upper), p(&fx.root));
+    let missing = format!("{}=RW:{}/nope", s(&fx.upper), s(&fx.root));
     for args in [
-        vec![missing, p(&fx.mnt)],
-        vec![fx.spec(), p(&fx.root.join("nomnt"))],
-        vec!["-o".into(), "bogus".into(), fx.spec(), p(&fx.mnt)],
-        vec!["none".into(), p(&fx.mnt)],
+        vec![missing, s(&fx.mnt)],
+        vec![fx.spec(), s(&fx.root.join("nomnt"))],
+        vec!["-o".into(), "bogus".into(), fx.spec(), s(&fx.mnt)],
+        vec!["none".into(), s(&fx.mnt)],
     ] {
-        let (code, _, err) = run(Command::new(BIN).args(&args));
+        let (code, _, err) = run(unionmount(&args));
         assert_eq!(code, 32, "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("unionmount: "), "{err}");
@@ -226,18 +156,18 @@ fn stacked_on(mp: &Path) -> Vec<String> {
 #[test]
 fn a_live_mount_point_is_refused_unless_stack_asks() {
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
+    let _c = UnmountGuard(fx.root.clone());
     put(&fx.l(0, "f"), "base");
     let _below = fx.mount(&[]);
     let before = stacked_on(&fx.mnt);
     assert_eq!(before.len(), 1, "{before:?}");
     for fg in [&[][..], &["-f"]] {
-        let (code, _, err) = run(Command::new(BIN).args(fg).args([&fx.spec(), &p(&fx.mnt)]));
+        let (code, _, err) = run(unionmount(fg).args([&fx.spec(), &s(&fx.mnt)]));
         assert_eq!(code, 32, "{fg:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
             err.contains("already has a live mount")
-                && err.contains(&format!("on {} type fuse.unionmount", p(&fx.mnt)))
+                && err.contains(&format!("on {} type fuse.unionmount", s(&fx.mnt)))
                 && err.contains("-o stack"),
             "{err}"
         );
@@ -247,28 +177,23 @@ fn a_live_mount_point_is_refused_unless_stack_asks() {
     if is_root() {
         let other = fx.root.join("other");
         fs::create_dir(&other).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "scratch", &p(&other)])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let (code, _, err) = run(Command::new(BIN).args([&fx.spec(), &p(&other)]));
-        let _ = Command::new("umount").arg(&other).status();
+        let tmpfs = KernelMount::new(&["-t", "tmpfs", "scratch"], &other);
+        let (code, _, err) = run(unionmount([&fx.spec(), &s(&other)]));
+        drop(tmpfs);
         assert_eq!(code, 32, "{err}");
         assert!(
-            err.contains(&format!("(scratch on {} type tmpfs)", p(&other))),
+            err.contains(&format!("(scratch on {} type tmpfs)", s(&other))),
             "{err}"
         );
     }
     // -o stack: on top, and `fusermount3 -u` takes off that one only.
     let fx2 = Fixture::new(1);
     put(&fx2.l(0, "f"), "top");
-    let (code, _, err) = run(Command::new(BIN).args(["-o", "stack", &fx2.spec(), &p(&fx.mnt)]));
+    let (code, _, err) = run(unionmount(["-o", "stack", &fx2.spec(), &s(&fx.mnt)]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(stacked_on(&fx.mnt).len(), 2);
     assert_eq!(read(&fx.m("f")), "top");
-    let st = Command::new("fusermount3").arg("-u").arg(&fx.mnt).status();
-    assert!(st.unwrap().success());
+    assert!(fusermount_u(&fx.mnt));
     assert_eq!(stacked_on(&fx.mnt), before);
     assert_eq!(read(&fx.m("f")), "base");
 }
@@ -282,46 +207,41 @@ fn through_mount_fuse3() {
         return;
     };
     let fx = Fixture::new(1);
-    let _c = Cleanup(fx.root.clone());
+    let _c = UnmountGuard(fx.root.clone());
     put(&fx.l(0, "f"), "base");
     let work = fx.root.join("work");
     fs::create_dir(&work).unwrap();
     let (code, _, err) = run(Command::new(&helper)
-        .args([&fx.spec(), &p(&fx.mnt), "-t", "fuse.unionmount"])
+        .args([&fx.spec(), &s(&fx.mnt), "-t", "fuse.unionmount"])
         .args(["-o", "rw,noatime,nofail,_netdev,users"])
         .env("PATH", path_with_bin()));
     assert_eq!(code, 0, "mount.fuse3 {}: {err}", fx.spec());
-    assert_source(&fx.mnt, &[&fx.spec(), &p(&fx.upper)]);
+    assert_source(&fx.mnt, &[&fx.spec(), &s(&fx.upper)]);
     assert_eq!(read(&fx.m("f")), "base");
     fs::write(fx.m("f"), "changed").unwrap();
     assert_eq!(read(&fx.u("f")), "changed");
-    unmount(&fx.mnt);
+    unmount_and_wait(&fx.mnt);
 
     // Overlay style with a dummy source; and the old `type#source` form (no -t).
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        p(&fx.lowers[0]),
-        p(&fx.upper),
-        p(&work)
-    );
+    let opts = fx.overlay_opts(&work);
     for (source, ty) in [
         ("none", &["-t", "fuse.unionmount"][..]),
         ("unionmount#none", &[]),
     ] {
         let (code, _, err) = run(Command::new(&helper)
-            .args([source, &p(&fx.mnt), "-o", &opts])
+            .args([source, &s(&fx.mnt), "-o", &opts])
             .args(ty)
             .env("PATH", path_with_bin()));
         assert_eq!(code, 0, "mount.fuse3 {source} {ty:?}: {err}");
-        assert_source(&fx.mnt, &["none", &p(&fx.upper)]);
+        assert_source(&fx.mnt, &["none", &s(&fx.upper)]);
         assert_eq!(read(&fx.m("f")), "changed");
-        unmount(&fx.mnt);
+        unmount_and_wait(&fx.mnt);
     }
 
     // A refusal comes back through mount.fuse3 with our status and message.
-    let missing = format!("{}/nope", p(&fx.root));
+    let missing = format!("{}/nope", s(&fx.root));
     let (code, _, err) = run(Command::new(&helper)
-        .args([&missing, &p(&fx.mnt), "-t", "fuse.unionmount"])
+        .args([&missing, &s(&fx.mnt), "-t", "fuse.unionmount"])
         .env("PATH", path_with_bin()));
     assert_eq!(code, 32, "{err}");
     assert!(err.contains("no such directory"), "{err}");
@@ -345,12 +265,7 @@ impl Namespace {
             eprintln!("skipped: no mount.fuse3 (apt-get install fuse3)");
             return None;
         }
-        let ok = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "true"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
+        if !succeeds("unshare", ["-m", "--propagation", "private", "true"]) {
             eprintln!("skipped: unshare -m is not available here");
             return None;
         }
@@ -362,27 +277,23 @@ impl Namespace {
     /// Run `script` with sh -e in a new private mount namespace, `unionmount` bound first on
     /// the PATH mount.fuse3 uses. Every mount under `root` it leaves is lazily unmounted on
     /// the way out (also on failure), which ends its daemon.
-    fn run(&self, root: &Path, script: &str) -> Output {
+    fn run(&self, root: &Path, script: &str) -> Finished {
         let full = format!(
             "set -e\n\
              cleanup() {{ for m in $(awk '{{print $2}}' /proc/self/mounts | grep '^{root}/'); do umount -l \"$m\" || true; done; }}\n\
              trap cleanup EXIT\n\
              mount --bind {bin} /usr/local/sbin\n{script}",
-            root = p(root),
-            bin = p(self.bindir.path())
+            root = s(root),
+            bin = s(self.bindir.path())
         );
-        let out = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &full])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        if !out.status.success() {
+        let out = run_within(
+            Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &full]),
+            Duration::from_secs(30),
+        );
+        if !out.ok() {
             panic!(
                 "script failed ({}):\n{script}\n--- stdout\n{}--- stderr\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                out.status, out.stdout, out.stderr
             );
         }
         out
@@ -390,8 +301,8 @@ impl Namespace {
 }
 
 /// The script's `key=value` lines.
-fn values(out: &Output) -> std::collections::BTreeMap<String, String> {
-    String::from_utf8_lossy(&out.stdout)
+fn values(out: &Finished) -> std::collections::BTreeMap<String, String> {
+    out.stdout
         .lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -430,13 +341,13 @@ impl FstabFx {
              none  {}  fuse.unionmount  lowerdir={},upperdir={},workdir={},_netdev  0 0\n\
              {}  {}/never  fuse.unionmount  noauto  0 0\n",
             fx.spec(),
-            p(&fx.mnt),
-            p(&mnt2),
-            p(&fx.lowers[0]),
-            p(&upper2),
-            p(&work),
+            s(&fx.mnt),
+            s(&mnt2),
+            s(&fx.lowers[0]),
+            s(&upper2),
+            s(&work),
             fx.spec(),
-            p(&fx.root),
+            s(&fx.root),
         );
         fs::write(&fstab, text).unwrap();
         FstabFx {
@@ -453,7 +364,7 @@ impl FstabFx {
 fn fstab_mount_all() {
     let Some(ns) = Namespace::new() else { return };
     let t = FstabFx::new();
-    let (m1, m2) = (p(&t.fx.mnt), p(&t.mnt2));
+    let (m1, m2) = (s(&t.fx.mnt), s(&t.mnt2));
     let out = ns.run(
         &t.fx.root,
         &format!(
@@ -468,19 +379,19 @@ fn fstab_mount_all() {
          umount {m1}\n\
          umount {m2}\n\
          echo left=\"$(show {m1})$(show {m2})\"\n",
-            fstab = p(&t.fstab),
+            fstab = s(&t.fstab),
         ),
     );
     let v = values(&out);
     let spec = t.fx.spec();
     let ok1 = [
         format!("{spec} fuse.unionmount"),
-        format!("{} fuse.unionmount", p(&t.fx.upper)),
+        format!("{} fuse.unionmount", s(&t.fx.upper)),
     ];
     assert!(ok1.contains(&v["m1"]), "{:?}", v["m1"]);
     let ok2 = [
         "none fuse.unionmount".to_string(),
-        format!("{} fuse.unionmount", p(&t.upper2)),
+        format!("{} fuse.unionmount", s(&t.upper2)),
     ];
     assert!(ok2.contains(&v["m2"]), "{:?}", v["m2"]);
     assert_eq!((v["f1"].as_str(), v["f2"].as_str()), ("base", "base"));
@@ -497,7 +408,7 @@ fn fstab_mount_all() {
 fn fstab_mount_by_mountpoint_and_by_type() {
     let Some(ns) = Namespace::new() else { return };
     let t = FstabFx::new();
-    let (m1, m2) = (p(&t.fx.mnt), p(&t.mnt2));
+    let (m1, m2) = (s(&t.fx.mnt), s(&t.mnt2));
     let out = ns.run(&t.fx.root, &format!(
         "{SHOW}\
          mount -T {fstab} {m2}\n\
@@ -512,12 +423,12 @@ fn fstab_mount_by_mountpoint_and_by_type() {
          echo f2=\"$(cat {m2}/f)\"\n\
          umount {m2}\n\
          if mount -t fuse.unionmount {root}/nope {m1} 2>/dev/null; then echo bad=0; else echo bad=$?; fi\n",
-        fstab = p(&t.fstab),
+        fstab = s(&t.fstab),
         spec = t.fx.spec(),
-        l = p(&t.fx.lowers[0]),
-        u2 = p(&t.upper2),
-        w = p(&t.work),
-        root = p(&t.fx.root),
+        l = s(&t.fx.lowers[0]),
+        u2 = s(&t.upper2),
+        w = s(&t.work),
+        root = s(&t.fx.root),
     ));
     let v = values(&out);
     assert_eq!(v["m2"], "fuse.unionmount");
@@ -541,8 +452,8 @@ fn fstab_mount_all_is_idempotent() {
             "mount -a -T {fstab} -t fuse.unionmount\n\
          mount -a -T {fstab} -t fuse.unionmount\n\
          echo n=$(awk '$3==\"fuse.unionmount\"' /proc/self/mounts | grep -c {root})\n",
-            fstab = p(&t.fstab),
-            root = p(&t.fx.root),
+            fstab = s(&t.fstab),
+            root = s(&t.fx.root),
         ),
     );
     assert_eq!(values(&out)["n"], "2");

@@ -149,10 +149,7 @@ fn truncate_copies_up() {
             );
         }
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 /// The upper copy of a metadata change, with its data taken as what the merged view shows:
@@ -343,10 +340,7 @@ fn overlay_markers_never_listed() {
         }
         assert_eq!(xattr_names(&fx.m("o2")), strs(&["user.keep"]), "{when}");
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 #[test]
@@ -540,10 +534,7 @@ fn mkdir_over_whiteout_is_opaque() {
         );
         assert_eq!(upper_names(&fx.u("d")), strs(&[OPQ, "f1"]), "{when}");
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 #[test]
@@ -574,10 +565,7 @@ fn recreate_whited_out_file_removes_whiteout() {
         );
         assert_eq!(read(&fx.u("f")), "new");
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 #[test]
@@ -648,10 +636,7 @@ fn rename_over_existing() {
             "{when}: target names are not whited out"
         );
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 #[test]
@@ -702,10 +687,7 @@ fn rename_lower_dir_with_content() {
         assert_eq!(names(&fx.m("full")), strs(&["x"]));
         assert_regular_file(&fx.u(".wh.d"));
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 #[test]
@@ -745,10 +727,10 @@ fn renameat2_noreplace() {
 /// which a union reads as a whiteout: the name vanished instead). Nothing changes.
 #[test]
 fn renameat2_whiteout_is_einval() {
-    if !is_root() {
-        return; // the flag needs CAP_MKNOD
-    }
-    let fx = Fixture::new(1);
+    // the flag needs CAP_MKNOD
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
+        return;
+    };
     put(&fx.l(0, "a"), "A");
     let m = fx.mount(&[]);
     put(&fx.m("u"), "U");
@@ -793,10 +775,7 @@ fn renameat2_exchange() {
         assert_eq!(read(&fx.u("y")), "X", "{when}");
         assert_eq!(names(&fx.mnt), strs(&["x", "y"]), "{when}");
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 #[test]
@@ -1312,10 +1291,7 @@ fn fallocate() {
         assert_eq!(fs::metadata(fx.u("f")).unwrap().len(), MIB, "{when}");
         assert_eq!(mode_of(&fx.u("f")), 0o640, "{when}");
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 fn lseek(f: &File, off: u64, whence: libc::c_int) -> std::io::Result<u64> {
@@ -1676,24 +1652,12 @@ fn created_files_owned_by_caller() {
 
     let script = "set -e; umask 027; cd \"$1/pub\"; echo hi > newfile; mkdir newdir; ln -s target link; \
                   echo more >> userown; if echo x >> ../rootfile; then exit 10; fi";
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=1000",
-            "--regid=1000",
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ])
-        .arg(&fx.mnt)
-        .output()
-        .unwrap();
+    let out = run(as_user(1000).args(["sh", "-c", script, "sh"]).arg(&fx.mnt));
     assert!(
-        out.status.success(),
+        out.ok(),
         "script as uid 1000 failed ({}): {}",
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
 
     let owner = |p: &Path| {

@@ -686,9 +686,9 @@ fn mirror_dirs(lower: &Path, upper: &Path) {
 /// Type, mode, owner, size, mtime and content of every entry below `dir`; files are read
 /// with O_NOATIME (directory listings do mark atimes).
 fn quiet_snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(p: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        let md = fs::symlink_metadata(p).unwrap();
-        let data = quiet_content(p, &md);
+    let mut out = BTreeMap::new();
+    walk_tree(dir, |p, md| {
+        let data = quiet_content(p, md);
         let e = format!(
             "{:o} {}:{} {} {}.{} {:?}",
             md.mode(),
@@ -700,14 +700,7 @@ fn quiet_snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
             String::from_utf8_lossy(&data)
         );
         out.insert(p.to_path_buf(), e);
-        if md.is_dir() {
-            for e in fs::read_dir(p).unwrap() {
-                walk(&e.unwrap().path(), out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, &mut out);
+    });
     out
 }
 
@@ -1066,11 +1059,10 @@ fn compare_privs(plain: &Path, fx: &Fixture, cases: &[PrivCase]) -> Vec<String> 
 /// are set.
 #[test]
 fn copy_up_keeps_capability_setid_bits_and_acl() {
-    if !is_root() {
-        eprintln!("posix: SKIPPED: needs root (chown, security.capability)");
+    let Some(fx) = Fixture::as_root(1, "posix: SKIPPED: needs root (chown, security.capability)")
+    else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let plain = fx.root.join("plain");
     let cases: &[PrivCase] = &[
         ("chmod", |p| set_mode(p, 0o6711)),
@@ -1124,11 +1116,10 @@ fn copy_up_keeps_capability_setid_bits_and_acl() {
 /// set-id bits, on a lower file as on ext4: the copy-up must not make that removal fail.
 #[test]
 fn chown_of_lower_file_with_capability_drops_it() {
-    if !is_root() {
-        eprintln!("posix: SKIPPED: needs root (chown, security.capability)");
+    let Some(fx) = Fixture::as_root(1, "posix: SKIPPED: needs root (chown, security.capability)")
+    else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let plain = fx.root.join("plain");
     for side in [&plain, &fx.lowers[0]] {
         privileged_file(&side.join("to-root"));
@@ -1164,12 +1155,7 @@ fn unprivileged_daemon_copies_up_read_only_file_and_capability() {
     xattr::set(fx.l(0, "ro"), "user.k", b"v").unwrap();
     set_mode(&fx.l(0, "ro"), 0o444);
     put(&fx.l(0, "capped"), "capped\n");
-    let ok = Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&fx.root)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    chown_r(&fx.root, 65534, 65534);
     xattr::set(fx.l(0, "capped"), CAP_XATTR, &FILE_CAP).unwrap();
     let script = r#"
 "$BIN" "$ROOT/upper=RW:$ROOT/lower0=RO" "$ROOT/mnt"
@@ -1177,20 +1163,12 @@ trap 'fusermount3 -u "$ROOT/mnt"' EXIT
 touch "$ROOT/mnt/ro"
 perl -e 'truncate($ARGV[0], 3) or die "truncate $ARGV[0]: $!\n"' "$ROOT/mnt/capped"
 "#;
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+    let out = run(as_user(65534)
         .args(["sh", "-euc", script])
         .env("BIN", BIN)
-        .env("ROOT", &fx.root)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .env("ROOT", &fx.root));
     wait_mounted(&fx.mnt, false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.ok(), "{}", out.stderr);
     assert_eq!(mode_of(&fx.u("ro")), 0o444);
     assert_eq!(
         xattr::get(fx.u("ro"), "user.k").unwrap().as_deref(),

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread::{self, sleep};
@@ -74,57 +74,10 @@ fn ename(e: i32) -> String {
 // A daemon the harness does not own (we SIGKILL it), and remounting over its dead mount
 // ---------------------------------------------------------------------------------------------
 
-/// Unmounts whatever is left on the mount point when the test ends, however it ends.
-struct MountPointGuard(PathBuf);
-
-impl Drop for MountPointGuard {
-    fn drop(&mut self) {
-        for _ in 0..4 {
-            if mount_fstype(&self.0).is_none() {
-                return;
-            }
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 /// Options of the daemons the crash tests kill: no kernel caching, so each test sees what
 /// the daemon answers (`remount_right_after_a_kill_detaches_the_dead_mount` covers the
 /// cached case).
 const KILLED: &[&str] = &["-o", "timeout=0,negative_timeout=0"];
-
-/// `unionmount -f EXTRA SPEC MNT`, waited until live.
-fn spawn_raw(fx: &Fixture, extra: &[&str]) -> Child {
-    let logf = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&fx.log)
-        .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("-f")
-        .args(extra)
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mount_fstype(&fx.mnt).is_none() {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("daemon exited ({st}) before mounting\n{}", fx.log_tail());
-        }
-        assert!(Instant::now() < deadline, "not mounted\n{}", fx.log_tail());
-        sleep(Duration::from_millis(10));
-    }
-    child
-}
 
 /// SIGKILL the daemon; the mount point is left dead.
 fn sigkill(child: &mut Child, mnt: &Path) {
@@ -149,17 +102,12 @@ fn mounts_on(mnt: &Path) -> Vec<String> {
 
 /// Mount in detaching mode over the (dead) mount point: no manual step in between.
 fn remount_detached(fx: &Fixture) {
-    let out = Command::new(BIN)
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = tool([fx.spec(), s(&fx.mnt)]);
     assert!(
-        out.status.success(),
+        out.ok(),
         "mount over the dead mount point: {}: {}",
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
     assert_eq!(
         mounts_on(&fx.mnt),
@@ -173,47 +121,12 @@ fn remount_detached(fx: &Fixture) {
 /// exit (it removes the work directory last): a daemon still exiting removes the work
 /// directory of the next mount (see `quick_remount_keeps_copy_up_working`).
 fn unmount_detached_and_wait(fx: &Fixture) {
-    unmount_detached(&fx.mnt);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lexists(&fx.u(WORKDIR)) {
-        assert!(
-            Instant::now() < deadline,
-            "the work directory is still there 10 s after unmount: {:?}",
-            work_entries(fx)
-        );
-        sleep(Duration::from_millis(5));
-    }
-}
-
-/// `fusermount3 -u`, then wait for the mount to go.
-fn unmount_detached(mnt: &Path) {
-    let st = Command::new("fusermount3")
-        .arg("-u")
-        .arg(mnt)
-        .status()
-        .unwrap();
-    if !st.success() {
-        // As the harness does: a mount still busy for a moment is detached lazily.
-        let st = Command::new("umount").arg("-l").arg(mnt).status().unwrap();
-        assert!(
-            st.success(),
-            "fusermount3 -u and umount -l {}",
-            mnt.display()
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mount_fstype(mnt).is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "{} still mounted after fusermount3 -u: {:?}",
-            mnt.display(),
-            mounts()
-                .into_iter()
-                .filter(|(p, _)| p == mnt)
-                .collect::<Vec<_>>()
-        );
-        sleep(Duration::from_millis(10));
-    }
+    unmount_and_wait(&fx.mnt);
+    assert!(
+        eventually(Duration::from_secs(10), || !lexists(&fx.u(WORKDIR))),
+        "the work directory is still there 10 s after unmount: {:?}",
+        work_entries(fx)
+    );
 }
 
 /// Entries of the work directory (none if it does not exist).
@@ -233,30 +146,14 @@ fn assert_work_empty(fx: &Fixture, when: &str) {
 
 /// Every path (relative) under `dir`, directories with a trailing '/'.
 fn tree_names(dir: &Path) -> BTreeSet<String> {
-    fn walk(base: &Path, rel: &str, out: &mut BTreeSet<String>) {
-        let p = if rel.is_empty() {
-            base.to_path_buf()
-        } else {
-            base.join(rel)
-        };
-        for e in fs::read_dir(&p).unwrap_or_else(|e| panic!("readdir {}: {e}", p.display())) {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            let r = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            if e.file_type().unwrap().is_dir() {
-                out.insert(format!("{r}/"));
-                walk(base, &r, out);
-            } else {
-                out.insert(r);
-            }
-        }
-    }
     let mut out = BTreeSet::new();
-    walk(dir, "", &mut out);
+    walk_tree(dir, |p, md| {
+        if p == dir {
+            return;
+        }
+        let r = p.strip_prefix(dir).unwrap().display().to_string();
+        out.insert(if md.is_dir() { format!("{r}/") } else { r });
+    });
     out
 }
 
@@ -275,12 +172,12 @@ fn assert_no_internal_names(mnt: &Path) {
 #[test]
 fn dead_mount_point_unmounts_and_remounts() {
     let fx = Fixture::new(1);
-    let _guard = MountPointGuard(fx.mnt.clone());
+    let _guard = UnmountGuard(fx.mnt.clone());
     put(&fx.l(0, "f"), "lower\n");
-    let mut child = spawn_raw(&fx, KILLED);
+    let mut child = fx.daemon(KILLED);
     append_and_sync(&fx.m("f"), b"more\n").unwrap();
     sigkill(&mut child, &fx.mnt);
-    unmount_detached(&fx.mnt);
+    unmount_and_wait(&fx.mnt);
     assert!(mounts_on(&fx.mnt).is_empty(), "{:?}", mounts_on(&fx.mnt));
     remount_detached(&fx);
     assert_work_empty(&fx, "after mounting again");
@@ -296,16 +193,16 @@ fn dead_mount_point_unmounts_and_remounts() {
 #[test]
 fn remount_right_after_a_kill_detaches_the_dead_mount() {
     let fx = Fixture::new(1);
-    let _guard = MountPointGuard(fx.mnt.clone());
+    let _guard = UnmountGuard(fx.mnt.clone());
     put(&fx.l(0, "f"), "f");
-    let mut child = spawn_raw(&fx, &[]);
+    let mut child = fx.daemon(&[]);
     fs::write(fx.m("f"), "written").unwrap();
     fs::metadata(&fx.mnt).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     remount_detached(&fx);
     assert_eq!(read(&fx.m("f")), "written");
-    unmount_detached(&fx.mnt);
+    unmount_and_wait(&fx.mnt);
     assert!(mounts_on(&fx.mnt).is_empty());
     fs::metadata(&fx.mnt).expect("the bare mount point directory");
 }
@@ -315,7 +212,7 @@ fn remount_right_after_a_kill_detaches_the_dead_mount() {
 #[test]
 fn quick_remount_keeps_copy_up_working() {
     let fx = Fixture::new(1);
-    let _guard = MountPointGuard(fx.mnt.clone());
+    let _guard = UnmountGuard(fx.mnt.clone());
     let rounds = 40 * scale() as usize;
     for i in 0..rounds {
         put(&fx.l(0, &format!("f{i}")), "lower\n");
@@ -326,12 +223,9 @@ fn quick_remount_keeps_copy_up_working() {
         if let Err(e) = append_and_sync(&fx.m(&format!("f{i}")), b"more\n") {
             failures.push(format!("round {i}: copy-up of f{i}: {e}"));
         }
-        unmount_detached(&fx.mnt);
+        unmount_and_wait(&fx.mnt);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lexists(&fx.u(WORKDIR)) && Instant::now() < deadline {
-        sleep(Duration::from_millis(5));
-    }
+    eventually(Duration::from_secs(10), || !lexists(&fx.u(WORKDIR)));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     for i in 0..rounds {
         assert_eq!(read(&fx.u(&format!("f{i}"))), "lower\nmore\n");
@@ -374,7 +268,7 @@ fn check_big_prefix(path: &Path, base: &[u8], blocks: usize) -> Vec<u8> {
 #[test]
 fn sigkill_during_large_copy_up() {
     let fx = Fixture::new(1);
-    let _guard = MountPointGuard(fx.mnt.clone());
+    let _guard = UnmountGuard(fx.mnt.clone());
     let blocks = 192;
     let base = Rng::new(7).bytes(MIB);
     mkdir_p(&fx.l(0, "dir"));
@@ -402,7 +296,7 @@ fn sigkill_during_large_copy_up() {
         .collect();
     let (mut mid_copy, mut published, mut appended, mut leftovers) = (0, 0, 0, 0);
     for (it, delay) in delays_ms.iter().enumerate() {
-        let mut child = spawn_raw(&fx, KILLED);
+        let mut child = fx.daemon(KILLED);
         let tail = format!("APPENDED-{it}\n");
         let path = fx.m("dir/big");
         let t = tail.clone();
@@ -517,7 +411,7 @@ fn sigkill_during_large_copy_up() {
 /// exactly one of its names. Returns (renames, kills, rounds where a directory showed twice).
 fn rename_kill_rounds(ndirs: usize, rounds: usize, strict: bool, seed: u64) -> (u64, u64, u64) {
     let fx = Fixture::new(2);
-    let _guard = MountPointGuard(fx.mnt.clone());
+    let _guard = UnmountGuard(fx.mnt.clone());
     let mut expect: Vec<BTreeMap<String, String>> = vec![];
     for d in 0..ndirs {
         let mut files = BTreeMap::new();
@@ -557,7 +451,7 @@ fn rename_kill_rounds(ndirs: usize, rounds: usize, strict: bool, seed: u64) -> (
         })
     });
     for round in 0..rounds {
-        let mut child = spawn_raw(&fx, KILLED);
+        let mut child = fx.daemon(KILLED);
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
         let mut workers = vec![];
@@ -673,14 +567,14 @@ fn burst_content(t: usize, i: usize) -> Vec<u8> {
 #[test]
 fn sigkill_during_burst_of_creates() {
     let fx = Fixture::new(1);
-    let _guard = MountPointGuard(fx.mnt.clone());
+    let _guard = UnmountGuard(fx.mnt.clone());
     put(&fx.l(0, "burst/lowerfile"), "lower");
     let before = snapshot(&fx.lowers[0]);
     let rounds = 3 * scale() as usize;
     let nthreads = 4;
     let (mut created, mut completed) = (0u64, 0u64);
     for round in 0..rounds {
-        let mut child = spawn_raw(&fx, KILLED);
+        let mut child = fx.daemon(KILLED);
         let dir = fx.m(&format!("burst/r{round}"));
         fs::create_dir(&dir).unwrap();
         let mut workers = vec![];
@@ -764,24 +658,6 @@ fn sigkill_during_burst_of_creates() {
 // Disk full: an upper on an 8 MiB tmpfs
 // ---------------------------------------------------------------------------------------------
 
-struct TmpfsGuard(PathBuf);
-
-impl Drop for TmpfsGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(dir: &Path, size: &str) -> TmpfsGuard {
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs on {}", dir.display());
-    TmpfsGuard(dir.to_path_buf())
-}
-
 /// Write `len` bytes at the end, then fsync: the first error, if any.
 fn append_and_sync(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new().append(true).open(path)?;
@@ -791,12 +667,10 @@ fn append_and_sync(path: &Path, data: &[u8]) -> io::Result<()> {
 
 #[test]
 fn disk_full_upper() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: mounting a tmpfs needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
-    let _tmpfs = mount_tmpfs(&fx.upper, "8M");
+    };
+    let _tmpfs = KernelMount::tmpfs(&fx.upper, "size=8M");
     let big = Rng::new(3).bytes(6 * MIB);
     fs::write(fx.l(0, "big"), &big).unwrap();
     put(&fx.l(0, "dir/sub/x"), &"x".repeat(3 * MIB));
@@ -899,19 +773,16 @@ fn disk_full_upper() {
         cvt(unsafe { libc::statvfs(cstr(p).as_ptr(), &mut sv) }).unwrap();
         sv.f_bavail as u64 * sv.f_frsize as u64
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while free(&fx.upper) < 7 * MIB as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the space of the unlinked filler is not returned: {} bytes free; daemon fds: {:?}",
-            free(&fx.upper),
-            fs::read_dir(format!("/proc/{}/fd", m.pid()))
-                .unwrap()
-                .filter_map(|e| fs::read_link(e.unwrap().path()).ok())
-                .collect::<Vec<_>>()
-        );
-        sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(Duration::from_secs(10), || free(&fx.upper)
+            >= 7 * MIB as u64),
+        "the space of the unlinked filler is not returned: {} bytes free; daemon fds: {:?}",
+        free(&fx.upper),
+        fs::read_dir(format!("/proc/{}/fd", m.pid()))
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.unwrap().path()).ok())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(
         free(&m.mnt) / 4096,
         free(&fx.upper) / 4096,

@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// A directory outside every branch: `file` (0644, "outside"), `dir/secret`, `dir/sub/`.
 /// Files get an old atime, so a relatime filesystem marks a read of them.
@@ -35,9 +35,9 @@ fn outside(fx: &Fixture) -> PathBuf {
 /// Everything about every entry below `dir`, atimes and ctimes included. Files are read
 /// with O_NOATIME; directory atimes are left out (listing them here would mark them).
 fn state(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(p: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        let md = fs::symlink_metadata(p).unwrap();
-        let data = quiet_content(p, &md);
+    let mut out = BTreeMap::new();
+    walk_tree(dir, |p, md| {
+        let data = quiet_content(p, md);
         let atime = if md.is_dir() {
             String::new()
         } else {
@@ -62,14 +62,7 @@ fn state(dir: &Path) -> BTreeMap<PathBuf, String> {
                 String::from_utf8_lossy(&data),
             ),
         );
-        if md.is_dir() {
-            for e in fs::read_dir(p).unwrap() {
-                walk(&e.unwrap().path(), out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, &mut out);
+    });
     out
 }
 
@@ -505,21 +498,13 @@ fn work_dir_symlink_in_upper_is_refused() {
     symlink(out.join("dir"), fx.u(WORKDIR)).unwrap();
     put(&fx.l(0, "f"), "f");
     let before = state(&out);
-    let o = Command::new(BIN)
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = tool([fx.spec(), s(&fx.mnt)]);
     let mounted = mount_fstype(&fx.mnt).is_some();
     if mounted {
-        let _ = Command::new("umount").arg(&fx.mnt).status();
+        unmount_all(&fx.mnt);
     }
-    assert!(
-        !mounted && !o.status.success(),
-        "mounted over a work dir symlink"
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!mounted && !o.ok(), "mounted over a work dir symlink");
+    let err = &o.stderr;
     assert!(err.contains("workdir"), "{err}");
     assert_same(&before, &out, "mount attempt");
 }
@@ -643,10 +628,9 @@ fn layering_names_cannot_be_reached() {
 /// its name, let alone connect. (tests/inspect.rs checks the modes and the unmount.)
 #[test]
 fn control_socket_is_unreachable_by_other_users() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     put_mode(&fx.l(0, "f"), "f", 0o644);
     let m = fx.mount(&[]);
@@ -704,15 +688,11 @@ fn connect_as(uid: u32, path: &Path) -> i32 {
 }
 
 fn wait_for(p: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !p.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} never appeared",
-            p.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || p.exists()),
+        "{} never appeared",
+        p.display()
+    );
 }
 
 /// Through an `allow_other` mount of root's, another user reaches exactly what they reach
@@ -721,10 +701,9 @@ fn wait_for(p: &Path) {
 /// writes, chmod, utimes, sticky directories and set-id bits.)
 #[test]
 fn other_users_reach_no_more_than_on_the_branches() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     put_mode(&fx.l(0, "pub"), "public\n", 0o644);
     put_mode(&fx.l(0, "secret"), "lower secret\n", 0o600);
@@ -798,10 +777,9 @@ fn other_users_reach_no_more_than_on_the_branches() {
 /// FUSE_POSIX_ACL, so the kernel checked only the mode bits.)
 #[test]
 fn posix_acls_of_branches_are_enforced() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     set_mode(&fx.l(0, ""), 0o755);
     put_mode(&fx.l(0, "f"), "acl secret\n", 0o644);
@@ -848,10 +826,9 @@ fn vfs_flags(mnt: &Path) -> Vec<String> {
 /// branches do not work through it. (Once: they were accepted and silently dropped.)
 #[test]
 fn nosuid_nodev_noexec_are_applied() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put_mode(&fx.l(0, "script"), "#!/bin/sh\necho ran\n", 0o755);
     let m = fx.mount(&["-o", "nosuid,nodev,noexec"]);
     let flags = vfs_flags(&fx.mnt);
@@ -875,10 +852,9 @@ fn mknod_chr(path: &Path, major: u32, minor: u32) -> std::io::Result<()> {
 /// with `suid` as root, containers need them). (Once: `nodev` only when asked.)
 #[test]
 fn nodev_by_default_dev_on_request_and_set_id_bits_work() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     for d in [&fx.root, &fx.upper, &fx.lowers[0]] {
         set_mode(d, 0o755);
     }
@@ -927,10 +903,9 @@ fn nodev_by_default_dev_on_request_and_set_id_bits_work() {
 /// names break `cp -a` and `rsync -X` (their values answer ENODATA).
 #[test]
 fn trusted_xattr_names_are_listed_for_root_only() {
-    if !is_root() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     set_mode(&fx.root, 0o755);
     put_mode(&fx.l(0, "f"), "f\n", 0o644);
     xattr::set(fx.l(0, "f"), "trusted.secret", b"1").unwrap();

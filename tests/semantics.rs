@@ -7,20 +7,15 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
-
-const BIN: &str = env!("CARGO_BIN_EXE_unionmount");
 
 /// With every branch on one filesystem, a file keeps its number across remounts, also
 /// once copied up or moved (the number is recorded with the copy, which takes root).
 #[test]
 fn inode_numbers_survive_remount() {
-    if !is_root() {
-        eprintln!("skipped: the origin record needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: the origin record needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     put(&fx.l(0, "f"), "f");
     put(&fx.l(0, "d/inner"), "i");
     put(&fx.l(0, "moved/x"), "x");
@@ -73,10 +68,7 @@ fn inode_numbers_survive_remount() {
             ("m+".into(), "new".into())
         );
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 /// Writers racing on one lower file copy it up once: every append lands in one upper file.
@@ -216,26 +208,13 @@ fn debug_flag_logs_operations() {
     let fx = Fixture::new(1);
     put(&fx.l(0, "f"), "f");
     let err = fx.root.join("d.log");
-    let mut child = Command::new(BIN)
-        .arg("-d")
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let mut child = unionmount(["-d".to_string(), fx.spec(), s(&fx.mnt)])
         .stderr(fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
     wait_mounted(&fx.mnt, true);
     assert_eq!(read(&fx.m("f")), "f");
-    assert!(
-        Command::new("fusermount3")
-            .arg("-u")
-            .arg(&fx.mnt)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(fusermount_u(&fx.mnt));
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     let log = fs::read_to_string(&err).unwrap();
@@ -291,25 +270,21 @@ fn copy_file_range_through_the_mount() {
 /// An upper on a read-only filesystem is refused up front, and nothing is mounted.
 #[test]
 fn upper_on_read_only_filesystem_is_refused() {
-    if !is_root() {
-        eprintln!("skipped: making a read-only bind mount needs root");
+    let Some(fx) = Fixture::as_root(1, "skipped: making a read-only bind mount needs root") else {
         return;
-    }
-    let fx = Fixture::new(1);
+    };
     let ro = fx.root.join("ro");
     fs::create_dir(&ro).unwrap();
-    let ok = |args: &[&str]| Command::new("mount").args(args).status().unwrap().success();
     let ro_s = ro.to_str().unwrap();
-    assert!(ok(&["--bind", ro_s, ro_s]));
-    assert!(ok(&["-o", "remount,bind,ro", ro_s]));
-    let out = Command::new(BIN)
-        .arg(format!("{ro_s}=RW:{}=RO", fx.lowers[0].display()))
-        .arg(&fx.mnt)
-        .output()
-        .unwrap();
-    Command::new("umount").arg(&ro).status().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let bind = KernelMount::new(&["--bind", ro_s], &ro);
+    assert!(succeeds("mount", ["-o", "remount,bind,ro", ro_s]));
+    let out = tool([
+        format!("{ro_s}=RW:{}=RO", fx.lowers[0].display()),
+        s(&fx.mnt),
+    ]);
+    drop(bind);
+    let stderr = &out.stderr;
+    assert!(!out.ok());
     assert!(stderr.contains("read-only"), "{stderr}");
     assert!(stderr.contains(ro_s), "names the branch: {stderr}");
     assert!(mount_fstype(&fx.mnt).is_none());
@@ -321,16 +296,7 @@ fn upper_on_read_only_filesystem_is_refused() {
 fn remount_over_a_dead_daemons_mount_point() {
     let fx = Fixture::new(1);
     put(&fx.l(0, "f"), "f");
-    let mut child = Command::new(BIN)
-        .arg("-f")
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_mounted(&fx.mnt, true);
+    let mut child = fx.daemon(&[]);
     fs::write(fx.m("f"), "written").unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -338,11 +304,7 @@ fn remount_over_a_dead_daemons_mount_point() {
     assert_eq!(dead.raw_os_error(), Some(libc::ENOTCONN), "{dead}");
 
     // Detaching mode: returns once the new mount is live.
-    let st = Command::new(BIN)
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .status()
-        .unwrap();
+    let st = tool([fx.spec(), s(&fx.mnt)]).status;
     assert!(st.success(), "mount over the dead mount point: {st}");
     assert_eq!(
         read(&fx.m("f")),
@@ -350,12 +312,7 @@ fn remount_over_a_dead_daemons_mount_point() {
         "the change made before the kill"
     );
     fs::write(fx.m("g"), "g").unwrap();
-    let st = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&fx.mnt)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(fusermount_u(&fx.mnt));
     wait_mounted(&fx.mnt, false);
     assert_eq!(read(&fx.u("g")), "g");
 }
@@ -372,13 +329,7 @@ fn deep_stacks_stay_within_the_open_file_limit() {
             put(&l.join(format!("d{d}/f{i}")), &format!("{d}/{i}"));
         }
     }
-    let mut cmd = Command::new(BIN);
-    cmd.arg("-f")
-        .arg(fx.spec())
-        .arg(&fx.mnt)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = unionmount(["-f".to_string(), fx.spec(), s(&fx.mnt)]);
     // SAFETY: setrlimit is async-signal-safe; the child only lowers its own limit.
     unsafe {
         cmd.pre_exec(|| {
@@ -405,11 +356,6 @@ fn deep_stacks_stay_within_the_open_file_limit() {
         }
     }
     assert_eq!(files, 480);
-    let st = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&fx.mnt)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(fusermount_u(&fx.mnt));
     assert!(child.wait().unwrap().success());
 }

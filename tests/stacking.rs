@@ -188,17 +188,12 @@ fn which_and_tree_see_moves_in_lower_layers() {
     fs::rename(fx.m("d"), fx.m("e")).unwrap();
     let (m, d) = m.rotate();
     assert!(d.is_empty(), "{d}");
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(BIN).args(args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let out = run(&["which", &fx.m("e/a").display().to_string()]);
+    let out = tool_ok(["which", &fx.m("e/a").display().to_string()]);
     let real = format!("real path   {}", fx.l(0, "d/a").display());
     assert!(out.contains(&real), "{out}");
-    let out = run(&["which", &fx.m("e").display().to_string()]);
+    let out = tool_ok(["which", &fx.m("e").display().to_string()]);
     assert!(out.contains("its parts below are read from /d"), "{out}");
-    let out = run(&["tree", &fx.mnt.display().to_string(), "--color", "never"]);
+    let out = tool_ok(["tree", &fx.mnt.display().to_string(), "--color", "never"]);
     let line = out.lines().find(|l| l.contains("e/")).unwrap_or_default();
     assert!(line.contains("moved"), "{out}");
     drop(m);

@@ -6,44 +6,7 @@ use common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn tool_env(args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().expect("run unionmount");
-    Out {
-        ok: o.status.success(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = tool_env(args, &[]);
-    assert!(
-        o.ok,
-        "unionmount {args:?} failed:\n{}{}",
-        o.stdout, o.stderr
-    );
-    o.stdout
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
+use std::time::Duration;
 
 /// Runs of spaces made one and leading ones dropped, so the assertions do not depend on column widths.
 fn squeeze(t: &str) -> String {
@@ -68,12 +31,7 @@ fn demo(fx: &Fixture) -> Mount {
     put(&fx.l(0, "etc/hosts"), "127.0.0.1 localhost\n");
     put(&fx.l(0, "usr/share/man/a"), "man\n");
     let m = fx.mount(&[]);
-    put(&fx.m("d"), "new file\n");
-    put(&fx.m("1"), "OVERRIDDEN\n");
-    fs::remove_file(fx.m("app/hello.txt")).unwrap();
-    fs::remove_dir_all(fx.m("usr/share/man")).unwrap();
-    mkdir_p(&fx.m("usr/share/man"));
-    put(&fx.m("usr/share/man/b"), "new man\n");
+    demo_changes(fx);
     m
 }
 
@@ -81,7 +39,7 @@ fn demo(fx: &Fixture) -> Mount {
 fn tree_marks_branches_copy_ups_opaque_dirs_and_deletions() {
     let fx = Fixture::new(1);
     let _m = demo(&fx);
-    let out = ok(&["tree", &s(&fx.mnt)]);
+    let out = tool_ok(["tree", &s(&fx.mnt)]);
     assert!(!out.contains('\x1b'), "colour when piped:\n{out}");
     let want = format!(
         "\
@@ -123,7 +81,7 @@ fn tree_marks_branches_copy_ups_opaque_dirs_and_deletions() {
     );
 
     // A path inside the mount, relative or absolute, and a depth.
-    let sub = squeeze(&ok(&["tree", &s(&fx.mnt), "usr", "--depth", "1"]));
+    let sub = squeeze(&tool_ok(["tree", &s(&fx.mnt), "usr", "--depth", "1"]));
     assert!(
         sub.starts_with(&format!(
             "{}/usr upper merged: upper + lower0\n└── share/ upper merged: upper + lower0\n\n",
@@ -131,39 +89,35 @@ fn tree_marks_branches_copy_ups_opaque_dirs_and_deletions() {
         )),
         "{sub}"
     );
-    let abs = squeeze(&ok(&["tree", &s(&fx.mnt), &s(&fx.m("usr/share/man"))]));
+    let abs = squeeze(&tool_ok(["tree", &s(&fx.mnt), &s(&fx.m("usr/share/man"))]));
     assert!(abs.contains("├── a (deleted, was in lower0)"), "{abs}");
     assert!(!abs.contains("share/ upper"), "{abs}");
-    let file = squeeze(&ok(&["tree", &s(&fx.m("app")), "main.js"]));
+    let file = squeeze(&tool_ok(["tree", &s(&fx.m("app")), "main.js"]));
     assert!(
         file.starts_with(&format!("{} lower0\n", s(&fx.m("app/main.js")))),
         "{file}"
     );
     // Names that are not in the merged tree fail with one line.
-    let o = tool_env(&["tree", &s(&fx.mnt), "app/hello.txt"], &[]);
-    assert!(!o.ok && o.stderr.contains("no such file"), "{}", o.stderr);
-    let o = tool_env(&["tree", &s(&fx.root)], &[]);
-    assert!(
-        !o.ok && o.stderr.contains("not inside a unionmount"),
-        "{}",
-        o.stderr
-    );
+    let o = tool(["tree", &s(&fx.mnt), "app/hello.txt"]);
+    o.assert_fails_with("no such file");
+    let o = tool(["tree", &s(&fx.root)]);
+    o.assert_fails_with("not inside a unionmount");
 }
 
 #[test]
 fn tree_colours_a_terminal_unless_no_color() {
     let fx = Fixture::new(1);
     let _m = demo(&fx);
-    let always = ok(&["tree", &s(&fx.mnt), "--color", "always"]);
+    let always = tool_ok(["tree", &s(&fx.mnt), "--color", "always"]);
     assert!(always.contains("\x1b[9;31mhello.txt\x1b[0m"), "{always:?}");
     assert!(
         always.contains("\x1b[1;35mopaque: hides lower0"),
         "{always:?}"
     );
-    let never = tool_env(&["tree", &s(&fx.mnt), "--color", "never"], &[]);
+    let never = tool(["tree", &s(&fx.mnt), "--color", "never"]);
     assert!(!never.stdout.contains('\x1b'));
     // On a real terminal (script(1) gives it one): colour, unless NO_COLOR is set.
-    if Command::new("script").arg("--version").output().is_err() {
+    if !succeeds("script", ["--version"]) {
         eprintln!("SKIP terminal colour: no script(1)");
         return;
     }
@@ -175,9 +129,7 @@ fn tree_colours_a_terminal_unless_no_color() {
         if let Some(v) = no_color {
             c.env("NO_COLOR", v);
         }
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "{o:?}");
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        expect_ok(&mut c)
     };
     let tty = on_tty(None);
     assert!(tty.contains("\x1b[9;31mhello.txt"), "{tty:?}");
@@ -214,7 +166,7 @@ fn tree_reads_whiteouts_and_opaque_dirs_of_lower_layers() {
         vec![fx.ro_spec(), s(&fx.mnt)],
         vec![fx.lowers[0].clone(), fx.lowers[1].clone()],
     );
-    let out = squeeze(&ok(&["tree", &s(&fx.mnt)]));
+    let out = squeeze(&tool_ok(["tree", &s(&fx.mnt)]));
     for want in [
         "├── dir/ lower0 opaque: hides lower1",
         "│ ├── x (deleted, was in lower1) under an opaque directory of lower0",
@@ -260,45 +212,22 @@ fn chromium() -> Option<PathBuf> {
 
 /// Run headless Chromium with `args` then `url`; its stdout. Killed after 60 s.
 fn headless(chrome: &Path, profile: &Path, args: &[&str], url: &str) -> String {
-    let mut child = Command::new(chrome)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run chromium");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
-        s
-    });
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    reader.join().unwrap()
+    let mut cmd = Command::new(chrome);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .arg(url);
+    run_within(&mut cmd, Duration::from_secs(60)).stdout
 }
 
 #[test]
@@ -306,8 +235,8 @@ fn tree_html_is_a_self_contained_page_chromium_renders() {
     let fx = Fixture::new(1);
     let _m = demo(&fx);
     let page = fx.root.join("layers.html");
-    let o = tool_env(&["tree", &s(&fx.mnt), "--html", &s(&page)], &[]);
-    assert!(o.ok, "{}{}", o.stdout, o.stderr);
+    let o = tool(["tree", &s(&fx.mnt), "--html", &s(&page)]);
+    assert!(o.ok(), "{}{}", o.stdout, o.stderr);
     assert!(o.stderr.contains("wrote"), "{}", o.stderr);
     let html = fs::read_to_string(&page).unwrap();
     // Nothing fetched: no URLs, no external scripts, styles or images.
@@ -315,7 +244,7 @@ fn tree_html_is_a_self_contained_page_chromium_renders() {
         assert!(!html.contains(bad), "page refers to {bad}");
     }
     // The same page on stdout.
-    assert_eq!(ok(&["tree", &s(&fx.mnt), "--html", "-"]), html);
+    assert_eq!(tool_ok(["tree", &s(&fx.mnt), "--html", "-"]), html);
 
     let Some(chrome) = chromium() else {
         eprintln!(

@@ -183,10 +183,7 @@ fn docker_lab_opaque_dir() {
         );
         assert_eq!(upper_names(&fx.u("etc/conf")), strs(&[OPQ, "new.conf"]));
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 /// "Docker commit": the first container's upper becomes a read-only layer of a second mount.
@@ -215,13 +212,7 @@ fn docker_lab_layer_stacking() {
     let work2 = fx.root.join("work2");
     fs::create_dir(&upper2).unwrap();
     fs::create_dir(&work2).unwrap();
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        layer1.display(),
-        fx.lowers[0].display(),
-        upper2.display(),
-        work2.display()
-    );
+    let opts = overlay_opts(&[&layer1, &fx.lowers[0]], &upper2, &work2);
     let args = vec!["-o".to_string(), opts, fx.mnt.display().to_string()];
     let m = fx.mount_args(args.clone(), vec![layer1.clone(), fx.lowers[0].clone()]);
 
