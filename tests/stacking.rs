@@ -213,13 +213,8 @@ fn diff_commit_and_export_follow_redirects_in_lower_layers() {
     assert!(d.is_empty(), "{d}");
     fs::rename(fx.m("e"), fx.m("f")).unwrap();
     put(&fx.m("f/new"), "new");
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(BIN).args(args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let mnt = fx.mnt.display().to_string();
-    let diff = run(&["diff", &mnt]);
+    let mnt = s(&fx.mnt);
+    let diff = tool_ok(["diff", &mnt]);
     let lines: Vec<&str> = diff.lines().collect();
     assert_eq!(
         lines,
@@ -234,13 +229,8 @@ fn diff_commit_and_export_follow_redirects_in_lower_layers() {
         "{diff}"
     );
     let tar = fx.root.join("layer.tar");
-    run(&["export", &mnt, "--tar", &tar.display().to_string()]);
-    let list = std::process::Command::new("tar")
-        .arg("-tf")
-        .arg(&tar)
-        .output()
-        .unwrap();
-    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    tool_ok(["export", &mnt, "--tar", &s(&tar)]);
+    let list = expect_ok(std::process::Command::new("tar").arg("-tf").arg(&tar));
     for p in [".wh.e", "f/a", "f/sub/b", "f/new"] {
         assert!(
             list.lines().any(|l| l.trim_end_matches('/') == p),
@@ -249,7 +239,7 @@ fn diff_commit_and_export_follow_redirects_in_lower_layers() {
     }
     let before = view(&fx.mnt);
     let layer = fx.root.join("committed");
-    run(&["commit", &mnt, "--to", &layer.display().to_string()]);
+    tool_ok(["commit", &mnt, "--to", &s(&layer)]);
     drop(m);
     // The committed layer over the lowers the upper sat on gives the same tree.
     let fresh = fx.root.join("fresh");
