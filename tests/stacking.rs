@@ -44,10 +44,7 @@ fn renamed_directory_survives_rotations() {
         assert_eq!(names(&fx.m("h")), strs(&["sub2"]), "{when}");
         assert_eq!(read(&fx.m("h/sub2/b")), "b", "{when}");
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 /// A directory moved into a directory that was itself renamed, written to on the way, with
@@ -82,10 +79,7 @@ fn moves_inside_renamed_directories_with_links_and_metacopies() {
         assert_eq!(mode_of(&fx.m("moved/meta")), 0o600, "{when}");
         assert_eq!(ino(&fx.m("moved/h1")), ino(&fx.m("moved/h2")), "{when}");
     };
-    check("mounted");
-    let m = m.remount();
-    check("after remount");
-    drop(m);
+    drop(m.check_across_remount(check));
 }
 
 /// A directory renamed and its old name used again: the new directory and the moved one
