@@ -167,14 +167,35 @@ impl UnionFs {
         let Handle::File(of) = &*h else {
             return Err(Errno::EISDIR);
         };
-        if of.file.read().1 > 0
-            && of.node.data_in_upper()
-            && let Ok(fresh) = self.union.reopen_copy(&of.node, of.flags)
-        {
+        let guard = self.current(of);
+        f(&guard.0).map_err(Errno::from)
+    }
+
+    /// The file behind an open file handle, if `fh` is one, and the layer it is open in,
+    /// for a union call that prefers a descriptor to the name.
+    pub(super) fn with_open<T>(
+        &self,
+        fh: Option<FileHandle>,
+        f: impl FnOnce(Option<(&std::fs::File, usize)>) -> T,
+    ) -> T {
+        let h = fh.and_then(|fh| self.handles.get(fh.0));
+        let Some(Handle::File(of)) = h.as_deref() else {
+            return f(None);
+        };
+        let guard = self.current(of);
+        f(Some((&guard.0, guard.1)))
+    }
+
+    /// An open file's descriptor, moved to the copy if the node was copied up since.
+    fn current<'a>(
+        &self,
+        of: &'a OpenFile,
+    ) -> parking_lot::RwLockReadGuard<'a, (std::fs::File, usize)> {
+        let layer = of.file.read().1;
+        if let Some(fresh) = self.union.follow_copy_up(&of.node, layer, of.flags) {
             *of.file.write() = (fresh, 0);
         }
-        let guard = of.file.read();
-        f(&guard.0).map_err(Errno::from)
+        of.file.read()
     }
 
     /// Answer a create or tmpfile with its new node, opened. No entry without an I/O mode:
@@ -217,7 +238,7 @@ impl UnionFs {
         if !self.passthrough {
             return Some(IoMode::Cached);
         }
-        let may_copy_up = layer > 0 && self.union.writable();
+        let may_copy_up = self.union.may_copy_up(layer);
         let st = sys::fstat(file.as_raw_fd()).ok()?;
         self.backings
             .choose(node.id, (st.st_dev, st.st_ino), may_copy_up, register)
@@ -238,7 +259,7 @@ impl UnionFs {
         let fh = self.handles.insert(Handle::File(OpenFile {
             node,
             file: parking_lot::RwLock::new((file, layer)),
-            flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
+            flags,
             backing: backing.clone(),
         }));
         (FileHandle(fh), backing)

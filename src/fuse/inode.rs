@@ -1,13 +1,11 @@
 //! Attributes (overlayfs's inode.c): getattr, setattr, readlink, access, and the encoding
 //! of a stat as the kernel gets it, which every reply with attributes uses.
 
-use std::os::fd::AsRawFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileHandle, FileType, INodeNo, ReplyAttr, ReplyData, ReplyEmpty, TimeOrNow};
 
 use super::UnionFs;
-use super::handles::Handle;
 use crate::sys::{self, Stat};
 use crate::union::inode::SetAttr;
 
@@ -27,13 +25,9 @@ pub(super) fn getattr(fs: &UnionFs, ino: INodeNo, fh: Option<FileHandle>, reply:
         Err(e) => return reply.error(e),
     };
     // An open file may be unlinked: its handle still knows it.
-    if let Some(fh) = fh
-        && let Ok(mut st) = fs.with_file(fh, |f| sys::fstat(f.as_raw_fd()))
-    {
-        fs.union.present(&node, &mut st);
-        return reply.attr(&fs.ttl, &fs.attr(&st));
-    }
-    match fs.union.getattr(&node) {
+    match fs.with_open(fh, |file| {
+        fs.union.getattr_open(&node, file.map(|(f, _)| f))
+    }) {
         Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),
         Err(e) => reply.error(fs.fail(&e)),
     }
@@ -58,14 +52,7 @@ pub(super) fn setattr(
         atime: time_spec(changes.atime),
         mtime: time_spec(changes.mtime),
     };
-    // Truncate through an open upper handle when there is one (the name may be gone).
-    let handle = fh.and_then(|fh| fs.handles.get(fh.0));
-    let file = handle.as_deref().and_then(|h| match h {
-        Handle::File(of) if of.file.read().1 == 0 => Some(of),
-        _ => None,
-    });
-    let guard = file.map(|of| of.file.read());
-    match fs.union.setattr(&node, a, guard.as_ref().map(|g| &g.0)) {
+    match fs.with_open(fh, |file| fs.union.setattr(&node, a, file)) {
         Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),
         Err(e) => reply.error(fs.fail(&e)),
     }

@@ -34,23 +34,36 @@ impl Union {
         Ok((f, loc.layer))
     }
 
+    /// A descriptor opened in `layer` before the node was copied up reads the lower file,
+    /// and its writes would miss the copy: the copy, opened the same way, to use instead.
+    pub fn follow_copy_up(&self, node: &Arc<Node>, layer: usize, flags: i32) -> Option<File> {
+        if layer == 0 || !node.data_in_upper() {
+            return None;
+        }
+        self.reopen_copy(node, flags).ok()
+    }
+
+    /// May a file opened in `layer` be copied up while it is open (so its data move)?
+    pub fn may_copy_up(&self, layer: usize) -> bool {
+        layer > 0 && self.writable()
+    }
+
     /// Reopen a node's file after it was copied up, for a descriptor opened on the lower
     /// file before: the copy itself, even if its name has since gone or been reused.
     pub fn reopen_copy(&self, node: &Arc<Node>, flags: i32) -> Result<File> {
+        // Opened the same way, but creating and truncating were done the first time.
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
         let copy = node.state().kept.clone().filter(|k| k.layer == 0);
         match copy.map(|k| k.fd) {
-            Some(fd) => {
-                let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-                sys::openat(
-                    libc::AT_FDCWD,
-                    sys::proc_path(fd.as_raw_fd(), "".as_ref()).as_os_str(),
-                    flags,
-                    0,
-                )
-                .map(File::from)
-                .op("reopen copy")
-            }
-            None => Ok(self.open(node, flags & !libc::O_TRUNC)?.0),
+            Some(fd) => sys::openat(
+                libc::AT_FDCWD,
+                sys::proc_path(fd.as_raw_fd(), "".as_ref()).as_os_str(),
+                flags,
+                0,
+            )
+            .map(File::from)
+            .op("reopen copy"),
+            None => Ok(self.open(node, flags)?.0),
         }
     }
 }

@@ -28,11 +28,18 @@ pub struct SetAttr {
 }
 
 impl Union {
-    /// Change attributes. `file` is an open descriptor of the node's upper file, if the
-    /// caller has one: it is used instead of the name, which may be gone (an open, unlinked
-    /// file) or may name another file by now. With `xattr_permissions=` the owner, group
+    /// Change attributes. `file` is an open descriptor of the node's file and the layer it
+    /// was opened in, if the caller has one: one of the upper file is used instead of the
+    /// name, which may be gone (an open, unlinked file) or may name another file by now (a
+    /// lower one would change the lower file). With `xattr_permissions=` the owner, group
     /// and mode of a file or directory change in its xattr, the file's own stay.
-    pub fn setattr(&self, node: &Arc<Node>, a: SetAttr, file: Option<&File>) -> Result<Stat> {
+    pub fn setattr(
+        &self,
+        node: &Arc<Node>,
+        a: SetAttr,
+        file: Option<(&File, usize)>,
+    ) -> Result<Stat> {
+        let file = file.filter(|(_, layer)| *layer == 0).map(|(f, _)| f);
         let path = node.path();
         let wrap = |e: Error| e.at(&path).in_layer(0);
         let in_xattr = self
@@ -133,6 +140,16 @@ impl Union {
         let r = sys::lsetxattr(loc.raw(), &loc.name, xattr.as_ref(), &new.format(), 0);
         let r = if a.mode.is_none() { self.chowned(r) } else { r };
         r.op("write owner xattr")
+    }
+
+    /// Attributes of an open file, by its descriptor (its name may be gone), as the merged
+    /// view shows them; by its name without one.
+    pub fn getattr_open(&self, node: &Arc<Node>, file: Option<&File>) -> Result<Stat> {
+        if let Some(mut st) = file.and_then(|f| sys::fstat(f.as_raw_fd()).ok()) {
+            self.present(node, &mut st);
+            return Ok(st);
+        }
+        self.getattr(node)
     }
 
     /// Where a layer shows owners and modes from its files' xattrs, as fuse-overlayfs
