@@ -68,8 +68,10 @@ pub fn mount_options() -> Vec<OptionDoc> {
         ),
         row(
             &["whiteout=wh|overlay"],
-            "write `.wh.` files (default, needs no privilege) or overlayfs char-device \
-             whiteouts and `trusted.overlay.opaque`",
+            "write `.wh.` files (default, needs no privilege) or kernel overlayfs' format: \
+             char-device whiteouts, `trusted.overlay.opaque`, `trusted.overlay.redirect` for \
+             moved directories and `trusted.overlay.metacopy` for metadata-only copies, so \
+             kernel overlayfs mounts the upper too (see README, kernel interoperability)",
         ),
         row(
             &["lowerdir=L1:L2,upperdir=U,workdir=W"],
