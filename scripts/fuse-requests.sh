@@ -1,16 +1,25 @@
 #!/bin/bash
 # Count the FUSE requests the kernel sends while a command runs, by type, from the kernel's
 # own trace events (tracefs `fuse:fuse_request_send`, Linux 6.6+). Needs root. Counts every
-# FUSE mount of the machine, so run it with only the mount under study busy.
+# FUSE mount of the machine, or with --mount only the one at DIR (its FUSE connection), so
+# other mounts busy meanwhile do not count.
 #
-#   sudo scripts/fuse-requests.sh -- sh -c 'cat /mnt/merged/dir/* > /dev/null'
+#   sudo scripts/fuse-requests.sh --mount /mnt/merged -- sh -c 'cat /mnt/merged/dir/* >/dev/null'
 #
 # Prints "count opcode" lines, most frequent first, then the total.
 set -euo pipefail
 
+CONN=
+if [ "${1:-}" = "--mount" ]; then
+    [ $# -ge 2 ] || { echo "$0: --mount needs a directory" >&2; exit 1; }
+    # The trace names a connection by the kernel's dev_t of the mount: major << 20 | minor.
+    majmin=$(mountpoint -d "$2") || { echo "$0: $2 is not a mount point" >&2; exit 1; }
+    CONN=$(( (${majmin%%:*} << 20) | ${majmin##*:} ))
+    shift 2
+fi
 [ "${1:-}" = "--" ] && shift
 if [ $# -eq 0 ]; then
-    echo "usage: $0 [--] COMMAND [ARG...]" >&2
+    echo "usage: $0 [--mount DIR] [--] COMMAND [ARG...]" >&2
     exit 1
 fi
 T=/sys/kernel/tracing
@@ -37,7 +46,13 @@ echo 1 > "$T/tracing_on"
 status=0
 "$@" || status=$?
 echo 0 > "$EV/enable"
-cp "$T/trace" "$OUT"
+if [ -n "$CONN" ]; then
+    grep -E "connection $CONN req " "$T/trace" > "$OUT" || true
+    # Keep the header line that says whether events were lost.
+    grep -m1 'entries-in-buffer' "$T/trace" >> "$OUT" || true
+else
+    cp "$T/trace" "$OUT"
+fi
 # "# entries-in-buffer/entries-written: 5/7": events were dropped when the two differ.
 read -r kept written < <(sed -n 's/.*entries-written: \([0-9]*\)\/\([0-9]*\).*/\1 \2/p' "$OUT")
 if [ "${kept:-0}" != "${written:-0}" ]; then
