@@ -35,6 +35,14 @@ pub use settings::{Branch, Settings, WhiteoutFormat};
 /// node shows it (see `Union::ino_of`).
 pub const ROOT_INO: u64 = 1;
 
+/// See `Union::dir_marks`.
+#[derive(Debug, Default)]
+pub(crate) struct DirMarks {
+    pub opaque: bool,
+    pub xwhiteouts: bool,
+    pub redirect: Option<whiteout::Redirect>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub whiteout: WhiteoutFormat,
@@ -250,28 +258,50 @@ impl Union {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// Opaque marker and overlay xattrs of a directory (given as an O_PATH fd).
+    /// Opaque marker or overlay xattr "y"; and whether its empty files may be xattr
+    /// whiteouts (overlay xattr "x").
     pub fn dir_markers(&self, dir: i32) -> Result<(bool, bool)> {
+        let m = self.dir_marks(dir, false)?;
+        Ok((m.opaque, m.xwhiteouts))
+    }
+
+    /// What a directory (an open fd) says of the layers below it, from one listing of its
+    /// xattrs: opaque, holding xattr whiteouts, and, if `redirect` is asked, where it was
+    /// moved from (`whiteout::Redirect`).
+    pub(crate) fn dir_marks(&self, dir: i32, redirect: bool) -> Result<DirMarks> {
+        let mut m = DirMarks::default();
         if sys::fstatat(dir, whiteout::OPAQUE_MARKER.as_ref()).is_ok() {
-            return Ok((true, false));
+            m.opaque = true;
+            return Ok(m);
         }
-        let mut xwhiteouts = false;
         // One listing first: most directories carry no xattr at all.
         let present = sys::llistxattr(dir, ".".as_ref()).unwrap_or_default();
-        for attr in whiteout::OPAQUE_XATTRS {
-            if !present.iter().any(|p| p == attr.as_bytes()) {
-                continue;
-            }
+        let has = |attr: &str| present.iter().any(|p| p == attr.as_bytes());
+        for attr in whiteout::OPAQUE_XATTRS.into_iter().filter(|a| has(a)) {
             // trusted.* is unreadable without privilege; unreadable or unsupported means absent.
             if let Ok(Some(v)) = sys::lgetxattr(dir, ".".as_ref(), attr.as_ref()) {
                 match whiteout::parse_opaque_xattr(&v) {
-                    Some(whiteout::OpaqueXattr::Opaque) => return Ok((true, false)),
-                    Some(whiteout::OpaqueXattr::HasXattrWhiteouts) => xwhiteouts = true,
+                    Some(whiteout::OpaqueXattr::Opaque) => {
+                        m.opaque = true;
+                        m.xwhiteouts = false;
+                        return Ok(m);
+                    }
+                    Some(whiteout::OpaqueXattr::HasXattrWhiteouts) => m.xwhiteouts = true,
                     None => {}
                 }
             }
         }
-        Ok((false, xwhiteouts))
+        if redirect && let Some(attr) = whiteout::REDIRECT_XATTRS.into_iter().find(|a| has(a)) {
+            let v = sys::lgetxattr(dir, ".".as_ref(), attr.as_ref())
+                .ok()
+                .flatten();
+            m.redirect = v.as_deref().and_then(whiteout::Redirect::parse);
+            if m.redirect.is_none() {
+                let v = String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned();
+                log::warn!("ignoring a malformed redirect {attr}={v:?}");
+            }
+        }
+        Ok(m)
     }
 
     /// How a node keeps a directory it found: lower fds only within the budget.

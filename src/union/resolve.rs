@@ -375,7 +375,10 @@ impl Union {
             let fd = sys::open_dir_path(d.raw(), &name)
                 .op("open dir")
                 .map_err(|e| e.in_layer(d.layer))?;
-            let (opaque, xwhiteouts) = self.dir_markers(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+            // Only a layer with layers below can send them elsewhere.
+            let below = d.layer + 1 < self.stack.layers.len();
+            let marks = self.dir_marks(std::os::fd::AsRawFd::as_raw_fd(&fd), below)?;
+            let (opaque, xwhiteouts) = (marks.opaque, marks.xwhiteouts);
             let mut path = (*d.path).clone();
             path.push(name.clone());
             dirs.push(LayerDir {
@@ -387,8 +390,7 @@ impl Union {
             if opaque {
                 break; // nothing below shows
             }
-            let below = d.layer + 1 < self.stack.layers.len();
-            match below.then(|| self.redirect_in(d.raw(), &name)).flatten() {
+            match marks.redirect {
                 Some(Redirect::Absolute(to)) => {
                     let Some((last, at)) = to.split_last() else {
                         break;
