@@ -50,7 +50,8 @@ impl Union {
             return Err(Error::new(libc::EINVAL, "rename").at(&path));
         }
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
-        if !exchange {
+        // (Not for a rename that may not replace: it changes nothing, or fails.)
+        if !exchange && flags & sys::RENAME_NOREPLACE == 0 {
             self.index_before_removal(newparent, newname)?;
         }
         let src = self
