@@ -343,7 +343,7 @@ impl Union {
         let path = child_path(parent, name);
         self.check_writable(op)?;
         if !dir {
-            self.index_before_removal(parent, name)?;
+            self.index_before_removal(parent, name, None)?;
         }
         let found = self.probe(parent, name)?;
         // Opens of the file by its name wait until it is gone (see `Node::place`); taken
@@ -400,11 +400,17 @@ impl Union {
     /// copy the file up into the index, its known names joining the copy, as overlayfs
     /// copies such a file up before it unlinks it. The count of its names still waiting in
     /// the lower (`index::PENDING_XATTR`) then stays true, and so does its link count.
-    pub(super) fn index_before_removal(&self, parent: &Arc<Node>, name: &OsStr) -> Result<()> {
+    /// `unless`: the inode number of a file whose own names are not to count.
+    pub(super) fn index_before_removal(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        unless: Option<u64>,
+    ) -> Result<()> {
         let Some(found) = self.probe(parent, name)? else {
             return Ok(());
         };
-        if index::is_linked_lower(found.layer, &found.st) {
+        if index::is_linked_lower(found.layer, &found.st) && Some(found.ino) != unless {
             let node = self.node_for(parent, name, found);
             self.copy_up(&node)?;
         }

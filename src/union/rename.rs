@@ -50,13 +50,14 @@ impl Union {
             return Err(Error::new(libc::EINVAL, "rename").at(&path));
         }
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
-        // (Not for a rename that may not replace: it changes nothing, or fails.)
-        if !exchange && flags & sys::RENAME_NOREPLACE == 0 {
-            self.index_before_removal(newparent, newname)?;
-        }
         let src = self
             .probe(parent, name)?
             .ok_or_else(|| Error::new(libc::ENOENT, "rename").at(&path))?;
+        // (Not for a rename that may not replace, nor between two names of one file: it
+        // changes nothing, or fails.)
+        if !exchange && flags & sys::RENAME_NOREPLACE == 0 {
+            self.index_before_removal(newparent, newname, Some(src.ino))?;
+        }
         let dst = self.probe(newparent, newname)?;
         let replaced = self.replaced_node(dst.as_ref().filter(|_| !exchange));
         let _place = replaced.as_ref().map(|n| n.place.write());
