@@ -17,6 +17,8 @@ pub(super) struct Changes {
     pub size: Option<u64>,
     pub atime: Option<TimeOrNow>,
     pub mtime: Option<TimeOrNow>,
+    /// FATTR_KILL_SUIDGID: kill set-id bits and file capability (truncate, chown).
+    pub kill_suidgid: bool,
 }
 
 pub(super) fn getattr(fs: &UnionFs, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -51,6 +53,7 @@ pub(super) fn setattr(
         size: changes.size,
         atime: time_spec(changes.atime),
         mtime: time_spec(changes.mtime),
+        kill_suidgid: changes.kill_suidgid,
     };
     match fs.with_open(fh, |file| fs.union.setattr(&node, a, file)) {
         Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),

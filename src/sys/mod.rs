@@ -696,6 +696,13 @@ pub fn lremovexattr(dir: RawFd, name: &OsStr, attr: &OsStr) -> io::Result<()> {
     check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
 }
 
+/// Remove an extended attribute of the file open at `fd`.
+pub fn fremovexattr(fd: RawFd, attr: &OsStr) -> io::Result<()> {
+    let a = cstr(attr)?;
+    // SAFETY: plain syscall on an fd we hold; a is a valid C string.
+    check(unsafe { libc::fremovexattr(fd, a.as_ptr()) }).map(drop)
+}
+
 /// Attribute names, each without its NUL.
 pub fn llistxattr(dir: RawFd, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
     let p = cstr(proc_path(dir, name).as_os_str())?;
