@@ -5,12 +5,22 @@
 #
 #   sudo scripts/fuse-requests.sh -- sh -c 'cat /mnt/merged/dir/* > /dev/null'
 #
+# `--mount PATH` counts only the requests of the FUSE mount at PATH, for a machine where
+# other FUSE mounts are busy.
+#
 # Prints "count opcode" lines, most frequent first, then the total.
 set -euo pipefail
 
+conn=""
+if [ "${1:-}" = "--mount" ]; then
+    # The trace names a connection by the kernel's dev_t of the mount: major << 20 | minor.
+    IFS=: read -r major minor < <(mountpoint -d "$2")
+    conn=$(( (major << 20) | minor ))
+    shift 2
+fi
 [ "${1:-}" = "--" ] && shift
 if [ $# -eq 0 ]; then
-    echo "usage: $0 [--] COMMAND [ARG...]" >&2
+    echo "usage: $0 [--mount PATH] [--] COMMAND [ARG...]" >&2
     exit 1
 fi
 T=/sys/kernel/tracing
@@ -42,6 +52,10 @@ cp "$T/trace" "$OUT"
 read -r kept written < <(sed -n 's/.*entries-written: \([0-9]*\)\/\([0-9]*\).*/\1 \2/p' "$OUT")
 if [ "${kept:-0}" != "${written:-0}" ]; then
     echo "$0: $((written - kept)) events lost: the trace buffer overflowed" >&2
+fi
+if [ -n "$conn" ]; then
+    grep "fuse_request_send: connection $conn " "$OUT" > "$OUT.mine" || true
+    mv "$OUT.mine" "$OUT"
 fi
 { grep -o '([A-Z_0-9]*)' "$OUT" || true; } | tr -d '()' | sort | uniq -c | sort -rn
 echo "$(grep -c 'fuse_request_send' "$OUT" || true) requests in all"
