@@ -3,12 +3,15 @@
 //! on a plain directory of the local filesystem, for a caller without CAP_FSETID (the union
 //! kills them on the upper copy: the daemon's own writes to the branch keep them) and for
 //! root, whose set-id bits stay. Lower files (copied up by the step) and upper files; with
-//! FUSE passthrough (a privileged daemon) and without (`noatime` turns it off).
+//! FUSE passthrough (a privileged daemon) and without (`noatime` turns it off); and a file
+//! given set-id bits while the user has it open for writing (passthrough, if on, was
+//! chosen at open).
 mod common;
 use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// The unprivileged caller (gid the same, no supplementary groups): owner of every file.
 const USER: u32 = 65534;
@@ -192,4 +195,86 @@ fn kill_privileges_as_on_the_local_filesystem_passthrough() {
 #[test]
 fn kill_privileges_as_on_the_local_filesystem_through_the_daemon() {
     same_as_local_filesystem(&["-o", "noatime"]);
+}
+
+/// The user opens `name` in `dir` for appending, root makes it 06755, the user writes
+/// through the descriptor opened before: the file's mode after. Two fifos order the steps
+/// (a fifo's open blocks until the other side opens it).
+fn bits_set_while_open(dir: &Path, sync: &Path, name: &str) -> String {
+    let tag = format!("{name}-{}", dir.file_name().unwrap().to_string_lossy());
+    let (opened, go) = (
+        sync.join(format!("opened-{tag}")),
+        sync.join(format!("go-{tag}")),
+    );
+    for f in [&opened, &go] {
+        mkfifo(f, 0o666).unwrap();
+        set_mode(f, 0o666);
+    }
+    let script = format!(
+        "exec 3>> {name} && echo > {o} && read x < {g} && printf x >&3",
+        o = opened.display(),
+        g = go.display()
+    );
+    let mut child = as_user(USER)
+        .args(["sh", "-c", &script])
+        .current_dir(dir)
+        .spawn()
+        .unwrap();
+    // Returns once the user has opened the file and written the fifo.
+    let said = std::fs::read_to_string(&opened).unwrap();
+    assert_eq!(said, "\n", "{name}: the user's signal");
+    set_mode(&dir.join(name), 0o6755);
+    std::fs::write(&go, "\n").unwrap();
+    let status = wait_or_kill(&mut child, Duration::from_secs(10), name);
+    assert!(status.success(), "{name}: the user's write failed");
+    let out = run(Command::new("stat")
+        .args(["-c", "%a", name])
+        .current_dir(dir));
+    out.stdout.trim().to_string()
+}
+
+fn set_while_open(extra: &[&str]) {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root (another user)") else {
+        return;
+    };
+    set_mode(&fx.root, 0o755);
+    let (plain, sync) = (fx.root.join("plain"), fx.root.join("sync"));
+    mkdir_p(&plain);
+    mkdir_p(&sync);
+    set_mode(&sync, 0o777);
+    for p in [
+        plain.join("Lh"),
+        plain.join("Uh"),
+        fx.l(0, "Lh"),
+        fx.u("Uh"),
+    ] {
+        put(&p, "data");
+        chown(&p, USER, USER);
+        set_mode(&p, 0o755);
+    }
+    let m = fx.mount(extra);
+    for n in ["Lh", "Uh"] {
+        let want = bits_set_while_open(&plain, &sync, n);
+        assert_eq!(want, "755", "{n} on the local filesystem");
+        assert_eq!(
+            bits_set_while_open(&fx.mnt, &sync, n),
+            want,
+            "{n} through the mount"
+        );
+        assert_eq!(mode_of(&fx.u(n)), 0o755, "{n}: the upper copy");
+    }
+    for l in std::fs::read_to_string(&fx.log).unwrap().lines() {
+        if l.contains("fuser::request") {}
+    }
+    m.unmount();
+}
+
+#[test]
+fn bits_set_while_open_are_killed_passthrough() {
+    set_while_open(&[]);
+}
+
+#[test]
+fn bits_set_while_open_are_killed_through_the_daemon() {
+    set_while_open(&["-o", "noatime"]);
 }

@@ -46,6 +46,18 @@ pub(super) fn setattr(
         Ok(n) => n,
         Err(e) => return reply.error(e),
     };
+    // A write through FUSE passthrough by a caller without CAP_FSETID, to a file that got
+    // set-id bits while open (files that had them at open go through the daemon), never
+    // reaches us; the kernel's check before it sends this SETATTR with nothing to change
+    // (it drops the kill it computed, leaving it to us with KILLPRIV_V2): take it for the
+    // kill. It also comes when only a file capability was removed (a REMOVEXATTR first).
+    let empty = changes.mode.is_none()
+        && changes.uid.is_none()
+        && changes.gid.is_none()
+        && changes.size.is_none()
+        && changes.atime.is_none()
+        && changes.mtime.is_none();
+    let passthrough_write = empty && fs.backings.live(node.id).is_some();
     let a = SetAttr {
         mode: changes.mode,
         uid: changes.uid.map(|u| fs.owners.stored_uid(u)),
@@ -53,7 +65,7 @@ pub(super) fn setattr(
         size: changes.size,
         atime: time_spec(changes.atime),
         mtime: time_spec(changes.mtime),
-        kill_suidgid: changes.kill_suidgid,
+        kill_suidgid: changes.kill_suidgid || passthrough_write,
     };
     match fs.with_open(fh, |file| fs.union.setattr(&node, a, file)) {
         Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),
