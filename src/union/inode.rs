@@ -70,13 +70,15 @@ impl Union {
             if let Some(size) = a.size {
                 sys::ftruncate(fd, size).op("truncate").map_err(wrap)?;
             }
+            let mut changed = true;
             if chown {
-                self.chowned(sys::fchown(fd, a.uid, a.gid))
-                    .op("chown")
-                    .map_err(wrap)?;
+                let r = sys::fchown(fd, a.uid, a.gid);
+                changed = r.is_ok();
+                self.chowned(r).op("chown").map_err(wrap)?;
             }
-            // Before a chmod of the same request, which then has the last word.
-            if a.kill_suidgid {
+            // Before a chmod of the same request, which then has the last word. Not after a
+            // chown that failed and was forgiven (squash_to_*): nothing changed.
+            if a.kill_suidgid && changed {
                 self.kill_suidgid(node, Some(f))?;
             }
             if let Some(mode) = chmod {
@@ -109,12 +111,13 @@ impl Union {
                 .op("truncate")
                 .map_err(wrap)?;
         }
+        let mut changed = true;
         if chown {
-            self.chowned(sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid))
-                .op("chown")
-                .map_err(wrap)?;
+            let r = sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid);
+            changed = r.is_ok();
+            self.chowned(r).op("chown").map_err(wrap)?;
         }
-        if a.kill_suidgid {
+        if a.kill_suidgid && changed {
             self.kill_in(node, Some(&loc), None)?;
         }
         if let Some(mode) = chmod {
