@@ -696,6 +696,21 @@ pub fn lremovexattr(dir: RawFd, name: &OsStr, attr: &OsStr) -> io::Result<()> {
     check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
 }
 
+/// Has the file open at `fd` the extended attribute `attr`?
+pub fn fhasxattr(fd: RawFd, attr: &OsStr) -> io::Result<bool> {
+    let a = cstr(attr)?;
+    // SAFETY: a null buffer of size 0 asks for the value's size only; a is a valid C string.
+    let n = unsafe { libc::fgetxattr(fd, a.as_ptr(), std::ptr::null_mut(), 0) };
+    if n >= 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODATA | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// Remove an extended attribute of the file open at `fd`.
 pub fn fremovexattr(fd: RawFd, attr: &OsStr) -> io::Result<()> {
     let a = cstr(attr)?;

@@ -210,11 +210,20 @@ impl Union {
                 (None, None, None) => {}
             }
         }
+        // Looked for first: removing it needs CAP_SETFCAP even where there is none, which a
+        // daemon without privilege lacks (its writes would all fail).
         let cap = OsStr::new(CAPABILITY_XATTR);
-        let r = match (file, loc) {
-            (Some(f), _) => sys::fremovexattr(f.as_raw_fd(), cap),
-            (None, Some(l)) => sys::lremovexattr(l.raw(), &l.name, cap),
-            (None, None) => Ok(()),
+        let has = match (file, loc) {
+            (Some(f), _) => sys::fhasxattr(f.as_raw_fd(), cap),
+            (None, Some(l)) => sys::lgetxattr(l.raw(), &l.name, cap).map(|v| v.is_some()),
+            (None, None) => Ok(false),
+        };
+        let r = match (has, file, loc) {
+            (Ok(false), _, _) => Ok(()),
+            (Err(e), _, _) => Err(e),
+            (Ok(true), Some(f), _) => sys::fremovexattr(f.as_raw_fd(), cap),
+            (Ok(true), None, Some(l)) => sys::lremovexattr(l.raw(), &l.name, cap),
+            (Ok(true), None, None) => Ok(()),
         };
         match r {
             Err(e) if !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => {
