@@ -1,4 +1,4 @@
-//! Killing privileges (FUSE_HANDLE_KILLPRIV_V2): a write, truncate, chown or `O_TRUNC` open
+//! Killing privileges (FUSE_HANDLE_KILLPRIV_V2): a write, truncate, chown, fallocate or `O_TRUNC` open
 //! through the mount strips set-id bits and file capabilities exactly as the same steps do
 //! on a plain directory of the local filesystem, for a caller without CAP_FSETID (the union
 //! kills them on the upper copy: the daemon's own writes to the branch keep them) and for
@@ -17,7 +17,8 @@ use std::time::Duration;
 const USER: u32 = 65534;
 
 /// (file, mode, a file capability set by root beforehand). `w*` are appended to, `t*`
-/// truncated, `c*` chgrp'd to the owner's own group, `o*` opened with `O_TRUNC`. `*2` lacks
+/// truncated, `c*` chgrp'd to the owner's own group, `o*` opened with `O_TRUNC`, `f*`
+/// grown with fallocate. `*2` lacks
 /// group-execute: its set-group-ID bit marks mandatory locking and survives a write.
 const FILES: &[(&str, u32, bool)] = &[
     ("w6", 0o6755, false),
@@ -31,6 +32,7 @@ const FILES: &[(&str, u32, bool)] = &[
     ("cc", 0o755, true),
     ("o6", 0o6755, false),
     ("o2", 0o2745, false),
+    ("f6", 0o6755, false),
 ];
 
 /// Where a file starts in the mount: `L` in the lower (the step copies it up), `U` in the
@@ -71,6 +73,7 @@ fn steps(actor: &str) -> String {
         for f in ["o6", "o2"] {
             s += &format!(": > {}\n", n(f));
         }
+        s += &format!("fallocate -l 8192 {}\n", n("f6"));
     }
     s
 }
@@ -136,6 +139,8 @@ fn check_plain(plain: &BTreeMap<String, (String, bool)>) {
         ("uc2", "755"),
         ("uo6", "755"),
         ("uo2", "2745"),
+        ("uf6", "755"),
+        ("rf6", "6755"),
         ("rw6", "6755"),
         ("rt6", "6755"),
         ("ro6", "6755"),

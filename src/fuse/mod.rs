@@ -194,7 +194,7 @@ impl Filesystem for UnionFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -220,7 +220,8 @@ impl Filesystem for UnionFs {
             mtime,
             kill_suidgid,
         };
-        inode::setattr(self, ino, changes, fh, reply)
+        // The caller, whose capabilities tell an empty SETATTR's meaning (see inode.rs).
+        inode::setattr(self, ino, req.pid(), changes, fh, reply)
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {

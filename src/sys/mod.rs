@@ -524,6 +524,16 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Has process `pid` CAP_FSETID in its effective set (`CapEff` of /proc/PID/status)? None
+/// where that cannot be read (the process is gone, or pid 0: the kernel itself).
+pub fn has_cap_fsetid(pid: u32) -> Option<bool> {
+    const CAP_FSETID: u32 = 4;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let caps = u64::from_str_radix(hex.trim(), 16).ok()?;
+    Some(caps & (1 << CAP_FSETID) != 0)
+}
+
 /// Root of the initial user namespace: the one that may write trusted.* xattrs, use FUSE
 /// passthrough, and own /run. Root inside a user namespace (rootless containers,
 /// `unshare -r`) is not.
