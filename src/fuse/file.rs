@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fuser::{
     Errno, FileHandle, FopenFlags, Generation, INodeNo, OpenFlags, ReplyCreate, ReplyData,
-    ReplyEmpty, ReplyLseek, ReplyOpen, ReplyWrite,
+    ReplyEmpty, ReplyLseek, ReplyOpen, ReplyWrite, WriteFlags,
 };
 
 use super::UnionFs;
@@ -18,7 +18,13 @@ use super::handles::{Handle, IoMode, OpenFile};
 use crate::sys::{self, Stat};
 use crate::union::node::Node;
 
-pub(super) fn open(fs: &UnionFs, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+pub(super) fn open(
+    fs: &UnionFs,
+    ino: INodeNo,
+    flags: OpenFlags,
+    kill_suidgid: bool,
+    reply: ReplyOpen,
+) {
     let node = match fs.node(ino) {
         Ok(n) => n,
         Err(e) => return reply.error(e),
@@ -27,8 +33,13 @@ pub(super) fn open(fs: &UnionFs, ino: INodeNo, flags: OpenFlags, reply: ReplyOpe
     // already uses in passthrough: open the node again, which now finds the copy.
     let mut opened = None;
     for _ in 0..3 {
-        let (file, layer) = match fs.union.open(&node, flags.0) {
-            Ok(f) => f,
+        let (file, layer) = match fs.union.open_killing(&node, flags.0, kill_suidgid) {
+            Ok((f, layer, killed)) => {
+                if killed {
+                    fs.attrs_changed(&node);
+                }
+                (f, layer)
+            }
             Err(e) => return reply.error(fs.fail(&e)),
         };
         let Some(mode) = fs.io_mode(&node, &file, layer, || reply.open_backing(&file)) else {
@@ -79,8 +90,28 @@ pub(super) fn read(fs: &UnionFs, fh: FileHandle, offset: u64, size: u32, reply: 
     }
 }
 
-pub(super) fn write(fs: &UnionFs, fh: FileHandle, offset: u64, data: &[u8], reply: ReplyWrite) {
-    match fs.with_file(fh, |f| f.write_all_at(data, offset)) {
+pub(super) fn write(
+    fs: &UnionFs,
+    fh: FileHandle,
+    offset: u64,
+    data: &[u8],
+    flags: WriteFlags,
+    reply: ReplyWrite,
+) {
+    // A caller without CAP_FSETID: the kernel leaves killing set-id bits to us.
+    let kill = flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+    let res = fs.with_node_file(fh, |node, f| {
+        if kill
+            && fs
+                .union
+                .kill_suidgid(node, Some(f))
+                .map_err(|e| fs.fail(&e))?
+        {
+            fs.attrs_changed(node);
+        }
+        f.write_all_at(data, offset).map_err(Errno::from)
+    });
+    match res {
         Ok(()) => reply.written(data.len() as u32),
         Err(e) => reply.error(e),
     }
@@ -163,12 +194,21 @@ impl UnionFs {
         fh: FileHandle,
         f: impl FnOnce(&std::fs::File) -> io::Result<T>,
     ) -> Result<T, Errno> {
+        self.with_node_file(fh, |_, file| f(file).map_err(Errno::from))
+    }
+
+    /// `with_file`, for a closure that needs the handle's node too.
+    pub(super) fn with_node_file<T>(
+        &self,
+        fh: FileHandle,
+        f: impl FnOnce(&Arc<Node>, &std::fs::File) -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
         let h = self.file(fh)?;
         let Handle::File(of) = &*h else {
             return Err(Errno::EISDIR);
         };
         let guard = self.current(of);
-        f(&guard.0).map_err(Errno::from)
+        f(&of.node, &guard.0)
     }
 
     /// The file behind an open file handle, if `fh` is one, and the layer it is open in,
@@ -240,8 +280,13 @@ impl UnionFs {
         }
         let may_copy_up = self.union.may_copy_up(layer);
         let st = sys::fstat(file.as_raw_fd()).ok()?;
+        // With FUSE_HANDLE_KILLPRIV_V2 the kernel drops the kill of set-id bits that a
+        // passthrough write by a caller without CAP_FSETID calls for (it leaves that to the
+        // daemon, which never sees the write): such files go through the daemon. A node
+        // already live in passthrough stays there (the kernel allows one mode at a time).
+        let through_daemon = may_copy_up || self.union.write_kills_bits(node, file);
         self.backings
-            .choose(node.id, (st.st_dev, st.st_ino), may_copy_up, register)
+            .choose(node.id, (st.st_dev, st.st_ino), through_daemon, register)
     }
 
     fn insert_file(

@@ -91,7 +91,8 @@ struct NodeIo {
 /// file, and while a cached open is live none may be passthrough (either mistake is EIO).
 /// So a lower file that may still be copied up is read through the daemon: its upper copy
 /// will be a different backing file. Upper files, and every file of a read-only stack,
-/// use passthrough, all opens of one real file sharing one backing id.
+/// use passthrough, all opens of one real file sharing one backing id; so do files whose
+/// set-id bits a write must kill (see `UnionFs::io_mode`).
 #[derive(Debug, Default)]
 pub struct Backings {
     map: DashMap<u64, NodeIo>,
@@ -102,7 +103,7 @@ impl Backings {
         &self,
         id: u64,
         real: (u64, u64),
-        may_copy_up: bool,
+        through_daemon: bool,
         register: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Option<IoMode> {
         let mut io = self.map.entry(id).or_default();
@@ -111,7 +112,7 @@ impl Backings {
             // served beside it: the caller opens the node again.
             return (io.real == real).then_some(IoMode::Passthrough(live));
         }
-        if may_copy_up || io.cached > 0 {
+        if through_daemon || io.cached > 0 {
             io.cached += 1;
             return Some(IoMode::Cached);
         }

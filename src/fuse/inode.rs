@@ -17,6 +17,8 @@ pub(super) struct Changes {
     pub size: Option<u64>,
     pub atime: Option<TimeOrNow>,
     pub mtime: Option<TimeOrNow>,
+    /// FATTR_KILL_SUIDGID: kill set-id bits and file capability (truncate, chown).
+    pub kill_suidgid: bool,
 }
 
 pub(super) fn getattr(fs: &UnionFs, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -36,6 +38,7 @@ pub(super) fn getattr(fs: &UnionFs, ino: INodeNo, fh: Option<FileHandle>, reply:
 pub(super) fn setattr(
     fs: &UnionFs,
     ino: INodeNo,
+    pid: u32,
     changes: Changes,
     fh: Option<FileHandle>,
     reply: ReplyAttr,
@@ -44,6 +47,20 @@ pub(super) fn setattr(
         Ok(n) => n,
         Err(e) => return reply.error(e),
     };
+    // The kernel's check before a write or fallocate (file_remove_privs) leaves the kill
+    // to us with KILLPRIV_V2 but sends it as a SETATTR with nothing to change: a write
+    // through the daemon brings its own flag, but a fallocate does not, nor does a write
+    // through FUSE passthrough (to a file that got set-id bits while open: files that had
+    // them at open go through the daemon), which never reaches us. The same SETATTR comes
+    // after the kernel removed a file capability (REMOVEXATTR) for a caller who may keep
+    // set-id bits: kill only for a caller without CAP_FSETID, as the kernel decides.
+    let empty = changes.mode.is_none()
+        && changes.uid.is_none()
+        && changes.gid.is_none()
+        && changes.size.is_none()
+        && changes.atime.is_none()
+        && changes.mtime.is_none();
+    let remove_privs = empty && !sys::has_cap_fsetid(pid).unwrap_or(false);
     let a = SetAttr {
         mode: changes.mode,
         uid: changes.uid.map(|u| fs.owners.stored_uid(u)),
@@ -51,6 +68,7 @@ pub(super) fn setattr(
         size: changes.size,
         atime: time_spec(changes.atime),
         mtime: time_spec(changes.mtime),
+        kill_suidgid: changes.kill_suidgid || remove_privs,
     };
     match fs.with_open(fh, |file| fs.union.setattr(&node, a, file)) {
         Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),

@@ -32,7 +32,7 @@ pub use mount::{Unmount, mount};
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -70,6 +70,8 @@ pub struct UnionFs {
     /// `noatime`: no passthrough, whose reads mark access times on the branch files (the
     /// kernel opens its own backing file with the reader's flags).
     noatime: bool,
+    /// To tell the kernel of changes it did not ask for (set once the session exists).
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -96,6 +98,18 @@ impl UnionFs {
             owners: config.settings.owners.clone(),
             acl: !config.flags.noacl,
             noatime: config.flags.noatime,
+            notifier: Arc::default(),
+        }
+    }
+
+    /// The kernel's cached attributes of `node` are stale: a write or `O_TRUNC` open killed
+    /// set-id bits (the kernel sees no new attributes in either reply, and a `stat` asking
+    /// for the mode alone would be answered from its cache until the timeout).
+    fn attrs_changed(&self, node: &Node) {
+        if let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(INodeNo(node.id), -1, 0)
+        {
+            log::debug!("{}: invalidating the kernel's attributes: {e}", node.path());
         }
     }
 
@@ -180,7 +194,7 @@ impl Filesystem for UnionFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -194,6 +208,7 @@ impl Filesystem for UnionFs {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
+        kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         let changes = inode::Changes {
@@ -203,8 +218,10 @@ impl Filesystem for UnionFs {
             size,
             atime,
             mtime,
+            kill_suidgid,
         };
-        inode::setattr(self, ino, changes, fh, reply)
+        // The caller, whose capabilities tell an empty SETATTR's meaning (see inode.rs).
+        inode::setattr(self, ino, req.pid(), changes, fh, reply)
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -215,8 +232,15 @@ impl Filesystem for UnionFs {
         inode::access(reply)
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        file::open(self, ino, flags, reply)
+    fn open(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        flags: OpenFlags,
+        kill_suidgid: bool,
+        reply: ReplyOpen,
+    ) {
+        file::open(self, ino, flags, kill_suidgid, reply)
     }
 
     fn read(
@@ -240,12 +264,12 @@ impl Filesystem for UnionFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        file::write(self, fh, offset, data, reply)
+        file::write(self, fh, offset, data, write_flags, reply)
     }
 
     fn flush(

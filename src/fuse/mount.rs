@@ -16,7 +16,11 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
         | InitFlags::FUSE_ATOMIC_O_TRUNC
         | InitFlags::FUSE_CACHE_SYMLINKS
         | InitFlags::FUSE_AUTO_INVAL_DATA
-        | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+        // Set-id bits and file capabilities are ours to kill, on the flag the kernel sends
+        // with a write, truncate, chown or O_TRUNC open (union::inode::kill_suidgid):
+        // otherwise the kernel asks for security.capability (GETXATTR) before each write.
+        | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
     // Without it the kernel checks mode bits only: an ACL denying a user on a branch
     // would not deny them through an allow_other mount.
     // With ACLs the umask is ours to apply (`FUSE_DONT_MASK`): a parent's default ACL
@@ -98,8 +102,10 @@ impl Unmount {
 /// mount shows as `fuse.unionmount`; otherwise fusermount3 does it.
 pub fn mount(fs: UnionFs, config: &Config) -> io::Result<(fuser::Session<UnionFs>, Unmount)> {
     let session_config = session_config(config);
+    let notifier = fs.notifier.clone();
     if sys::geteuid() != 0 {
         let mut s = fuser::Session::new(fs, &config.mountpoint, &session_config)?;
+        let _ = notifier.set(s.notifier());
         let u = Unmount::Helper(s.unmount_callable());
         return Ok((s, u));
     }
@@ -134,7 +140,10 @@ pub fn mount(fs: UnionFs, config: &Config) -> io::Result<(fuser::Session<UnionFs
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let acl = session_config.acl;
     match fuser::Session::from_fd(fs, fd, acl, session_config) {
-        Ok(s) => Ok((s, Unmount::Direct(path))),
+        Ok(s) => {
+            let _ = notifier.set(s.notifier());
+            Ok((s, Unmount::Direct(path)))
+        }
         Err(e) => {
             let _ = sys::umount_lazy(&path);
             Err(e)

@@ -524,6 +524,16 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Has process `pid` CAP_FSETID in its effective set (`CapEff` of /proc/PID/status)? None
+/// where that cannot be read (the process is gone, or pid 0: the kernel itself).
+pub fn has_cap_fsetid(pid: u32) -> Option<bool> {
+    const CAP_FSETID: u32 = 4;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let caps = u64::from_str_radix(hex.trim(), 16).ok()?;
+    Some(caps & (1 << CAP_FSETID) != 0)
+}
+
 /// Root of the initial user namespace: the one that may write trusted.* xattrs, use FUSE
 /// passthrough, and own /run. Root inside a user namespace (rootless containers,
 /// `unshare -r`) is not.
@@ -694,6 +704,28 @@ pub fn lremovexattr(dir: RawFd, name: &OsStr, attr: &OsStr) -> io::Result<()> {
     let (p, a) = (cstr(proc_path(dir, name).as_os_str())?, cstr(attr)?);
     // SAFETY: p and a are valid C strings.
     check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
+}
+
+/// Has the file open at `fd` the extended attribute `attr`?
+pub fn fhasxattr(fd: RawFd, attr: &OsStr) -> io::Result<bool> {
+    let a = cstr(attr)?;
+    // SAFETY: a null buffer of size 0 asks for the value's size only; a is a valid C string.
+    let n = unsafe { libc::fgetxattr(fd, a.as_ptr(), std::ptr::null_mut(), 0) };
+    if n >= 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODATA | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Remove an extended attribute of the file open at `fd`.
+pub fn fremovexattr(fd: RawFd, attr: &OsStr) -> io::Result<()> {
+    let a = cstr(attr)?;
+    // SAFETY: plain syscall on an fd we hold; a is a valid C string.
+    check(unsafe { libc::fremovexattr(fd, a.as_ptr()) }).map(drop)
 }
 
 /// Attribute names, each without its NUL.

@@ -13,6 +13,20 @@ use crate::sys;
 impl Union {
     /// Open a node's file for I/O; opening for writing copies it up first.
     pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<(File, usize)> {
+        self.open_killing(node, flags, false)
+            .map(|(f, layer, _)| (f, layer))
+    }
+
+    /// `open`, and with `kill_suidgid` (an `O_TRUNC` open by a caller without CAP_FSETID)
+    /// kill the set-id bits and file capability of the truncated upper file, as the
+    /// truncate would on a local filesystem (see `kill_suidgid`). The bool: the mode
+    /// changed.
+    pub fn open_killing(
+        &self,
+        node: &Arc<Node>,
+        flags: i32,
+        kill_suidgid: bool,
+    ) -> Result<(File, usize, bool)> {
         let _place = node.place.read();
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let loc = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
@@ -31,7 +45,11 @@ impl Union {
             .open_branch(loc.raw(), &loc.name, flags)
             .op("open")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
-        Ok((f, loc.layer))
+        let killed = kill_suidgid
+            && flags & libc::O_TRUNC != 0
+            && loc.layer == 0
+            && self.kill_suidgid(node, Some(&f))?;
+        Ok((f, loc.layer, killed))
     }
 
     /// A descriptor opened in `layer` before the node was copied up reads the lower file,

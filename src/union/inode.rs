@@ -25,7 +25,24 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: TimeSpec,
     pub mtime: TimeSpec,
+    /// Kill the set-id bits and file capability too (see `Union::kill_suidgid`): a
+    /// truncate by a caller without CAP_FSETID, or a chown.
+    pub kill_suidgid: bool,
 }
+
+/// The set-id bits a write, truncate or chown by a caller without CAP_FSETID kills, as
+/// Linux filesystems do: set-user-ID always, set-group-ID only with group-execute (without
+/// it the bit marks mandatory locking, not a privilege).
+fn killed(mode: u32) -> u32 {
+    let mut m = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        m &= !libc::S_ISGID;
+    }
+    m
+}
+
+/// The file capability a write, truncate or chown removes (`security_inode_killpriv`).
+const CAPABILITY_XATTR: &str = "security.capability";
 
 impl Union {
     /// Change attributes. `file` is an open descriptor of the node's file and the layer it
@@ -53,10 +70,16 @@ impl Union {
             if let Some(size) = a.size {
                 sys::ftruncate(fd, size).op("truncate").map_err(wrap)?;
             }
+            let mut changed = true;
             if chown {
-                self.chowned(sys::fchown(fd, a.uid, a.gid))
-                    .op("chown")
-                    .map_err(wrap)?;
+                let r = sys::fchown(fd, a.uid, a.gid);
+                changed = r.is_ok();
+                self.chowned(r).op("chown").map_err(wrap)?;
+            }
+            // Before a chmod of the same request, which then has the last word. Not after a
+            // chown that failed and was forgiven (squash_to_*): nothing changed.
+            if a.kill_suidgid && changed {
+                self.kill_suidgid(node, Some(f))?;
             }
             if let Some(mode) = chmod {
                 sys::fchmod(fd, mode & 0o7777).op("chmod").map_err(wrap)?;
@@ -88,10 +111,14 @@ impl Union {
                 .op("truncate")
                 .map_err(wrap)?;
         }
+        let mut changed = true;
         if chown {
-            self.chowned(sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid))
-                .op("chown")
-                .map_err(wrap)?;
+            let r = sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid);
+            changed = r.is_ok();
+            self.chowned(r).op("chown").map_err(wrap)?;
+        }
+        if a.kill_suidgid && changed {
+            self.kill_in(node, Some(&loc), None)?;
         }
         if let Some(mode) = chmod {
             sys::fchmodat(loc.raw(), &loc.name, mode & 0o7777)
@@ -109,6 +136,101 @@ impl Union {
         drop(place);
         log::debug!("setattr {path}");
         self.getattr(node)
+    }
+
+    /// Kill the set-user-ID bit, the set-group-ID bit where group-execute is set, and the
+    /// `security.capability` xattr of a node's upper file, for a write, truncate, chown or
+    /// `O_TRUNC` open by a caller without CAP_FSETID. The kernel leaves that to the
+    /// filesystem (`FUSE_HANDLE_KILLPRIV_V2`, which spares it a GETXATTR of the capability
+    /// at each write), and the branch would not do it: the daemon writes with CAP_FSETID.
+    /// `file`, a descriptor of the upper file, is used where one is open (the name may be
+    /// gone); the node must have been copied up. With `xattr_permissions=` the mode killed
+    /// is the one the owner xattr keeps. True if the mode changed (the kernel's cached
+    /// attributes are stale then).
+    pub fn kill_suidgid(&self, node: &Arc<Node>, file: Option<&File>) -> Result<bool> {
+        // The name only where the descriptor does not do: the owner xattr is read by name.
+        let loc = match (file, self.opts.owner_xattr) {
+            (Some(_), None) => None,
+            _ => Some(self.locate(node)?),
+        };
+        if loc.as_ref().is_some_and(|l| l.layer != 0) {
+            return Err(Error::new(libc::EIO, "kill suid/sgid: not copied up").at(node.path()));
+        }
+        self.kill_in(node, loc.as_ref(), file)
+    }
+
+    /// Would a write by a caller without CAP_FSETID kill set-id bits of the file open at
+    /// `file` (its mode as shown)? Such a file must not be opened in FUSE passthrough: the
+    /// kernel leaves the kill to us and a passthrough write never reaches us.
+    pub fn write_kills_bits(&self, node: &Node, file: &File) -> bool {
+        let Ok(mut st) = sys::fstat(file.as_raw_fd()) else {
+            return true;
+        };
+        if self.opts.owner_xattr.is_some() {
+            self.apply_override(node, &mut st);
+        }
+        st.st_mode & libc::S_IFMT == libc::S_IFREG && killed(st.st_mode) != st.st_mode
+    }
+
+    /// `kill_suidgid` of the upper file open at `file`, else at `loc`.
+    fn kill_in(&self, node: &Arc<Node>, loc: Option<&Loc>, file: Option<&File>) -> Result<bool> {
+        let path = node.path();
+        let wrap = |e: Error| e.at(&path).in_layer(0);
+        let st = match (file, loc) {
+            (Some(f), _) => sys::fstat(f.as_raw_fd()),
+            (None, Some(l)) => sys::fstatat(l.raw(), &l.name),
+            (None, None) => return Ok(false),
+        }
+        .op("stat")
+        .map_err(wrap)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(false);
+        }
+        let in_xattr = self.opts.owner_xattr.zip(loc);
+        let mode = match in_xattr {
+            Some((_, l)) => self.shown_owner(l.raw(), &l.name, &st).mode,
+            None => st.st_mode,
+        };
+        let changed = killed(mode) != mode;
+        if changed {
+            match (in_xattr, file, loc) {
+                (Some((x, l)), _, _) => {
+                    let a = SetAttr {
+                        mode: Some(killed(mode)),
+                        ..SetAttr::default()
+                    };
+                    self.set_owner_xattr(x, l, &a).map_err(wrap)?;
+                }
+                (None, Some(f), _) => sys::fchmod(f.as_raw_fd(), killed(mode) & 0o7777)
+                    .op("kill suid/sgid")
+                    .map_err(wrap)?,
+                (None, None, Some(l)) => sys::fchmodat(l.raw(), &l.name, killed(mode) & 0o7777)
+                    .op("kill suid/sgid")
+                    .map_err(wrap)?,
+                (None, None, None) => {}
+            }
+        }
+        // Looked for first: removing it needs CAP_SETFCAP even where there is none, which a
+        // daemon without privilege lacks (its writes would all fail).
+        let cap = OsStr::new(CAPABILITY_XATTR);
+        let has = match (file, loc) {
+            (Some(f), _) => sys::fhasxattr(f.as_raw_fd(), cap),
+            (None, Some(l)) => sys::lgetxattr(l.raw(), &l.name, cap).map(|v| v.is_some()),
+            (None, None) => Ok(false),
+        };
+        let r = match (has, file, loc) {
+            (Ok(false), _, _) => Ok(()),
+            (Err(e), _, _) => Err(e),
+            (Ok(true), Some(f), _) => sys::fremovexattr(f.as_raw_fd(), cap),
+            (Ok(true), None, Some(l)) => sys::lremovexattr(l.raw(), &l.name, cap),
+            (Ok(true), None, None) => Ok(()),
+        };
+        match r {
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => {
+                Err(e).op("remove file capability").map_err(wrap)
+            }
+            _ => Ok(changed),
+        }
     }
 
     /// A chown's result as the caller sees it: with squash_to_* a failure is a success

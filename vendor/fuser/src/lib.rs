@@ -438,7 +438,10 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
-    /// Set file attributes.
+    /// Set file attributes. `kill_suidgid`: with `FUSE_HANDLE_KILLPRIV_V2` the kernel leaves
+    /// killing suid/sgid (and `security.capability`) at a truncate or chown to the
+    /// filesystem, and sets this when the caller lacks CAP_FSETID (truncate) or always
+    /// (chown of a non-directory).
     fn setattr(
         &self,
         _req: &Request,
@@ -455,6 +458,7 @@ pub trait Filesystem: Send + Sync + 'static {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         flags: Option<BsdFileFlags>,
+        _kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         warn!(
@@ -572,8 +576,17 @@ pub trait Filesystem: Send + Sync + 'static {
     /// release, fsync). Filesystem may also implement stateless file I/O and not store
     /// anything in fh. There are also some flags (`direct_io`, `keep_cache`) which the
     /// filesystem may set, to change the way the file is opened. See `fuse_file_info`
-    /// structure in <`fuse_common.h`> for more details.
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    /// structure in <`fuse_common.h`> for more details. `kill_suidgid`: with
+    /// `FUSE_HANDLE_KILLPRIV_V2`, an `O_TRUNC` open by a caller without CAP_FSETID, whose
+    /// suid/sgid bits the filesystem must kill.
+    fn open(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _flags: OpenFlags,
+        _kill_suidgid: bool,
+        reply: ReplyOpen,
+    ) {
         reply.opened(FileHandle(0), FopenFlags::empty());
     }
 

@@ -350,8 +350,13 @@ pub(crate) struct fuse_open_in {
     // NOTE: this field is defined as u32 in fuse_kernel.h in libfuse. However, it is then cast
     // to an i32 when invoking the filesystem's open method and this matches the open() syscall
     pub(crate) flags: i32,
-    pub(crate) unused: u32,
+    /// `FUSE_OPEN_KILL_SUIDGID` (ABI 7.33; `unused` before).
+    pub(crate) open_flags: u32,
 }
+
+/// fuse_open_in.open_flags: an `O_TRUNC` open by a caller without CAP_FSETID
+/// (FUSE_HANDLE_KILLPRIV_V2): kill suid and sgid.
+pub(crate) const FUSE_OPEN_KILL_SUIDGID: u32 = 1 << 0;
 
 #[repr(C)]
 #[derive(Debug, FromBytes, KnownLayout, Immutable)]
