@@ -53,9 +53,9 @@ impl Union {
         let src = self
             .probe(parent, name)?
             .ok_or_else(|| Error::new(libc::ENOENT, "rename").at(&path))?;
-        // (Not for a rename that may not replace, nor between two names of one file: it
-        // changes nothing, or fails.)
-        if !exchange && flags & sys::RENAME_NOREPLACE == 0 {
+        // (Not for a rename that may not replace, nor between two names of one file, nor of
+        // a directory over a file: it changes nothing, or fails.)
+        if !exchange && flags & sys::RENAME_NOREPLACE == 0 && !is_dir_found(&src) {
             self.index_before_removal(newparent, newname, Some(src.ino))?;
         }
         let dst = self.probe(newparent, newname)?;
