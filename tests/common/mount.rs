@@ -25,6 +25,14 @@ pub struct Fixture {
     pub log: PathBuf,
 }
 
+/// Whatever a test left mounted in its fixture (a peer's mount it did not get to unmount, a
+/// daemon that outlived a failed assertion) goes before the fixture's directory does.
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        unmount_all(&self.root);
+    }
+}
+
 impl Fixture {
     pub fn new(n_lowers: usize) -> Fixture {
         let tmp = tempfile::Builder::new()
