@@ -3,11 +3,14 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::Arc;
 
 use fuser::{Errno, INodeNo, RenameFlags, ReplyCreate, ReplyEmpty, ReplyEntry};
 
 use super::{UnionFs, reply_empty};
+use crate::sys::Stat;
 use crate::union::dir::{Caller, New};
+use crate::union::node::Node;
 
 pub(super) fn mknod(
     fs: &UnionFs,
@@ -50,6 +53,21 @@ pub(super) fn symlink(
     make(fs, parent, link_name, what, caller, reply);
 }
 
+/// The union's create of `name` in `parent`; its error logged and made an errno.
+fn union_create(
+    fs: &UnionFs,
+    parent: INodeNo,
+    name: &OsStr,
+    what: New<'_>,
+    caller: Caller,
+) -> Result<(Arc<Node>, Stat, Option<std::fs::File>), Errno> {
+    fs.node(parent).and_then(|p| {
+        fs.union
+            .create(&p, name, what, caller)
+            .map_err(|e| fs.fail(&e))
+    })
+}
+
 /// Create any kind of entry and reply with it.
 fn make(
     fs: &UnionFs,
@@ -59,12 +77,7 @@ fn make(
     caller: Caller,
     reply: ReplyEntry,
 ) {
-    let res = fs.node(parent).and_then(|p| {
-        fs.union
-            .create(&p, name, what, caller)
-            .map_err(|e| fs.fail(&e))
-    });
-    match res {
+    match union_create(fs, parent, name, what, caller) {
         Ok((node, st, _)) => fs.reply_entry(reply, &node, &st),
         Err(e) => reply.error(e),
     }
@@ -79,12 +92,7 @@ pub(super) fn create(
     caller: Caller,
     reply: ReplyCreate,
 ) {
-    let res = fs.node(parent).and_then(|p| {
-        fs.union
-            .create(&p, name, New::File { mode, flags }, caller)
-            .map_err(|e| fs.fail(&e))
-    });
-    match res {
+    match union_create(fs, parent, name, New::File { mode, flags }, caller) {
         Ok((node, st, Some(file))) => fs.reply_created(node, &st, file, flags, reply),
         Ok((node, _, None)) => {
             fs.union.nodes.forget(node.id, 1);

@@ -342,10 +342,12 @@ impl Union {
         let op = if dir { "rmdir" } else { "unlink" };
         let path = child_path(parent, name);
         self.check_writable(op)?;
-        if !dir {
-            self.index_before_removal(parent, name, None)?;
-        }
         let found = self.probe(parent, name)?;
+        let found = if dir {
+            found
+        } else {
+            self.index_before_removal(parent, name, found, None)?
+        };
         // Opens of the file by its name wait until it is gone (see `Node::place`); taken
         // before the copy-up lock, as an open takes them.
         let replaced = self.replaced_node(found.as_ref());
@@ -400,21 +402,23 @@ impl Union {
     /// copy the file up into the index, its known names joining the copy, as overlayfs
     /// copies such a file up before it unlinks it. The count of its names still waiting in
     /// the lower (`index::PENDING_XATTR`) then stays true, and so does its link count.
-    /// `unless`: the inode number of a file whose own names are not to count.
+    /// `found` is what a probe of the name found, `unless` the inode number of a file whose
+    /// own names are not to count; returns what the name holds now.
     pub(super) fn index_before_removal(
         &self,
         parent: &Arc<Node>,
         name: &OsStr,
+        found: Option<Found>,
         unless: Option<u64>,
-    ) -> Result<()> {
-        let Some(found) = self.probe(parent, name)? else {
-            return Ok(());
-        };
-        if index::is_linked_lower(found.layer, &found.st) && Some(found.ino) != unless {
-            let node = self.node_for(parent, name, found);
-            self.copy_up(&node)?;
+    ) -> Result<Option<Found>> {
+        match found {
+            Some(f) if index::is_linked_lower(f.layer, &f.st) && Some(f.ino) != unless => {
+                let node = self.node_for(parent, name, f);
+                self.copy_up(&node)?;
+                self.probe(parent, name)
+            }
+            found => Ok(found),
         }
-        Ok(())
     }
 
     /// The live node of a file a removal or a rename is about to replace: opens of it by

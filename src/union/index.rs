@@ -12,7 +12,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::Union;
-use super::layer::INDEX_DIR;
 use super::node::{Loc, Node};
 use super::whiteout;
 use crate::error::{Context, Result};
@@ -118,13 +117,12 @@ impl Union {
 
     /// The index of a lower layer, and the key the copy at `loc` holds there (its origin).
     fn lower_index(&self, loc: &Loc) -> Option<(Arc<OwnedFd>, OsString)> {
-        let root = self.stack.layers.get(loc.layer)?.root.as_raw_fd();
-        let index = sys::open_dir_path(root, INDEX_DIR.as_ref()).ok()?;
+        let index = self.stack.layers.get(loc.layer)?.old_index.clone()?;
         let origin = sys::lgetxattr(loc.raw(), &loc.name, whiteout::ORIGIN_XATTR.as_ref())
             .ok()
             .flatten()?;
         let (ino, _) = whiteout::decode_origin(&origin)?;
-        Some((Arc::new(index), key(ino)))
+        Some((index, key(ino)))
     }
 
     /// After the copy-up of a file with several lower names: the other names the kernel
@@ -191,8 +189,10 @@ impl Union {
         let layer = node.state().layer;
         let found = if layer == 0 && self.writable() {
             self.stack.index().map(|i| (i, key(node.ino)))
-        } else {
+        } else if self.stack.layers[layer].old_index.is_some() {
             self.try_locate(node).and_then(|l| self.lower_index(&l))
+        } else {
+            None
         };
         let Some((index, key)) = found else {
             return;

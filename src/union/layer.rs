@@ -29,6 +29,9 @@ pub struct Layer {
     pub root: Arc<OwnedFd>,
     pub writable: bool,
     pub dev: u64,
+    /// A read-only layer that was an upper once: the hard-link index it kept (see
+    /// index.rs). Opened at mount, so a lookup asks no more than a field.
+    pub old_index: Option<Arc<OwnedFd>>,
 }
 
 /// Where copy-ups and opaque directories are built: same filesystem as the upper, so a
@@ -184,13 +187,19 @@ impl LayerStack {
         for (index, b) in settings.branches.iter().enumerate() {
             let root = open_root(&b.path).map_err(|e| e.at(b.path.display()).in_layer(index))?;
             let st = sys::fstat_path(root.as_raw_fd()).op("stat branch")?;
+            let writable = b.writable && index == 0 && !settings.read_only;
+            let old_index = (!writable)
+                .then(|| sys::open_dir_path(root.as_raw_fd(), INDEX_DIR.as_ref()).ok())
+                .flatten()
+                .map(Arc::new);
             layers.push(Layer {
                 index,
                 path: b.path.clone(),
                 spec: b.spec.clone(),
                 root: Arc::new(root),
-                writable: b.writable && index == 0 && !settings.read_only,
+                writable,
                 dev: st.st_dev,
+                old_index,
             });
         }
         let work = match layers.first().filter(|l| l.writable) {

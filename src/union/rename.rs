@@ -53,12 +53,14 @@ impl Union {
         let src = self
             .probe(parent, name)?
             .ok_or_else(|| Error::new(libc::ENOENT, "rename").at(&path))?;
+        let dst = self.probe(newparent, newname)?;
         // (Not for a rename that may not replace, nor between two names of one file, nor of
         // a directory over a file: it changes nothing, or fails.)
-        if !exchange && flags & sys::RENAME_NOREPLACE == 0 && !is_dir_found(&src) {
-            self.index_before_removal(newparent, newname, Some(src.ino))?;
-        }
-        let dst = self.probe(newparent, newname)?;
+        let dst = if !exchange && flags & sys::RENAME_NOREPLACE == 0 && !is_dir_found(&src) {
+            self.index_before_removal(newparent, newname, dst, Some(src.ino))?
+        } else {
+            dst
+        };
         let replaced = self.replaced_node(dst.as_ref().filter(|_| !exchange));
         let _place = replaced.as_ref().map(|n| n.place.write());
         // (An exchange copies the destination up itself, under the same lock.)

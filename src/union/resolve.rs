@@ -344,12 +344,19 @@ impl Union {
         // changes them.
         let mut name = name.to_owned();
         let mut wh = whiteout::whiteout_name(&name);
-        let mut pdirs: Box<dyn Iterator<Item = Result<LayerDir>> + '_> =
-            Box::new(pdirs.into_iter());
+        let mut pdirs = pdirs.into_iter();
+        // Once a redirect is followed: the layers below, where it leads.
+        let mut redirected: Option<std::vec::IntoIter<LayerDir>> = None;
         let mut top: Option<(usize, Stat, LayerDir)> = None;
         let mut dirs = Vec::new();
-        while let Some(d) = pdirs.next() {
-            let d = d?;
+        loop {
+            let d = match redirected.as_mut() {
+                Some(below) => below.next(),
+                None => pdirs.next().transpose()?,
+            };
+            let Some(d) = d else {
+                break;
+            };
             let st = match sys::fstatat(d.raw(), &name) {
                 Ok(st) => st,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -395,7 +402,7 @@ impl Union {
                     let Some((last, at)) = to.split_last() else {
                         break;
                     };
-                    pdirs = Box::new(self.dirs_below(d.layer, at)?.into_iter().map(Ok));
+                    redirected = Some(self.dirs_below(d.layer, at)?.into_iter());
                     name = last.clone();
                     wh = whiteout::whiteout_name(&name);
                 }
