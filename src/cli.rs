@@ -289,8 +289,17 @@ pub struct Cli {
 }
 
 /// The first arguments that select an inspection command instead of mounting.
-pub const TOOLS: [&str; 7] = [
-    "which", "diff", "commit", "export", "layers", "trace", "tree",
+pub const TOOLS: [&str; 10] = [
+    "which",
+    "diff",
+    "commit",
+    "export",
+    "layers",
+    "trace",
+    "tree",
+    "snapshot",
+    "rollback",
+    "snapshots",
 ];
 
 /// The inspection commands: `unionmount COMMAND ...` where COMMAND is one of `TOOLS`.
@@ -426,5 +435,46 @@ pub enum Tool {
         /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never.
         #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = ["auto", "always", "never"])]
         color: String,
+    },
+    /// Remember the mount's state now, live: the changes so far become a snapshot.
+    ///
+    /// The upper directory becomes a read-only layer named NAME (default snap-N), stacked
+    /// right below a fresh, empty upper, while the mount stays in use: one rename, however
+    /// much changed. Files open for writing (or read through FUSE passthrough) stay where
+    /// their descriptors are and the snapshot gets a copy of them, so it never changes once
+    /// taken. Snapshots live beside the upper, in UPPER.snapshots/NNNN-NAME, each a plain
+    /// layer directory, and are stacked again by the next mount of the same upper.
+    #[command(after_help = "Examples:
+  unionmount snapshot /mnt/merged before-apt
+  unionmount snapshots /mnt/merged
+  unionmount rollback /mnt/merged before-apt")]
+    Snapshot {
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        mountpoint: std::path::PathBuf,
+        /// Its name: letters, digits and . _ - + @ (default: snap-N).
+        name: Option<String>,
+    },
+    /// Go back to a snapshot, live: every change made since it is discarded.
+    ///
+    /// The upper and every snapshot taken after NAME (default: the latest snapshot) are
+    /// thrown away; NAME stays, so the same point can be rolled back to again. Descriptors
+    /// open on a discarded file go on reading and writing it as if it had been unlinked;
+    /// nothing they do shows in the mount.
+    #[command(after_help = "Example:
+  unionmount rollback /mnt/merged before-apt")]
+    Rollback {
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        mountpoint: std::path::PathBuf,
+        /// The snapshot to go back to (default: the latest).
+        name: Option<String>,
+    },
+    /// The mount's snapshots, oldest first: name, when taken, entries, size, directory.
+    ///
+    /// The last row, (upper), is what changed since the latest snapshot.
+    #[command(after_help = "Example:
+  unionmount snapshots /mnt/merged")]
+    Snapshots {
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        mountpoint: std::path::PathBuf,
     },
 }

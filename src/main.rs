@@ -127,7 +127,7 @@ fn parse<T: Parser>() -> Result<T, ExitCode> {
     })
 }
 
-/// `unionmount which|diff|commit|export|layers|trace|tree ...`
+/// `unionmount which|diff|commit|export|layers|trace|tree|snapshot|rollback|snapshots ...`
 fn run_tool() -> ExitCode {
     use cli::Tool;
     let parsed = match parse::<cli::ToolCli>() {
@@ -164,6 +164,15 @@ fn run_tool() -> ExitCode {
         ),
         Tool::Layers { mountpoint } => ("layers", layers(&mountpoint)),
         Tool::Trace { mountpoint } => ("trace", trace(&mountpoint)),
+        Tool::Snapshot { mountpoint, name } => (
+            "snapshot",
+            inspect::snapshots::snapshot(&mountpoint, name.as_deref()),
+        ),
+        Tool::Rollback { mountpoint, name } => (
+            "rollback",
+            inspect::snapshots::rollback(&mountpoint, name.as_deref()),
+        ),
+        Tool::Snapshots { mountpoint } => ("snapshots", inspect::snapshots::list(&mountpoint)),
         Tool::Tree {
             mountpoint,
             path,

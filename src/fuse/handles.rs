@@ -49,12 +49,18 @@ impl Handle {
             Handle::Dir(d) => &d.node,
         }
     }
+
+    /// Tied to its inode (see `Node::opened`): open for writing, or in passthrough.
+    fn pins(&self) -> bool {
+        matches!(self, Handle::File(f)
+            if f.flags & libc::O_ACCMODE != libc::O_RDONLY || f.backing.is_some())
+    }
 }
 
 impl Handles {
     pub fn insert(&self, h: Handle) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        h.node().opened();
+        h.node().opened(h.pins());
         self.map.insert(fh, Arc::new(h));
         fh
     }
@@ -65,7 +71,7 @@ impl Handles {
 
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         let h = self.map.remove(&fh).map(|(_, h)| h)?;
-        h.node().closed();
+        h.node().closed(h.pins());
         Some(h)
     }
 }
@@ -147,5 +153,61 @@ impl Backings {
         self.map.remove_if(&id, |_, io| {
             io.cached == 0 && io.backing.strong_count() == 0
         });
+    }
+}
+
+impl Handles {
+    /// The stack was swapped: every open file and listing takes the new layer numbers (a
+    /// file of a discarded layer counts as the upper's: it is reached by its descriptor
+    /// only, and nothing is copied up from it).
+    pub fn restacked(&self, map: &dyn Fn(usize) -> Option<usize>) {
+        for h in self.map.iter() {
+            match &**h.value() {
+                Handle::File(f) => {
+                    let mut file = f.file.write();
+                    file.1 = map(file.1).unwrap_or(0);
+                }
+                Handle::Dir(d) => {
+                    let mut entries = d.entries.lock();
+                    if let Some(list) = entries.as_mut() {
+                        for e in Arc::make_mut(list).iter_mut() {
+                            e.layer = map(e.layer).unwrap_or(0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The FUSE side of a swap of the stack (see `union::snapshot`): open files and listings
+/// take the new layer numbers, and the kernel drops what it cached of what changed.
+pub struct StackWatcher {
+    pub handles: Arc<Handles>,
+    pub notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+}
+
+impl crate::union::snapshot::Watcher for StackWatcher {
+    fn restacked(&self, map: &dyn Fn(usize) -> Option<usize>) {
+        self.handles.restacked(map);
+    }
+
+    fn changed(&self, changes: &[crate::union::snapshot::Changed]) {
+        use crate::union::snapshot::Changed;
+        let Some(n) = self.notifier.get() else {
+            return;
+        };
+        for c in changes {
+            // ENOENT: the kernel had nothing cached there.
+            let res = match c {
+                Changed::Entry { parent, name } => n.inval_entry(fuser::INodeNo(*parent), name),
+                Changed::Inode(id) => n.inval_inode(fuser::INodeNo(*id), 0, 0),
+            };
+            if let Err(e) = res
+                && e.raw_os_error() != Some(libc::ENOENT)
+            {
+                log::debug!("invalidating {c:?} in the kernel: {e}");
+            }
+        }
     }
 }

@@ -53,7 +53,7 @@ use handles::{Backings, Handle, Handles};
 
 pub struct UnionFs {
     union: Arc<Union>,
-    handles: Handles,
+    handles: Arc<Handles>,
     backings: Backings,
     /// The kernel agreed to FUSE passthrough (decided at init).
     passthrough: bool,
@@ -87,9 +87,15 @@ fn reply_empty(reply: ReplyEmpty, res: Result<(), Errno>) {
 
 impl UnionFs {
     pub fn new(union: Arc<Union>, config: &Config) -> UnionFs {
+        let handles = Arc::new(Handles::default());
+        let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
+        union.watch(Arc::new(handles::StackWatcher {
+            handles: handles.clone(),
+            notifier: notifier.clone(),
+        }));
         UnionFs {
             union,
-            handles: Handles::default(),
+            handles,
             backings: Backings::default(),
             passthrough: false,
             ttl: config.timeout,
@@ -98,7 +104,7 @@ impl UnionFs {
             owners: config.settings.owners.clone(),
             acl: !config.flags.noacl,
             noatime: config.flags.noatime,
-            notifier: Arc::default(),
+            notifier,
         }
     }
 
@@ -138,8 +144,8 @@ impl UnionFs {
 
     /// Log a failed operation (naming the branch it concerns) and reduce it to the errno.
     fn fail(&self, e: &Error) -> Errno {
-        let branch = e.layer.and_then(|l| self.union.stack.layers.get(l));
-        match branch {
+        let stack = self.union.stack();
+        match e.layer.and_then(|l| stack.layers.get(l)) {
             Some(b) => log::debug!("{e} [branch {}]", b.path.display()),
             None => log::debug!("{e}"),
         }
@@ -177,10 +183,12 @@ impl Filesystem for UnionFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _in = self.union.enter();
         mount::statfs(self, reply)
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _in = self.union.enter();
         namei::lookup(self, parent, name, reply)
     }
 
@@ -189,6 +197,7 @@ impl Filesystem for UnionFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _in = self.union.enter();
         inode::getattr(self, ino, fh, reply)
     }
 
@@ -211,6 +220,7 @@ impl Filesystem for UnionFs {
         kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
+        let _in = self.union.enter();
         let changes = inode::Changes {
             mode,
             uid,
@@ -225,10 +235,12 @@ impl Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _in = self.union.enter();
         inode::readlink(self, ino, reply)
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _in = self.union.enter();
         inode::access(reply)
     }
 
@@ -240,6 +252,7 @@ impl Filesystem for UnionFs {
         kill_suidgid: bool,
         reply: ReplyOpen,
     ) {
+        let _in = self.union.enter();
         file::open(self, ino, flags, kill_suidgid, reply)
     }
 
@@ -254,6 +267,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _in = self.union.enter();
         file::read(self, fh, offset, size, reply)
     }
 
@@ -269,6 +283,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _in = self.union.enter();
         file::write(self, fh, offset, data, write_flags, reply)
     }
 
@@ -280,6 +295,7 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _in = self.union.enter();
         file::flush(reply)
     }
 
@@ -291,6 +307,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.union.enter();
         file::fsync(self, fh, datasync, reply)
     }
 
@@ -304,6 +321,7 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.union.enter();
         file::release(self, fh, reply)
     }
 
@@ -317,6 +335,7 @@ impl Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _in = self.union.enter();
         file::fallocate(self, fh, offset, length, mode, reply)
     }
 
@@ -329,6 +348,7 @@ impl Filesystem for UnionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _in = self.union.enter();
         file::lseek(self, fh, offset, whence, reply)
     }
 
@@ -345,6 +365,7 @@ impl Filesystem for UnionFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _in = self.union.enter();
         file::copy_file_range(self, fh_in, offset_in, fh_out, offset_out, len, reply)
     }
 
@@ -358,6 +379,7 @@ impl Filesystem for UnionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _in = self.union.enter();
         dir::mknod(
             self,
             parent,
@@ -378,6 +400,7 @@ impl Filesystem for UnionFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _in = self.union.enter();
         dir::mkdir(self, parent, name, mode, self.caller(req, umask), reply)
     }
 
@@ -391,6 +414,7 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _in = self.union.enter();
         dir::create(
             self,
             parent,
@@ -411,6 +435,7 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _in = self.union.enter();
         dir::tmpfile(self, parent, mode, flags, self.caller(req, umask), reply)
     }
 
@@ -422,6 +447,7 @@ impl Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _in = self.union.enter();
         dir::symlink(self, parent, link_name, target, self.caller(req, 0), reply)
     }
 
@@ -433,14 +459,17 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _in = self.union.enter();
         dir::link(self, ino, newparent, newname, reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _in = self.union.enter();
         dir::unlink(self, parent, name, reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _in = self.union.enter();
         dir::rmdir(self, parent, name, reply)
     }
 
@@ -454,10 +483,12 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _in = self.union.enter();
         dir::rename(self, parent, name, newparent, newname, flags, reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _in = self.union.enter();
         readdir::opendir(self, ino, reply)
     }
 
@@ -469,6 +500,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        let _in = self.union.enter();
         readdir::readdir(self, fh, offset, reply)
     }
 
@@ -480,6 +512,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        let _in = self.union.enter();
         readdir::readdirplus(self, fh, offset, reply)
     }
 
@@ -491,6 +524,7 @@ impl Filesystem for UnionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _in = self.union.enter();
         readdir::releasedir(self, fh, reply)
     }
 
@@ -502,6 +536,7 @@ impl Filesystem for UnionFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.union.enter();
         readdir::fsyncdir(reply)
     }
 
@@ -515,18 +550,22 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _in = self.union.enter();
         xattr::setxattr(self, ino, name, value, flags, reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _in = self.union.enter();
         xattr::getxattr(self, ino, name, size, reply)
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _in = self.union.enter();
         xattr::listxattr(self, ino, req.uid() == 0, size, reply)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _in = self.union.enter();
         xattr::removexattr(self, ino, name, reply)
     }
 }

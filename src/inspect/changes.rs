@@ -366,7 +366,7 @@ impl Walker<'_> {
             let Some(holder) = pdirs.iter().find(|d| d.layer == found.layer) else {
                 continue;
             };
-            let mut p = u.stack.layers[holder.layer].path.clone();
+            let mut p = u.stack().layers[holder.layer].path.clone();
             p.extend(holder.path.iter());
             p.push(&n);
             let m = std::fs::symlink_metadata(&p)?;

@@ -16,6 +16,7 @@
 //! - `tree DEPTH REL`: the merged subtree at REL with the branch of each entry and the lower
 //!   entries it deletes or shadows (`map.rs` describes the lines).
 //! - `trace`: one line per copy-up, whiteout, opaque directory or redirect, as they happen.
+//! - `snapshot [NAME]`, `rollback [NAME]`, `snapshots`: see `snapshots.rs`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -132,8 +133,15 @@ fn serve_one(union: &Union, info: &Info, dev: Dev, stream: UnixStream) -> io::Re
     let reply = match cmd {
         "stack" => Ok(report::stack(union, info)),
         "layers" => Ok(report::layers(union, info)),
-        "which" => report::which(union, arg),
-        "tree" => super::map::subtree(union, arg),
+        "which" => {
+            let _in = union.enter();
+            report::which(union, arg)
+        }
+        "tree" => {
+            let _in = union.enter();
+            super::map::subtree(union, arg)
+        }
+        "snapshot" | "rollback" | "snapshots" => super::snapshots::serve(union, cmd, arg),
         "trace" => {
             writeln!(out, "ok {dev}")?;
             out.flush()?;

@@ -206,7 +206,7 @@ impl Walk<'_> {
         level: usize,
     ) -> Result<(), String> {
         let u = self.u;
-        let n = u.stack.layers.len();
+        let n = u.stack().layers.len();
         let cells = place.cells(n, name);
         let top = found.layer;
         let is_dir = found.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -290,7 +290,7 @@ impl Walk<'_> {
     /// The entries of the directory `dir` at `place`: merged ones and deleted ones, by name.
     fn children(&mut self, dir: &Arc<Node>, place: &Place, level: usize) -> Result<(), String> {
         let u = self.u;
-        let n = u.stack.layers.len();
+        let n = u.stack().layers.len();
         let listing = u.list(dir).map_err(|e| e.to_string())?;
         let mut names: BTreeMap<Vec<u8>, Option<OsString>> = BTreeMap::new();
         for e in listing.into_iter().skip(2) {
@@ -365,7 +365,7 @@ pub fn subtree(u: &Union, arg: &str) -> Result<Vec<String>, String> {
         entries: 0,
         truncated: false,
     };
-    for l in &u.stack.layers {
+    for l in &u.stack().layers {
         w.out.push(format!(
             "branch\t{}\t{}\t{}\t{}",
             l.index,
@@ -374,7 +374,7 @@ pub fn subtree(u: &Union, arg: &str) -> Result<Vec<String>, String> {
             escape(l.path.as_os_str())
         ));
     }
-    let n = u.stack.layers.len();
+    let n = u.stack().layers.len();
     let root = u.root();
     let root_dirs = u.dirs_of(&root).map_err(|e| e.to_string())?;
     let comps: Vec<OsString> = rel.iter().map(|c| c.to_owned()).collect();

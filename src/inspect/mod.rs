@@ -13,6 +13,7 @@ pub mod draw;
 pub mod export;
 pub mod map;
 pub mod report;
+pub mod snapshots;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;

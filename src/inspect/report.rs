@@ -94,7 +94,7 @@ pub fn stack(u: &Union, info: &Info) -> Vec<String> {
         format!("pid {}", std::process::id()),
         format!("options {}", info.options()),
     ];
-    for l in &u.stack.layers {
+    for l in &u.stack().layers {
         out.push(format!(
             "branch {}\t{}\t{}",
             if l.writable { "RW" } else { "RO" },
@@ -134,7 +134,7 @@ pub fn layers(u: &Union, info: &Info) -> Vec<String> {
         "{:<3} {:<12} {:<4} {:>8} {:>10}  directory",
         "#", "branch", "mode", "files", "bytes"
     )];
-    for l in &u.stack.layers {
+    for l in &u.stack().layers {
         let (files, bytes) = count_tree(&l.path, l.writable);
         out.push(format!(
             "{:<3} {:<12} {:<4} {:>8} {:>10}  {}",
@@ -196,7 +196,7 @@ pub fn event_line(u: &Union, e: &Event) -> String {
             took,
         } => {
             let name = u
-                .stack
+                .stack()
                 .layers
                 .get(*from)
                 .map(|l| branch_name(&l.path))
@@ -215,7 +215,7 @@ pub fn event_line(u: &Union, e: &Event) -> String {
 }
 
 fn describe_layer(u: &Union, i: usize) -> String {
-    let l = &u.stack.layers[i];
+    let l = &u.stack().layers[i];
     format!(
         "{} (branch {}, {}, {})",
         branch_name(&l.path),
@@ -241,7 +241,7 @@ fn kind_name(mode: u32) -> &'static str {
 /// Where `name` in the layer directory `d` really is (a directory moved within a layer has
 /// its parts below at another path).
 fn real_path(u: &Union, d: &crate::union::node::LayerDir, name: &OsStr) -> std::path::PathBuf {
-    let mut p = u.stack.layers[d.layer].path.clone();
+    let mut p = u.stack().layers[d.layer].path.clone();
     p.extend(d.path.iter());
     p.join(name)
 }
@@ -265,7 +265,7 @@ fn hidden_below(
                     format!(
                         "{} (a whiteout in {})",
                         real.display(),
-                        branch_name(&u.stack.layers[d.layer].path)
+                        branch_name(&u.stack().layers[d.layer].path)
                     ),
                 ));
                 break;
@@ -277,7 +277,7 @@ fn hidden_below(
                         "{} ({}, {})",
                         real.display(),
                         kind_name(st.st_mode),
-                        branch_name(&u.stack.layers[d.layer].path)
+                        branch_name(&u.stack().layers[d.layer].path)
                     ),
                 ));
                 if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
@@ -304,7 +304,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
         let dirs = u.dirs_of(&root).map_err(|e| e.to_string())?;
         let layers: Vec<String> = dirs
             .iter()
-            .map(|d| branch_name(&u.stack.layers[d.layer].path))
+            .map(|d| branch_name(&u.stack().layers[d.layer].path))
             .collect();
         out.push(format!("served by   {}", describe_layer(u, dirs[0].layer)));
         out.push(format!(
@@ -329,7 +329,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
             // Not in the merged view: whited out, or simply absent.
             let wh = whiteout::whiteout_name(name);
             for d in &pdirs {
-                let layer = &u.stack.layers[d.layer];
+                let layer = &u.stack().layers[d.layer];
                 let whpath = layer.path.join(&here);
                 let marker = match sys::fstatat(d.raw(), name) {
                     Ok(st) if whiteout::is_whiteout_dev(&st) => {
@@ -382,7 +382,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
             "real path   {}",
             match holder {
                 Some(d) => real_path(u, d, name),
-                None => u.stack.layers[top].path.join(&here),
+                None => u.stack().layers[top].path.join(&here),
             }
             .display()
         ));
@@ -406,7 +406,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
                 let from: std::path::PathBuf = r.iter().collect();
                 state.push(format!(
                     "moved here in {}; its parts below are read from /{}",
-                    branch_name(&u.stack.layers[top].path),
+                    branch_name(&u.stack().layers[top].path),
                     from.display()
                 ));
             }
@@ -422,7 +422,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
                 let names: Vec<String> = found
                     .dirs
                     .iter()
-                    .map(|d| branch_name(&u.stack.layers[d.layer].path))
+                    .map(|d| branch_name(&u.stack().layers[d.layer].path))
                     .collect();
                 state.push(format!("directory merged from {}", names.join(", ")));
             } else if upper && !hidden.is_empty() && !opaque {
@@ -432,7 +432,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
             } else if !opaque {
                 state.push(format!(
                     "directory of {} only",
-                    branch_name(&u.stack.layers[top].path)
+                    branch_name(&u.stack().layers[top].path)
                 ));
             }
         } else if upper && !hidden.is_empty() {

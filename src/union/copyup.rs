@@ -222,7 +222,8 @@ impl Union {
         ino: u64,
         want: Data,
     ) -> Result<()> {
-        let work = self.stack.work()?;
+        let stack = self.stack();
+        let work = stack.work()?;
         let tmp = work.temp_name();
         let kind = st.st_mode & libc::S_IFMT;
         let mut guard = Unpublished {
@@ -349,7 +350,8 @@ impl Union {
                 .op("truncate")
                 .map_err(wrap)?;
         } else {
-            let work = self.stack.work()?;
+            let stack = self.stack();
+            let work = stack.work()?;
             let tmp = work.temp_name();
             let mut guard = Unpublished {
                 dir: work.raw(),
@@ -593,6 +595,50 @@ fn copy_range(from: &File, to: &File, start: i64, end: i64) -> std::io::Result<(
         }
         to.write_all_at(&buf[..n], so as u64)?;
         so += n as i64;
+    }
+    Ok(())
+}
+
+/// A new empty directory `name` in `ddir` with the owner, xattrs (but the layering's own),
+/// mode and times of the directory `src` (an fd): a fresh upper root, or a parent made for
+/// a file a snapshot moves up.
+pub(crate) fn copy_dir_shell(src: RawFd, ddir: RawFd, name: &OsStr) -> Result<()> {
+    let st = sys::fstat_path(src).op("stat dir")?;
+    sys::mkdirat(ddir, name, 0o700).op("mkdir")?;
+    copy_metadata(src, ".".as_ref(), ddir, name, &st, false)
+}
+
+/// Copy the layering's own xattrs (a snapshot's copy of a file keeps its origin record);
+/// those the filesystem or our privilege refuses are skipped.
+pub(crate) fn copy_private_xattrs(sdir: RawFd, sname: &OsStr, ddir: RawFd, dname: &OsStr) {
+    for n in sys::llistxattr(sdir, sname).unwrap_or_default() {
+        let attr = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&n);
+        if !whiteout::is_private_xattr(attr) {
+            continue;
+        }
+        if let Ok(Some(v)) = sys::lgetxattr(sdir, sname, attr) {
+            let _ = sys::lsetxattr(ddir, dname, attr, &v, 0);
+        }
+    }
+}
+
+/// A copy of the regular file `sname` in `sdir` (stat `st`) as `dname` in `ddir`: data,
+/// every xattr, owner, mode and times.
+pub(crate) fn copy_file_whole(
+    sdir: RawFd,
+    sname: &OsStr,
+    st: &Stat,
+    ddir: RawFd,
+    dname: &OsStr,
+    sync: bool,
+) -> Result<()> {
+    let from = sys::open_file(sdir, sname, libc::O_RDONLY).op("open")?;
+    let to = new_work_file(ddir, dname)?;
+    copy_data(&from, &to, st.st_size as u64).op("copy data")?;
+    copy_metadata(sdir, sname, ddir, dname, st, false)?;
+    copy_private_xattrs(sdir, sname, ddir, dname);
+    if sync {
+        sys::fsync(to.as_raw_fd(), false).op("fsync")?;
     }
     Ok(())
 }

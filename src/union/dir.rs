@@ -133,7 +133,8 @@ impl Union {
                 Ok(())
             }
             WhiteoutFormat::Overlay => {
-                let work = self.stack.work()?;
+                let stack = self.stack();
+                let work = stack.work()?;
                 let tmp = work.temp_name();
                 sys::mknodat(work.raw(), &tmp, libc::S_IFCHR, 0).op("create whiteout")?;
                 let flags = if existing.is_some() {
@@ -179,7 +180,8 @@ impl Union {
 
         let (caller, inherit_gid, gid, default_acl) = self.made_in(up, caller)?;
         let file = if opaque || exact_whiteout {
-            let work = self.stack.work()?;
+            let stack = self.stack();
+            let work = stack.work()?;
             let stage = work.staging(default_acl.as_deref())?;
             let sd = stage.raw();
             let tmp = work.temp_name();
@@ -502,7 +504,8 @@ impl Union {
         let up = self.upper_dir(newparent)?;
         if exists(up.as_raw_fd(), newname) {
             // An overlay-format whiteout holds the name: link beside it, then replace it.
-            let work = self.stack.work()?;
+            let stack = self.stack();
+            let work = stack.work()?;
             let tmp = work.temp_name();
             sys::linkat(loc.raw(), &loc.name, work.raw(), &tmp)
                 .op("link")

@@ -48,7 +48,7 @@ pub fn is_linked_lower(layer: usize, st: &Stat) -> bool {
 impl Union {
     /// The index entry of a lower file with several names, if an earlier copy-up made one.
     pub(crate) fn indexed(&self, lower: &Stat) -> Option<(Arc<OwnedFd>, OsString)> {
-        let index = self.stack.index()?;
+        let index = self.stack().index()?;
         let key = key(self.ino_of(lower));
         sys::fstatat(index.as_raw_fd(), &key).ok()?;
         Some((index, key))
@@ -117,7 +117,7 @@ impl Union {
 
     /// The index of a lower layer, and the key the copy at `loc` holds there (its origin).
     fn lower_index(&self, loc: &Loc) -> Option<(Arc<OwnedFd>, OsString)> {
-        let index = self.stack.layers.get(loc.layer)?.old_index.clone()?;
+        let index = self.stack().layers.get(loc.layer)?.old_index.clone()?;
         let origin = sys::lgetxattr(loc.raw(), &loc.name, whiteout::ORIGIN_XATTR.as_ref())
             .ok()
             .flatten()?;
@@ -157,7 +157,7 @@ impl Union {
         src: &Loc,
         lower: &Stat,
     ) -> Result<OsString> {
-        let index = self.stack.index_or_create()?;
+        let index = self.stack().index_or_create()?;
         let key = key(self.ino_of(lower));
         // Every lower name but the one being copied up; a copy in a layer that was an upper
         // has one more link, its own index entry, which is no name.
@@ -174,7 +174,7 @@ impl Union {
 
     /// Undo `add_to_index` for a copy that was not published.
     pub(crate) fn drop_from_index(&self, key: &OsStr) {
-        if let Some(index) = self.stack.index() {
+        if let Some(index) = self.stack().index() {
             let _ = sys::unlinkat(index.as_raw_fd(), key, false);
         }
     }
@@ -188,8 +188,8 @@ impl Union {
         }
         let layer = node.state().layer;
         let found = if layer == 0 && self.writable() {
-            self.stack.index().map(|i| (i, key(node.ino)))
-        } else if self.stack.layers[layer].old_index.is_some() {
+            self.stack().index().map(|i| (i, key(node.ino)))
+        } else if self.stack().layers[layer].old_index.is_some() {
             self.try_locate(node).and_then(|l| self.lower_index(&l))
         } else {
             None

@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::idmap::{self, StatOverride};
+use super::layer::LayerStack;
 use super::node::Loc;
 use super::node::Node;
 use super::whiteout;
@@ -280,19 +281,23 @@ impl Union {
     /// given first (from the first lower root that has it, else the upper root's own owner
     /// and mode, as fuse-overlayfs 1.10 writes it). The upper also reads the lowers' ones:
     /// a copy-up copies a lower file's xattr as it is.
-    pub(crate) fn find_override_xattrs(&self) -> Result<Vec<Vec<&'static str>>> {
+    pub(crate) fn find_override_xattrs(
+        &self,
+        stack: &LayerStack,
+    ) -> Result<Vec<Vec<&'static str>>> {
+        let writable = stack.upper().is_some();
         let root_value = |l: usize, x: &str| {
-            let fd = self.stack.layers[l].root.as_raw_fd();
+            let fd = stack.layers[l].root.as_raw_fd();
             sys::lgetxattr(fd, ".".as_ref(), x.as_ref()).ok().flatten()
         };
-        let mut own: Vec<Option<&'static str>> = (0..self.stack.layers.len())
+        let mut own: Vec<Option<&'static str>> = (0..stack.layers.len())
             .map(|l| {
                 idmap::OVERRIDE_XATTRS
                     .into_iter()
                     .find(|x| root_value(l, x).is_some())
             })
             .collect();
-        if let (Some(x), true) = (self.opts.owner_xattr, self.writable()) {
+        if let (Some(x), true) = (self.opts.owner_xattr, writable) {
             if root_value(0, x).is_none() {
                 // fuse-overlayfs' xattr_permissions=2 also takes containers-storage's.
                 let names: &[&str] = if x == idmap::OVERRIDE_USER {
@@ -300,9 +305,9 @@ impl Union {
                 } else {
                     &[x]
                 };
-                let lower = (1..self.stack.layers.len())
+                let lower = (1..stack.layers.len())
                     .find_map(|l| names.iter().find_map(|n| root_value(l, n)));
-                let upper = &self.stack.layers[0];
+                let upper = &stack.layers[0];
                 let fd = upper.root.as_raw_fd();
                 let value = match lower {
                     Some(v) => v,
@@ -316,7 +321,7 @@ impl Union {
         }
         let mut out: Vec<Vec<&'static str>> =
             own.iter().map(|o| o.iter().copied().collect()).collect();
-        if self.writable() {
+        if writable {
             for x in own[1..].iter().flatten() {
                 if !out[0].contains(x) {
                     out[0].push(x);
@@ -329,7 +334,8 @@ impl Union {
     /// Owner, group and mode of the upper entry `name` in `dir` as shown: from its owner
     /// xattr if it has one, else its own (`st`).
     pub(crate) fn shown_owner(&self, dir: RawFd, name: &OsStr, st: &Stat) -> StatOverride {
-        let names = self.override_xattrs.first().map_or(&[][..], |n| &n[..]);
+        let stack = self.stack();
+        let names = stack.override_xattrs().first().map_or(&[][..], |n| &n[..]);
         read_override(dir, name, names).unwrap_or_else(|| StatOverride::of(st))
     }
 
@@ -343,7 +349,8 @@ impl Union {
             let s = node.state();
             (s.layer, s.parent.clone(), s.name.clone())
         };
-        let Some(names) = self.override_xattrs.get(layer).filter(|n| !n.is_empty()) else {
+        let stack = self.stack();
+        let Some(names) = stack.override_xattrs().get(layer).filter(|n| !n.is_empty()) else {
             return;
         };
         let place = if node.ino == ROOT_INO {
@@ -376,7 +383,7 @@ impl Union {
         if attr == whiteout::LAYER_XATTR {
             // Which branch serves this entry: "<index> <branch directory>" (never listed).
             let loc = self.locate(node)?;
-            let layer = &self.stack.layers[loc.layer];
+            let layer = &self.stack().layers[loc.layer];
             return Ok(format!("{} {}", layer.index, layer.path.display()).into_bytes());
         }
         if whiteout::is_private_xattr(attr) || idmap::is_owner_xattr(attr.as_bytes()) {
@@ -436,7 +443,7 @@ impl Union {
 
     /// Space figures of the upper (or the top layer of a read-only stack).
     pub fn statfs(&self) -> Result<libc::statvfs> {
-        let top = &self.stack.layers[0];
+        let top = &self.stack().layers[0];
         sys::fstatvfs(top.root.as_raw_fd()).op("statfs")
     }
 

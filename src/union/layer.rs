@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::Settings;
+use super::snapstore::Store;
+use super::{Branch, Settings};
 use crate::error::{Context, Error, Result};
 use crate::sys;
 
@@ -32,6 +33,8 @@ pub struct Layer {
     /// A read-only layer that was an upper once: the hard-link index it kept (see
     /// index.rs). Opened at mount, so a lookup asks no more than a field.
     pub old_index: Option<Arc<OwnedFd>>,
+    /// A snapshot of the upper (see `snapstore.rs`): its name.
+    pub snapshot: Option<String>,
 }
 
 /// Where copy-ups and opaque directories are built: same filesystem as the upper, so a
@@ -178,13 +181,47 @@ pub struct LayerStack {
     pub work: Option<WorkDir>,
     /// The upper's index directory, once it exists.
     index: parking_lot::Mutex<Option<Arc<OwnedFd>>>,
+    /// Per layer, the xattrs its files' owners and modes are shown from (see
+    /// `Union::find_override_xattrs`); all empty without `xattr_permissions=` or such a layer.
+    pub override_xattrs: std::sync::OnceLock<Vec<Vec<&'static str>>>,
 }
 
 impl LayerStack {
     /// Open every branch; prepare (and clean) the work directory if there is an upper.
     pub fn open(settings: &Settings) -> Result<LayerStack> {
-        let mut layers = Vec::with_capacity(settings.branches.len());
-        for (index, b) in settings.branches.iter().enumerate() {
+        Self::open_with(settings, true)
+    }
+
+    /// The stack as the disk holds it now, for a mount that swaps its stack live (see
+    /// `snapshot.rs`): an operation just finished, and the trash is emptied elsewhere.
+    pub fn reopen(settings: &Settings) -> Result<LayerStack> {
+        Self::open_with(settings, false)
+    }
+
+    fn open_with(settings: &Settings, recover: bool) -> Result<LayerStack> {
+        let mut branches: Vec<(Branch, Option<String>)> = settings
+            .branches
+            .iter()
+            .map(|b| (b.clone(), None))
+            .collect();
+        // The upper's snapshots stack right below it, newest first.
+        if let Some(upper) = settings.upper() {
+            let store = Store::of_upper(&upper.path);
+            if recover {
+                store.recover(!settings.read_only)?;
+            }
+            for s in store.list()?.into_iter().rev() {
+                let b = Branch {
+                    path: s.dir.clone(),
+                    writable: false,
+                    spec: format!("snapshot {}", s.name),
+                };
+                let at = branches.len() - settings.branches.len() + 1;
+                branches.insert(at, (b, Some(s.name)));
+            }
+        }
+        let mut layers = Vec::with_capacity(branches.len());
+        for (index, (b, snapshot)) in branches.iter().enumerate() {
             let root = open_root(&b.path).map_err(|e| e.at(b.path.display()).in_layer(index))?;
             let st = sys::fstat_path(root.as_raw_fd()).op("stat branch")?;
             let writable = b.writable && index == 0 && !settings.read_only;
@@ -200,6 +237,7 @@ impl LayerStack {
                 writable,
                 dev: st.st_dev,
                 old_index,
+                snapshot: snapshot.clone(),
             });
         }
         let work = match layers.first().filter(|l| l.writable) {
@@ -219,7 +257,13 @@ impl LayerStack {
             layers,
             work,
             index: parking_lot::Mutex::new(index),
+            override_xattrs: Default::default(),
         })
+    }
+
+    /// See the field.
+    pub fn override_xattrs(&self) -> &[Vec<&'static str>] {
+        self.override_xattrs.get().map_or(&[], |v| &v[..])
     }
 
     /// The index directory if it exists (it is made by the first copy-up that needs it).

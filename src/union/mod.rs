@@ -15,6 +15,8 @@ pub mod readdir;
 pub mod rename;
 pub mod resolve;
 pub mod settings;
+pub mod snapshot;
+pub mod snapstore;
 pub mod whiteout;
 
 #[cfg(test)]
@@ -58,11 +60,19 @@ pub struct Options {
     pub noatime: bool,
 }
 
-#[derive(Debug)]
 pub struct Union {
-    pub stack: LayerStack,
+    /// The layers, swapped whole by a snapshot or rollback (see `snapshot.rs`), under the
+    /// gate held exclusively.
+    stack: parking_lot::RwLock<Arc<LayerStack>>,
+    /// Held shared by every operation, exclusively while the stack is swapped: no operation
+    /// ever sees layer numbers of two stacks.
+    gate: parking_lot::RwLock<()>,
+    /// Told of every swap of the stack (the FUSE adapter's open files keep layer numbers).
+    pub(crate) watchers: parking_lot::Mutex<Vec<Arc<dyn snapshot::Watcher>>>,
     pub nodes: NodeTable,
     pub opts: Options,
+    /// What the union was made of: a swap of the stack opens it again from these.
+    pub settings: Settings,
     /// Bumped by every rename of a directory that spans lower layers: locations computed
     /// before it may be stale and are recomputed on next use.
     generation: AtomicU64,
@@ -83,9 +93,15 @@ pub struct Union {
     fd_budget: Arc<std::sync::atomic::AtomicIsize>,
     /// Counters and the live event stream (`unionmount layers`, `trace`).
     pub events: events::Events,
-    /// Per layer, the xattrs its files' owners and modes are shown from (see
-    /// `Union::find_override_xattrs`); all empty without `xattr_permissions=` or such a layer.
-    pub(crate) override_xattrs: Vec<Vec<&'static str>>,
+}
+
+impl std::fmt::Debug for Union {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Union")
+            .field("stack", &self.stack())
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Union {
@@ -97,9 +113,12 @@ impl Union {
                 devs.push(l.dev);
             }
         }
-        let mut u = Union {
-            stack,
+        let u = Union {
+            stack: parking_lot::RwLock::new(Arc::new(stack)),
+            gate: parking_lot::RwLock::new(()),
+            watchers: Default::default(),
             nodes: NodeTable::default(),
+            settings: settings.clone(),
             opts: Options {
                 whiteout: settings.whiteout,
                 volatile: settings.volatile,
@@ -118,9 +137,9 @@ impl Union {
                 (sys::nofile_limit() / 2) as isize,
             )),
             events: Default::default(),
-            override_xattrs: Vec::new(),
         };
-        u.override_xattrs = u.find_override_xattrs()?;
+        let stack = u.stack();
+        let _ = stack.override_xattrs.set(u.find_override_xattrs(&stack)?);
         let root = u.make_root()?;
         u.nodes.insert_root(Arc::new(root));
         Ok(u)
@@ -128,7 +147,7 @@ impl Union {
 
     fn make_root(&self) -> Result<Node> {
         let mut dirs = Vec::new();
-        for l in &self.stack.layers {
+        for l in &self.stack().layers {
             let (opaque, xwhiteouts) = self.dir_markers(l.root.as_raw_fd())?;
             dirs.push(DirSlot {
                 layer: l.index,
@@ -158,6 +177,17 @@ impl Union {
         ))
     }
 
+    /// The layer stack now (it changes only while the gate is held exclusively).
+    pub fn stack(&self) -> Arc<LayerStack> {
+        self.stack.read().clone()
+    }
+
+    /// Enter the union for one operation: a snapshot or rollback waits until it is done,
+    /// and it waits for one in progress.
+    pub fn enter(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.gate.read()
+    }
+
     pub fn root(&self) -> Arc<Node> {
         self.nodes
             .get(node::ROOT_ID)
@@ -172,7 +202,7 @@ impl Union {
     }
 
     pub fn writable(&self) -> bool {
-        self.stack.upper().is_some()
+        self.stack().upper().is_some()
     }
 
     /// Fail with EROFS unless there is an upper branch to write to.
@@ -330,7 +360,7 @@ impl Union {
     /// through a symlink, so nothing in a branch can lead outside it): in one openat2 call,
     /// or one O_NOFOLLOW step at a time where openat2 is refused.
     pub(crate) fn open_slot(&self, s: &DirSlot) -> Result<LayerDir> {
-        let root = &self.stack.layers[s.layer].root;
+        let root = &self.stack().layers[s.layer].root;
         let fd = match &s.held {
             Some(h) => h.fd.clone(),
             None if s.path.is_empty() => root.clone(),
@@ -357,7 +387,7 @@ impl Union {
         let st = match &s.held {
             Some(h) => sys::fstat_path(h.fd.as_raw_fd()),
             None => {
-                let root = self.stack.layers[s.layer].root.as_raw_fd();
+                let root = self.stack().layers[s.layer].root.as_raw_fd();
                 let path = s.path.join(std::ffi::OsStr::new("/"));
                 sys::fstatat(root, if path.is_empty() { ".".as_ref() } else { &path })
             }
@@ -366,7 +396,7 @@ impl Union {
     }
 
     fn walk_slot(&self, s: &DirSlot) -> Result<Arc<std::os::fd::OwnedFd>> {
-        let mut cur = self.stack.layers[s.layer].root.clone();
+        let mut cur = self.stack().layers[s.layer].root.clone();
         for part in s.path.iter() {
             let next = sys::open_dir_path(cur.as_raw_fd(), part)
                 .op("reopen dir")
@@ -401,6 +431,6 @@ impl Union {
 
     /// Clean unmount: drop the work directory we made.
     pub fn shutdown(&self) {
-        self.stack.close();
+        self.stack().close();
     }
 }

@@ -142,6 +142,10 @@ pub struct Node {
     /// Open files and directories on it: only such a node needs a handle kept when its
     /// name goes.
     opens: AtomicU64,
+    /// Of those, opens that tie the node to its inode: open for writing, or whose I/O the
+    /// kernel does itself (passthrough: one backing file per node). A snapshot leaves such
+    /// a file where its descriptors are and puts a copy in the snapshot.
+    pinned: AtomicU64,
     /// A directory: the fingerprint of its layers when the kernel last cached its listing
     /// (see `Union::listing_unchanged`); 0 for none.
     pub listed: AtomicU64,
@@ -167,6 +171,7 @@ impl Node {
             copy_up_lock: Mutex::new(()),
             place: RwLock::new(()),
             opens: AtomicU64::new(0),
+            pinned: AtomicU64::new(0),
             listed: AtomicU64::new(0),
         }
     }
@@ -193,12 +198,23 @@ impl Node {
         st.layer == 0 && st.data.is_none()
     }
 
-    pub fn opened(&self) {
+    /// An open file or directory; `pinned`: see the field.
+    pub fn opened(&self, pinned: bool) {
         self.opens.fetch_add(1, Ordering::AcqRel);
+        if pinned {
+            self.pinned.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
-    pub fn closed(&self) {
+    pub fn closed(&self, pinned: bool) {
         self.opens.fetch_sub(1, Ordering::AcqRel);
+        if pinned {
+            self.pinned.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Acquire) > 0
     }
 
     pub fn is_open(&self) -> bool {
@@ -396,6 +412,13 @@ impl NodeTable {
         self.map.insert(node.id, node.clone());
         self.counted();
         node
+    }
+
+    /// The node no longer answers to its number (a rollback took its file away): a
+    /// lookup of whatever now shows the number gets a node of its own.
+    pub fn unbind(&self, node: &Arc<Node>) {
+        self.by_ino
+            .remove_if(&node.ino, |_, n| Arc::ptr_eq(n, node));
     }
 
     /// One more kernel reference to a node we hand out again (a link's reply).

@@ -129,7 +129,7 @@ impl Union {
                     None => {
                         let mut st = sys::zeroed_stat();
                         st.st_ino = entry.ino;
-                        st.st_dev = self.stack.layers[d.layer].dev;
+                        st.st_dev = self.stack().layers[d.layer].dev;
                         self.ino_of(&st)
                     }
                 };

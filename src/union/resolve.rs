@@ -316,7 +316,7 @@ impl Union {
                 );
                 return Ok(None);
             };
-            let more = hit.layer + 1 < self.stack.layers.len();
+            let more = hit.layer + 1 < self.stack().layers.len();
             if more && self.holds_metadata_only(hit.holder.raw(), &cur, hit.layer, &hit.st) {
                 layer = hit.layer;
                 holder = hit.holder;
@@ -383,7 +383,7 @@ impl Union {
                 .op("open dir")
                 .map_err(|e| e.in_layer(d.layer))?;
             // Only a layer with layers below can send them elsewhere.
-            let below = d.layer + 1 < self.stack.layers.len();
+            let below = d.layer + 1 < self.stack().layers.len();
             let marks = self.dir_marks(std::os::fd::AsRawFd::as_raw_fd(&fd), below)?;
             let (opaque, xwhiteouts) = (marks.opaque, marks.xwhiteouts);
             let mut path = (*d.path).clone();
