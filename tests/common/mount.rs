@@ -143,10 +143,16 @@ impl Fixture {
     /// `UnmountGuard`): `unionmount -f EXTRA... SPEC MNT` logging to the fixture's log,
     /// waited for until its mount is visible on `mnt`. No end-of-mount checks.
     pub fn daemon(&self, extra: &[&str]) -> Child {
+        self.daemon_env(extra, &[])
+    }
+
+    /// `daemon(extra)` with `env` (NAME, VALUE) added to the daemon's environment (e.g.
+    /// `UNIONMOUNT_CRASH_AT`, which makes it die at a given step of an operation).
+    pub fn daemon_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Child {
         let mut args = strs(extra);
         args.push(self.spec());
         args.push(self.mnt.display().to_string());
-        let mut child = spawn_daemon(&args, &self.log, "info");
+        let mut child = spawn_daemon_env(&args, &self.log, "info", env);
         wait_live(&mut child, &self.mnt, &self.log, None);
         child
     }
@@ -159,6 +165,11 @@ impl Fixture {
 /// `unionmount -f ARGS...` with RUST_LOG=`level` and its output appended to `log`, after a
 /// line naming the command.
 fn spawn_daemon(args: &[String], log: &Path, level: &str) -> Child {
+    spawn_daemon_env(args, log, level, &[])
+}
+
+/// `spawn_daemon` with `env` added to the daemon's environment.
+fn spawn_daemon_env(args: &[String], log: &Path, level: &str, env: &[(&str, &str)]) -> Child {
     let mut logf = OpenOptions::new()
         .create(true)
         .append(true)
@@ -169,6 +180,7 @@ fn spawn_daemon(args: &[String], log: &Path, level: &str) -> Child {
         .arg("-f")
         .args(args)
         .env("RUST_LOG", level)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(logf.try_clone().unwrap())
         .stderr(logf)
@@ -351,7 +363,7 @@ impl Mount {
         self.stop_and_check();
         let rotation = Rotation::new(&self.args).expect("a stack with an upper to rotate");
         let mut watched: Vec<PathBuf> = self.watched.iter().map(|(d, _)| d.clone()).collect();
-        watched.push(rotation.layer.clone());
+        watched.extend(rotation.new_lowers());
         let m = Mount::start(rotation.args.clone(), &self.mnt, &self.log, watched);
         let after = view(&self.mnt);
         (m, view_diff(&before, &after))
@@ -365,7 +377,7 @@ impl Mount {
             return;
         };
         let mut watched: Vec<PathBuf> = self.watched.iter().map(|(d, _)| d.clone()).collect();
-        watched.push(rotation.layer.clone());
+        watched.extend(rotation.new_lowers());
         let m = Mount::start(rotation.args.clone(), &self.mnt, &self.log, watched);
         let after = view(&self.mnt);
         m.unmount();
@@ -430,11 +442,48 @@ static ROTATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// A stack whose upper moved down: the old upper's content is now the lower `layer` (right
 /// below the upper), and `upper`, at the old upper's path, is fresh and empty, with the old
 /// root's mode, owner and times (the merged root shows the upper's).
+///
+/// The upper's snapshots (`UPPER.snapshots/NNNN-NAME`, stacked right below the upper,
+/// newest first) move down with it: they are plain lower layers of the rotated stack,
+/// right below `layer` in the same order, and their directory moves aside so the fresh
+/// upper has no snapshots of its own. Left where they are, the mount would stack them
+/// above the old upper's changes, which were made after them: another view.
 pub struct Rotation {
     pub upper: PathBuf,
     pub layer: PathBuf,
+    /// The old upper's snapshot layers, newest first, now lowers below `layer`.
+    pub snapshots: Vec<PathBuf>,
+    /// (where the upper's snapshot directory was, where it is now).
+    store: Option<(PathBuf, PathBuf)>,
     /// The mount arguments for the rotated stack.
     pub args: Vec<String>,
+}
+
+/// `UPPER.snapshots`: where unionmount keeps the snapshots of the upper `upper`.
+pub fn snapshot_store(upper: &Path) -> PathBuf {
+    let mut name = upper.file_name().unwrap().to_os_string();
+    name.push(".snapshots");
+    upper.with_file_name(name)
+}
+
+/// The snapshot layer directories in the snapshot directory `store` (`NNNN-NAME`), oldest
+/// first; none if it does not exist.
+pub fn snapshot_layers(store: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(store) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(u32, PathBuf)> = rd
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let (seq, _) = n.split_once('-')?;
+            (seq.len() >= 4 && seq.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| (seq.parse().unwrap(), e.path()))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
 }
 
 impl Rotation {
@@ -459,13 +508,30 @@ impl Rotation {
         let n = ROTATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("rotated{n}");
         let layer = upper.parent().unwrap().join(&name);
+        // The snapshots go down with the upper (see `Rotation`), their directory aside.
+        let old_store = snapshot_store(&upper);
+        let (store, snapshots) = if old_store.is_dir() {
+            let moved = upper.parent().unwrap().join(format!("{name}.snapshots"));
+            let mut layers: Vec<PathBuf> = snapshot_layers(&old_store)
+                .iter()
+                .map(|d| moved.join(d.file_name().unwrap()))
+                .collect();
+            layers.reverse();
+            (Some((old_store, moved)), layers)
+        } else {
+            (None, Vec::new())
+        };
+        let below: Vec<String> = std::iter::once(&layer)
+            .chain(&snapshots)
+            .map(|d| d.display().to_string())
+            .collect();
         let mut args = args.to_vec();
         let a = &args[i];
         args[i] = if a.contains("upperdir=") {
             let opts: Vec<String> = a
                 .split(',')
                 .map(|o| match o.strip_prefix("lowerdir=") {
-                    Some(l) => format!("lowerdir={}:{l}", layer.display()),
+                    Some(l) => format!("lowerdir={}:{l}", below.join(":")),
                     None => o.to_string(),
                 })
                 .collect();
@@ -475,7 +541,7 @@ impl Rotation {
                 .split(':')
                 .map(|b| {
                     if Path::new(b.rsplit_once('=').map_or(b, |(p, _)| p)) == upper {
-                        format!("{b}:{}=RO", layer.display())
+                        format!("{b}:{}=RO", below.join("=RO:"))
                     } else {
                         b.to_string()
                     }
@@ -493,6 +559,9 @@ impl Rotation {
             args.insert(0, "-o".into());
         }
         let md = fs::symlink_metadata(&upper).unwrap();
+        if let Some((from, to)) = &store {
+            fs::rename(from, to).unwrap();
+        }
         fs::rename(&upper, &layer).unwrap();
         fs::create_dir(&upper).unwrap();
         std::os::unix::fs::lchown(&upper, Some(md.uid()), Some(md.gid())).unwrap();
@@ -511,13 +580,31 @@ impl Rotation {
         let r =
             unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&upper).as_ptr(), times.as_ptr(), 0) };
         cvt(r).unwrap();
-        Some(Rotation { upper, layer, args })
+        Some(Rotation {
+            upper,
+            layer,
+            snapshots,
+            store,
+            args,
+        })
     }
 
-    /// Put the old upper back at its path (the fresh one must be empty).
+    /// The layers the rotated stack has below its fresh upper that the old stack had
+    /// elsewhere (the old upper, its snapshots): read-only there.
+    pub fn new_lowers(&self) -> Vec<PathBuf> {
+        std::iter::once(&self.layer)
+            .chain(&self.snapshots)
+            .cloned()
+            .collect()
+    }
+
+    /// Put the old upper (and its snapshots) back at its path (the fresh one must be empty).
     pub fn undo(self) {
         fs::remove_dir(&self.upper).unwrap();
         fs::rename(&self.layer, &self.upper).unwrap();
+        if let Some((from, to)) = &self.store {
+            fs::rename(to, from).unwrap();
+        }
     }
 }
 
