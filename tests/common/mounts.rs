@@ -171,3 +171,47 @@ impl Drop for KernelMount {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// FUSE connections
+// ---------------------------------------------------------------------------------------------
+
+/// The FUSE connection number of the unionmount mount visible on `mnt` (its device's minor
+/// number, as /sys/fs/fuse/connections names it).
+pub fn fuse_connection(mnt: &Path) -> Option<u32> {
+    visible_unionmount(mnt).map(|m| m.dev.minor)
+}
+
+/// Abort the FUSE connection `conn` (`echo 1 > /sys/fs/fuse/connections/CONN/abort`,
+/// mounting fusectl there first if need be): every request waiting on it fails with
+/// ENOTCONN. The way out when a daemon cannot die (a thread of it blocked on its own
+/// mount); needs root. Whether it worked.
+pub fn abort_fuse_connection(conn: u32) -> bool {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    if !dir.join(conn.to_string()).exists() {
+        succeeds(
+            "mount",
+            ["-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"],
+        );
+    }
+    fs::write(dir.join(conn.to_string()).join("abort"), "1").is_ok()
+}
+
+/// Each thread of process `pid` with its kernel stack (/proc/PID/task/*/stack; root only),
+/// for a message about a process that hangs.
+pub fn thread_stacks(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in rd.flatten() {
+        let p = t.path();
+        let comm = fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let stack = fs::read_to_string(p.join("stack")).unwrap_or_default();
+        out += &format!("  thread {} {}", t.file_name().to_string_lossy(), comm);
+        for l in stack.lines().take(6) {
+            out += &format!("      {l}\n");
+        }
+    }
+    out
+}
