@@ -3,8 +3,14 @@
 //! also after a remount. At random points the upper also moves down into the lowers under a
 //! fresh upper (the view must not change), and the operations go on above it.
 //!
+//! Now and then the whole mount is also snapshotted (`unionmount snapshot`: the reference
+//! tree is copied aside under the snapshot's name) or rolled back (`unionmount rollback`: the
+//! reference tree is restored from the copy, and the copies of later snapshots dropped).
+//!
 //! UNIONMOUNT_MODEL_SEQS (sequences per test, default 150), UNIONMOUNT_MODEL_OPS (ops per
-//! sequence, default 30) and UNIONMOUNT_MODEL_SEED (base seed, default: from the clock).
+//! sequence, default 30), UNIONMOUNT_MODEL_SEED (base seed, default: from the clock),
+//! UNIONMOUNT_MODEL_ROTATE=0 (no rotations) and UNIONMOUNT_MODEL_SNAPSHOTS=0 (no snapshots
+//! or rollbacks).
 mod common;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +27,10 @@ const DIR_MODES: [u32; 5] = [0o755, 0o750, 0o700, 0o711, 0o775];
 const BATCH: usize = 50;
 /// One sequence in this many rotates the stack somewhere among its ops (a few times a batch).
 const ROTATE_ONE_IN: u64 = 8;
+/// Per op, the chances (in 1000) of a snapshot of the whole mount before it, and of a
+/// rollback (when there is a snapshot to go back to): some 30 and 20 a batch.
+const SNAPSHOT_PER_MILLE: u64 = 20;
+const ROLLBACK_PER_MILLE: u64 = 15;
 
 // ---------------------------------------------------------------------------------------------
 // PRNG
@@ -594,6 +604,7 @@ fn run_model(two_lowers: bool, default_seqs: u64) {
     let paths = all_paths();
     // UNIONMOUNT_MODEL_ROTATE=0 leaves the stack alone (to tell a stacking failure apart).
     let rotate = env_num("UNIONMOUNT_MODEL_ROTATE", 1) != 0;
+    let snapshots = env_num("UNIONMOUNT_MODEL_SNAPSHOTS", 1) != 0;
 
     let mut first = 0;
     while first < seqs {
@@ -615,6 +626,10 @@ fn run_model(two_lowers: bool, default_seqs: u64) {
         }
         let mut m = fx.mount(&[]);
         let mut logs: Vec<Vec<String>> = Vec::new();
+        // The mount's snapshots, oldest first: each name with a copy of the reference tree
+        // as it was then.
+        let mut saved: Vec<(String, PathBuf)> = Vec::new();
+        let mut taken = 0;
         for (&i, rng) in batch.iter().zip(rngs.iter_mut()) {
             let seq = format!("s{i}");
             let (mroot, rroot) = (fx.mnt.join(&seq), rf.join(&seq));
@@ -629,13 +644,53 @@ fn run_model(two_lowers: bool, default_seqs: u64) {
                 // (`Mount::rotate` checks the view is unchanged); the ops go on above it.
                 if rotate && rng.next() % (ROTATE_ONE_IN * n_ops as u64) == 0 {
                     let d;
+                    // The upper's snapshots move down with it, below it in the same order
+                    // (`Rotation`): the only place where they show the same view, since the
+                    // upper's changes were made on top of them. There they are plain lowers
+                    // of the new command line, no longer snapshots of the fresh upper,
+                    // which has none: nothing to roll back to any more.
                     (m, d) = m.rotate();
+                    for (_, copy) in saved.drain(..) {
+                        fs::remove_dir_all(copy).unwrap();
+                    }
                     log.push("    (the upper moved down under a fresh upper)".into());
                     assert!(
                         d.is_empty(),
                         "UNIONMOUNT_MODEL_SEED={base} sequence {i}: the view changed when the upper moved down:\n{d}  ops in s{i}:\n{}",
                         log.join("\n")
                     );
+                }
+                // Drawn with or without snapshots: UNIONMOUNT_MODEL_SNAPSHOTS=0 replays the
+                // same ops without them (to tell a snapshot failure apart).
+                let (roll, snap, pick, by_default) = (
+                    rng.next() % 1000 < ROLLBACK_PER_MILLE,
+                    rng.next() % 1000 < SNAPSHOT_PER_MILLE,
+                    rng.next(),
+                    rng.chance(30),
+                );
+                if snapshots {
+                    if roll && !saved.is_empty() {
+                        let at = (pick % saved.len() as u64) as usize;
+                        let what = rollback_both(&fx, &rf, &mut saved, at, by_default);
+                        log.push(format!("    {what}"));
+                        for l in logs.iter_mut() {
+                            l.push(format!("    ({what}, in sequence s{i})"));
+                        }
+                        let d = tree_diff(&fx.mnt, &rf);
+                        assert!(
+                            d.is_empty(),
+                            "UNIONMOUNT_MODEL_SEED={base} sequence {i}: trees differ after {what}:\n{d}  ops in s{i}:\n{}",
+                            log.join("\n")
+                        );
+                    } else if snap {
+                        taken += 1;
+                        let name = format!("m{taken}");
+                        let copy = fx.root.join(format!("saved-{name}"));
+                        copy_tree(&rf, &copy);
+                        tool_ok(["snapshot".to_string(), s(&fx.mnt), name.clone()]);
+                        log.push(format!("    snapshot {name}"));
+                        saved.push((name, copy));
+                    }
                 }
                 let op = gen_op(rng, &state(&rroot, &paths));
                 let got = apply(&mroot, &op);
@@ -669,6 +724,58 @@ fn run_model(two_lowers: bool, default_seqs: u64) {
         }
         drop(m);
     }
+}
+
+/// `unionmount rollback` to `saved[at]` (by name, or with none when it is the latest and
+/// `by_default`), and the reference tree restored from its copy; the later snapshots go.
+/// What was done, for the log.
+fn rollback_both(
+    fx: &Fixture,
+    rf: &Path,
+    saved: &mut Vec<(String, PathBuf)>,
+    at: usize,
+    by_default: bool,
+) -> String {
+    let name = saved[at].0.clone();
+    let mut args = vec!["rollback".to_string(), s(&fx.mnt)];
+    if !(by_default && at == saved.len() - 1) {
+        args.push(name.clone());
+    }
+    let out = tool_ok(&args);
+    assert_eq!(out, format!("rolled back to {name}\n"), "{args:?}");
+    for (_, copy) in saved.drain(at + 1..) {
+        fs::remove_dir_all(copy).unwrap();
+    }
+    fs::remove_dir_all(rf).unwrap();
+    copy_tree(&saved[at].1, rf);
+    format!("{} (to {name})", args.join(" ").replace(&s(&fx.mnt), "MNT"))
+}
+
+/// Copy the tree `src` to `dst` (which must not exist): files, directories and symlinks
+/// with their modes, hard links kept as links.
+fn copy_tree(src: &Path, dst: &Path) {
+    fn walk(src: &Path, dst: &Path, links: &mut BTreeMap<u64, PathBuf>) {
+        let md = fs::symlink_metadata(src).unwrap();
+        if md.is_dir() {
+            fs::create_dir(dst).unwrap();
+            for e in fs::read_dir(src).unwrap() {
+                let n = e.unwrap().file_name();
+                walk(&src.join(&n), &dst.join(&n), links);
+            }
+            fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777)).unwrap();
+        } else if md.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(src).unwrap(), dst).unwrap();
+        } else if let Some(first) = links.get(&md.ino()) {
+            fs::hard_link(first, dst).unwrap();
+        } else {
+            fs::copy(src, dst).unwrap();
+            fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777)).unwrap();
+            if md.nlink() > 1 {
+                links.insert(md.ino(), dst.to_path_buf());
+            }
+        }
+    }
+    walk(src, dst, &mut BTreeMap::new());
 }
 
 fn fmt_res(r: &Result<String, i32>) -> String {
