@@ -341,6 +341,9 @@ pub enum Tool {
         /// A lower branch (repeatable, top first), to tell changed from added.
         #[arg(long = "lower", value_name = "DIR")]
         lowers: Vec<std::path::PathBuf>,
+        /// Only the changes made since the snapshot NAME (a mount point's).
+        #[arg(long, value_name = "NAME")]
+        since: Option<String>,
         /// One JSON array of {"kind", "path", "type"[, "opaque", "moved_from"]}.
         #[arg(long)]
         json: bool,

@@ -146,8 +146,12 @@ fn run_tool() -> ExitCode {
         Tool::Diff {
             target,
             lowers,
+            since,
             json,
-        } => ("diff", inspect::diff::run(&target, &lowers, json)),
+        } => (
+            "diff",
+            inspect::diff::run(&target, &lowers, since.as_deref(), json),
+        ),
         Tool::Commit {
             mountpoint,
             to,

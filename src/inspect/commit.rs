@@ -242,6 +242,7 @@ pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
     let layer = check_target(to, &mp, &branches)?;
     let src = Source {
         upper: upper.clone(),
+        above: stack.snapshots.iter().map(|s| s.1.clone()).collect(),
         lowers: stack.lowers(),
     };
     if !remount {

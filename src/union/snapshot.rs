@@ -418,6 +418,9 @@ impl Union {
             if n.id == ROOT_ID {
                 continue;
             }
+            // An upper directory moving down keeps its path from now on (lower slots may be
+            // reopened by it); in the upper it is the node's own path.
+            let path = (n.is_dir() && map(0).is_some()).then(|| Arc::new(n.components()));
             let mut st = n.state_mut();
             let top = map(st.layer);
             let mut gone = top.is_none() || st.unlinked;
@@ -429,6 +432,11 @@ impl Union {
                     .iter()
                     .filter_map(|d| {
                         let mut d = d.clone();
+                        if d.layer == 0
+                            && let Some(p) = &path
+                        {
+                            d.path = p.clone();
+                        }
                         d.layer = map(d.layer)?;
                         Some(d)
                     })
