@@ -235,7 +235,10 @@ def run_cmd(cmd, env, timeout, mount=None, user=None):
         return Outcome("timeout", None, out, err)
     sec = time.perf_counter() - t0
     if p.returncode != 0:
-        return Outcome("fail", None, out, (err or "").strip()[:400] or f"exit {p.returncode}")
+        err = (err or "").strip()
+        if len(err) > 600:  # the start says what ran, the end usually why it failed
+            err = err[:150] + " [...] " + err[-450:]
+        return Outcome("fail", None, out, err or f"exit {p.returncode}")
     for line in out.splitlines():
         if line.startswith("BENCH_ELAPSED="):
             sec = float(line.split("=", 1)[1])
