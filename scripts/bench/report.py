@@ -273,11 +273,13 @@ def markdown(info, wl, tnames, rows, memory):
     if info.get("rootfs"):
         r = info["rootfs"]
         parts.append(f"- Debian rootfs (workloads 14-16): "
-                     + (f"SYNTHETIC tree, {r['entries']} entries (debootstrap failed: "
-                        f"{r.get('error')})" if r.get("synthetic") else
-                        f"debootstrap --variant=minbase bookworm, {r['entries']} entries")
-                     + f"; workload 16 installs {' '.join(r.get('apt_packages') or [])} "
-                     "and their dependencies from a layer of .debs above it.")
+                     + (f"SYNTHETIC tree of the same shape, {r['entries']} entries "
+                        f"({r.get('error')}); workload 16 cannot run" if r.get("synthetic") else
+                        f"debootstrap --variant=minbase bookworm, {r['entries']} entries; "
+                        f"workload 16 installs {' '.join(r.get('apt_packages') or [])} and "
+                        "their dependencies from a layer of .debs above it"
+                        + (f" (NOT AVAILABLE: {r['debs_error']})" if r.get("debs_error")
+                           else "")) + ".")
     parts += [
         "",
         "### Seconds",
