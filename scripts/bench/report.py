@@ -191,8 +191,19 @@ def svg_chart(rows, tnames):
     lo = 10 ** math.floor(math.log10(max(min(allv), 0.1)))  # smaller ratios are clipped
     hi = 10 ** math.ceil(math.log10(max(max(allv), 2)))
     left, right, top, bar = 90, 30, 50, 6
+    width = 820
+    # the legend, wrapped onto more lines when the targets do not fit on one
+    legend, lx, ly = [], left, 26
+    for t in series + ["goal"]:
+        text = lab(t) if t != "goal" else "unionmount goal"
+        w_item = 24 + 7 * len(text)
+        if lx + w_item > width - right and lx > left:
+            lx, ly = left, ly + 16
+        legend.append((t, text, lx, ly))
+        lx += w_item
+    top += ly - 26
     group = bar * len(series) + 8
-    width, height = 820, top + group * len(data) + 40
+    height = top + group * len(data) + 40
     plot_w = width - left - right
     span = math.log10(hi) - math.log10(lo)
     x = lambda v: left + plot_w * (math.log10(v) - math.log10(lo)) / span
@@ -201,14 +212,15 @@ def svg_chart(rows, tnames):
          f'<rect width="{width}" height="{height}" fill="white"/>',
          f'<text x="{left}" y="16" font-size="13" font-weight="bold">time relative to kernel '
          f'overlayfs (log scale; left of the black line is faster)</text>']
-    lx = left
-    for t in series:
-        o.append(f'<rect x="{lx}" y="26" width="10" height="10" fill="{COLORS.get(t, "#555")}"/>'
-                 f'<text x="{lx + 14}" y="35">{lab(t)}</text>')
-        lx += 24 + 7 * len(lab(t))
-    o.append(f'<line x1="{lx}" y1="31" x2="{lx + 12}" y2="31" stroke="#d62728" '
-             f'stroke-width="2" stroke-dasharray="3,2"/><text x="{lx + 16}" y="35">'
-             f'unionmount goal</text>')
+    for t, text, lx, ly in legend:
+        if t == "goal":
+            o.append(f'<line x1="{lx}" y1="{ly + 5}" x2="{lx + 12}" y2="{ly + 5}" '
+                     f'stroke="#d62728" stroke-width="2" stroke-dasharray="3,2"/>'
+                     f'<text x="{lx + 16}" y="{ly + 9}">{text}</text>')
+        else:
+            o.append(f'<rect x="{lx}" y="{ly}" width="10" height="10" '
+                     f'fill="{COLORS.get(t, "#555")}"/><text x="{lx + 14}" y="{ly + 9}">'
+                     f'{text}</text>')
     dec = lo
     while dec <= hi * 1.001:
         for m in (1, 2, 5):
