@@ -304,6 +304,8 @@ class Bench:
         for d in (self.upper, self.work, self.plain):
             if os.path.lexists(d):
                 subprocess.run(["rm", "-rf", "--one-file-system", d], check=False)
+        os.makedirs(self.base, exist_ok=True)
+        os.chmod(self.base, 0o755)
         for d in (self.upper, self.work, self.mnt):
             os.makedirs(d, exist_ok=True)
             # a rootless daemon writes its upper and work dirs and mounts on mnt
@@ -634,9 +636,25 @@ def main(argv):
         chown_fixture(fix_root, user)
     gen_sec = time.monotonic() - t0
 
+    bindir = os.path.join(args.scratch, "bin")
+    if user:
+        for d in (args.scratch, bindir):  # the rootless user walks through these
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)
+        for n in tnames:
+            t = tmap[n]
+            if t.rootless and t.binary and os.path.isabs(t.binary) and run_cmd(
+                    f"test -x {shlex.quote(t.binary)}", {}, 30, user=user).status != "ok":
+                copy = os.path.join(bindir, f"{t.base}-for-{user[0]}")
+                log(f"{t.binary} is out of {user[0]}'s reach: {n} runs a copy, {copy}")
+                shutil.copy2(t.binary, copy)
+                os.chmod(copy, 0o755)
+                t.binary = copy
+
     # the Debian rootfs of workloads 14-16, and the walker
     deb, deb_ro, extra_env = None, None, {}
     if any(w.needs for w in wl):
+        walkx = rootfs.build_walkx(bindir)
         deb = rootfs.ensure(args.cache, user[0] if user else None)
         deb_src = os.path.join(args.cache, "debian")
         deb_ro, deb_bound = bind_ro(deb_src, os.path.join(args.scratch, "ro-debian"))
@@ -653,7 +671,7 @@ def main(argv):
                 if w.needs:
                     w.title += " (SYNTHETIC tree: debootstrap failed)"
         extra_env = dict(ROOTFS_ENTRIES=str(deb["entries"]),
-                         WALKX=rootfs.build_walkx(os.path.join(args.scratch, "bin")),
+                         WALKX=walkx,
                          APT_PACKAGES=" ".join(rootfs.APT_PACKAGES))
 
     ro_dir = os.path.join(args.scratch, f"ro-{size}")
