@@ -330,7 +330,8 @@ def write_all(out, info, wl, tnames, results, memory):
     medians = []
     for w, mode, cells in rows:
         medians.append(dict(wid=w.wid, title=w.title, kind=w.kind, mode=mode,
-                            goal=w.goal(mode), cells=cells))
+                            goal=w.goal(mode), goal_ms=w.goal_ms(mode),
+                            unit="ms" if w.absolute else "ratio", cells=cells))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(dict(info=info, targets=tnames, medians=medians, runs=results,
                        memory=memory), f, indent=1, default=str)
