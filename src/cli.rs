@@ -447,15 +447,24 @@ pub enum Tool {
     /// their descriptors are and the snapshot gets a copy of them, so it never changes once
     /// taken. Snapshots live beside the upper, in UPPER.snapshots/NNNN-NAME, each a plain
     /// layer directory, and are stacked again by the next mount of the same upper.
+    ///
+    /// With --drop NAME, forget the snapshot NAME as a point to roll back to but keep its
+    /// changes: its layer merges into the layer above it (the next newer snapshot, or the
+    /// upper), so every other snapshot still means what it meant.
     #[command(after_help = "Examples:
   unionmount snapshot /mnt/merged before-apt
   unionmount snapshots /mnt/merged
-  unionmount rollback /mnt/merged before-apt")]
+  unionmount rollback /mnt/merged before-apt
+  unionmount snapshot /mnt/merged --drop before-apt")]
     Snapshot {
         #[arg(value_hint = clap::ValueHint::DirPath)]
         mountpoint: std::path::PathBuf,
         /// Its name: letters, digits and . _ - + @ (default: snap-N).
+        #[arg(conflicts_with = "drop")]
         name: Option<String>,
+        /// Drop the snapshot NAME instead, keeping its changes.
+        #[arg(long, value_name = "NAME")]
+        drop: Option<String>,
     },
     /// Go back to a snapshot, live: every change made since it is discarded.
     ///

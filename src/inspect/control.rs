@@ -17,7 +17,7 @@
 //! - `tree DEPTH REL`: the merged subtree at REL with the branch of each entry and the lower
 //!   entries it deletes or shadows (`map.rs` describes the lines).
 //! - `trace`: one line per copy-up, whiteout, opaque directory or redirect, as they happen.
-//! - `snapshot [NAME]`, `rollback [NAME]`, `snapshots`: see `snapshots.rs`.
+//! - `snapshot [NAME]`, `rollback [NAME]`, `drop NAME`, `snapshots`: see `snapshots.rs`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -142,7 +142,7 @@ fn serve_one(union: &Union, info: &Info, dev: Dev, stream: UnixStream) -> io::Re
             let _in = union.enter();
             super::map::subtree(union, arg)
         }
-        "snapshot" | "rollback" | "snapshots" => super::snapshots::serve(union, cmd, arg),
+        "snapshot" | "rollback" | "drop" | "snapshots" => super::snapshots::serve(union, cmd, arg),
         "trace" => {
             writeln!(out, "ok {dev}")?;
             out.flush()?;

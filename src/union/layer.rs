@@ -222,7 +222,7 @@ impl LayerStack {
         if let Some(upper) = settings.upper() {
             let store = Store::of_upper(&upper.path);
             if recover {
-                store.recover(!settings.read_only)?;
+                store.recover(!settings.read_only, settings.whiteout)?;
             }
             for s in store.list()?.into_iter().rev() {
                 let b = Branch {

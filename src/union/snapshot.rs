@@ -58,6 +58,9 @@ struct Reprobe {
     /// Handles on open files taken before their layer went: a detached one keeps working
     /// by node (fstat, fchmod) as an unlinked file does.
     keep: HashMap<u64, Arc<OwnedFd>>,
+    /// A layer (old number) whose directories changed: every node with a part there is
+    /// looked up again.
+    touched: Option<usize>,
 }
 
 impl Union {
@@ -126,14 +129,16 @@ impl Union {
             upper_ino,
             moves,
             discard: Vec::new(),
+            planned: Vec::new(),
         };
         store.commit(&journal)?;
-        let done = store.finish(&journal);
+        let done = store.finish(&journal, self.opts.whiteout);
         drop(stack);
         let reprobe = Reprobe {
             also: moved,
             cascade: false,
             keep: HashMap::new(),
+            touched: None,
         };
         // Whatever the disk now holds, the live stack follows it.
         let changes = self.restack(&|i| Some(i + 1), reprobe);
@@ -189,14 +194,16 @@ impl Union {
             upper_ino,
             moves: Vec::new(),
             discard: discard.clone(),
+            planned: Vec::new(),
         };
         store.commit(&journal)?;
-        let done = store.finish(&journal);
+        let done = store.finish(&journal, self.opts.whiteout);
         let gone = discard.len();
         let reprobe = Reprobe {
             also: Vec::new(),
             cascade: true,
             keep,
+            touched: None,
         };
         let changes = self.restack(&|i| (i > gone).then(|| i - gone), reprobe);
         drop(gate);
@@ -218,6 +225,70 @@ impl Union {
             }
         });
         Ok(target)
+    }
+
+    /// Forget the snapshot `name` as a point to go back to, keeping its changes: its layer
+    /// merges into the layer above it (see `merge.rs`).
+    pub fn drop_snapshot(&self, name: &str) -> Result<Snap> {
+        let store = self.store("drop")?;
+        let gate = self.gate.write();
+        let snaps = store.list()?;
+        let x = snaps
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(libc::ENOENT, "drop").at(format!("no snapshot named {name}"))
+            })?;
+        let stack = self.stack();
+        let xi = stack
+            .layers
+            .iter()
+            .position(|l| l.snapshot.as_deref() == Some(name))
+            .ok_or_else(|| Error::new(libc::ENOENT, "drop").at(x.dir.display()))?;
+        drop(stack);
+        let started = std::time::Instant::now();
+        let above = store.above(x.seq)?;
+        let a_root = sys::openat(
+            libc::AT_FDCWD,
+            above.as_os_str(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .op("open")
+        .map_err(|e| e.at(above.display()))?;
+        let journal = Journal {
+            op: Op::Drop,
+            seq: x.seq,
+            name: x.name.clone(),
+            planned: super::merge::plan(a_root.as_raw_fd()),
+            ..Journal::default()
+        };
+        store.commit(&journal)?;
+        let done = store.finish(&journal, self.opts.whiteout);
+        let reprobe = Reprobe {
+            also: Vec::new(),
+            cascade: false,
+            keep: HashMap::new(),
+            touched: Some(xi),
+        };
+        let map = |i: usize| Some(if i < xi { i } else { i - 1 });
+        let changes = self.restack(&map, reprobe);
+        drop(gate);
+        done?;
+        changes?;
+        log::info!(
+            "snapshot {name} dropped (merged into {}) in {:.1} ms",
+            above.display(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        let trash = store.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = trash.empty_trash() {
+                log::warn!("emptying {}: {e}", trash.dir.display());
+            }
+        });
+        Ok(x)
     }
 
     /// Files open for writing (or in passthrough) in the upper: each one's inode goes to the new upper, a copy
@@ -423,7 +494,12 @@ impl Union {
             let path = (n.is_dir() && map(0).is_some()).then(|| Arc::new(n.components()));
             let mut st = n.state_mut();
             let top = map(st.layer);
-            let mut gone = top.is_none() || st.unlinked;
+            let touched = reprobe.touched.is_some_and(|t| {
+                st.layer == t
+                    || st.dirs.iter().any(|d| d.layer == t)
+                    || st.data.as_ref().is_some_and(|d| d.layer == t)
+            });
+            let mut gone = top.is_none() || st.unlinked || touched;
             st.layer = top.unwrap_or(0);
             if !st.dirs.is_empty() {
                 let before = st.dirs.len();
