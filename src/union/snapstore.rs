@@ -354,11 +354,11 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 /// A test may ask a daemon to die at a given step of an operation
 /// (`UNIONMOUNT_CRASH_AT=<op>:<step>`), to show what a kill -9 there leaves.
 fn crash_point(op: Op, step: u32) {
-    if let Ok(v) = std::env::var("UNIONMOUNT_CRASH_AT") {
-        if v == format!("{}:{step}", op.name()) {
-            log::error!("UNIONMOUNT_CRASH_AT={v}: dying here as asked");
-            std::process::abort();
-        }
+    if let Ok(v) = std::env::var("UNIONMOUNT_CRASH_AT")
+        && v == format!("{}:{step}", op.name())
+    {
+        log::error!("UNIONMOUNT_CRASH_AT={v}: dying here as asked");
+        std::process::abort();
     }
 }
 
