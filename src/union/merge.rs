@@ -191,28 +191,27 @@ impl Merge<'_> {
             .filter(|n| sys::fstatat(a.as_raw_fd(), n).is_ok_and(|s| is_dir(&s)))
             .collect();
         let xd = x.as_ref().and_then(|p| open_dir(self.x_root, p));
-        let mut after: Option<(bool, Option<PathBuf>)> = None;
+        let a_moved = match (a_rel.parent(), a_rel.file_name()) {
+            (Some(parent), Some(name)) => open_dir(self.a_root, parent)
+                .is_some_and(|p| marks(p.as_raw_fd(), name, a.as_raw_fd()).2.is_some()),
+            _ => false,
+        };
+        let mut x_moved = false;
         if let (Some(xd), Some(xp)) = (&xd, &x) {
-            let (x_opaque, x_moved) = match (xp.parent(), xp.file_name()) {
-                (Some(parent), Some(name)) => {
-                    let pfd = open_dir(self.x_root, parent)
-                        .ok_or_else(|| Error::new(libc::ENOENT, "merge"))?;
-                    let (o, _, r) = marks(pfd.as_raw_fd(), name, xd.as_raw_fd());
-                    (o, r.is_some())
-                }
-                _ => (super::dir_marks_of(xd.as_raw_fd(), false).opaque, false),
-            };
-            let a_moved = match (a_rel.parent(), a_rel.file_name()) {
-                (Some(parent), Some(name)) => open_dir(self.a_root, parent)
-                    .is_some_and(|p| marks(p.as_raw_fd(), name, a.as_raw_fd()).2.is_some()),
-                _ => false,
-            };
+            if let (Some(parent), Some(name)) = (xp.parent(), xp.file_name()) {
+                let pfd = open_dir(self.x_root, parent)
+                    .ok_or_else(|| Error::new(libc::ENOENT, "merge"))?;
+                x_moved = marks(pfd.as_raw_fd(), name, xd.as_raw_fd()).2.is_some();
+            }
             self.entries(&a, a_rel, xd)?;
-            // Where the layers below X are asked for this directory from now on: what a
-            // redirect of either said.
-            let below = (a_moved || x_moved).then(|| self.below_x(xp));
-            after = Some((x_opaque, below));
         }
+        // What this directory says of the layers below from now on: a redirect of A's, or
+        // one X's part brings, now leads where X's would have led (or nowhere: opaque).
+        let after = match &x {
+            Some(xp) if a_moved || x_moved => Some(self.below_x(xp)),
+            Some(xp) if xd.is_some() && self.below_x(xp).is_none() => Some(None),
+            _ => None,
+        };
         for n in a_dirs {
             let Some(sub) = open_dir(a.as_raw_fd(), Path::new(&n)) else {
                 continue;
@@ -232,25 +231,25 @@ impl Merge<'_> {
             self.dir(a_rel, child)?;
             a_rel.pop();
         }
-        if let Some((x_opaque, below)) = after
+        if let Some(below) = after
             && !a_rel.as_os_str().is_empty()
         {
-            self.take_over(a_rel, x_opaque, below)?;
+            self.take_over(a_rel, below)?;
         }
         Ok(())
     }
 
     /// A's directory at `a_rel` now holds X's part: it says of the layers below what X's
-    /// said (opaque, or where they hold its parts).
-    fn take_over(&self, a_rel: &Path, x_opaque: bool, below: Option<PathBuf>) -> Result<()> {
+    /// said: where they hold its parts, or (None) nothing: opaque.
+    fn take_over(&self, a_rel: &Path, below: Option<PathBuf>) -> Result<()> {
         let parent = open_dir(self.a_root, a_rel.parent().unwrap_or(Path::new("")))
             .ok_or_else(|| Error::new(libc::ENOENT, "merge").at(a_rel.display()))?;
         let name = a_rel.file_name().unwrap_or_default();
-        if x_opaque {
-            return self.make_opaque(parent.as_raw_fd(), name);
-        }
         let Some(to) = below else {
-            return Ok(());
+            for a in whiteout::REDIRECT_XATTRS {
+                let _ = sys::lremovexattr(parent.as_raw_fd(), name, a.as_ref());
+            }
+            return self.make_opaque(parent.as_raw_fd(), name);
         };
         let present = sys::llistxattr(parent.as_raw_fd(), name).unwrap_or_default();
         let had: Vec<&str> = whiteout::REDIRECT_XATTRS
@@ -389,24 +388,48 @@ impl Merge<'_> {
         Ok(())
     }
 
-    /// Where the layers below X look for X's directory `xp`: its path, as X's redirects on
-    /// the way down change it.
-    fn below_x(&self, xp: &Path) -> PathBuf {
+    /// Where the layers below X look for what X holds at `xp`: its path, as X's redirects
+    /// on the way down change it; None where X cuts them off (an opaque directory, a
+    /// whiteout or a file of X on the way).
+    fn below_x(&self, xp: &Path) -> Option<PathBuf> {
         let mut below = PathBuf::new();
-        let mut at = PathBuf::new();
+        let mut at = Some(PathBuf::new());
         for c in xp.iter() {
-            let r = open_dir(self.x_root, &at).and_then(|p| {
-                let sub = open_dir(p.as_raw_fd(), Path::new(c))?;
-                marks(p.as_raw_fd(), c, sub.as_raw_fd()).2
-            });
-            below = match r {
-                Some(Redirect::Absolute(to)) => to.iter().collect(),
-                Some(Redirect::Relative(q)) => below.join(q),
-                None => below.join(c),
+            let dir = at.as_ref().and_then(|a| open_dir(self.x_root, a));
+            let Some(dir) = dir else {
+                below.push(c);
+                continue;
             };
-            at.push(c);
+            let d = dir.as_raw_fd();
+            let st = sys::fstatat(d, c).ok();
+            let xwh = super::dir_marks_of(d, false).xwhiteouts;
+            if whited_out(d, c, st.as_ref(), xwh) {
+                return None;
+            }
+            match st {
+                None => {
+                    below.push(c);
+                    at = None;
+                }
+                Some(st) if !is_dir(&st) => return None,
+                Some(_) => {
+                    let sub = open_dir(d, Path::new(c))?;
+                    let (opaque, _, r) = marks(d, c, sub.as_raw_fd());
+                    if opaque {
+                        return None;
+                    }
+                    below = match r {
+                        Some(Redirect::Absolute(to)) => to.iter().collect(),
+                        Some(Redirect::Relative(q)) => below.join(q),
+                        None => below.join(c),
+                    };
+                    if let Some(a) = at.as_mut() {
+                        a.push(c);
+                    }
+                }
+            }
         }
-        below
+        Some(below)
     }
 
     fn cut_short(&self, ad: RawFd, name: &OsStr) -> Result<()> {
