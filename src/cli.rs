@@ -329,7 +329,8 @@ pub enum Tool {
     ///
     /// One line per entry: A added, C changed (it exists in a lower branch), D deleted (a
     /// whiteout in any format: .wh. file, char device 0/0, overlay xattr). TARGET is a
-    /// mount point (its upper and lowers are asked of the daemon) or an upper directory;
+    /// mount point (its upper, snapshots and lowers are asked of the daemon: the changes of
+    /// the upper and every snapshot, or with --since those made since one) or an upper directory;
     /// then A and C are told apart by --lower directories if given, else by the copy-up
     /// origin xattr unionmount and overlayfs leave on copied-up entries (as root).
     #[command(after_help = "Examples:
