@@ -191,6 +191,8 @@ impl Merge<'_> {
             .filter(|n| sys::fstatat(a.as_raw_fd(), n).is_ok_and(|s| is_dir(&s)))
             .collect();
         let xd = x.as_ref().and_then(|p| open_dir(self.x_root, p));
+        // Entries moving in change the directory's times: the view's must not.
+        let times = super::snapstore::dir_times(a.as_raw_fd(), Path::new(""));
         let a_moved = match (a_rel.parent(), a_rel.file_name()) {
             (Some(parent), Some(name)) => open_dir(self.a_root, parent)
                 .is_some_and(|p| marks(p.as_raw_fd(), name, a.as_raw_fd()).2.is_some()),
@@ -204,6 +206,9 @@ impl Merge<'_> {
                 x_moved = marks(pfd.as_raw_fd(), name, xd.as_raw_fd()).2.is_some();
             }
             self.entries(&a, a_rel, xd)?;
+            if let Some((at, mt)) = times {
+                let _ = sys::futimens(a.as_raw_fd(), Some(Some(at)), Some(Some(mt)));
+            }
         }
         // What this directory says of the layers below from now on: a redirect of A's, or
         // one X's part brings, now leads where X's would have led (or nowhere: opaque).
@@ -249,7 +254,7 @@ impl Merge<'_> {
             for a in whiteout::REDIRECT_XATTRS {
                 let _ = sys::lremovexattr(parent.as_raw_fd(), name, a.as_ref());
             }
-            return self.make_opaque(parent.as_raw_fd(), name);
+            return self.cut_short(parent.as_raw_fd(), name);
         };
         let present = sys::llistxattr(parent.as_raw_fd(), name).unwrap_or_default();
         let had: Vec<&str> = whiteout::REDIRECT_XATTRS
@@ -433,7 +438,12 @@ impl Merge<'_> {
     }
 
     fn cut_short(&self, ad: RawFd, name: &OsStr) -> Result<()> {
-        self.make_opaque(ad, name)
+        let times = super::snapstore::dir_times(ad, Path::new(name));
+        self.make_opaque(ad, name)?;
+        if let Some((at, mt)) = times {
+            let _ = sys::utimensat(ad, name, Some(Some(at)), Some(Some(mt)));
+        }
+        Ok(())
     }
 
     fn mark_xwhiteouts(&self, ad: RawFd) -> Result<()> {

@@ -112,7 +112,7 @@ impl Union {
             self.move_writers(&stack, pending.as_raw_fd(), seq)
                 .map_err(|e| e.at(store.pending().display()))
         });
-        let (moves, moved) = match prepared {
+        let (moves, moved, times) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 // Nothing is decided yet: the old state stays.
@@ -130,6 +130,7 @@ impl Union {
             moves,
             discard: Vec::new(),
             planned: Vec::new(),
+            times,
         };
         store.commit(&journal)?;
         let done = store.finish(&journal, self.opts.whiteout);
@@ -195,6 +196,7 @@ impl Union {
             moves: Vec::new(),
             discard: discard.clone(),
             planned: Vec::new(),
+            times: Vec::new(),
         };
         store.commit(&journal)?;
         let done = store.finish(&journal, self.opts.whiteout);
@@ -299,7 +301,11 @@ impl Union {
         stack: &LayerStack,
         pending: RawFd,
         seq: u32,
-    ) -> Result<(Vec<Move>, Vec<Arc<Node>>)> {
+    ) -> Result<(
+        Vec<Move>,
+        Vec<Arc<Node>>,
+        Vec<(PathBuf, snapstore::DirTimes)>,
+    )> {
         let writers: Vec<Arc<Node>> = self
             .nodes
             .all()
@@ -307,9 +313,9 @@ impl Union {
             .filter(|n| n.kind == libc::S_IFREG && n.is_pinned() && !n.is_unlinked())
             .filter(|n| n.data_in_upper())
             .collect();
-        let (mut moves, mut moved) = (Vec::new(), Vec::new());
+        let (mut moves, mut moved, mut times) = (Vec::new(), Vec::new(), Vec::new());
         if writers.is_empty() {
-            return Ok((moves, moved));
+            return Ok((moves, moved, times));
         }
         let upper = stack.upper().ok_or(Error::new(libc::EROFS, "snapshot"))?;
         let root = upper.root.as_raw_fd();
@@ -339,6 +345,13 @@ impl Union {
             .map_err(|e| e.at(first.display()))?;
             for (j, (rel, chain)) in names.iter().enumerate() {
                 self.make_parents(root, pending, rel, chain)?;
+                for dir in rel.ancestors().skip(1) {
+                    if !times.iter().any(|(d, _)| d == dir)
+                        && let Some(t) = snapstore::dir_times(root, dir)
+                    {
+                        times.push((dir.to_path_buf(), t));
+                    }
+                }
                 let name = if j == 0 {
                     copy.clone()
                 } else {
@@ -377,7 +390,7 @@ impl Union {
             false,
         )
         .op("fsync")?;
-        Ok((moves, moved))
+        Ok((moves, moved, times))
     }
 
     /// Every name the upper file `real` has (relative paths), with the directory nodes

@@ -192,6 +192,35 @@ pub struct Journal {
     pub discard: Vec<String>,
     /// Drop: where the layer above's redirected directories merge with the dropped one.
     pub planned: Vec<Planned>,
+    /// Snapshot: directories (relative to the upper) whose times the moves change, with
+    /// their times before ((atime, ns), (mtime, ns)): put back in both layers after.
+    pub times: Vec<(PathBuf, DirTimes)>,
+}
+
+/// A directory's access and modification times.
+pub type DirTimes = ((i64, i64), (i64, i64));
+
+/// Times of the directory `rel` under `root`.
+pub fn dir_times(root: RawFd, rel: &Path) -> Option<DirTimes> {
+    let name = if rel.as_os_str().is_empty() {
+        OsStr::new(".")
+    } else {
+        rel.as_os_str()
+    };
+    let st = sys::fstatat(root, name).ok()?;
+    Some((
+        (st.st_atime, st.st_atime_nsec),
+        (st.st_mtime, st.st_mtime_nsec),
+    ))
+}
+
+fn set_dir_times(root: &Path, rel: &Path, t: DirTimes) {
+    let _ = sys::utimensat(
+        libc::AT_FDCWD,
+        root.join(rel).as_os_str(),
+        Some(Some(t.0)),
+        Some(Some(t.1)),
+    );
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -252,6 +281,12 @@ impl Journal {
         for d in &self.discard {
             s += &format!("discard {d}\n");
         }
+        for (rel, ((a, an), (m, mn))) in &self.times {
+            s += &format!(
+                "times {a} {an} {m} {mn} {}\n",
+                hex(rel.as_os_str().as_bytes())
+            );
+        }
         for p in &self.planned {
             let x = p
                 .x_path
@@ -294,6 +329,12 @@ impl Journal {
                     j.moves.push(Move { rel, work, ino });
                 }
                 "discard" => j.discard.push(v.to_string()),
+                "times" => {
+                    let f: Vec<&str> = v.split(' ').collect();
+                    let n = |i: usize| f.get(i).and_then(|x| x.parse::<i64>().ok());
+                    let rel = PathBuf::from(OsString::from_vec(unhex(f.get(4)?)?));
+                    j.times.push((rel, ((n(0)?, n(1)?), (n(2)?, n(3)?))));
+                }
                 "end" => complete = true,
                 _ => return None,
             }
@@ -388,29 +429,32 @@ impl Store {
     /// Make the store directory if need be; it must be on the upper's filesystem (a
     /// snapshot is a rename).
     pub fn ensure(&self) -> Result<()> {
-        if !self.dir.exists() {
-            // Readable as the upper is: the snapshots hold what it held.
-            let mode = std::fs::metadata(&self.upper).map_or(0o700, |m| m.mode() & 0o755);
-            std::fs::DirBuilder::new()
-                .mode(mode)
-                .create(&self.dir)
-                .op("create the snapshot directory")
-                .map_err(|e| e.at(self.dir.display()))?;
-        }
-        let (d, u) = (
-            std::fs::metadata(&self.dir).op("stat")?,
-            std::fs::metadata(&self.upper).op("stat")?,
-        );
-        if d.dev() != u.dev() {
+        let upper = std::fs::metadata(&self.upper)
+            .op("stat")
+            .map_err(|e| e.at(self.upper.display()))?;
+        // Where it is (or would be made): checked first, so a refusal makes nothing.
+        let parent = self.dir.parent().unwrap_or(Path::new("/"));
+        let there = std::fs::metadata(if self.dir.exists() { &self.dir } else { parent })
+            .op("stat")
+            .map_err(|e| e.at(parent.display()))?;
+        if there.dev() != upper.dev() {
             return Err(Error::new(
                 libc::EXDEV,
                 "snapshots are kept beside the upper, on its filesystem",
             )
             .at(format!(
-                "{} is on another filesystem than {} (is the upper a mount point?)",
+                "{} would be on another filesystem than {} (is the upper a mount point?)",
                 self.dir.display(),
                 self.upper.display()
             )));
+        }
+        if !self.dir.exists() {
+            // Readable as the upper is: the snapshots hold what it held.
+            std::fs::DirBuilder::new()
+                .mode(upper.mode() & 0o755)
+                .create(&self.dir)
+                .op("create the snapshot directory")
+                .map_err(|e| e.at(self.dir.display()))?;
         }
         Ok(())
     }
@@ -548,6 +592,13 @@ impl Store {
         if pending.exists() && !snap.exists() {
             rename(&pending, &snap)?;
         }
+        // The moves changed their directories' times, in the snapshot and the new upper.
+        for (rel, t) in &j.times {
+            set_dir_times(&snap, rel, *t);
+            if self.upper.join(rel).is_dir() {
+                set_dir_times(&self.upper, rel, *t);
+            }
+        }
         sync_dir(&self.dir)?;
         crash_point(Op::Snapshot, 4);
         remove_tree(&snap.join(SNAP_WORK))?;
@@ -658,6 +709,7 @@ mod tests {
                 ino: 7,
             }],
             discard: vec!["0004-x".into()],
+            times: vec![("a b".into(), ((1, 2), (3, 4)))],
             planned: vec![
                 Planned {
                     a_rel: "b/c".into(),
