@@ -48,6 +48,10 @@ pub enum Changed {
     Inode(u64),
 }
 
+/// What a snapshot prepares for files open for writing: the moves to journal, the nodes
+/// to look up again after, and the directories whose times the moves change.
+type Prepared = (Vec<Move>, Vec<Arc<Node>>, Vec<(PathBuf, snapstore::DirTimes)>);
+
 /// Which nodes a restack looks up again.
 struct Reprobe {
     /// Besides those that lost a layer: these (a snapshot's moved files and their parents).
@@ -301,11 +305,7 @@ impl Union {
         stack: &LayerStack,
         pending: RawFd,
         seq: u32,
-    ) -> Result<(
-        Vec<Move>,
-        Vec<Arc<Node>>,
-        Vec<(PathBuf, snapstore::DirTimes)>,
-    )> {
+    ) -> Result<Prepared> {
         let writers: Vec<Arc<Node>> = self
             .nodes
             .all()
