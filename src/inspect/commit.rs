@@ -333,9 +333,14 @@ pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
         crate::union::snapstore::remove_tree(&store)
             .map_err(|e| format!("removing the committed snapshots: {e}"))?;
         say!(
-            "removed the {} snapshots committed with it ({})",
-            stack.snapshots.len(),
-            store.display()
+            "removed the snapshots committed with it ({}: {})",
+            store.display(),
+            stack
+                .snapshots
+                .iter()
+                .map(|s| s.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     // 3. Mount again with the layer under the fresh upper.

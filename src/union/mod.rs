@@ -147,19 +147,7 @@ impl Union {
     }
 
     fn make_root(&self) -> Result<Node> {
-        let mut dirs = Vec::new();
-        for l in &self.stack().layers {
-            let (opaque, xwhiteouts) = self.dir_markers(l.root.as_raw_fd())?;
-            dirs.push(DirSlot {
-                layer: l.index,
-                held: Some(Arc::new(HeldFd::new(l.root.clone(), None))),
-                xwhiteouts,
-                path: Arc::new(Vec::new()),
-            });
-            if opaque {
-                break;
-            }
-        }
+        let dirs = self.root_slots()?;
         Ok(Node::new_root(
             ROOT_INO,
             NodeState {

@@ -686,11 +686,6 @@ impl Store {
     }
 }
 
-/// A raw fd's path, for messages.
-pub fn fd_path(fd: RawFd) -> PathBuf {
-    std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
