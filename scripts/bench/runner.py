@@ -47,7 +47,7 @@ def parse_args(argv):
                     help="fuse-overlayfs 2.x binary (default: CACHE/fo2/bin/fuse-overlayfs, "
                          "installed with cargo install if missing)")
     ap.add_argument("--workloads", default="all",
-                    help="comma-separated ids 1..17, L (lookup vs layers), M (memory); "
+                    help="comma-separated ids 1..18, L (lookup vs layers), M (memory); "
                          "default: all")
     ap.add_argument("--runs", type=int, default=None,
                     help="runs per cell, the median is reported (default 3, 1 with --quick)")
@@ -272,15 +272,20 @@ class Tracer:
 # the bench
 
 class Bench:
-    def __init__(self, args, p, fix, tmap, tnames, out, deb=None, extra_env=None):
+    def __init__(self, args, p, fix, tmap, tnames, out, deb=None, extra_env=None,
+                 snaps_error=None):
         self.args, self.p, self.fix, self.tmap, self.tnames, self.out = \
             args, p, fix, tmap, tnames, out
         self.deb = deb  # rootfs.ensure()'s answer, or None when no workload needs it
+        self.snaps_error = snaps_error  # why the snapshot layers (workload 18) are missing
         self.base = os.path.join(args.scratch, "run")
         self.upper = os.path.join(self.base, "upper")
         self.work = os.path.join(self.base, "work")
         self.mnt = os.path.join(self.base, "mnt")
         self.plain = os.path.join(self.base, "plain")
+        # unionmount's own snapshot store for workload 18: the fixture's, bound read-only
+        # beside the upper, where unionmount looks for the snapshots of that upper
+        self.store = self.upper + ".snapshots"
         self.results = []
         self.memory = []
         self.unavailable = {}
@@ -292,6 +297,12 @@ class Bench:
         if os.path.isdir(tree):  # what `find tree` must list: the tree and everything in it
             self.env_base["TREE_ENTRIES"] = str(
                 1 + sum(len(d) + len(f) for _, d, f in os.walk(tree)))
+        if not snaps_error and os.path.isdir(fixture.snaps_store(fix)):
+            # what `find` must list through the snapshot layers (the union of their paths and
+            # the tree's), and the file every snapshot appended to, with its final size
+            hot, size = fixture.snaps_plan(p)[1]
+            self.env_base.update(SNAP_ENTRIES=str(fixture.snaps_entries(fix)),
+                                 SNAP_HOT=hot, SNAP_HOT_SIZE=str(size))
         os.makedirs(os.path.join(out, "logs"), exist_ok=True)
         if args.trace:
             os.makedirs(os.path.join(out, "trace"), exist_ok=True)
@@ -304,6 +315,10 @@ class Bench:
         for d in (self.upper, self.work, self.plain):
             if os.path.lexists(d):
                 subprocess.run(["rm", "-rf", "--one-file-system", d], check=False)
+        try:  # the mount point of the store (workload 18): never anything in it but the mount
+            os.rmdir(self.store)
+        except FileNotFoundError:
+            pass
         os.makedirs(self.base, exist_ok=True)
         os.chmod(self.base, 0o755)
         for d in (self.upper, self.work, self.mnt):
@@ -330,15 +345,43 @@ class Bench:
                 os.path.join(self.fix, "scale"), os.path.join(self.fix, "scale", "top")
         if w.stack == "many":
             return [os.path.join(self.fix, "many")], None, os.path.join(self.fix, "many")
+        if w.stack == "snaps":
+            # unionmount stacks the snapshots of its upper itself (bind_store): the tree only;
+            # the others get every snapshot layer, newest first, then the tree
+            snaps = [] if t is not None and t.base == "unionmount" else \
+                [os.path.join(os.path.basename(fixture.snaps_store(self.fix)), d)
+                 for d in fixture.snaps_layers(self.fix)]
+            return snaps + ["base"], os.path.join(self.fix, "snaps"), None
         raise ValueError(w.stack)
 
-    def plain_view(self, w, view, lowers=None):
+    def bind_store(self):
+        """The fixture's snapshot store, read-only, as the store of the upper of the mount."""
+        os.makedirs(self.store)
+        src = fixture.snaps_store(self.fix)
+        for cmd in (["mount", "--bind", src, self.store],
+                    ["mount", "-o", "remount,bind,ro", self.store]):
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0:
+                self.unbind_store()
+                raise T.MountError(f"{' '.join(cmd)}: {r.stdout.strip()}")
+
+    def unbind_store(self):
+        if T.mounted(self.store):
+            subprocess.run(["umount", "-l", self.store], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        try:
+            os.rmdir(self.store)
+        except OSError:
+            pass
+
+    def plain_view(self, w, view, lowers=None, cwd=None):
         if w.plain == "direct":
             return view
         os.makedirs(self.plain)
         if w.plain == "stack":  # every lower copied in, bottom first
             for low in reversed(lowers):
-                subprocess.run(["cp", "-a", low + "/.", self.plain], check=True)
+                subprocess.run(["cp", "-a", os.path.join(cwd or "", low) + "/.", self.plain],
+                               check=True)
             return self.plain
         for rel in w.plain_copy:
             dst = os.path.join(self.plain, rel)
@@ -366,6 +409,9 @@ class Bench:
                 why = "no rootless copy of the rootfs"
             if why:
                 return [rec(ph.mode, status="fail", err=why) for ph in w.phases]
+        if w.stack == "snaps" and (self.snaps_error or "SNAP_ENTRIES" not in self.env_base):
+            return [rec(ph.mode, status="fail", err=f"no snapshot layers: {self.snaps_error}")
+                    for ph in w.phases]
         user = t.user if t.rootless else None
         if w.supported:
             o = run_cmd(w.supported, dict(self.env_base, UNIONMOUNT=t.binary or ""),
@@ -385,7 +431,7 @@ class Bench:
                     return [rec(ph.mode, status="fail", err=f"prewarm: {o.err}")
                             for ph in w.phases]
             if t.kind == "plain":
-                merged = self.plain_view(w, view, lowers)
+                merged = self.plain_view(w, view, lowers, cwd)
                 upper = merged
                 if w.pre:
                     o = run_cmd(w.pre, dict(self.env_base, U=upper), self.timeout)
@@ -400,6 +446,8 @@ class Bench:
                         return [rec(ph.mode, status="fail", err=f"pre: {o.err}")
                                 for ph in w.phases]
                 try:
+                    if w.stack == "snaps" and t.base == "unionmount":
+                        self.bind_store()
                     m = t.mount(lowers, self.upper, self.work, self.mnt, cwd=cwd, logpath=logpath)
                 except (T.MountError, OSError, subprocess.SubprocessError) as e:
                     return [rec(ph.mode, status="fail", err=f"mount: {e}") for ph in w.phases]
@@ -456,6 +504,8 @@ class Bench:
         finally:
             if m:
                 m.unmount()
+            if w.stack == "snaps":
+                self.unbind_store()
         return out
 
     def memory_test(self, t):
@@ -626,12 +676,17 @@ def main(argv):
     fix_root = os.path.join(args.scratch, f"fixture-{size}")
     need = {"tree"}
     for w in wl:
-        need |= {"main": {"tree", "wide", "data", "cproj"}, "layers32": {"layers"}}.get(
-            w.stack, {"scale"})
+        need |= {"main": {"tree", "wide", "data", "cproj"}, "layers32": {"layers"},
+                 "snaps": {"snaps"}}.get(w.stack, {"scale"})
     if do_memory:
         need.add("many")
     t0 = time.monotonic()
-    fixture.ensure(fix_root, p, need)
+    snaps_error = None
+    try:  # the snapshot layers ("snaps", made last) are taken by the run's unionmount
+        fixture.ensure(fix_root, p, need, unionmount=tmap["unionmount"].binary)
+    except fixture.FixtureError as e:
+        snaps_error = str(e)
+        log(f"{e}: workload 18 will be marked fail")
     if user:
         chown_fixture(fix_root, user)
     gen_sec = time.monotonic() - t0
@@ -676,7 +731,7 @@ def main(argv):
 
     ro_dir = os.path.join(args.scratch, f"ro-{size}")
     fix, bound = bind_ro(fix_root, ro_dir)
-    bench = Bench(args, p, fix, tmap, tnames, out, deb, extra_env)
+    bench = Bench(args, p, fix, tmap, tnames, out, deb, extra_env, snaps_error)
     info = machine_info([tmap[n] for n in tnames], tmap["unionmount"].binary, args.scratch)
     info["command"] = "scripts/bench-compare" + "".join(" " + shlex.quote(a) for a in argv)
     info["fixture"] = {"root": fix_root, "params": p, "generate_sec": round(gen_sec, 1)}

@@ -10,6 +10,9 @@ Commands are bash, run with these in the environment:
   APT_PACKAGES    the packages workload 16 installs (their .debs are in a layer below)
   UNSHARE         `unshare -m` for root targets, `unshare -r -m` (a user namespace) for rootless
   UNIONMOUNT      the unionmount binary (snapshot/rollback, workload 17)
+and for the snapshot layers (workload 18):
+  SNAP_ENTRIES    what `find` lists through the snapshot layers over the tree (its root included)
+  SNAP_HOT, SNAP_HOT_SIZE  the file every snapshot appended to, and its size in the newest one
 Commands on a rootless target run as the rootless bench user, in /.
 A command may print BENCH_ELAPSED=<seconds> to report its own time (used where process
 start-up would blur a short measurement); otherwise the wall time of the command counts.
@@ -47,9 +50,9 @@ class Workload:
     wid: str
     title: str
     kind: str                 # data | metadata | namespace | copy-up | build
-    stack: str                # "main" | "layers32" | "scale:N"
+    stack: str                # "main" | "layers32" | "scale:N" | "snaps" | "debian"...
     phases: list
-    plain: str = "direct"     # direct (the fixture itself) | empty | copy
+    plain: str = "direct"     # direct (the fixture itself) | empty | copy | stack
     plain_copy: list = field(default_factory=list)
     pre: str = ""             # untimed, in the upper ($U) before the mount: upper files
     setup: str = ""           # untimed, after mount
@@ -108,6 +111,10 @@ SNAPSHOT = TIMED.format(cmd='"$UNIONMOUNT" snapshot "$M" >/dev/null')
 # changes after the snapshot (untimed), then the rollback that discards them (timed)
 ROLLBACK = ('rm -rf "$M/created" && mkdir "$M/after" && touch "$M/after/"f{1..100} && ' +
             TIMED.format(cmd='"$UNIONMOUNT" rollback "$M" >/dev/null'))
+# workload 18: one untimed count of every target's view (the same for all), and the newest
+# copy of the file every snapshot appended to on top
+SNAP_CHECK = ('test "$(find "$M" | wc -l)" -eq "$SNAP_ENTRIES" && '
+              'test "$(stat -c %s "$M/$SNAP_HOT")" -eq "$SNAP_HOT_SIZE"')
 FIO = ("fio --name=randrw --filename=\"$M/fio.dat\" --size=${FIO_MB}m --io_size=${FIO_IO_MB}m "
        "--bs=4k --rw=randrw --ioengine=psync --randrepeat=1 --end_fsync=1 --output=/dev/null")
 
@@ -208,6 +215,12 @@ def all_workloads(p):
           check=('test "$(ls -f "$M/created" | wc -l)" -eq $((CREATE_N + 2)) && '
                  '! test -e "$M/after"')),
     ]
+    ws.append(
+        W("18", f"find + lstat through {p['snapshots']} snapshot layers over the tree",
+          "metadata", "snaps",
+          [Phase("cold", FIND_ROOT, expect="SNAP_ENTRIES"),
+           Phase("warm", FIND_ROOT, expect="SNAP_ENTRIES")],
+          plain="stack", read_only=True, check=SNAP_CHECK))
     for n in (1, 8, 32, 128):
         layers = f"{n} layer" + ("s" if n > 1 else "")
         ws.append(W(f"L{n}", f"lookup of {_k(p['scale_top'])} top-layer files, {layers}",
