@@ -109,6 +109,16 @@ step "Which branch serves what (also an xattr: getfattr -n user.unionmount.layer
 run "$um which $U/merged/d $U/merged/app"
 run "$um layers $U/merged"
 
+step "Snapshot, make a mess, roll back: live, the mount stays in use"
+run "$um snapshot $U/merged before-mess"
+run "rm -rf $U/merged/app && echo oops > $U/merged/1"
+run "$um diff $U/merged --since before-mess"
+show "$U" base upper.snapshots/0001-before-mess upper merged
+run "$um rollback $U/merged before-mess"
+run "cat $U/merged/1 && ls $U/merged"
+run "$um snapshots $U/merged"
+show "$U" base upper.snapshots/0001-before-mess upper merged
+
 step "Unmount"
 run "fusermount3 -u $U/merged"
 show "$U" base upper merged

@@ -329,7 +329,8 @@ pub enum Tool {
     ///
     /// One line per entry: A added, C changed (it exists in a lower branch), D deleted (a
     /// whiteout in any format: .wh. file, char device 0/0, overlay xattr). TARGET is a
-    /// mount point (its upper and lowers are asked of the daemon) or an upper directory;
+    /// mount point (its upper, snapshots and lowers are asked of the daemon: the changes of
+    /// the upper and every snapshot, or with --since those made since one) or an upper directory;
     /// then A and C are told apart by --lower directories if given, else by the copy-up
     /// origin xattr unionmount and overlayfs leave on copied-up entries (as root).
     #[command(after_help = "Examples:
@@ -341,6 +342,9 @@ pub enum Tool {
         /// A lower branch (repeatable, top first), to tell changed from added.
         #[arg(long = "lower", value_name = "DIR")]
         lowers: Vec<std::path::PathBuf>,
+        /// Only the changes made since the snapshot NAME (a mount point's).
+        #[arg(long, value_name = "NAME")]
+        since: Option<String>,
         /// One JSON array of {"kind", "path", "type"[, "opaque", "moved_from"]}.
         #[arg(long)]
         json: bool,
@@ -444,15 +448,24 @@ pub enum Tool {
     /// their descriptors are and the snapshot gets a copy of them, so it never changes once
     /// taken. Snapshots live beside the upper, in UPPER.snapshots/NNNN-NAME, each a plain
     /// layer directory, and are stacked again by the next mount of the same upper.
+    ///
+    /// With --drop NAME, forget the snapshot NAME as a point to roll back to but keep its
+    /// changes: its layer merges into the layer above it (the next newer snapshot, or the
+    /// upper), so every other snapshot still means what it meant.
     #[command(after_help = "Examples:
   unionmount snapshot /mnt/merged before-apt
   unionmount snapshots /mnt/merged
-  unionmount rollback /mnt/merged before-apt")]
+  unionmount rollback /mnt/merged before-apt
+  unionmount snapshot /mnt/merged --drop before-apt")]
     Snapshot {
         #[arg(value_hint = clap::ValueHint::DirPath)]
         mountpoint: std::path::PathBuf,
         /// Its name: letters, digits and . _ - + @ (default: snap-N).
+        #[arg(conflicts_with = "drop")]
         name: Option<String>,
+        /// Drop the snapshot NAME instead, keeping its changes.
+        #[arg(long, value_name = "NAME")]
+        drop: Option<String>,
     },
     /// Go back to a snapshot, live: every change made since it is discarded.
     ///

@@ -146,8 +146,12 @@ fn run_tool() -> ExitCode {
         Tool::Diff {
             target,
             lowers,
+            since,
             json,
-        } => ("diff", inspect::diff::run(&target, &lowers, json)),
+        } => (
+            "diff",
+            inspect::diff::run(&target, &lowers, since.as_deref(), json),
+        ),
         Tool::Commit {
             mountpoint,
             to,
@@ -164,9 +168,16 @@ fn run_tool() -> ExitCode {
         ),
         Tool::Layers { mountpoint } => ("layers", layers(&mountpoint)),
         Tool::Trace { mountpoint } => ("trace", trace(&mountpoint)),
-        Tool::Snapshot { mountpoint, name } => (
+        Tool::Snapshot {
+            mountpoint,
+            name,
+            drop,
+        } => (
             "snapshot",
-            inspect::snapshots::snapshot(&mountpoint, name.as_deref()),
+            match drop {
+                Some(d) => inspect::snapshots::drop(&mountpoint, &d),
+                None => inspect::snapshots::snapshot(&mountpoint, name.as_deref()),
+            },
         ),
         Tool::Rollback { mountpoint, name } => (
             "rollback",

@@ -15,9 +15,17 @@ Layout under ROOT (one ROOT per size, e.g. /var/tmp/unionmount-bench/fixture-ful
   scale/top, scale/lo001..   lookup scaling: SCALE_TOP files in top/d/e/f, every lower
                              holds d/e/f and a few files of its own
   many/                      MANY empty files for the memory test
+  snaps/base/                a copy of lower/tree (workload 18)
+  snaps/upper.snapshots/     SNAPSHOTS snapshot layers 0001-s1 .. NNNN-sN of an upper over
+                             snaps/base, taken by the run's unionmount (`unionmount snapshot`)
+                             after changing a few files through the mount each time: appends
+                             (copy-ups) and new files, nothing deleted (no whiteouts, so every
+                             peer stacks them as plain lowers)
 
 Every component is stamped with its parameters; a component whose stamp matches is
-reused, anything else is removed and generated again.
+reused, anything else is removed and generated again. `snaps` is made by the unionmount
+binary of the run; its layers are plain directories, reused by later runs whatever binary
+they use (bump VERSION if the snapshot layout changes).
 """
 
 import json
@@ -33,14 +41,14 @@ VERSION = 2
 FULL = dict(
     tree_files=30000, vendor=5000, third_party=5000, wide=10000,
     big_mb=1024, medium_mb=256, layers=32, scale_top=5000, scale_lower_files=20,
-    scale_max=128, many_dirs=100, many_per_dir=1000, c_files=40, c_funcs=8,
+    scale_max=128, many_dirs=100, many_per_dir=1000, c_files=40, c_funcs=8, snapshots=50,
     # not the fixture's shape, the workloads' sizes
     readdir_repeat=20, create_n=10000, fio_mb=128, fio_io_mb=64,
 )
 QUICK = dict(
     tree_files=3000, vendor=500, third_party=500, wide=2000,
     big_mb=64, medium_mb=32, layers=32, scale_top=2000, scale_lower_files=5,
-    scale_max=128, many_dirs=10, many_per_dir=1000, c_files=8, c_funcs=8,
+    scale_max=128, many_dirs=10, many_per_dir=1000, c_files=8, c_funcs=8, snapshots=50,
     readdir_repeat=5, create_n=1000, fio_mb=32, fio_io_mb=16,
 )
 
@@ -52,6 +60,10 @@ EXTS = [".c", ".h", ".rs", ".py", ".go", ".js", ".md", ".txt", ".json", ".toml"]
 
 def _log(msg):
     print(f"[fixture] {msg}", flush=True)
+
+
+class FixtureError(Exception):
+    """A component could not be made (the snapshot layers: unionmount failed)."""
 
 
 # ---------------------------------------------------------------------------
@@ -255,6 +267,133 @@ def _gen_many(root, p):
             _touch(os.path.join(dd, f"f{i:05d}"), 0)
 
 
+# the snapshot layers of workload 18: per snapshot, SNAP_APPEND lower files appended to (so
+# copied up; the first, SNAP_HOT, is the same file every time, so its newest copy must win) and
+# SNAP_CREATE new files, each in a directory of the tree; nothing is deleted
+SNAP_APPEND = 3
+SNAP_CREATE = 2
+SNAPS_UPPER = "upper"  # the store is snaps/upper.snapshots, as unionmount names it
+
+
+def _snap_line(k):
+    return f"// change {k:04d}\n".encode()
+
+
+def snaps_plan(p):
+    """[(appends, creates)] per snapshot, paths relative to the tree; and (the file appended to
+    by every snapshot, its final size). Deterministic for the same p."""
+    rng = random.Random(19)
+    plan = [(rel[len("tree/"):], size) for rel, size in tree_plan(p)]
+    files = [rel for rel, _ in plan]
+    dirs = sorted({os.path.dirname(f) for f in files})
+    n = p["snapshots"]
+    picks = rng.sample(files, 1 + (SNAP_APPEND - 1) * n)
+    hot = picks[0]
+    out = []
+    for k in range(1, n + 1):
+        appends = [hot] + picks[1 + (SNAP_APPEND - 1) * (k - 1):1 + (SNAP_APPEND - 1) * k]
+        creates = [f"{d}/snap{k:03d}_{j}.txt"
+                   for j, d in enumerate(rng.sample(dirs, SNAP_CREATE))]
+        out.append((appends, creates))
+    hot_size = dict(plan)[hot] + sum(len(_snap_line(k)) for k in range(1, n + 1))
+    return out, (hot, hot_size)
+
+
+def snaps_store(root):
+    return os.path.join(root, "snaps", SNAPS_UPPER + ".snapshots")
+
+
+def snaps_layers(root):
+    """The snapshot layer directories (names in the store), newest first."""
+    store = snaps_store(root)
+    return sorted((d for d in os.listdir(store) if d[:4].isdigit() and d[4:5] == "-"
+                   and os.path.isdir(os.path.join(store, d))), reverse=True)
+
+
+def snaps_entries(root):
+    """What `find` lists in the union of snaps/base and every snapshot layer, its root
+    included (nothing is deleted, so the union of the paths)."""
+    store = snaps_store(root)
+    seen = set()
+    for top in [os.path.join(root, "snaps", "base")] + \
+            [os.path.join(store, d) for d in snaps_layers(root)]:
+        for d, dirs, files in os.walk(top):
+            rel = os.path.relpath(d, top)
+            seen.update(os.path.normpath(os.path.join(rel, x)) for x in dirs + files)
+    return 1 + len(seen)
+
+
+def _gen_snaps(root, p, unionmount=None):
+    """Mount unionmount UPPER=RW:BASE=RO, then SNAPSHOTS times: change a few files through the
+    mount and `unionmount snapshot MNT sK`; unmount. The empty upper is removed afterwards."""
+    import targets as T  # mounted(); targets imports nothing of ours
+    if not unionmount or not os.access(unionmount, os.X_OK):
+        raise FixtureError(f"no unionmount binary to take the snapshots with ({unionmount})")
+    snaps = os.path.join(root, "snaps")
+    base, upper = os.path.join(snaps, "base"), os.path.join(snaps, SNAPS_UPPER)
+    mnt = os.path.join(root, ".snaps-mnt")
+    os.makedirs(snaps)
+    subprocess.run(["cp", "-a", os.path.join(root, "lower", "tree"), base], check=True)
+    os.makedirs(upper)
+    os.makedirs(mnt, exist_ok=True)
+    plan, (hot, hot_size) = snaps_plan(p)
+    logpath = os.path.join(root, ".snaps-log")
+    proc = None
+    try:
+        with open(logpath, "w") as log:
+            proc = subprocess.Popen([unionmount, "-f", f"{upper}=RW:{base}=RO", mnt],
+                                    stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        deadline = time.monotonic() + 20
+        while not T.mounted(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with open(logpath) as f:
+                    tail = f.read()[-300:].strip()
+                raise FixtureError(f"{unionmount} did not mount {upper}=RW:{base}=RO: {tail}")
+            time.sleep(0.01)
+        for k, (appends, creates) in enumerate(plan, 1):
+            for rel in appends:
+                with open(os.path.join(mnt, rel), "ab") as f:
+                    f.write(_snap_line(k))
+            for rel in creates:
+                with open(os.path.join(mnt, rel), "wb") as f:
+                    f.write(b"new in snapshot %d\n" % k)
+            r = subprocess.run([unionmount, "snapshot", mnt, f"s{k}"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, timeout=60)
+            if r.returncode != 0:
+                raise FixtureError(f"unionmount snapshot {mnt} s{k}: {r.stdout.strip()[-300:]}")
+        want = 1 + sum(len(d) + len(f) for _, d, f in os.walk(base)) + \
+            SNAP_CREATE * len(plan)
+        got = len(subprocess.run(["find", mnt], stdout=subprocess.PIPE, check=True)
+                  .stdout.splitlines())
+        if got != want or os.stat(os.path.join(mnt, hot)).st_size != hot_size:
+            raise FixtureError(f"the mount shows {got} entries after the snapshots, not {want} "
+                               f"(or {hot} is not {hot_size} bytes)")
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        raise FixtureError(f"snapshot layers: {type(e).__name__}: {e}") from e
+    finally:
+        if T.mounted(mnt):
+            subprocess.run(["fusermount3", "-u", mnt], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        if proc is not None:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if T.mounted(mnt):
+            subprocess.run(["umount", "-l", mnt])
+        os.unlink(logpath)
+        try:
+            os.rmdir(mnt)
+        except OSError:
+            pass
+    shutil.rmtree(upper)  # empty but for unionmount's work dir; run/upper is the timed one
+    if len(snaps_layers(root)) != len(plan):
+        raise FixtureError(f"{snaps_store(root)} holds {len(snaps_layers(root))} snapshots, "
+                           f"not {len(plan)}")
+
+
 # component name -> (generator, paths it owns relative to ROOT, parameter keys it uses)
 COMPONENTS = {
     "tree": (_gen_tree, ["lower/tree", "tree.tar"], ["tree_files", "vendor", "third_party"]),
@@ -264,6 +403,8 @@ COMPONENTS = {
     "layers": (_gen_layers32, ["layers32"], ["tree_files", "vendor", "third_party", "layers"]),
     "scale": (_gen_scale, ["scale"], ["scale_top", "scale_lower_files", "scale_max"]),
     "many": (_gen_many, ["many"], ["many_dirs", "many_per_dir"]),
+    # after "tree", which it copies; made by the run's unionmount (ensure(unionmount=))
+    "snaps": (_gen_snaps, ["snaps"], ["tree_files", "vendor", "third_party", "snapshots"]),
 }
 
 
@@ -274,8 +415,10 @@ def _rm(path):
         os.unlink(path)
 
 
-def ensure(root, p, need=None):
-    """Generate (or reuse) every component of the fixture in `need` (default: all)."""
+def ensure(root, p, need=None, unionmount=None):
+    """Generate (or reuse) every component of the fixture in `need` (default: all);
+    `unionmount`: the binary that takes the snapshots of "snaps". A component that fails
+    (FixtureError) is removed again."""
     os.makedirs(root, exist_ok=True)
     for name, (gen, paths, keys) in COMPONENTS.items():
         if need is not None and name not in need:
@@ -292,7 +435,15 @@ def ensure(root, p, need=None):
         _rm(stamp)
         for rel in paths:
             _rm(os.path.join(root, rel))
-        gen(root, p)
+        try:
+            if name == "snaps":
+                gen(root, p, unionmount)
+            else:
+                gen(root, p)
+        except FixtureError:
+            for rel in paths:
+                _rm(os.path.join(root, rel))
+            raise
         os.sync()
         with open(stamp, "w") as f:
             f.write(want)

@@ -5,9 +5,17 @@ import math
 import os
 import statistics
 
-FUSE = ["unionmount", "fuse-overlayfs", "unionfs-fuse", "mergerfs"]
+FUSE = ["unionmount", "fuse-overlayfs", "fuse-overlayfs-2", "unionfs-fuse", "mergerfs",
+        "unionmount-rootless", "fuse-overlayfs-rootless", "fuse-overlayfs-2-rootless"]
 COLORS = {"plain": "#9e9e9e", "unionmount": "#d62728", "fuse-overlayfs": "#1f77b4",
-          "unionfs-fuse": "#2ca02c", "mergerfs": "#ff7f0e", "overlay": "#000000"}
+          "fuse-overlayfs-2": "#17becf", "unionfs-fuse": "#2ca02c", "mergerfs": "#ff7f0e",
+          "overlay": "#000000", "unionmount-rootless": "#f4a3a3",
+          "fuse-overlayfs-rootless": "#9ec5e8", "fuse-overlayfs-2-rootless": "#a6e3ea"}
+LABELS = {}  # target -> column header ("fuse-overlayfs 1.10"), set by write_all from info
+
+
+def lab(t):
+    return LABELS.get(t, t)
 
 
 def aggregate(wl, tnames, results):
@@ -72,8 +80,12 @@ def table(header, rows):
     return "\n".join(out)
 
 
+def fmt_ms(c):
+    return f"{c['sec'] * 1000:.1f} ms" + ("†" if c["n_ok"] < c["n"] else "")
+
+
 def seconds_table(rows, tnames):
-    return table(["workload", "mode"] + tnames,
+    return table(["workload", "mode"] + [lab(t) for t in tnames],
                  [[label(w), mode] + [cell_sec(cells[t]) for t in tnames]
                   for w, mode, cells in rows])
 
@@ -81,11 +93,29 @@ def seconds_table(rows, tnames):
 def ratio_table(rows, tnames):
     others = [t for t in tnames if t != "overlay"]
     has_um = "unionmount" in tnames
-    header = ["workload", "mode"] + others + (["goal", "unionmount"] if has_um else [])
+    header = ["workload", "mode"] + [lab(t) for t in others] + \
+        (["goal", "unionmount"] if has_um else [])
     body = []
     for w, mode, cells in rows:
         base = cells.get("overlay")
         line = [label(w), mode]
+        if w.absolute:  # no overlayfs equivalent: milliseconds, goal in milliseconds
+            line += [fmt_ms(cells[t]) if cells[t]["sec"] is not None else cells[t]["status"]
+                     for t in others]
+            if has_um:
+                g = w.goal_ms(mode)
+                um = cells["unionmount"]
+                line.append(f"<{g:g} ms" if g else "-")
+                if um["sec"] is None:
+                    line.append(f"**{um['status']}**" if um["status"] in ("fail", "timeout")
+                                else um["status"])
+                elif g is None:
+                    line.append("-")
+                else:
+                    line.append("ok" if um["sec"] * 1000 < g else
+                                f"**{um['sec'] * 1000 / g:.1f}x over**")
+            body.append(line)
+            continue
         for t in others:
             rr = ratio(cells[t], base) if base else None
             line.append(f"{rr:.2f}" if rr is not None else
@@ -121,7 +151,7 @@ def daemon_table(rows, tnames):
                 hwm = f"{c['hwm_mib']:.0f}" if c["hwm_mib"] is not None else "?"
                 line.append(f"{cpu} s / {hwm} MiB")
         body.append(line)
-    return table(["workload", "mode"] + fuse, body)
+    return table(["workload", "mode"] + [lab(t) for t in fuse], body)
 
 
 def memory_table(memory):
@@ -130,11 +160,11 @@ def memory_table(memory):
     body = []
     for r in memory:
         if r.get("status") != "ok":
-            body.append([r["target"], r.get("status", "?")] + ["-"] * 7)
+            body.append([lab(r["target"]), r.get("status", "?")] + ["-"] * 7)
             continue
         mib = lambda k: f"{r[k] / 1024:.1f}" if r.get(k) is not None else "?"
         shrink = "yes" if r["rss_drop_kb"] < 0.8 * r["rss_find_kb"] else "no"
-        body.append([r["target"], f"{r['entries']}", fmt_sec(r["find_sec"]), mib("rss_mount_kb"),
+        body.append([lab(r["target"]), f"{r['entries']}", fmt_sec(r["find_sec"]), mib("rss_mount_kb"),
                      mib("rss_find_kb"), mib("rss_drop_kb") + f" ({shrink})",
                      mib("rss_find2_kb"), mib("hwm_kb"),
                      f"{r.get('fds_find')} → {r.get('fds_drop')}"])
@@ -148,6 +178,8 @@ def svg_chart(rows, tnames):
     series = [t for t in tnames if t != "overlay"]
     data = []
     for w, mode, cells in rows:
+        if w.absolute:
+            continue
         base = cells.get("overlay")
         vals = {t: (ratio(cells[t], base) if base else None) for t in series}
         bad = {t: cells[t]["status"] for t in series
@@ -159,8 +191,19 @@ def svg_chart(rows, tnames):
     lo = 10 ** math.floor(math.log10(max(min(allv), 0.1)))  # smaller ratios are clipped
     hi = 10 ** math.ceil(math.log10(max(max(allv), 2)))
     left, right, top, bar = 90, 30, 50, 6
+    width = 820
+    # the legend, wrapped onto more lines when the targets do not fit on one
+    legend, lx, ly = [], left, 26
+    for t in series + ["goal"]:
+        text = lab(t) if t != "goal" else "unionmount goal"
+        w_item = 24 + 7 * len(text)
+        if lx + w_item > width - right and lx > left:
+            lx, ly = left, ly + 16
+        legend.append((t, text, lx, ly))
+        lx += w_item
+    top += ly - 26
     group = bar * len(series) + 8
-    width, height = 820, top + group * len(data) + 40
+    height = top + group * len(data) + 40
     plot_w = width - left - right
     span = math.log10(hi) - math.log10(lo)
     x = lambda v: left + plot_w * (math.log10(v) - math.log10(lo)) / span
@@ -169,14 +212,15 @@ def svg_chart(rows, tnames):
          f'<rect width="{width}" height="{height}" fill="white"/>',
          f'<text x="{left}" y="16" font-size="13" font-weight="bold">time relative to kernel '
          f'overlayfs (log scale; left of the black line is faster)</text>']
-    lx = left
-    for t in series:
-        o.append(f'<rect x="{lx}" y="26" width="10" height="10" fill="{COLORS.get(t, "#555")}"/>'
-                 f'<text x="{lx + 14}" y="35">{t}</text>')
-        lx += 24 + 7 * len(t)
-    o.append(f'<line x1="{lx}" y1="31" x2="{lx + 12}" y2="31" stroke="#d62728" '
-             f'stroke-width="2" stroke-dasharray="3,2"/><text x="{lx + 16}" y="35">'
-             f'unionmount goal</text>')
+    for t, text, lx, ly in legend:
+        if t == "goal":
+            o.append(f'<line x1="{lx}" y1="{ly + 5}" x2="{lx + 12}" y2="{ly + 5}" '
+                     f'stroke="#d62728" stroke-width="2" stroke-dasharray="3,2"/>'
+                     f'<text x="{lx + 16}" y="{ly + 9}">{text}</text>')
+        else:
+            o.append(f'<rect x="{lx}" y="{ly}" width="10" height="10" '
+                     f'fill="{COLORS.get(t, "#555")}"/><text x="{lx + 14}" y="{ly + 9}">'
+                     f'{text}</text>')
     dec = lo
     while dec <= hi * 1.001:
         for m in (1, 2, 5):
@@ -199,10 +243,10 @@ def svg_chart(rows, tnames):
                 xa, xb = sorted((x(1), x(max(v, lo))))
                 o.append(f'<rect x="{xa:.1f}" y="{y}" width="{max(xb - xa, 1):.1f}" '
                          f'height="{bar - 1}" fill="{COLORS.get(t, "#555")}">'
-                         f'<title>{t}: {v:.2f}x</title></rect>')
+                         f'<title>{lab(t)}: {v:.2f}x</title></rect>')
             elif t in bad:
                 o.append(f'<text x="{x(1) + 3:.1f}" y="{y + bar}" font-size="8" '
-                         f'fill="{COLORS.get(t, "#555")}">{t}: {bad[t]}</text>')
+                         f'fill="{COLORS.get(t, "#555")}">{lab(t)}: {bad[t]}</text>')
         if goal and "unionmount" in series:
             xg = x(goal)
             o.append(f'<line x1="{xg:.1f}" y1="{y0}" x2="{xg:.1f}" y2="{y0 + group - 8}" '
@@ -230,7 +274,25 @@ def markdown(info, wl, tnames, rows, memory):
         + ", ".join(f"{k}={v}" for k, v in info["overlay_params"].items()),
         f"- median of {info['runs']} run(s), each on a fresh mount with an empty upper; "
         "cold = `sync; echo 3 > /proc/sys/vm/drop_caches` first, warm = a second pass on the "
-        "same mount. † = some runs failed, the median is of the rest.",
+        "same mount, fresh = the first pass on a fresh mount whose branches were read just "
+        "before mounting (in the page cache). † = some runs failed, the median is of the rest.",
+    ]
+    if info.get("rootless_user"):
+        parts.append(f"- `*-rootless` columns: the daemon and the workload run as the "
+                     f"unprivileged user `{info['rootless_user']}` (fusermount3, nosuid,nodev, "
+                     "no passthrough) on branches it owns; the ratio is still to kernel "
+                     "overlayfs mounted by root.")
+    if info.get("rootfs"):
+        r = info["rootfs"]
+        parts.append(f"- Debian rootfs (workloads 14-16): "
+                     + (f"SYNTHETIC tree of the same shape, {r['entries']} entries "
+                        f"({r.get('error')}); workload 16 cannot run" if r.get("synthetic") else
+                        f"debootstrap --variant=minbase bookworm, {r['entries']} entries; "
+                        f"workload 16 installs {' '.join(r.get('apt_packages') or [])} and "
+                        "their dependencies from a layer of .debs above it"
+                        + (f" (NOT AVAILABLE: {r['debs_error']})" if r.get("debs_error")
+                           else "")) + ".")
+    parts += [
         "",
         "### Seconds",
         "",
@@ -259,6 +321,8 @@ def markdown(info, wl, tnames, rows, memory):
 
 
 def write_all(out, info, wl, tnames, results, memory):
+    LABELS.clear()
+    LABELS.update(info.get("labels") or {})
     rows = aggregate(wl, tnames, results)
     md = markdown(info, wl, tnames, rows, memory)
     with open(os.path.join(out, "results.md"), "w") as f:
@@ -266,7 +330,8 @@ def write_all(out, info, wl, tnames, results, memory):
     medians = []
     for w, mode, cells in rows:
         medians.append(dict(wid=w.wid, title=w.title, kind=w.kind, mode=mode,
-                            goal=w.goal(mode), cells=cells))
+                            goal=w.goal(mode), goal_ms=w.goal_ms(mode),
+                            unit="ms" if w.absolute else "ratio", cells=cells))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(dict(info=info, targets=tnames, medians=medians, runs=results,
                        memory=memory), f, indent=1, default=str)

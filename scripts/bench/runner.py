@@ -14,6 +14,7 @@ import time
 
 import fixture
 import report
+import rootfs
 import targets as T
 import workloads as W
 
@@ -28,11 +29,25 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(
         prog="scripts/bench-compare",
         description="Side-by-side benchmark of unionmount against a plain directory, kernel "
-                    "overlayfs, fuse-overlayfs, unionfs-fuse and mergerfs. Needs root.")
+                    "overlayfs, fuse-overlayfs 1.x and 2.x, unionfs-fuse and mergerfs, as root "
+                    "and rootless. Needs root.")
     ap.add_argument("--targets", default=",".join(T.ALL),
                     help=f"comma-separated, from {','.join(T.ALL)} (default: all)")
+    ap.add_argument("--rootless", action="store_true",
+                    help="also run the rootless variant (-rootless) of each chosen FUSE target "
+                         "that has one")
+    ap.add_argument("--rootless-user", default="umbench",
+                    help="the unprivileged user of the rootless targets, created (system user, "
+                         "no login) if missing (default umbench)")
+    ap.add_argument("--cache", default="/var/cache/unionmount-bench",
+                    help="downloads and builds kept across runs: fuse-overlayfs 2 (cargo "
+                         "install), the Debian rootfs and .debs (default "
+                         "/var/cache/unionmount-bench)")
+    ap.add_argument("--fuse-overlayfs-2", dest="fo2", default=None,
+                    help="fuse-overlayfs 2.x binary (default: CACHE/fo2/bin/fuse-overlayfs, "
+                         "installed with cargo install if missing)")
     ap.add_argument("--workloads", default="all",
-                    help="comma-separated ids 1..13, L (lookup vs layers), M (memory); "
+                    help="comma-separated ids 1..18, L (lookup vs layers), M (memory); "
                          "default: all")
     ap.add_argument("--runs", type=int, default=None,
                     help="runs per cell, the median is reported (default 3, 1 with --quick)")
@@ -64,10 +79,66 @@ def parse_args(argv):
 # ---------------------------------------------------------------------------
 # machine preparation
 
+def ensure_fo2(cache, binary):
+    """fuse-overlayfs 2.x (the Rust rewrite) from crates.io into CACHE/fo2, once."""
+    if os.access(binary, os.X_OK):
+        return
+    if binary != T.fo2_binary(cache):
+        log(f"{binary} is missing (given with --fuse-overlayfs-2): not installing")
+        return
+    cargo = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
+    if not os.access(cargo, os.X_OK):
+        log("cargo not found: fuse-overlayfs-2 will be marked fail")
+        return
+    root = os.path.join(cache, T.FO2_DIR)
+    log(f"cargo install fuse-overlayfs --version '{T.FO2_CRATE_VERSION}' --root {root} "
+        "(once; a few minutes)")
+    r = subprocess.run([cargo, "install", "--locked", "fuse-overlayfs", "--version",
+                        T.FO2_CRATE_VERSION, "--root", root],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        log(f"cargo install fuse-overlayfs failed (fuse-overlayfs-2 will be marked fail): "
+            f"{r.stderr.strip()[-300:]}")
+
+
+def ensure_user(name):
+    """(name, uid, gid) of the rootless bench user; created as a system user if missing."""
+    import pwd
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        log(f"creating the rootless bench user {name}")
+        r = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir",
+                            "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            log(f"useradd {name} failed (rootless targets will be marked fail): "
+                f"{r.stderr.strip()}")
+            return None
+        pw = pwd.getpwnam(name)
+    return (name, pw.pw_uid, pw.pw_gid)
+
+
+def chown_fixture(root, user):
+    """The rootless targets' workloads change lower files as their user: let it own them.
+    Each top-level part whose owner differs is chowned (parts are regenerated as root)."""
+    parts = [os.path.join(root, x) for x in os.listdir(root) if not x.startswith(".")]
+    lower = os.path.join(root, "lower")
+    if os.path.isdir(lower):
+        parts.remove(lower)
+        parts += [os.path.join(lower, x) for x in os.listdir(lower)]
+        os.chown(lower, user[1], user[2])
+    os.chown(root, user[1], user[2])
+    for p in parts:
+        if os.lstat(p).st_uid != user[1]:
+            log(f"chown -R {user[0]} {p}")
+            subprocess.run(["chown", "-R", f"{user[1]}:{user[2]}", p], check=True)
+
+
 def ensure_peers(names, need_fio):
     pkgs = []
-    for t in names:
-        if t in T.APT_PACKAGE and not shutil.which(t):
+    for t in {T.ROOTLESS.get(x, x) for x in names}:
+        if t in T.APT_PACKAGE and not shutil.which(t) and T.APT_PACKAGE[t] not in pkgs:
             pkgs.append(T.APT_PACKAGE[t])
     if need_fio and not shutil.which("fio"):
         pkgs.append("fio")
@@ -137,11 +208,16 @@ class Outcome:
         self.status, self.sec, self.out, self.err = status, sec, out, err
 
 
-def run_cmd(cmd, env, timeout, mount=None):
+def run_cmd(cmd, env, timeout, mount=None, user=None):
+    """user: (name, uid, gid) to run the command as (rootless targets), in /."""
+    kw = {}
+    if user:
+        kw = dict(user=user[1], group=user[2], extra_groups=[], cwd="/")
+        env = dict(env, HOME="/tmp", USER=user[0], LOGNAME=user[0])
     t0 = time.perf_counter()
     p = subprocess.Popen(["bash", "-c", "set -o pipefail\n" + cmd], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, **kw)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -159,7 +235,10 @@ def run_cmd(cmd, env, timeout, mount=None):
         return Outcome("timeout", None, out, err)
     sec = time.perf_counter() - t0
     if p.returncode != 0:
-        return Outcome("fail", None, out, (err or "").strip()[:400] or f"exit {p.returncode}")
+        err = (err or "").strip()
+        if len(err) > 600:  # the start says what ran, the end usually why it failed
+            err = err[:150] + " [...] " + err[-450:]
+        return Outcome("fail", None, out, err or f"exit {p.returncode}")
     for line in out.splitlines():
         if line.startswith("BENCH_ELAPSED="):
             sec = float(line.split("=", 1)[1])
@@ -193,41 +272,67 @@ class Tracer:
 # the bench
 
 class Bench:
-    def __init__(self, args, p, fix, tmap, tnames, out):
+    def __init__(self, args, p, fix, tmap, tnames, out, deb=None, extra_env=None,
+                 snaps_error=None):
         self.args, self.p, self.fix, self.tmap, self.tnames, self.out = \
             args, p, fix, tmap, tnames, out
+        self.deb = deb  # rootfs.ensure()'s answer, or None when no workload needs it
+        self.snaps_error = snaps_error  # why the snapshot layers (workload 18) are missing
         self.base = os.path.join(args.scratch, "run")
         self.upper = os.path.join(self.base, "upper")
         self.work = os.path.join(self.base, "work")
         self.mnt = os.path.join(self.base, "mnt")
         self.plain = os.path.join(self.base, "plain")
+        # unionmount's own snapshot store for workload 18: the fixture's, bound read-only
+        # beside the upper, where unionmount looks for the snapshots of that upper
+        self.store = self.upper + ".snapshots"
         self.results = []
         self.memory = []
         self.unavailable = {}
         self.timeout = args.timeout or (120 if args.quick else 300)
         self.env_base = dict(os.environ, F=fix, LC_ALL="C",
-                             **{k: str(v) for k, v in W.params_env(p).items()})
+                             **{k: str(v) for k, v in W.params_env(p).items()},
+                             **(extra_env or {}))
         tree = os.path.join(fix, "lower", "tree")
         if os.path.isdir(tree):  # what `find tree` must list: the tree and everything in it
             self.env_base["TREE_ENTRIES"] = str(
                 1 + sum(len(d) + len(f) for _, d, f in os.walk(tree)))
+        if not snaps_error and os.path.isdir(fixture.snaps_store(fix)):
+            # what `find` must list through the snapshot layers (the union of their paths and
+            # the tree's), and the file every snapshot appended to, with its final size
+            hot, size = fixture.snaps_plan(p)[1]
+            self.env_base.update(SNAP_ENTRIES=str(fixture.snaps_entries(fix)),
+                                 SNAP_HOT=hot, SNAP_HOT_SIZE=str(size))
         os.makedirs(os.path.join(out, "logs"), exist_ok=True)
         if args.trace:
             os.makedirs(os.path.join(out, "trace"), exist_ok=True)
 
-    def reset_dirs(self):
+    def reset_dirs(self, user=None):
         for m in T.mounts_below(self.base):
             log(f"stale mount {m}: unmounting")
             subprocess.run(["umount", "-l", m], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
         for d in (self.upper, self.work, self.plain):
             if os.path.lexists(d):
-                subprocess.run(["rm", "-rf", d], check=False)
+                subprocess.run(["rm", "-rf", "--one-file-system", d], check=False)
+        try:  # the mount point of the store (workload 18): never anything in it but the mount
+            os.rmdir(self.store)
+        except FileNotFoundError:
+            pass
+        os.makedirs(self.base, exist_ok=True)
+        os.chmod(self.base, 0o755)
         for d in (self.upper, self.work, self.mnt):
             os.makedirs(d, exist_ok=True)
+            # a rootless daemon writes its upper and work dirs and mounts on mnt
+            uid, gid = (user[1], user[2]) if user else (0, 0)
+            os.chown(d, uid, gid)
 
-    def stack(self, w):
-        """(lowers, cwd, plain view) for a workload's stack."""
+    def stack(self, w, t=None):
+        """(lowers, cwd, plain view) for a workload's stack; t picks the rootless copies."""
+        if w.stack in ("debian", "debian-apt"):
+            d = self.deb["rootless"] if t is not None and t.rootless else self.deb
+            lowers = [d["rootfs"]] if w.stack == "debian" else [d["debs"], d["rootfs"]]
+            return lowers, None, d["rootfs"]
         if w.stack == "main":
             return [os.path.join(self.fix, "lower")], None, os.path.join(self.fix, "lower")
         if w.stack == "layers32":
@@ -240,12 +345,44 @@ class Bench:
                 os.path.join(self.fix, "scale"), os.path.join(self.fix, "scale", "top")
         if w.stack == "many":
             return [os.path.join(self.fix, "many")], None, os.path.join(self.fix, "many")
+        if w.stack == "snaps":
+            # unionmount stacks the snapshots of its upper itself (bind_store): the tree only;
+            # the others get every snapshot layer, newest first, then the tree
+            snaps = [] if t is not None and t.base == "unionmount" else \
+                [os.path.join(os.path.basename(fixture.snaps_store(self.fix)), d)
+                 for d in fixture.snaps_layers(self.fix)]
+            return snaps + ["base"], os.path.join(self.fix, "snaps"), None
         raise ValueError(w.stack)
 
-    def plain_view(self, w, view):
+    def bind_store(self):
+        """The fixture's snapshot store, read-only, as the store of the upper of the mount."""
+        os.makedirs(self.store)
+        src = fixture.snaps_store(self.fix)
+        for cmd in (["mount", "--bind", src, self.store],
+                    ["mount", "-o", "remount,bind,ro", self.store]):
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0:
+                self.unbind_store()
+                raise T.MountError(f"{' '.join(cmd)}: {r.stdout.strip()}")
+
+    def unbind_store(self):
+        if T.mounted(self.store):
+            subprocess.run(["umount", "-l", self.store], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        try:
+            os.rmdir(self.store)
+        except OSError:
+            pass
+
+    def plain_view(self, w, view, lowers=None, cwd=None):
         if w.plain == "direct":
             return view
         os.makedirs(self.plain)
+        if w.plain == "stack":  # every lower copied in, bottom first
+            for low in reversed(lowers):
+                subprocess.run(["cp", "-a", os.path.join(cwd or "", low) + "/.", self.plain],
+                               check=True)
+            return self.plain
         for rel in w.plain_copy:
             dst = os.path.join(self.plain, rel)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -257,16 +394,44 @@ class Bench:
         rec = lambda mode, **kw: dict(wid=w.wid, mode=mode, target=t.name, run=run, **kw)
         if t.name in self.unavailable:
             return [rec(ph.mode, status="fail", err=self.unavailable[t.name]) for ph in w.phases]
-        if t.name == "mergerfs" and not w.read_only:
+        if t.base == "mergerfs" and not w.read_only:
             return [rec(ph.mode, status="n/a") for ph in w.phases]
-        self.reset_dirs()
-        lowers, cwd, view = self.stack(w)
+        if w.only and t.base not in w.only:
+            return [rec(ph.mode, status="n/a") for ph in w.phases]
+        if w.needs:
+            why = None
+            if self.deb is None:
+                why = "no Debian rootfs"
+            elif w.needs == "debs" and (self.deb["synthetic"] or not self.deb["debs"]):
+                why = ("needs the debootstrap rootfs and its .debs: " +
+                       (self.deb.get("error") or self.deb.get("debs_error") or "?"))
+            elif t.rootless and not self.deb.get("rootless"):
+                why = "no rootless copy of the rootfs"
+            if why:
+                return [rec(ph.mode, status="fail", err=why) for ph in w.phases]
+        if w.stack == "snaps" and (self.snaps_error or "SNAP_ENTRIES" not in self.env_base):
+            return [rec(ph.mode, status="fail", err=f"no snapshot layers: {self.snaps_error}")
+                    for ph in w.phases]
+        user = t.user if t.rootless else None
+        if w.supported:
+            o = run_cmd(w.supported, dict(self.env_base, UNIONMOUNT=t.binary or ""),
+                        self.timeout, user=user)
+            if o.status != "ok":
+                return [rec(ph.mode, status="not supported") for ph in w.phases]
+        self.reset_dirs(user)
+        lowers, cwd, view = self.stack(w, t)
         logpath = os.path.join(self.out, "logs", f"{t.name}-{w.wid}-{run}.log")
         m = None
         out = []
         try:
+            if w.prewarm:  # the branches into the page cache, before the mount
+                o = run_cmd(w.prewarm, dict(self.env_base, LOWERS=" ".join(
+                    os.path.join(cwd or "", x) for x in lowers)), self.timeout)
+                if o.status != "ok":
+                    return [rec(ph.mode, status="fail", err=f"prewarm: {o.err}")
+                            for ph in w.phases]
             if t.kind == "plain":
-                merged = self.plain_view(w, view)
+                merged = self.plain_view(w, view, lowers, cwd)
                 upper = merged
                 if w.pre:
                     o = run_cmd(w.pre, dict(self.env_base, U=upper), self.timeout)
@@ -275,18 +440,22 @@ class Bench:
                                 for ph in w.phases]
             else:
                 if w.pre:
-                    o = run_cmd(w.pre, dict(self.env_base, U=self.upper), self.timeout)
+                    o = run_cmd(w.pre, dict(self.env_base, U=self.upper), self.timeout,
+                                user=user)
                     if o.status != "ok":
                         return [rec(ph.mode, status="fail", err=f"pre: {o.err}")
                                 for ph in w.phases]
                 try:
+                    if w.stack == "snaps" and t.base == "unionmount":
+                        self.bind_store()
                     m = t.mount(lowers, self.upper, self.work, self.mnt, cwd=cwd, logpath=logpath)
                 except (T.MountError, OSError, subprocess.SubprocessError) as e:
                     return [rec(ph.mode, status="fail", err=f"mount: {e}") for ph in w.phases]
                 merged, upper = self.mnt, self.upper
-            env = dict(self.env_base, M=merged, U=upper)
+            env = dict(self.env_base, M=merged, U=upper, UNIONMOUNT=t.binary or "",
+                       UNSHARE="unshare -r -m" if user else "unshare -m")
             if w.setup:
-                o = run_cmd(w.setup, env, self.timeout, m)
+                o = run_cmd(w.setup, env, self.timeout, m, user=user)
                 if o.status != "ok":
                     return [rec(ph.mode, status="fail", err=f"setup: {o.err}") for ph in w.phases]
             tracer = None
@@ -296,12 +465,12 @@ class Bench:
                     self.out, "trace", f"{self.args.trace}-{t.name}-{w.wid}-{run}.{ext}"))
             try:
                 for i, ph in enumerate(w.phases):
-                    if ph.mode == "cold" or i == 0:
+                    if ph.mode == "cold" or (i == 0 and w.drop_first):
                         drop_caches()
                         if ph.mode == "warm" and w.prime:
-                            run_cmd(w.prime, env, self.timeout, m)
+                            run_cmd(w.prime, env, self.timeout, m, user=user)
                     cpu0 = m.cpu() if m else None
-                    o = run_cmd(ph.cmd, env, self.timeout, m)
+                    o = run_cmd(ph.cmd, env, self.timeout, m, user=user)
                     cpu1 = m.cpu() if m else None
                     r = rec(ph.mode, status=o.status, sec=o.sec,
                             cpu=(cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None)
@@ -319,7 +488,7 @@ class Bench:
                 if tracer:
                     tracer.stop()
             if w.check and all(r["status"] == "ok" for r in out):
-                o = run_cmd(w.check, env, self.timeout, m)
+                o = run_cmd(w.check, env, self.timeout, m, user=user)
                 if o.status != "ok":
                     for r in out:
                         r["status"], r["err"] = "fail", f"check failed: {w.check} {o.err}"
@@ -335,6 +504,8 @@ class Bench:
         finally:
             if m:
                 m.unmount()
+            if w.stack == "snaps":
+                self.unbind_store()
         return out
 
     def memory_test(self, t):
@@ -344,7 +515,8 @@ class Bench:
             return None
         if t.name in self.unavailable:
             return dict(r, status="fail", err=self.unavailable[t.name])
-        self.reset_dirs()
+        user = t.user if t.rootless else None
+        self.reset_dirs(user)
         w = W.Workload("M", "memory", "metadata", "many", [])
         lowers, cwd, _ = self.stack(w)
         m = None
@@ -355,7 +527,7 @@ class Bench:
             find = "find \"$M\" -printf '%s %i\\n' | wc -l"
             r["rss_mount_kb"] = m.rss_kb()
             drop_caches()
-            o = run_cmd(find, env, self.timeout, m)
+            o = run_cmd(find, env, self.timeout, m, user=user)
             if o.status != "ok":
                 return dict(r, status=o.status, err=o.err)
             r["entries"] = int(o.out.split()[0])
@@ -367,7 +539,7 @@ class Bench:
             time.sleep(2)  # FORGETs arrive asynchronously
             r["rss_drop_kb"] = m.rss_kb()
             r["fds_drop"] = m.fds()
-            o = run_cmd(find, env, self.timeout, m)
+            o = run_cmd(find, env, self.timeout, m, user=user)
             time.sleep(0.5)
             r["rss_find2_kb"] = m.rss_kb()
             r["hwm_kb"] = m.hwm_kb()
@@ -464,6 +636,11 @@ def main(argv):
     bad = [x for x in tnames if x not in T.ALL]
     if bad:
         raise SystemExit(f"unknown target(s): {','.join(bad)}; known: {','.join(T.ALL)}")
+    if args.rootless:
+        tnames += [r for r, b in T.ROOTLESS.items() if b in tnames and r not in tnames]
+    tnames = [x for x in T.ALL if x in tnames]  # the report's column order
+    bases = {T.ROOTLESS.get(x, x) for x in tnames}
+    any_rootless = any(x in T.ROOTLESS for x in tnames)
     p = dict(fixture.QUICK if args.quick else fixture.FULL)
     wl, do_memory = W.select(W.all_workloads(p), args.workloads)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -473,14 +650,18 @@ def main(argv):
     with open("/proc/loadavg") as f:
         load_start = " ".join(f.read().split()[:3])
 
+    fo2 = os.path.abspath(args.fo2 or T.fo2_binary(args.cache))
     if not args.no_install:
         ensure_peers(tnames, any(w.wid == "10" for w in wl))
+        if "fuse-overlayfs-2" in bases:
+            ensure_fo2(args.cache, fo2)
+    user = ensure_user(args.rootless_user) if any_rootless else None
     ubin = args.unionmount
     if ubin is None:
         ubin = os.path.join(REPO, "target", "release", "unionmount")
-        if "unionmount" in tnames and not args.no_build:
+        if "unionmount" in bases and not args.no_build:
             ubin = build_unionmount()
-    tmap = T.make_targets(os.path.abspath(ubin))
+    tmap = T.make_targets(os.path.abspath(ubin), fo2, user)
     if args.nofile:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         try:
@@ -495,23 +676,74 @@ def main(argv):
     fix_root = os.path.join(args.scratch, f"fixture-{size}")
     need = {"tree"}
     for w in wl:
-        need |= {"main": {"tree", "wide", "data", "cproj"}, "layers32": {"layers"}}.get(
-            w.stack, {"scale"})
+        need |= {"main": {"tree", "wide", "data", "cproj"}, "layers32": {"layers"},
+                 "snaps": {"snaps"}}.get(w.stack, {"scale"})
     if do_memory:
         need.add("many")
     t0 = time.monotonic()
-    fixture.ensure(fix_root, p, need)
+    snaps_error = None
+    try:  # the snapshot layers ("snaps", made last) are taken by the run's unionmount
+        fixture.ensure(fix_root, p, need, unionmount=tmap["unionmount"].binary)
+    except fixture.FixtureError as e:
+        snaps_error = str(e)
+        log(f"{e}: workload 18 will be marked fail")
+    if user:
+        chown_fixture(fix_root, user)
     gen_sec = time.monotonic() - t0
+
+    bindir = os.path.join(args.scratch, "bin")
+    if user:
+        for d in (args.scratch, bindir):  # the rootless user walks through these
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)
+        for n in tnames:
+            t = tmap[n]
+            if t.rootless and t.binary and os.path.isabs(t.binary) and run_cmd(
+                    f"test -x {shlex.quote(t.binary)}", {}, 30, user=user).status != "ok":
+                copy = os.path.join(bindir, f"{t.base}-for-{user[0]}")
+                log(f"{t.binary} is out of {user[0]}'s reach: {n} runs a copy, {copy}")
+                shutil.copy2(t.binary, copy)
+                os.chmod(copy, 0o755)
+                t.binary = copy
+
+    # the Debian rootfs of workloads 14-16, and the walker
+    deb, deb_ro, extra_env = None, None, {}
+    if any(w.needs for w in wl):
+        walkx = rootfs.build_walkx(bindir)
+        deb = rootfs.ensure(args.cache, user[0] if user else None)
+        deb_src = os.path.join(args.cache, "debian")
+        deb_ro, deb_bound = bind_ro(deb_src, os.path.join(args.scratch, "ro-debian"))
+        if deb_bound:  # the same paths, seen through the read-only bind mount
+            def ro(x):
+                return deb_ro + x[len(deb_src):] if isinstance(x, str) and \
+                    x.startswith(deb_src + "/") else x
+            deb = {k: ({kk: ro(vv) for kk, vv in v.items()} if isinstance(v, dict) else ro(v))
+                   for k, v in deb.items()}
+        else:
+            deb_ro = None
+        if deb["synthetic"]:
+            for w in wl:
+                if w.needs:
+                    w.title += " (SYNTHETIC tree: debootstrap failed)"
+        extra_env = dict(ROOTFS_ENTRIES=str(deb["entries"]),
+                         WALKX=walkx,
+                         APT_PACKAGES=" ".join(rootfs.APT_PACKAGES))
 
     ro_dir = os.path.join(args.scratch, f"ro-{size}")
     fix, bound = bind_ro(fix_root, ro_dir)
-    bench = Bench(args, p, fix, tmap, tnames, out)
+    bench = Bench(args, p, fix, tmap, tnames, out, deb, extra_env, snaps_error)
     info = machine_info([tmap[n] for n in tnames], tmap["unionmount"].binary, args.scratch)
     info["command"] = "scripts/bench-compare" + "".join(" " + shlex.quote(a) for a in argv)
     info["fixture"] = {"root": fix_root, "params": p, "generate_sec": round(gen_sec, 1)}
     info["runs"] = args.runs
     info["loadavg_start"] = load_start
     info["daemon_nofile"] = args.nofile
+    info["labels"] = {n: tmap[n].label() for n in tnames}
+    info["rootless_user"] = user[0] if user else None
+    if deb:
+        info["rootfs"] = {k: deb.get(k) for k in ("rootfs", "debs", "synthetic", "entries",
+                                                  "error", "debs_error")}
+        info["rootfs"]["apt_packages"] = rootfs.APT_PACKAGES
     interrupted = None
     try:
         bench.run(wl, do_memory)
@@ -526,6 +758,9 @@ def main(argv):
         T.cleanup_all()
         if bound:
             subprocess.run(["umount", ro_dir], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        if deb_ro:
+            subprocess.run(["umount", deb_ro], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     info["elapsed_sec"] = round(time.monotonic() - t_begin, 1)
     with open("/proc/loadavg") as f:

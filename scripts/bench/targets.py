@@ -3,9 +3,16 @@
 A stack is a list of lower directories, top first, plus an empty upper and work directory.
 FUSE daemons run in the foreground (-f) as our child, so we know their pid and can read
 their CPU time and memory from /proc.
+
+Two fuse-overlayfs versions run side by side: `fuse-overlayfs` is the distribution's (1.x, C),
+`fuse-overlayfs-2` the Rust rewrite (`cargo install fuse-overlayfs`, 2.x) from the bench cache.
+The `*-rootless` targets run the same daemons as an unprivileged user (USER below): they mount
+through the setuid fusermount3 (so `nosuid,nodev`, no `allow_other`, no FUSE passthrough, no
+`trusted.*` xattrs), and every command of a workload on them runs as that user too.
 """
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -13,9 +20,17 @@ import subprocess
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ALL = ["plain", "overlay", "unionmount", "fuse-overlayfs", "unionfs-fuse", "mergerfs"]
+ROOT = ["plain", "overlay", "unionmount", "fuse-overlayfs", "fuse-overlayfs-2", "unionfs-fuse",
+        "mergerfs"]
+# rootless target -> the root target whose daemon it runs unprivileged
+ROOTLESS = {"unionmount-rootless": "unionmount", "fuse-overlayfs-rootless": "fuse-overlayfs",
+            "fuse-overlayfs-2-rootless": "fuse-overlayfs-2"}
+ALL = ROOT + list(ROOTLESS)
 APT_PACKAGE = {"fuse-overlayfs": "fuse-overlayfs", "unionfs-fuse": "unionfs-fuse",
                "mergerfs": "mergerfs"}
+# fuse-overlayfs 2.x: `cargo install fuse-overlayfs --version ^2 --root CACHE/FO2_DIR`
+FO2_DIR = "fo2"
+FO2_CRATE_VERSION = "^2"
 
 _active = []  # live mounts, unmounted by cleanup_all() whatever happens
 
@@ -115,6 +130,9 @@ class Mount:
             return
         self.down = True
         try:
+            if self.target.kind != "plain":
+                for sub in mounts_below(self.mnt):  # whatever a workload left mounted inside
+                    _run(["umount", "-l", sub], timeout=60)
             if self.target.kind != "plain" and mounted(self.mnt):
                 ok = False
                 tries = (["fusermount3", "-u", self.mnt], ["umount", self.mnt]) \
@@ -144,9 +162,25 @@ class Mount:
 
 
 class Target:
-    def __init__(self, name, kind, binary=None):
+    def __init__(self, name, kind, binary=None, base=None, user=None):
         self.name, self.kind, self.binary = name, kind, binary
+        self.base = base or name  # which filesystem: rootless targets share their root one's
+        self.user = user          # (name, uid, gid): daemon and commands run as this user
         self.nofile = None  # RLIMIT_NOFILE for the daemon; None: inherit ours
+        self._version = None
+
+    @property
+    def rootless(self):
+        return self.base != self.name
+
+    def label(self):
+        """Column header: the name, with the major.minor version for fuse-overlayfs (so the
+        report says "fuse-overlayfs 1.10" and "fuse-overlayfs 2.0")."""
+        if self.base.startswith("fuse-overlayfs"):
+            m = re.search(r"version:?\s*(\d+)\.(\d+)", self.version())
+            head = f"fuse-overlayfs {m.group(1)}.{m.group(2)}" if m else self.base
+            return head + (" rootless" if self.rootless else "")
+        return self.name
 
     def available(self):
         if self.kind == "plain":
@@ -157,12 +191,19 @@ class Target:
                     return True, ""
             r = _run(["modprobe", "overlay"])
             return r.returncode == 0, "no overlay in /proc/filesystems"
+        if self.base != self.name and self.user is None:
+            return False, "no rootless bench user"
         if self.binary and (os.path.isabs(self.binary) and os.access(self.binary, os.X_OK)
                             or shutil.which(self.binary)):
             return True, ""
         return False, f"{self.binary} not found"
 
     def version(self):
+        if self._version is None:
+            self._version = self._read_version()
+        return self._version
+
+    def _read_version(self):
         try:
             if self.kind == "kernel":
                 return "kernel " + os.uname().release
@@ -170,7 +211,8 @@ class Target:
                 return ""
             r = _run([self.binary, "--version"], timeout=10)
             lines = r.stdout.splitlines()
-            own = [x for x in lines if self.name in x.lower() and "version" in x.lower()]
+            own = [x for x in lines if self.base.removesuffix("-2") in x.lower()
+                   and "version" in x.lower()]
             return (own or [x for x in lines if "version" in x.lower()] or lines or [""])[0] \
                 .strip()
         except Exception as e:  # noqa: BLE001 - a version string is decoration
@@ -178,19 +220,20 @@ class Target:
 
     def command(self, lowers, upper, work, mnt):
         low = ":".join(lowers)
-        if self.name == "overlay":
+        name = self.base
+        if name == "overlay":
             return ["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={low},upperdir={upper},workdir={work}", mnt]
-        if self.name == "unionmount":
+        if name == "unionmount":
             return [self.binary, "-f", "-o", f"lowerdir={low},upperdir={upper},workdir={work}",
                     mnt]
-        if self.name == "fuse-overlayfs":
+        if name in ("fuse-overlayfs", "fuse-overlayfs-2"):
             return [self.binary, "-f", "-o", f"lowerdir={low},upperdir={upper},workdir={work}",
                     mnt]
         branches = ":".join([f"{upper}=RW"] + [f"{x}=RO" for x in lowers])
-        if self.name == "unionfs-fuse":
+        if name == "unionfs-fuse":
             return [self.binary, "-f", "-o", "cow,allow_other", branches, mnt]
-        if self.name == "mergerfs":
+        if name == "mergerfs":
             return [self.binary, "-f", "-o", "allow_other", branches, mnt]
         raise ValueError(self.name)
 
@@ -210,8 +253,12 @@ class Target:
         limit = self.nofile
         pre = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))) \
             if limit else None
+        kw = {}
+        if self.user:
+            kw = dict(user=self.user[1], group=self.user[2], extra_groups=[])
+            env.update(HOME="/tmp", USER=self.user[0], LOGNAME=self.user[0])
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, preexec_fn=pre)
+                                start_new_session=True, env=env, preexec_fn=pre, **kw)
         m = Mount(self, mnt, upper, proc, log if logpath else None)
         _active.append(m)
         deadline = time.monotonic() + 20
@@ -230,15 +277,24 @@ class Target:
         raise MountError(f"{self.name} did not mount within 20s")
 
 
-def make_targets(unionmount_bin):
-    return {
+def fo2_binary(cache):
+    return os.path.join(cache, FO2_DIR, "bin", "fuse-overlayfs")
+
+
+def make_targets(unionmount_bin, fo2_bin, user=None):
+    """user: (name, uid, gid) of the rootless targets, or None (then they are unavailable)."""
+    t = {
         "plain": Target("plain", "plain"),
         "overlay": Target("overlay", "kernel"),
         "unionmount": Target("unionmount", "fuse", unionmount_bin),
         "fuse-overlayfs": Target("fuse-overlayfs", "fuse", "fuse-overlayfs"),
+        "fuse-overlayfs-2": Target("fuse-overlayfs-2", "fuse", fo2_bin),
         "unionfs-fuse": Target("unionfs-fuse", "fuse", "unionfs-fuse"),
         "mergerfs": Target("mergerfs", "fuse", "mergerfs"),
     }
+    for name, base in ROOTLESS.items():
+        t[name] = Target(name, "fuse", t[base].binary, base=base, user=user)
+    return t
 
 
 def cleanup_all():

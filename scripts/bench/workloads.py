@@ -4,7 +4,16 @@ Commands are bash, run with these in the environment:
   M  the merged directory (for `plain`, a directory holding the same names)
   F  the fixture root (read-only bind mount)
   U  the upper directory (for `plain`, M)
-  and the size parameters below (BIG_MB, CREATE_N, ...).
+  and the size parameters below (BIG_MB, CREATE_N, ...), and for the container rows:
+  ROOTFS_ENTRIES  what `find` lists in the Debian rootfs (its root included)
+  WALKX           the layer-diff walker (rootfs.WALKX_C): lstat + llistxattr + lgetxattr
+  APT_PACKAGES    the packages workload 16 installs (their .debs are in a layer below)
+  UNSHARE         `unshare -m` for root targets, `unshare -r -m` (a user namespace) for rootless
+  UNIONMOUNT      the unionmount binary (snapshot/rollback, workload 17)
+and for the snapshot layers (workload 18):
+  SNAP_ENTRIES    what `find` lists through the snapshot layers over the tree (its root included)
+  SNAP_HOT, SNAP_HOT_SIZE  the file every snapshot appended to, and its size in the newest one
+Commands on a rootless target run as the rootless bench user, in /.
 A command may print BENCH_ELAPSED=<seconds> to report its own time (used where process
 start-up would blur a short measurement); otherwise the wall time of the command counts.
 """
@@ -18,12 +27,20 @@ GOALS = {
     ("namespace", "cold"): 3.0, ("namespace", "warm"): 3.0,
     ("copy-up", "cold"): 1.5, ("copy-up", "warm"): 1.5,
     ("build", "cold"): 1.3, ("build", "warm"): 1.3,
+    # a first walk of a fresh mount with the branches in the page cache: every entry is a
+    # LOOKUP, as a cold walk (issue 18: no row above 3x)
+    ("metadata", "fresh"): 3.0,
+    # apt-get install in a chroot on the mount (issue 18)
+    ("package", "fresh"): 1.5,
 }
+# rows in absolute time (no kernel overlayfs equivalent): the goal in milliseconds (issue 19)
+ABS_GOALS_MS = {"snapshot": 100, "rollback": 100}
 
 
 @dataclass
 class Phase:
-    mode: str                 # "cold": caches dropped first; "warm": right after a pass
+    mode: str                 # "cold": caches dropped first; "warm": right after a pass;
+                              # "fresh": first pass on a fresh mount, branches warmed first
     cmd: str
     expect: str = ""          # the variable whose value the command's output must equal
 
@@ -33,18 +50,29 @@ class Workload:
     wid: str
     title: str
     kind: str                 # data | metadata | namespace | copy-up | build
-    stack: str                # "main" | "layers32" | "scale:N"
+    stack: str                # "main" | "layers32" | "scale:N" | "snaps" | "debian"...
     phases: list
-    plain: str = "direct"     # direct (the fixture itself) | empty | copy
+    plain: str = "direct"     # direct (the fixture itself) | empty | copy | stack
     plain_copy: list = field(default_factory=list)
     pre: str = ""             # untimed, in the upper ($U) before the mount: upper files
     setup: str = ""           # untimed, after mount
     prime: str = ""           # untimed, before a first phase that is warm
     check: str = ""           # untimed, after the phases; failing marks the cell "fail"
     read_only: bool = False   # mergerfs (no whiteouts, no copy-up) runs only these
+    prewarm: str = ""         # untimed, before the mount, as root: reads the branches ($LOWERS)
+    drop_first: bool = True   # drop caches before the first phase (not for fresh/prewarmed)
+    only: tuple = ()          # run only on targets of these filesystems (base); n/a elsewhere
+    supported: str = ""       # untimed probe; failing: the cell is "not supported"
+    absolute: bool = False    # report milliseconds (no ratio: overlayfs has no such operation)
+    needs: str = ""           # "rootfs" | "debs": the Debian rootfs (and the .deb layer)
 
     def goal(self, mode):
+        if self.absolute:
+            return None
         return GOALS.get((self.kind, mode))
+
+    def goal_ms(self, mode):
+        return ABS_GOALS_MS.get(mode) if self.absolute else None
 
 
 # find prints one line per entry; the count is checked against the fixture (TREE_ENTRIES)
@@ -63,6 +91,30 @@ d, b = sys.argv[1], b"x" * 4096
 for i in range(int(sys.argv[2])):
     with open(f"{d}/file_{i:05d}", "wb") as f:
         f.write(b)' "$M/created" "$CREATE_N"'''
+# the container rows (14-16) on the Debian rootfs
+FIND_ROOTFS = "find \"$M\" -printf '%s %i\\n' | wc -l"
+WALK_ROOTFS = '"$WALKX" "$M"'
+PREWARM_META = 'for d in $LOWERS; do "$WALKX" "$d" >/dev/null; done'
+PREWARM_DATA = ('for d in $LOWERS; do "$WALKX" "$d" >/dev/null && '
+                'tar -cf - -C "$d" . | cat >/dev/null; done')
+# apt-get install from the .debs in the layer above the rootfs, no network; /dev bound in a
+# private mount namespace (unionmount mounts nodev as root; rootless FUSE is always nodev), so
+# nothing is left mounted in the mount when the command ends
+APT = (r"""$UNSHARE --propagation private sh -c 'mount --rbind /dev "$1/dev" && """
+       r"""exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive """
+       r"""LC_ALL=C chroot "$1" apt-get install -y -q -o APT::Sandbox::User=root """
+       r"""--no-download $2' sh "$M" "$APT_PACKAGES" >/dev/null""")
+# snapshot / rollback (issue 19), timed around the one command
+TIMED = ('t0=$(date +%s.%N) && {cmd} && t1=$(date +%s.%N) && '
+         'awk -v a="$t0" -v b="$t1" \'BEGIN {{ printf "BENCH_ELAPSED=%.6f\\n", b - a }}\'')
+SNAPSHOT = TIMED.format(cmd='"$UNIONMOUNT" snapshot "$M" >/dev/null')
+# changes after the snapshot (untimed), then the rollback that discards them (timed)
+ROLLBACK = ('rm -rf "$M/created" && mkdir "$M/after" && touch "$M/after/"f{1..100} && ' +
+            TIMED.format(cmd='"$UNIONMOUNT" rollback "$M" >/dev/null'))
+# workload 18: one untimed count of every target's view (the same for all), and the newest
+# copy of the file every snapshot appended to on top
+SNAP_CHECK = ('test "$(find "$M" | wc -l)" -eq "$SNAP_ENTRIES" && '
+              'test "$(stat -c %s "$M/$SNAP_HOT")" -eq "$SNAP_HOT_SIZE"')
 FIO = ("fio --name=randrw --filename=\"$M/fio.dat\" --size=${FIO_MB}m --io_size=${FIO_IO_MB}m "
        "--bs=4k --rw=randrw --ioengine=psync --randrepeat=1 --end_fsync=1 --output=/dev/null")
 
@@ -138,6 +190,37 @@ def all_workloads(p):
           "main", [Phase("cold", 'make -C "$M/cproj" -j2 -s >/dev/null')], plain="copy",
           plain_copy=["cproj"], check='test -x "$M/cproj/app" && "$M/cproj/app" >/dev/null'),
     ]
+    ws += [
+        W("14", "find + lstat over a Debian minbase rootfs, fresh mount, branches warm",
+          "metadata", "debian",
+          [Phase("fresh", FIND_ROOTFS, expect="ROOTFS_ENTRIES"),
+           Phase("warm", FIND_ROOTFS, expect="ROOTFS_ENTRIES")],
+          read_only=True, prewarm=PREWARM_META, drop_first=False, needs="rootfs"),
+        W("15", "layer-diff walk (lstat + llistxattr + lgetxattr) of a Debian rootfs, fresh "
+          "mount, branches warm", "metadata", "debian",
+          [Phase("fresh", WALK_ROOTFS, expect="ROOTFS_ENTRIES"),
+           Phase("warm", WALK_ROOTFS, expect="ROOTFS_ENTRIES")],
+          read_only=True, prewarm=PREWARM_META, drop_first=False, needs="rootfs"),
+        W("16", "apt-get install perl less file xz-utils bzip2 patch (cached .debs) in a chroot "
+          "on a Debian rootfs", "package", "debian-apt", [Phase("fresh", APT)], plain="stack",
+          prewarm=PREWARM_DATA, drop_first=False, needs="debs",
+          check='test -x "$M/usr/bin/perl" && test -x "$M/usr/bin/xz" && '
+                'grep -q "^Package: perl$" "$M/var/lib/dpkg/status"'),
+        W("17", f"snapshot after creating {_k(p['create_n'])} files; rollback (ms)",
+          "snapshot", "main",
+          [Phase("snapshot", SNAPSHOT), Phase("rollback", ROLLBACK)], plain="empty",
+          setup='mkdir "$M/created" && ' + CREATE, drop_first=False, only=("unionmount",),
+          supported='"$UNIONMOUNT" snapshot --help 2>&1 | grep -q "Usage: unionmount snapshot"',
+          absolute=True,
+          check=('test "$(ls -f "$M/created" | wc -l)" -eq $((CREATE_N + 2)) && '
+                 '! test -e "$M/after"')),
+    ]
+    ws.append(
+        W("18", f"find + lstat through {p['snapshots']} snapshot layers over the tree",
+          "metadata", "snaps",
+          [Phase("cold", FIND_ROOT, expect="SNAP_ENTRIES"),
+           Phase("warm", FIND_ROOT, expect="SNAP_ENTRIES")],
+          plain="stack", read_only=True, check=SNAP_CHECK))
     for n in (1, 8, 32, 128):
         layers = f"{n} layer" + ("s" if n > 1 else "")
         ws.append(W(f"L{n}", f"lookup of {_k(p['scale_top'])} top-layer files, {layers}",

@@ -15,6 +15,7 @@
 //! and one over the whole stack for moved directories), so redirects, whiteouts and opaque
 //! directories in any layer mean here what they mean in the mount.
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
@@ -70,6 +71,8 @@ impl Change {
 #[derive(Debug, Clone, Default)]
 pub struct Source {
     pub upper: PathBuf,
+    /// Snapshot layers below the upper whose changes count too, top first.
+    pub above: Vec<PathBuf>,
     /// Lower branches, top first (to tell A from C, and name what an opaque dir deletes).
     pub lowers: Vec<PathBuf>,
 }
@@ -122,8 +125,69 @@ fn is_meta(name: &OsStr) -> bool {
     name.as_bytes().starts_with(b".wh..wh.")
 }
 
-/// The change set of `src.upper`.
+/// The change set of `src.upper` and the snapshot layers `src.above` together: each
+/// layer's own, composed oldest first. A later change of a path replaces an earlier one,
+/// a later deletion or opaque directory drops what the earlier ones had below it, and
+/// whether an entry is added, changed or deleted is decided against the lowers alone.
 pub fn changes(src: &Source) -> super::Result<ChangeSet> {
+    if src.above.is_empty() {
+        return layer_changes(src);
+    }
+    let mut layers = vec![src.upper.clone()];
+    layers.extend(src.above.iter().cloned());
+    let base = if src.lowers.is_empty() {
+        None
+    } else {
+        Some(read_only_union(&src.lowers)?)
+    };
+    let in_base = |p: &Path| base.as_ref().is_some_and(|u| resolve(u, p).is_some());
+    // Keyed by components: a directory's entries sort right after it, parents first.
+    let key = |p: &Path| p.iter().map(|c| c.as_bytes().to_vec()).collect::<Vec<_>>();
+    let mut all: BTreeMap<Vec<Vec<u8>>, Change> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for i in (0..layers.len()).rev() {
+        let mut lowers = layers[i + 1..].to_vec();
+        lowers.extend(src.lowers.iter().cloned());
+        let one = layer_changes(&Source {
+            upper: layers[i].clone(),
+            above: Vec::new(),
+            lowers,
+        })?;
+        warnings.extend(one.warnings);
+        for mut c in one.changes {
+            let k = key(&c.path);
+            if c.kind == Kind::Deleted || c.opaque {
+                let below: Vec<_> = all
+                    .range(k.clone()..)
+                    .skip(1)
+                    .take_while(|(o, _)| o.starts_with(&k))
+                    .map(|(o, _)| o.clone())
+                    .collect();
+                for o in below {
+                    all.remove(&o);
+                }
+            }
+            // A directory an earlier layer made opaque stays so beneath a merging one.
+            if let Some(old) = all.remove(&k) {
+                c.opaque |= old.opaque && old.is_dir() && c.is_dir();
+            }
+            c.kind = match (c.kind, in_base(&c.path)) {
+                (Kind::Deleted, false) => continue,
+                (Kind::Deleted, true) => Kind::Deleted,
+                (_, true) => Kind::Changed,
+                (_, false) => Kind::Added,
+            };
+            all.insert(k, c);
+        }
+    }
+    Ok(ChangeSet {
+        changes: all.into_values().collect(),
+        warnings,
+    })
+}
+
+/// The change set of one layer directory over the lowers.
+fn layer_changes(src: &Source) -> super::Result<ChangeSet> {
     let mut set = ChangeSet::default();
     let lowers = if src.lowers.is_empty() {
         None

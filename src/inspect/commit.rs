@@ -242,6 +242,7 @@ pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
     let layer = check_target(to, &mp, &branches)?;
     let src = Source {
         upper: upper.clone(),
+        above: stack.snapshots.iter().map(|s| s.1.clone()).collect(),
         lowers: stack.lowers(),
     };
     if !remount {
@@ -325,6 +326,23 @@ pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
     );
     empty_dir(&upper).map_err(|e| format!("emptying {}: {e}", upper.display()))?;
     say!("emptied the upper {}", upper.display());
+    // The snapshots' changes are in the layer too: as points to go back to they would
+    // now undo the commit, and stacked again they would hide the layer.
+    if !stack.snapshots.is_empty() {
+        let store = crate::union::snapstore::store_of(&upper);
+        crate::union::snapstore::remove_tree(&store)
+            .map_err(|e| format!("removing the committed snapshots: {e}"))?;
+        say!(
+            "removed the snapshots committed with it ({}: {})",
+            store.display(),
+            stack
+                .snapshots
+                .iter()
+                .map(|s| s.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     // 3. Mount again with the layer under the fresh upper.
     let args = remount_with(&stack, Some(&layer))?;
     say!(

@@ -10,13 +10,14 @@
 //! connect. One request line per connection; the reply is `ok <major>:<minor>` or `error
 //! <message>`, then lines until the daemon closes the connection:
 //!
-//! - `stack`: `pid N`, `options OPTS`, then one `branch RW|RO<TAB>DIR<TAB>SPEC` per branch.
+//! - `stack`: `pid N`, `options OPTS`, then one `branch RW|RO|SNAP<TAB>DIR<TAB>SPEC` per
+//!   layer (SNAP: a snapshot of the upper, spec `snapshot NAME`).
 //! - `layers`: the live stack with file counts, counters since mount and kernel features.
 //! - `which REL`: which branch serves REL (relative to the mount point), and what it hides.
 //! - `tree DEPTH REL`: the merged subtree at REL with the branch of each entry and the lower
 //!   entries it deletes or shadows (`map.rs` describes the lines).
 //! - `trace`: one line per copy-up, whiteout, opaque directory or redirect, as they happen.
-//! - `snapshot [NAME]`, `rollback [NAME]`, `snapshots`: see `snapshots.rs`.
+//! - `snapshot [NAME]`, `rollback [NAME]`, `drop NAME`, `snapshots`: see `snapshots.rs`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -141,7 +142,7 @@ fn serve_one(union: &Union, info: &Info, dev: Dev, stream: UnixStream) -> io::Re
             let _in = union.enter();
             super::map::subtree(union, arg)
         }
-        "snapshot" | "rollback" | "snapshots" => super::snapshots::serve(union, cmd, arg),
+        "snapshot" | "rollback" | "drop" | "snapshots" => super::snapshots::serve(union, cmd, arg),
         "trace" => {
             writeln!(out, "ok {dev}")?;
             out.flush()?;
@@ -276,6 +277,7 @@ pub fn stack(mountpoint: &Path) -> super::Result<super::Stack> {
         mountpoint: mountpoint.to_path_buf(),
         pid: 0,
         branches: Vec::new(),
+        snapshots: Vec::new(),
         options: String::new(),
     };
     for line in request_lines(mountpoint, "stack")? {
@@ -285,9 +287,16 @@ pub fn stack(mountpoint: &Path) -> super::Result<super::Stack> {
             "options" => s.options = v.to_string(),
             "branch" => {
                 let f: Vec<&str> = v.splitn(3, '\t').collect();
-                if f.len() == 3 {
-                    s.branches
-                        .push((PathBuf::from(f[1]), f[0] == "RW", f[2].to_string()));
+                match (f.len(), f.first()) {
+                    (3, Some(&"SNAP")) => {
+                        let name = f[2].strip_prefix("snapshot ").unwrap_or(f[2]);
+                        s.snapshots.push((name.to_string(), PathBuf::from(f[1])));
+                    }
+                    (3, _) => {
+                        s.branches
+                            .push((PathBuf::from(f[1]), f[0] == "RW", f[2].to_string()))
+                    }
+                    _ => {}
                 }
             }
             _ => {}

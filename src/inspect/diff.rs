@@ -5,8 +5,13 @@ use std::path::Path;
 
 use super::changes::{ChangeSet, Source, changes};
 
-/// The change set of an upper directory or of a mount point's upper.
-pub fn source_for(target: &Path, lowers: &[std::path::PathBuf]) -> super::Result<Source> {
+/// The change set of an upper directory, or of a mount point's upper and its snapshots
+/// (those taken after `since`, or all: every change over the lower branches).
+pub fn source_for(
+    target: &Path,
+    lowers: &[std::path::PathBuf],
+    since: Option<&str>,
+) -> super::Result<Source> {
     if let Some(mp) = super::mount_point(target)? {
         let stack = super::control::stack(&mp)?;
         let Some(upper) = stack.upper() else {
@@ -15,10 +20,18 @@ pub fn source_for(target: &Path, lowers: &[std::path::PathBuf]) -> super::Result
                 mp.display()
             ));
         };
+        let (above, mut below) = stack.snapshots_since(since)?;
+        below.extend(stack.lowers());
         return Ok(Source {
             upper: upper.to_path_buf(),
-            lowers: stack.lowers(),
+            above,
+            lowers: below,
         });
+    }
+    if let Some(name) = since {
+        return Err(format!(
+            "--since {name}: give the mount point (snapshots belong to a mount's upper)"
+        ));
     }
     let meta = std::fs::metadata(target).map_err(|e| format!("{}: {e}", target.display()))?;
     if !meta.is_dir() {
@@ -26,6 +39,7 @@ pub fn source_for(target: &Path, lowers: &[std::path::PathBuf]) -> super::Result
     }
     Ok(Source {
         upper: super::absolute(target)?,
+        above: Vec::new(),
         lowers: lowers.to_vec(),
     })
 }
@@ -98,8 +112,13 @@ pub fn print(set: &ChangeSet, json: bool, out: &mut impl Write) -> std::io::Resu
     Ok(())
 }
 
-pub fn run(target: &Path, lowers: &[std::path::PathBuf], json: bool) -> super::Result<()> {
-    let src = source_for(target, lowers)?;
+pub fn run(
+    target: &Path,
+    lowers: &[std::path::PathBuf],
+    since: Option<&str>,
+    json: bool,
+) -> super::Result<()> {
+    let src = source_for(target, lowers, since)?;
     let set = changes(&src)?;
     for w in &set.warnings {
         eprintln!("unionmount diff: warning: {w}");

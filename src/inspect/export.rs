@@ -236,7 +236,7 @@ fn append_entry<W: Write>(
 
 /// `unionmount export TARGET --tar FILE [--digest]`.
 pub fn run(target: &Path, lowers: &[PathBuf], tar: &Path, digest: bool) -> super::Result<()> {
-    let src = super::diff::source_for(target, lowers)?;
+    let src = super::diff::source_for(target, lowers, None)?;
     let set = super::changes::changes(&src)?;
     if !set.warnings.is_empty() {
         return Err(format!(

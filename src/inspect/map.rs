@@ -28,7 +28,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::branch_name;
 use crate::union::Union;
 use crate::union::node::{LayerDir, Node};
 use crate::union::resolve::Found;
@@ -370,7 +369,7 @@ pub fn subtree(u: &Union, arg: &str) -> Result<Vec<String>, String> {
             "branch\t{}\t{}\t{}\t{}",
             l.index,
             if l.writable { "RW" } else { "RO" },
-            escape(OsStr::new(&branch_name(&l.path))),
+            escape(OsStr::new(&l.name())),
             escape(l.path.as_os_str())
         ));
     }

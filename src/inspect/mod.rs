@@ -160,8 +160,10 @@ pub fn branch_name(path: &Path) -> String {
 pub struct Stack {
     pub mountpoint: PathBuf,
     pub pid: u32,
-    /// (path, writable, spec), top first.
+    /// (path, writable, spec), top first: the branches it was mounted with.
     pub branches: Vec<(PathBuf, bool, String)>,
+    /// The upper's snapshot layers (found beside it at mount), top first: (name, directory).
+    pub snapshots: Vec<(String, PathBuf)>,
     /// `-o` options to mount the same way again (without branches).
     pub options: String,
 }
@@ -169,6 +171,23 @@ pub struct Stack {
 impl Stack {
     pub fn upper(&self) -> Option<&Path> {
         self.branches.first().filter(|b| b.1).map(|b| b.0.as_path())
+    }
+
+    /// The snapshot layers above the one named `since` (all with `None`), and those from
+    /// it down; an unknown name is an error.
+    pub fn snapshots_since(&self, since: Option<&str>) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        let dirs = self.snapshots.iter().map(|s| s.1.clone());
+        let Some(name) = since else {
+            return Ok((dirs.collect(), Vec::new()));
+        };
+        let Some(at) = self.snapshots.iter().position(|s| s.0 == name) else {
+            return Err(format!(
+                "{}: no snapshot named {name} (see `unionmount snapshots`)",
+                self.mountpoint.display()
+            ));
+        };
+        let all: Vec<PathBuf> = dirs.collect();
+        Ok((all[..at].to_vec(), all[at..].to_vec()))
     }
 
     pub fn lowers(&self) -> Vec<PathBuf> {

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::branch_name;
 use crate::config::{Config, MountFlags};
 use crate::sys;
 use crate::union::events::{Event, human_bytes};
@@ -97,7 +96,11 @@ pub fn stack(u: &Union, info: &Info) -> Vec<String> {
     for l in &u.stack().layers {
         out.push(format!(
             "branch {}\t{}\t{}",
-            if l.writable { "RW" } else { "RO" },
+            match (l.writable, &l.snapshot) {
+                (true, _) => "RW",
+                (false, Some(_)) => "SNAP",
+                (false, None) => "RO",
+            },
             l.path.display(),
             l.spec
         ));
@@ -131,15 +134,15 @@ fn count_tree(dir: &Path, top: bool) -> (u64, u64) {
 /// Reply to `layers`: the human-readable report.
 pub fn layers(u: &Union, info: &Info) -> Vec<String> {
     let mut out = vec![format!(
-        "{:<3} {:<12} {:<4} {:>8} {:>10}  directory",
+        "{:<3} {:<14} {:<4} {:>8} {:>10}  directory",
         "#", "branch", "mode", "files", "bytes"
     )];
     for l in &u.stack().layers {
         let (files, bytes) = count_tree(&l.path, l.writable);
         out.push(format!(
-            "{:<3} {:<12} {:<4} {:>8} {:>10}  {}",
+            "{:<3} {:<14} {:<4} {:>8} {:>10}  {}",
             l.index,
-            branch_name(&l.path),
+            l.name(),
             if l.writable { "RW" } else { "RO" },
             files,
             human_bytes(bytes),
@@ -199,7 +202,7 @@ pub fn event_line(u: &Union, e: &Event) -> String {
                 .stack()
                 .layers
                 .get(*from)
-                .map(|l| branch_name(&l.path))
+                .map(|l| l.name())
                 .unwrap_or_else(|| format!("layer {from}"));
             format!(
                 "copy-up {} from {name} ({}, {:.1} ms)",
@@ -218,7 +221,7 @@ fn describe_layer(u: &Union, i: usize) -> String {
     let l = &u.stack().layers[i];
     format!(
         "{} (branch {}, {}, {})",
-        branch_name(&l.path),
+        l.name(),
         i,
         if l.writable { "RW" } else { "RO" },
         l.spec
@@ -265,7 +268,7 @@ fn hidden_below(
                     format!(
                         "{} (a whiteout in {})",
                         real.display(),
-                        branch_name(&u.stack().layers[d.layer].path)
+                        u.stack().layers[d.layer].name()
                     ),
                 ));
                 break;
@@ -277,7 +280,7 @@ fn hidden_below(
                         "{} ({}, {})",
                         real.display(),
                         kind_name(st.st_mode),
-                        branch_name(&u.stack().layers[d.layer].path)
+                        u.stack().layers[d.layer].name()
                     ),
                 ));
                 if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
@@ -304,7 +307,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
         let dirs = u.dirs_of(&root).map_err(|e| e.to_string())?;
         let layers: Vec<String> = dirs
             .iter()
-            .map(|d| branch_name(&u.stack().layers[d.layer].path))
+            .map(|d| u.stack().layers[d.layer].name())
             .collect();
         out.push(format!("served by   {}", describe_layer(u, dirs[0].layer)));
         out.push(format!(
@@ -406,7 +409,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
                 let from: std::path::PathBuf = r.iter().collect();
                 state.push(format!(
                     "moved here in {}; its parts below are read from /{}",
-                    branch_name(&u.stack().layers[top].path),
+                    u.stack().layers[top].name(),
                     from.display()
                 ));
             }
@@ -422,7 +425,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
                 let names: Vec<String> = found
                     .dirs
                     .iter()
-                    .map(|d| branch_name(&u.stack().layers[d.layer].path))
+                    .map(|d| u.stack().layers[d.layer].name())
                     .collect();
                 state.push(format!("directory merged from {}", names.join(", ")));
             } else if upper && !hidden.is_empty() && !opaque {
@@ -432,7 +435,7 @@ pub fn which(u: &Union, rel: &str) -> Result<Vec<String>, String> {
             } else if !opaque {
                 state.push(format!(
                     "directory of {} only",
-                    branch_name(&u.stack().layers[top].path)
+                    u.stack().layers[top].name()
                 ));
             }
         } else if upper && !hidden.is_empty() {

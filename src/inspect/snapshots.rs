@@ -1,7 +1,7 @@
 //! `unionmount snapshot`, `rollback` and `snapshots`: the commands, and the daemon's side
 //! of their control requests (the work itself is `union::snapshot`).
 //!
-//! Requests: `snapshot [NAME]` and `rollback [NAME]` answer `snap SEQ<TAB>NAME<TAB>DIR`;
+//! Requests: `snapshot [NAME]`, `rollback [NAME]` and `drop NAME` answer `snap SEQ<TAB>NAME<TAB>DIR`;
 //! `snapshots` one `snap SEQ<TAB>NAME<TAB>TIME<TAB>ENTRIES<TAB>BYTES<TAB>DIR` per
 //! snapshot, oldest first, then `upper<TAB>ENTRIES<TAB>BYTES<TAB>DIR` for the changes
 //! since the last one.
@@ -27,6 +27,7 @@ pub fn serve(u: &Union, cmd: &str, arg: &str) -> Result<Vec<String>, String> {
     match cmd {
         "snapshot" => Ok(vec![snap_line(&u.snapshot(name_arg(arg)).map_err(err)?)]),
         "rollback" => Ok(vec![snap_line(&u.rollback(name_arg(arg)).map_err(err)?)]),
+        "drop" => Ok(vec![snap_line(&u.drop_snapshot(arg.trim()).map_err(err)?)]),
         "snapshots" => {
             let mut out = Vec::new();
             for s in u.snapshots().map_err(err)? {
@@ -152,6 +153,14 @@ pub fn snapshot(mountpoint: &Path, name: Option<&str>) -> super::Result<()> {
     let lines = ask(mountpoint, &with_name("snapshot", name)?)?;
     let (name, dir) = answered(&lines);
     println!("snapshot {name} taken: {dir}");
+    Ok(())
+}
+
+/// `unionmount snapshot MOUNTPOINT --drop NAME`
+pub fn drop(mountpoint: &Path, name: &str) -> super::Result<()> {
+    let lines = ask(mountpoint, &with_name("drop", Some(name))?)?;
+    let (name, _) = answered(&lines);
+    println!("snapshot {name} dropped: its changes are kept in the layer above it");
     Ok(())
 }
 

@@ -37,6 +37,20 @@ pub struct Layer {
     pub snapshot: Option<String>,
 }
 
+impl Layer {
+    /// Its name for people: `snapshot NAME`, else the directory's last component.
+    pub fn name(&self) -> String {
+        match &self.snapshot {
+            Some(n) => format!("snapshot {n}"),
+            None => self
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.path.display().to_string()),
+        }
+    }
+}
+
 /// Where copy-ups and opaque directories are built: same filesystem as the upper, so a
 /// finished object is published by one rename.
 #[derive(Debug)]
@@ -208,7 +222,7 @@ impl LayerStack {
         if let Some(upper) = settings.upper() {
             let store = Store::of_upper(&upper.path);
             if recover {
-                store.recover(!settings.read_only)?;
+                store.recover(!settings.read_only, settings.whiteout)?;
             }
             for s in store.list()?.into_iter().rev() {
                 let b = Branch {

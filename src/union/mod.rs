@@ -10,6 +10,7 @@ pub mod idmap;
 pub mod index;
 pub mod inode;
 pub mod layer;
+pub mod merge;
 pub mod node;
 pub mod readdir;
 pub mod rename;
@@ -146,19 +147,7 @@ impl Union {
     }
 
     fn make_root(&self) -> Result<Node> {
-        let mut dirs = Vec::new();
-        for l in &self.stack().layers {
-            let (opaque, xwhiteouts) = self.dir_markers(l.root.as_raw_fd())?;
-            dirs.push(DirSlot {
-                layer: l.index,
-                held: Some(Arc::new(HeldFd::new(l.root.clone(), None))),
-                xwhiteouts,
-                path: Arc::new(Vec::new()),
-            });
-            if opaque {
-                break;
-            }
-        }
+        let dirs = self.root_slots()?;
         Ok(Node::new_root(
             ROOT_INO,
             NodeState {
@@ -299,39 +288,7 @@ impl Union {
     /// xattrs: opaque, holding xattr whiteouts, and, if `redirect` is asked, where it was
     /// moved from (`whiteout::Redirect`).
     pub(crate) fn dir_marks(&self, dir: i32, redirect: bool) -> Result<DirMarks> {
-        let mut m = DirMarks::default();
-        if sys::fstatat(dir, whiteout::OPAQUE_MARKER.as_ref()).is_ok() {
-            m.opaque = true;
-            return Ok(m);
-        }
-        // One listing first: most directories carry no xattr at all.
-        let present = sys::llistxattr(dir, ".".as_ref()).unwrap_or_default();
-        let has = |attr: &str| present.iter().any(|p| p == attr.as_bytes());
-        for attr in whiteout::OPAQUE_XATTRS.into_iter().filter(|a| has(a)) {
-            // trusted.* is unreadable without privilege; unreadable or unsupported means absent.
-            if let Ok(Some(v)) = sys::lgetxattr(dir, ".".as_ref(), attr.as_ref()) {
-                match whiteout::parse_opaque_xattr(&v) {
-                    Some(whiteout::OpaqueXattr::Opaque) => {
-                        m.opaque = true;
-                        m.xwhiteouts = false;
-                        return Ok(m);
-                    }
-                    Some(whiteout::OpaqueXattr::HasXattrWhiteouts) => m.xwhiteouts = true,
-                    None => {}
-                }
-            }
-        }
-        if redirect && let Some(attr) = whiteout::REDIRECT_XATTRS.into_iter().find(|a| has(a)) {
-            let v = sys::lgetxattr(dir, ".".as_ref(), attr.as_ref())
-                .ok()
-                .flatten();
-            m.redirect = v.as_deref().and_then(whiteout::Redirect::parse);
-            if m.redirect.is_none() {
-                let v = String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned();
-                log::warn!("ignoring a malformed redirect {attr}={v:?}");
-            }
-        }
-        Ok(m)
+        Ok(dir_marks_of(dir, redirect))
     }
 
     /// How a node keeps a directory it found: lower fds only within the budget.
@@ -433,4 +390,43 @@ impl Union {
     pub fn shutdown(&self) {
         self.stack().close();
     }
+}
+
+/// What a directory (an open fd) says of the layers below it, from one listing of its
+/// xattrs: opaque, holding xattr whiteouts, and, if `redirect` is asked, where it was
+/// moved from (`whiteout::Redirect`).
+pub(crate) fn dir_marks_of(dir: i32, redirect: bool) -> DirMarks {
+    let mut m = DirMarks::default();
+    if sys::fstatat(dir, whiteout::OPAQUE_MARKER.as_ref()).is_ok() {
+        m.opaque = true;
+        return m;
+    }
+    // One listing first: most directories carry no xattr at all.
+    let present = sys::llistxattr(dir, ".".as_ref()).unwrap_or_default();
+    let has = |attr: &str| present.iter().any(|p| p == attr.as_bytes());
+    for attr in whiteout::OPAQUE_XATTRS.into_iter().filter(|a| has(a)) {
+        // trusted.* is unreadable without privilege; unreadable or unsupported means absent.
+        if let Ok(Some(v)) = sys::lgetxattr(dir, ".".as_ref(), attr.as_ref()) {
+            match whiteout::parse_opaque_xattr(&v) {
+                Some(whiteout::OpaqueXattr::Opaque) => {
+                    m.opaque = true;
+                    m.xwhiteouts = false;
+                    return m;
+                }
+                Some(whiteout::OpaqueXattr::HasXattrWhiteouts) => m.xwhiteouts = true,
+                None => {}
+            }
+        }
+    }
+    if redirect && let Some(attr) = whiteout::REDIRECT_XATTRS.into_iter().find(|a| has(a)) {
+        let v = sys::lgetxattr(dir, ".".as_ref(), attr.as_ref())
+            .ok()
+            .flatten();
+        m.redirect = v.as_deref().and_then(whiteout::Redirect::parse);
+        if m.redirect.is_none() {
+            let v = String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned();
+            log::warn!("ignoring a malformed redirect {attr}={v:?}");
+        }
+    }
+    m
 }

@@ -519,7 +519,15 @@ impl Union {
         layer: usize,
         st: &Stat,
     ) -> (u64, bool) {
-        if layer == 0 && self.writable() {
+        // Ours: the upper, and snapshots of it (an upper once, where it took its records).
+        let ours = (layer == 0 && self.writable())
+            || (layer > 0
+                && self
+                    .stack()
+                    .layers
+                    .get(layer)
+                    .is_some_and(|l| l.snapshot.is_some()));
+        if ours {
             if let Some(o) = self.origins.get(&(st.st_dev, st.st_ino)) {
                 return *o;
             }

@@ -48,6 +48,10 @@ pub enum Changed {
     Inode(u64),
 }
 
+/// What a snapshot prepares for files open for writing: the moves to journal, the nodes
+/// to look up again after, and the directories whose times the moves change.
+type Prepared = (Vec<Move>, Vec<Arc<Node>>, Vec<(PathBuf, snapstore::DirTimes)>);
+
 /// Which nodes a restack looks up again.
 struct Reprobe {
     /// Besides those that lost a layer: these (a snapshot's moved files and their parents).
@@ -58,6 +62,9 @@ struct Reprobe {
     /// Handles on open files taken before their layer went: a detached one keeps working
     /// by node (fstat, fchmod) as an unlinked file does.
     keep: HashMap<u64, Arc<OwnedFd>>,
+    /// A layer (old number) whose directories changed: every node with a part there is
+    /// looked up again.
+    touched: Option<usize>,
 }
 
 impl Union {
@@ -109,7 +116,7 @@ impl Union {
             self.move_writers(&stack, pending.as_raw_fd(), seq)
                 .map_err(|e| e.at(store.pending().display()))
         });
-        let (moves, moved) = match prepared {
+        let (moves, moved, times) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 // Nothing is decided yet: the old state stays.
@@ -126,14 +133,17 @@ impl Union {
             upper_ino,
             moves,
             discard: Vec::new(),
+            planned: Vec::new(),
+            times,
         };
         store.commit(&journal)?;
-        let done = store.finish(&journal);
+        let done = store.finish(&journal, self.opts.whiteout);
         drop(stack);
         let reprobe = Reprobe {
             also: moved,
             cascade: false,
             keep: HashMap::new(),
+            touched: None,
         };
         // Whatever the disk now holds, the live stack follows it.
         let changes = self.restack(&|i| Some(i + 1), reprobe);
@@ -189,14 +199,17 @@ impl Union {
             upper_ino,
             moves: Vec::new(),
             discard: discard.clone(),
+            planned: Vec::new(),
+            times: Vec::new(),
         };
         store.commit(&journal)?;
-        let done = store.finish(&journal);
+        let done = store.finish(&journal, self.opts.whiteout);
         let gone = discard.len();
         let reprobe = Reprobe {
             also: Vec::new(),
             cascade: true,
             keep,
+            touched: None,
         };
         let changes = self.restack(&|i| (i > gone).then(|| i - gone), reprobe);
         drop(gate);
@@ -220,6 +233,70 @@ impl Union {
         Ok(target)
     }
 
+    /// Forget the snapshot `name` as a point to go back to, keeping its changes: its layer
+    /// merges into the layer above it (see `merge.rs`).
+    pub fn drop_snapshot(&self, name: &str) -> Result<Snap> {
+        let store = self.store("drop")?;
+        let gate = self.gate.write();
+        let snaps = store.list()?;
+        let x = snaps
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(libc::ENOENT, "drop").at(format!("no snapshot named {name}"))
+            })?;
+        let stack = self.stack();
+        let xi = stack
+            .layers
+            .iter()
+            .position(|l| l.snapshot.as_deref() == Some(name))
+            .ok_or_else(|| Error::new(libc::ENOENT, "drop").at(x.dir.display()))?;
+        drop(stack);
+        let started = std::time::Instant::now();
+        let above = store.above(x.seq)?;
+        let a_root = sys::openat(
+            libc::AT_FDCWD,
+            above.as_os_str(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .op("open")
+        .map_err(|e| e.at(above.display()))?;
+        let journal = Journal {
+            op: Op::Drop,
+            seq: x.seq,
+            name: x.name.clone(),
+            planned: super::merge::plan(a_root.as_raw_fd()),
+            ..Journal::default()
+        };
+        store.commit(&journal)?;
+        let done = store.finish(&journal, self.opts.whiteout);
+        let reprobe = Reprobe {
+            also: Vec::new(),
+            cascade: false,
+            keep: HashMap::new(),
+            touched: Some(xi),
+        };
+        let map = |i: usize| Some(if i < xi { i } else { i - 1 });
+        let changes = self.restack(&map, reprobe);
+        drop(gate);
+        done?;
+        changes?;
+        log::info!(
+            "snapshot {name} dropped (merged into {}) in {:.1} ms",
+            above.display(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        let trash = store.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = trash.empty_trash() {
+                log::warn!("emptying {}: {e}", trash.dir.display());
+            }
+        });
+        Ok(x)
+    }
+
     /// Files open for writing (or in passthrough) in the upper: each one's inode goes to the new upper, a copy
     /// made now (in `SNAP_WORK`) to the snapshot. Makes the copies, and the parent
     /// directories in `pending` (the next upper), carrying the inode numbers they show.
@@ -228,7 +305,7 @@ impl Union {
         stack: &LayerStack,
         pending: RawFd,
         seq: u32,
-    ) -> Result<(Vec<Move>, Vec<Arc<Node>>)> {
+    ) -> Result<Prepared> {
         let writers: Vec<Arc<Node>> = self
             .nodes
             .all()
@@ -236,9 +313,9 @@ impl Union {
             .filter(|n| n.kind == libc::S_IFREG && n.is_pinned() && !n.is_unlinked())
             .filter(|n| n.data_in_upper())
             .collect();
-        let (mut moves, mut moved) = (Vec::new(), Vec::new());
+        let (mut moves, mut moved, mut times) = (Vec::new(), Vec::new(), Vec::new());
         if writers.is_empty() {
-            return Ok((moves, moved));
+            return Ok((moves, moved, times));
         }
         let upper = stack.upper().ok_or(Error::new(libc::EROFS, "snapshot"))?;
         let root = upper.root.as_raw_fd();
@@ -268,6 +345,13 @@ impl Union {
             .map_err(|e| e.at(first.display()))?;
             for (j, (rel, chain)) in names.iter().enumerate() {
                 self.make_parents(root, pending, rel, chain)?;
+                for dir in rel.ancestors().skip(1) {
+                    if !times.iter().any(|(d, _)| d == dir)
+                        && let Some(t) = snapstore::dir_times(root, dir)
+                    {
+                        times.push((dir.to_path_buf(), t));
+                    }
+                }
                 let name = if j == 0 {
                     copy.clone()
                 } else {
@@ -306,7 +390,7 @@ impl Union {
             false,
         )
         .op("fsync")?;
-        Ok((moves, moved))
+        Ok((moves, moved, times))
     }
 
     /// Every name the upper file `real` has (relative paths), with the directory nodes
@@ -418,9 +502,17 @@ impl Union {
             if n.id == ROOT_ID {
                 continue;
             }
+            // An upper directory moving down keeps its path from now on (lower slots may be
+            // reopened by it); in the upper it is the node's own path.
+            let path = (n.is_dir() && map(0).is_some()).then(|| Arc::new(n.components()));
             let mut st = n.state_mut();
             let top = map(st.layer);
-            let mut gone = top.is_none() || st.unlinked;
+            let touched = reprobe.touched.is_some_and(|t| {
+                st.layer == t
+                    || st.dirs.iter().any(|d| d.layer == t)
+                    || st.data.as_ref().is_some_and(|d| d.layer == t)
+            });
+            let mut gone = top.is_none() || st.unlinked || touched;
             st.layer = top.unwrap_or(0);
             if !st.dirs.is_empty() {
                 let before = st.dirs.len();
@@ -429,6 +521,11 @@ impl Union {
                     .iter()
                     .filter_map(|d| {
                         let mut d = d.clone();
+                        if d.layer == 0
+                            && let Some(p) = &path
+                        {
+                            d.path = p.clone();
+                        }
                         d.layer = map(d.layer)?;
                         Some(d)
                     })

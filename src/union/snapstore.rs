@@ -22,7 +22,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::WhiteoutFormat;
 use super::layer::{DEFAULT_WORKDIR, remove_tree_contents};
+use super::merge::Planned;
 use crate::error::{Context, Error, Result};
 use crate::sys;
 
@@ -188,6 +190,37 @@ pub struct Journal {
     pub moves: Vec<Move>,
     /// Rollback: the snapshot directories discarded.
     pub discard: Vec<String>,
+    /// Drop: where the layer above's redirected directories merge with the dropped one.
+    pub planned: Vec<Planned>,
+    /// Snapshot: directories (relative to the upper) whose times the moves change, with
+    /// their times before ((atime, ns), (mtime, ns)): put back in both layers after.
+    pub times: Vec<(PathBuf, DirTimes)>,
+}
+
+/// A directory's access and modification times.
+pub type DirTimes = ((i64, i64), (i64, i64));
+
+/// Times of the directory `rel` under `root`.
+pub fn dir_times(root: RawFd, rel: &Path) -> Option<DirTimes> {
+    let name = if rel.as_os_str().is_empty() {
+        OsStr::new(".")
+    } else {
+        rel.as_os_str()
+    };
+    let st = sys::fstatat(root, name).ok()?;
+    Some((
+        (st.st_atime, st.st_atime_nsec),
+        (st.st_mtime, st.st_mtime_nsec),
+    ))
+}
+
+fn set_dir_times(root: &Path, rel: &Path, t: DirTimes) {
+    let _ = sys::utimensat(
+        libc::AT_FDCWD,
+        root.join(rel).as_os_str(),
+        Some(Some(t.0)),
+        Some(Some(t.1)),
+    );
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -195,6 +228,18 @@ pub enum Op {
     #[default]
     Snapshot,
     Rollback,
+    /// Merge the snapshot `seq` into the layer above it (see `merge.rs`).
+    Drop,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Snapshot => "snapshot",
+            Op::Rollback => "rollback",
+            Op::Drop => "drop",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,10 +265,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 impl Journal {
     fn encode(&self) -> String {
-        let op = match self.op {
-            Op::Snapshot => "snapshot",
-            Op::Rollback => "rollback",
-        };
+        let op = self.op.name();
         let mut s = format!(
             "op {op}\nseq {}\nname {}\ntime {}\nupper {}\n",
             self.seq, self.name, self.time, self.upper_ino
@@ -239,6 +281,19 @@ impl Journal {
         for d in &self.discard {
             s += &format!("discard {d}\n");
         }
+        for (rel, ((a, an), (m, mn))) in &self.times {
+            s += &format!(
+                "times {a} {an} {m} {mn} {}\n",
+                hex(rel.as_os_str().as_bytes())
+            );
+        }
+        for p in &self.planned {
+            let x = p
+                .x_path
+                .as_ref()
+                .map_or("-".to_string(), |x| hex(x.as_os_str().as_bytes()));
+            s += &format!("plan {} {x}\n", hex(p.a_rel.as_os_str().as_bytes()));
+        }
         s += "end\n";
         s
     }
@@ -250,11 +305,17 @@ impl Journal {
             let (k, v) = line.split_once(' ').unwrap_or((line, ""));
             match k {
                 "op" => {
-                    j.op = match v {
-                        "snapshot" => Op::Snapshot,
-                        "rollback" => Op::Rollback,
-                        _ => return None,
-                    }
+                    j.op = [Op::Snapshot, Op::Rollback, Op::Drop]
+                        .into_iter()
+                        .find(|o| o.name() == v)?
+                }
+                "plan" => {
+                    let (a, x) = v.split_once(' ')?;
+                    let path = |h: &str| Some(PathBuf::from(OsString::from_vec(unhex(h)?)));
+                    j.planned.push(Planned {
+                        a_rel: path(a)?,
+                        x_path: if x == "-" { None } else { Some(path(x)?) },
+                    });
                 }
                 "seq" => j.seq = v.parse().ok()?,
                 "name" => j.name = v.to_string(),
@@ -268,6 +329,12 @@ impl Journal {
                     j.moves.push(Move { rel, work, ino });
                 }
                 "discard" => j.discard.push(v.to_string()),
+                "times" => {
+                    let f: Vec<&str> = v.split(' ').collect();
+                    let n = |i: usize| f.get(i).and_then(|x| x.parse::<i64>().ok());
+                    let rel = PathBuf::from(OsString::from_vec(unhex(f.get(4)?)?));
+                    j.times.push((rel, ((n(0)?, n(1)?), (n(2)?, n(3)?))));
+                }
                 "end" => complete = true,
                 _ => return None,
             }
@@ -328,15 +395,11 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 /// A test may ask a daemon to die at a given step of an operation
 /// (`UNIONMOUNT_CRASH_AT=<op>:<step>`), to show what a kill -9 there leaves.
 fn crash_point(op: Op, step: u32) {
-    if let Ok(v) = std::env::var("UNIONMOUNT_CRASH_AT") {
-        let name = match op {
-            Op::Snapshot => "snapshot",
-            Op::Rollback => "rollback",
-        };
-        if v == format!("{name}:{step}") {
-            log::error!("UNIONMOUNT_CRASH_AT={v}: dying here as asked");
-            std::process::abort();
-        }
+    if let Ok(v) = std::env::var("UNIONMOUNT_CRASH_AT")
+        && v == format!("{}:{step}", op.name())
+    {
+        log::error!("UNIONMOUNT_CRASH_AT={v}: dying here as asked");
+        std::process::abort();
     }
 }
 
@@ -366,29 +429,32 @@ impl Store {
     /// Make the store directory if need be; it must be on the upper's filesystem (a
     /// snapshot is a rename).
     pub fn ensure(&self) -> Result<()> {
-        if !self.dir.exists() {
-            // Readable as the upper is: the snapshots hold what it held.
-            let mode = std::fs::metadata(&self.upper).map_or(0o700, |m| m.mode() & 0o755);
-            std::fs::DirBuilder::new()
-                .mode(mode)
-                .create(&self.dir)
-                .op("create the snapshot directory")
-                .map_err(|e| e.at(self.dir.display()))?;
-        }
-        let (d, u) = (
-            std::fs::metadata(&self.dir).op("stat")?,
-            std::fs::metadata(&self.upper).op("stat")?,
-        );
-        if d.dev() != u.dev() {
+        let upper = std::fs::metadata(&self.upper)
+            .op("stat")
+            .map_err(|e| e.at(self.upper.display()))?;
+        // Where it is (or would be made): checked first, so a refusal makes nothing.
+        let parent = self.dir.parent().unwrap_or(Path::new("/"));
+        let there = std::fs::metadata(if self.dir.exists() { &self.dir } else { parent })
+            .op("stat")
+            .map_err(|e| e.at(parent.display()))?;
+        if there.dev() != upper.dev() {
             return Err(Error::new(
                 libc::EXDEV,
                 "snapshots are kept beside the upper, on its filesystem",
             )
             .at(format!(
-                "{} is on another filesystem than {} (is the upper a mount point?)",
+                "{} would be on another filesystem than {} (is the upper a mount point?)",
                 self.dir.display(),
                 self.upper.display()
             )));
+        }
+        if !self.dir.exists() {
+            // Readable as the upper is: the snapshots hold what it held.
+            std::fs::DirBuilder::new()
+                .mode(upper.mode() & 0o755)
+                .create(&self.dir)
+                .op("create the snapshot directory")
+                .map_err(|e| e.at(self.dir.display()))?;
         }
         Ok(())
     }
@@ -445,11 +511,60 @@ impl Store {
     }
 
     /// Carry out a committed operation; each step first checks whether it is done.
-    pub fn finish(&self, j: &Journal) -> Result<()> {
+    /// `format`: how the upper marks what a merge (drop) writes there.
+    pub fn finish(&self, j: &Journal, format: WhiteoutFormat) -> Result<()> {
         match j.op {
             Op::Snapshot => self.finish_snapshot(j),
             Op::Rollback => self.finish_rollback(j),
+            Op::Drop => self.finish_drop(j, format),
         }
+    }
+
+    /// The layer a drop of snapshot `seq` merges into: the next newer one, or the upper.
+    pub fn above(&self, seq: u32) -> Result<PathBuf> {
+        let snaps = self.list()?;
+        Ok(snaps
+            .iter()
+            .find(|s| s.seq > seq)
+            .map_or(self.upper.clone(), |s| s.dir.clone()))
+    }
+
+    fn finish_drop(&self, j: &Journal, format: WhiteoutFormat) -> Result<()> {
+        let x = self.dir.join(dir_name(j.seq, &j.name));
+        if x.exists() {
+            let a = self.above(j.seq)?;
+            let open = |p: &Path| {
+                sys::openat(
+                    libc::AT_FDCWD,
+                    p.as_os_str(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                    0,
+                )
+                .op("open layer")
+                .map_err(|e| e.at(p.display()))
+            };
+            let (a_root, x_root) = (open(&a)?, open(&x)?);
+            super::merge::Merge {
+                a_root: a_root.as_raw_fd(),
+                x_root: x_root.as_raw_fd(),
+                planned: &j.planned,
+                format,
+            }
+            .run()
+            .map_err(|e| e.at(format!("merging {} into {}", x.display(), a.display())))?;
+            sys::fsync(a_root.as_raw_fd(), false).op("fsync")?;
+            crash_point(Op::Drop, 2);
+            let trash = self.dir.join(TRASH);
+            if !trash.exists() {
+                std::fs::create_dir(&trash)
+                    .op("create")
+                    .map_err(|e| e.at(trash.display()))?;
+            }
+            rename(&x, &trash.join(dir_name(j.seq, &j.name)))?;
+        }
+        sync_dir(&self.dir)?;
+        write_times(&self.dir, j.seq, 0)?;
+        self.end()
     }
 
     fn finish_snapshot(&self, j: &Journal) -> Result<()> {
@@ -476,6 +591,13 @@ impl Store {
         }
         if pending.exists() && !snap.exists() {
             rename(&pending, &snap)?;
+        }
+        // The moves changed their directories' times, in the snapshot and the new upper.
+        for (rel, t) in &j.times {
+            set_dir_times(&snap, rel, *t);
+            if self.upper.join(rel).is_dir() {
+                set_dir_times(&self.upper, rel, *t);
+            }
         }
         sync_dir(&self.dir)?;
         crash_point(Op::Snapshot, 4);
@@ -530,7 +652,7 @@ impl Store {
     /// At mount, before the layers are opened: finish an operation a crash interrupted, or
     /// remove what an uncommitted one prepared. `writable`: false for a read-only mount,
     /// which cannot, and refuses to show a half-done state.
-    pub fn recover(&self, writable: bool) -> Result<()> {
+    pub fn recover(&self, writable: bool, format: WhiteoutFormat) -> Result<()> {
         if !self.exists() {
             return Ok(());
         }
@@ -552,7 +674,7 @@ impl Store {
                     j.op,
                     self.dir.display()
                 );
-                self.finish(&j)?;
+                self.finish(&j, format)?;
             }
             None => {
                 remove_tree(&self.pending())?;
@@ -562,11 +684,6 @@ impl Store {
         }
         self.empty_trash()
     }
-}
-
-/// A raw fd's path, for messages.
-pub fn fd_path(fd: RawFd) -> PathBuf {
-    std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -587,6 +704,17 @@ mod tests {
                 ino: 7,
             }],
             discard: vec!["0004-x".into()],
+            times: vec![("a b".into(), ((1, 2), (3, 4)))],
+            planned: vec![
+                Planned {
+                    a_rel: "b/c".into(),
+                    x_path: Some("a".into()),
+                },
+                Planned {
+                    a_rel: "d".into(),
+                    x_path: None,
+                },
+            ],
         };
         let text = j.encode();
         assert_eq!(Journal::decode(&text), Some(j));
