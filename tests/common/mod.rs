@@ -8,13 +8,15 @@
 //!   cleanly, the mount is gone, and the read-only branches are byte-for-byte, mode-for-mode
 //!   unchanged. `remount()` also checks the merged view across a rotation of the upper into
 //!   the lowers, and `check_across_remount(check)` runs a test's checks before and after
-//!   it. `Fixture::daemon` spawns a daemon the harness does not own, for tests that kill it.
+//!   it. `Fixture::daemon` spawns a daemon the harness does not own, for tests that kill it
+//!   (`daemon_env` with variables such as `UNIONMOUNT_CRASH_AT`). A rotation carries the
+//!   upper's snapshots (`UPPER.snapshots/NNNN-NAME`) down with it, as plain lowers below it.
 //! - `run.rs`: the `unionmount` tools and other commands run to completion with a deadline
 //!   (`tool`, `tool_ok`, `run`, `run_within` -> `Finished`), `succeeds`, `as_user`;
 //!   waiting for a child or a condition (`wait_within`, `wait_or_kill`, `eventually`);
 //!   unmounting (`unmount`, `unmount_and_wait`, `unmount_all`, `UnmountGuard`).
 //! - `mounts.rs`: /proc/self/mountinfo; `KernelMount` (kernel overlayfs, tmpfs, any mount(8)
-//!   line, unmounted on drop) and `overlay_opts`.
+//!   line, unmounted on drop) and `overlay_opts`; aborting a hung FUSE connection.
 //! - `snapshot.rs`: snapshots of branch trees, their differences, and `walk_tree`.
 //! - here: small helpers for populating branches and asserting.
 #![allow(dead_code)]
