@@ -312,13 +312,11 @@ class Bench:
             log(f"stale mount {m}: unmounting")
             subprocess.run(["umount", "-l", m], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-        for d in (self.upper, self.work, self.plain):
+        # The store: workload 18's mount point (unmounted above), or the snapshots workload
+        # 17 took of the upper.
+        for d in (self.upper, self.work, self.plain, self.store):
             if os.path.lexists(d):
                 subprocess.run(["rm", "-rf", "--one-file-system", d], check=False)
-        try:  # the mount point of the store (workload 18): never anything in it but the mount
-            os.rmdir(self.store)
-        except FileNotFoundError:
-            pass
         os.makedirs(self.base, exist_ok=True)
         os.chmod(self.base, 0o755)
         for d in (self.upper, self.work, self.mnt):

@@ -84,23 +84,7 @@ impl Union {
     /// Mark an upper directory opaque: nothing of the lower layers shows through it.
     pub(super) fn mark_opaque(&self, dir: RawFd, name: &OsStr, path: &str) -> Result<()> {
         self.events.emit(Event::Opaque { path: path.into() });
-        match self.opts.whiteout {
-            WhiteoutFormat::WhFiles => {
-                let d = sys::openat(
-                    dir,
-                    name,
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )
-                .op("open dir")?;
-                put_marker(d.as_raw_fd(), whiteout::OPAQUE_MARKER.as_ref())
-                    .op("create opaque marker")
-            }
-            WhiteoutFormat::Overlay => {
-                sys::lsetxattr(dir, name, whiteout::OPAQUE_XATTRS[0].as_ref(), b"y", 0)
-                    .op("set opaque xattr")
-            }
-        }
+        put_opaque(dir, name, self.opts.whiteout)
     }
 
     /// Fail early, before anything changes, where a `.wh.` whiteout of `name` could not be
@@ -522,6 +506,26 @@ impl Union {
         node.add_name(newparent, newname);
         self.nodes.remember(node);
         self.getattr(node)
+    }
+}
+
+/// Mark the directory `name` in `dir` opaque, in `format`.
+pub(super) fn put_opaque(dir: RawFd, name: &OsStr, format: WhiteoutFormat) -> Result<()> {
+    match format {
+        WhiteoutFormat::WhFiles => {
+            let d = sys::openat(
+                dir,
+                name,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .op("open dir")?;
+            put_marker(d.as_raw_fd(), whiteout::OPAQUE_MARKER.as_ref()).op("create opaque marker")
+        }
+        WhiteoutFormat::Overlay => {
+            sys::lsetxattr(dir, name, whiteout::OPAQUE_XATTRS[0].as_ref(), b"y", 0)
+                .op("set opaque xattr")
+        }
     }
 }
 

@@ -292,32 +292,7 @@ impl Merge<'_> {
     }
 
     fn make_opaque(&self, parent: RawFd, name: &OsStr) -> Result<()> {
-        match self.format {
-            WhiteoutFormat::WhFiles => {
-                let d = sys::openat(
-                    parent,
-                    name,
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )
-                .op("open dir")?;
-                match sys::mknodat(
-                    d.as_raw_fd(),
-                    whiteout::OPAQUE_MARKER.as_ref(),
-                    libc::S_IFREG | 0o600,
-                    0,
-                ) {
-                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
-                        Err(Error::io(e, "mark opaque"))
-                    }
-                    _ => Ok(()),
-                }
-            }
-            WhiteoutFormat::Overlay => {
-                sys::lsetxattr(parent, name, whiteout::OPAQUE_XATTRS[0].as_ref(), b"y", 0)
-                    .op("mark opaque")
-            }
-        }
+        super::dir::put_opaque(parent, name, self.format)
     }
 
     /// X's entries of one directory against A's.

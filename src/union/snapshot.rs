@@ -228,12 +228,7 @@ impl Union {
             started.elapsed().as_secs_f64() * 1000.0,
             changes.len()
         );
-        let trash = store.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = trash.empty_trash() {
-                log::warn!("emptying {}: {e}", trash.dir.display());
-            }
-        });
+        store.empty_trash_later();
         Ok(target)
     }
 
@@ -259,14 +254,7 @@ impl Union {
         drop(stack);
         let started = std::time::Instant::now();
         let above = store.above(x.seq)?;
-        let a_root = sys::openat(
-            libc::AT_FDCWD,
-            above.as_os_str(),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )
-        .op("open")
-        .map_err(|e| e.at(above.display()))?;
+        let a_root = snapstore::open_dir_at(&above, libc::O_RDONLY)?;
         let journal = Journal {
             op: Op::Drop,
             seq: x.seq,
@@ -292,12 +280,7 @@ impl Union {
             above.display(),
             started.elapsed().as_secs_f64() * 1000.0
         );
-        let trash = store.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = trash.empty_trash() {
-                log::warn!("emptying {}: {e}", trash.dir.display());
-            }
-        });
+        store.empty_trash_later();
         Ok(x)
     }
 

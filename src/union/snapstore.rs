@@ -343,6 +343,18 @@ impl Journal {
     }
 }
 
+/// Open a directory by its path (O_PATH or O_RDONLY in `flags`), the path in any error.
+pub(crate) fn open_dir_at(path: &Path, flags: i32) -> Result<OwnedFd> {
+    sys::openat(
+        libc::AT_FDCWD,
+        path.as_os_str(),
+        flags | libc::O_DIRECTORY,
+        0,
+    )
+    .op("open")
+    .map_err(|e| e.at(path.display()))
+}
+
 fn ino_at(path: &Path) -> Option<u64> {
     std::fs::symlink_metadata(path).ok().map(|m| m.ino())
 }
@@ -477,14 +489,7 @@ impl Store {
     pub fn make_pending_like(&self, like: &Path) -> Result<OwnedFd> {
         let p = self.pending();
         remove_tree(&p)?;
-        let up = sys::openat(
-            libc::AT_FDCWD,
-            like.as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .op("open")
-        .map_err(|e| e.at(like.display()))?;
+        let up = open_dir_at(like, libc::O_PATH)?;
         let dir = sys::open_dir_path(libc::AT_FDCWD, self.dir.as_os_str())
             .op("open")
             .map_err(|e| e.at(self.dir.display()))?;
@@ -533,17 +538,10 @@ impl Store {
         let x = self.dir.join(dir_name(j.seq, &j.name));
         if x.exists() {
             let a = self.above(j.seq)?;
-            let open = |p: &Path| {
-                sys::openat(
-                    libc::AT_FDCWD,
-                    p.as_os_str(),
-                    libc::O_RDONLY | libc::O_DIRECTORY,
-                    0,
-                )
-                .op("open layer")
-                .map_err(|e| e.at(p.display()))
-            };
-            let (a_root, x_root) = (open(&a)?, open(&x)?);
+            let (a_root, x_root) = (
+                open_dir_at(&a, libc::O_RDONLY)?,
+                open_dir_at(&x, libc::O_RDONLY)?,
+            );
             super::merge::Merge {
                 a_root: a_root.as_raw_fd(),
                 x_root: x_root.as_raw_fd(),
@@ -647,6 +645,16 @@ impl Store {
     /// Discarded directories: deleted after the operation, or at the next mount.
     pub fn empty_trash(&self) -> Result<()> {
         remove_tree(&self.dir.join(TRASH))
+    }
+
+    /// `empty_trash` on a thread of its own: an operation does not wait for it.
+    pub fn empty_trash_later(&self) {
+        let store = self.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = store.empty_trash() {
+                log::warn!("emptying {}: {e}", store.dir.display());
+            }
+        });
     }
 
     /// At mount, before the layers are opened: finish an operation a crash interrupted, or
