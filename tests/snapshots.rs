@@ -722,6 +722,36 @@ fn the_snapshot_stack_survives_a_remount() {
     m.unmount();
 }
 
+/// The same with the overlay-style command line (`-o lowerdir=..,upperdir=..,workdir=..`):
+/// the snapshots live beside `upperdir`, and stack again at the next mount.
+#[test]
+fn snapshots_of_an_overlay_style_mount() {
+    let fx = Fixture::new(2);
+    put(&fx.l(0, "top"), "l0\n");
+    put(&fx.l(1, "bottom"), "l1\n");
+    let work = fx.root.join("work");
+    fs::create_dir(&work).unwrap();
+    let args = vec!["-o".to_string(), fx.overlay_opts(&work), s(&fx.mnt)];
+    let m = fx.mount_args(args, fx.lowers.clone());
+    put(&fx.m("top"), "changed\n");
+    fs::remove_file(fx.m("bottom")).unwrap();
+    let s1 = tree_of(&fx.mnt);
+    let dir = take(&fx, Some("s1"), 1);
+    assert_eq!(read(&dir.join("top")), "changed\n");
+    assert_regular_file(&dir.join(".wh.bottom"));
+    assert!(!lexists(&dir.join(WORKDIR)));
+    put(&fx.m("later"), "later\n");
+    let later = tree_of(&fx.mnt);
+    // The remount checks the view with the upper and s1 moved down into lowerdir=.
+    let m = m.remount();
+    assert_eq!(tree_diff(&tree_of(&fx.mnt), &later), "", "after remount");
+    assert_eq!(listed_names(&fx), ["s1"]);
+    rollback(&fx, None, "s1");
+    assert_eq!(tree_diff(&tree_of(&fx.mnt), &s1), "", "rolled back");
+    assert_nothing_half_done(&fx, "at the end");
+    m.unmount();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Crashes at each step
 // ---------------------------------------------------------------------------------------------
