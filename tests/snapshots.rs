@@ -664,6 +664,53 @@ fn open_descriptors_and_kernel_caches_across_a_rollback() {
     m.unmount();
 }
 
+/// A file open for writing through a snapshot and then a rollback to it: the snapshot's copy
+/// comes back by path; the descriptor stays on the file it wrote, which no name reaches.
+#[test]
+fn a_writer_across_a_snapshot_and_a_rollback_to_it() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "low"), "low\n");
+    let m = fx.mount(&[]);
+    let mut w = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(fx.m("log"))
+        .unwrap();
+    w.write_all(b"before\n").unwrap();
+    let mut wl = OpenOptions::new().append(true).open(fx.m("low")).unwrap();
+    wl.write_all(b"before\n").unwrap();
+    take(&fx, Some("s1"), 1);
+    w.write_all(b"after\n").unwrap();
+    wl.write_all(b"after\n").unwrap();
+    assert_eq!(read(&fx.m("log")), "before\nafter\n");
+    rollback(&fx, Some("s1"), "s1");
+    assert_eq!(
+        read(&fx.m("log")),
+        "before\n",
+        "the snapshot's copy, by path"
+    );
+    assert_eq!(read(&fx.m("low")), "low\nbefore\n");
+    w.write_all(b"later\n")
+        .expect("write through the descriptor");
+    wl.write_all(b"later\n")
+        .expect("write through the descriptor");
+    assert_eq!(
+        pread_all(&w),
+        b"before\nafter\nlater\n",
+        "the descriptor's file"
+    );
+    w.metadata().expect("fstat");
+    assert_eq!(read(&fx.m("log")), "before\n", "nothing of it shows");
+    assert_eq!(read(&fx.m("low")), "low\nbefore\n", "nothing of it shows");
+    drop((w, wl));
+    let mut again = OpenOptions::new().append(true).open(fx.m("log")).unwrap();
+    again.write_all(b"new\n").unwrap();
+    drop(again);
+    assert_eq!(read(&fx.m("log")), "before\nnew\n");
+    m.unmount();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Persistence
 // ---------------------------------------------------------------------------------------------
