@@ -1079,7 +1079,9 @@ fn kill_9_during_snapshots_and_rollbacks_leaves_the_old_or_the_new_state() {
                     // test can fail instead of hanging.
                     let stacks = thread_stacks(child.id());
                     let aborted = abort_fuse_connection(conn);
-                    let _ = child.wait();
+                    if aborted {
+                        let _ = wait_within(&mut child, Duration::from_secs(10));
+                    }
                     stop.store(true, Ordering::Relaxed);
                     panic!(
                         "round {round}: the daemon killed (SIGKILL) during `{cmd} {name}` did \
