@@ -157,9 +157,9 @@ impl Backings {
 }
 
 impl Handles {
-    /// The stack was swapped: every open file and listing takes the new layer numbers (a
-    /// file of a discarded layer counts as the upper's: it is reached by its descriptor
-    /// only, and nothing is copied up from it).
+    /// The stack was swapped: every open file takes the new layer numbers (a file of a
+    /// discarded layer counts as the upper's: it is reached by its descriptor only, and
+    /// nothing is copied up from it).
     pub fn restacked(&self, map: &dyn Fn(usize) -> Option<usize>) {
         for h in self.map.iter() {
             match &**h.value() {
@@ -167,11 +167,14 @@ impl Handles {
                     let mut file = f.file.write();
                     file.1 = map(file.1).unwrap_or(0);
                 }
+                // A listing's layers said which layers above an entry need no asking; a
+                // layer put in above (the old upper, now a snapshot) may hold the name now:
+                // a lookup from the listing asks every layer again.
                 Handle::Dir(d) => {
                     let mut entries = d.entries.lock();
                     if let Some(list) = entries.as_mut() {
                         for e in Arc::make_mut(list).iter_mut() {
-                            e.layer = map(e.layer).unwrap_or(0);
+                            e.layer = 0;
                         }
                     }
                 }

@@ -38,6 +38,41 @@ pub use settings::{Branch, Settings, WhiteoutFormat};
 /// node shows it (see `Union::ino_of`).
 pub const ROOT_INO: u64 = 1;
 
+/// Upper (st_dev, st_ino) -> (the inode number it shows, metadata only): see
+/// `Union::origins`. Each record is tagged with the snapshot level it was made at (the
+/// sequence number of the newest snapshot then): a rollback to snapshot N discards the
+/// layers those made at N or later live in, and their inodes may be given to new files.
+#[derive(Debug, Default)]
+pub(crate) struct Origins {
+    map: dashmap::DashMap<(u64, u64), (u64, bool, u32)>,
+    level: std::sync::atomic::AtomicU32,
+}
+
+impl Origins {
+    pub fn get(&self, key: &(u64, u64)) -> Option<(u64, bool)> {
+        self.map.get(key).map(|v| (v.0, v.1))
+    }
+
+    pub fn insert(&self, key: (u64, u64), record: (u64, bool)) {
+        let level = self.level.load(Ordering::Relaxed);
+        self.map.insert(key, (record.0, record.1, level));
+    }
+
+    pub fn remove(&self, key: &(u64, u64)) -> Option<((u64, u64), (u64, bool))> {
+        self.map.remove(key).map(|(k, v)| (k, (v.0, v.1)))
+    }
+
+    /// Records made from now on live above the snapshot `seq` (0: none).
+    pub fn set_level(&self, seq: u32) {
+        self.level.store(seq, Ordering::Relaxed);
+    }
+
+    /// Forget the records of inodes a rollback to snapshot `seq` discarded.
+    pub fn discard_from(&self, seq: u32) {
+        self.map.retain(|_, v| v.2 < seq);
+    }
+}
+
 /// See `Union::dir_marks`.
 #[derive(Debug, Default)]
 pub(crate) struct DirMarks {
@@ -89,7 +124,7 @@ pub struct Union {
     more_dev_count: AtomicU64,
     /// Upper (st_dev, st_ino) -> the inode number it shows: set by copy-up and rename, so a
     /// node keeps its number for the life of the mount even where no xattr can record it.
-    pub(crate) origins: dashmap::DashMap<(u64, u64), (u64, bool)>,
+    pub(crate) origins: Origins,
     /// How many more lower-directory fds nodes may hold open (see `DirSlot`).
     fd_budget: Arc<std::sync::atomic::AtomicIsize>,
     /// Counters and the live event stream (`unionmount layers`, `trace`).
@@ -141,6 +176,9 @@ impl Union {
         };
         let stack = u.stack();
         let _ = stack.override_xattrs.set(u.find_override_xattrs(&stack)?);
+        // Records made from now on are the upper's, above its newest snapshot.
+        u.origins
+            .set_level(u.snapshots()?.last().map_or(0, |s| s.seq));
         let root = u.make_root()?;
         u.nodes.insert_root(Arc::new(root));
         Ok(u)

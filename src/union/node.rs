@@ -370,6 +370,11 @@ impl NodeTable {
         self.map.get(&id).map(|n| n.clone())
     }
 
+    /// Does the kernel still hold this very node?
+    pub fn holds(&self, node: &Arc<Node>) -> bool {
+        node.id == ROOT_ID || self.map.get(&node.id).is_some_and(|n| Arc::ptr_eq(&n, node))
+    }
+
     /// The live node that shows inode number `ino`.
     pub fn by_ino(&self, ino: u64) -> Option<Arc<Node>> {
         self.by_ino.get(&ino).map(|n| n.clone())
@@ -393,6 +398,15 @@ impl NodeTable {
                     old.lookups.fetch_add(1, Ordering::AcqRel);
                     return (old.clone(), false);
                 }
+                log::debug!(
+                    "number {ino}: node {} replaced (kind {} vs {kind}, state {:?})",
+                    old.id,
+                    old.kind,
+                    {
+                        let st = old.state();
+                        (st.unlinked, st.real, st.layer, st.kept.is_some(), real)
+                    }
+                );
                 let node = self.held(make());
                 o.insert(node.clone());
                 (node, true)

@@ -94,7 +94,14 @@ impl Union {
                 let mut s = node.state_mut();
                 let same_place =
                     s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && s.name == name;
-                if node.is_dir() || same_place {
+                // Its directory node is gone (the kernel forgot it, or a rollback took it
+                // away) while the kernel still holds the file's: found again under the
+                // directory's new node, this is its place, not a further hard link.
+                let orphaned = s
+                    .parent
+                    .as_ref()
+                    .is_some_and(|p| !self.nodes.holds(p) || p.is_unlinked());
+                if node.is_dir() || same_place || orphaned {
                     stale = epoch < s.changed;
                     if !stale {
                         s.parent = Some(parent.clone());
@@ -529,7 +536,7 @@ impl Union {
                     .is_some_and(|l| l.snapshot.is_some()));
         if ours {
             if let Some(o) = self.origins.get(&(st.st_dev, st.st_ino)) {
-                return *o;
+                return o;
             }
             let recorded = dir.and_then(|d| {
                 sys::lgetxattr(d, name, whiteout::ORIGIN_XATTR.as_ref())

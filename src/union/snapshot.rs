@@ -116,6 +116,9 @@ impl Union {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let started = std::time::Instant::now();
+        // Records made from here on (the moved files' new parents) are the new upper's.
+        let level = snaps.last().map_or(0, |s| s.seq);
+        self.origins.set_level(seq);
         let prepared = store.make_pending().and_then(|pending| {
             self.move_writers(&stack, pending.as_raw_fd(), seq)
                 .map_err(|e| e.at(store.pending().display()))
@@ -124,6 +127,8 @@ impl Union {
             Ok(p) => p,
             Err(e) => {
                 // Nothing is decided yet: the old state stays.
+                self.origins.discard_from(seq);
+                self.origins.set_level(level);
                 let _ = snapstore::remove_tree(&store.pending());
                 let _ = snapstore::remove_tree(&upper.path.join(SNAP_WORK));
                 return Err(e);
@@ -208,6 +213,9 @@ impl Union {
         };
         store.commit(&journal)?;
         let done = store.finish(&journal, self.opts.whiteout);
+        // The discarded layers' inodes are freed: their numbers go to new files.
+        self.origins.discard_from(target.seq);
+        self.origins.set_level(target.seq);
         let gone = discard.len();
         let reprobe = Reprobe {
             also: Vec::new(),
@@ -272,6 +280,8 @@ impl Union {
         };
         let map = |i: usize| Some(if i < xi { i } else { i - 1 });
         let changes = self.restack(&map, reprobe);
+        // What the merge left behind (all hidden) is deleted: its inodes' records go first.
+        self.forget_origins_under(&store.trash_of(&x));
         drop(gate);
         done?;
         changes?;
@@ -610,7 +620,12 @@ impl Union {
                 st.generation = self.generation();
                 true
             }
-            _ => {
+            other => {
+                log::debug!(
+                    "{}: detached by the swap (found there now: {:?})",
+                    st.name.to_string_lossy(),
+                    other.map(|f| (f.ino, f.layer, f.st.st_ino))
+                );
                 st.unlinked = true;
                 st.links.clear();
                 if let Some(fd) = keep.get(&n.id) {
@@ -622,6 +637,25 @@ impl Union {
                 drop(st);
                 self.nodes.unbind(n);
                 false
+            }
+        }
+    }
+
+    /// Drop the origin records of every inode below `dir` (about to be deleted).
+    fn forget_origins_under(&self, dir: &std::path::Path) {
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if let Ok(m) = e.metadata() {
+                    use std::os::unix::fs::MetadataExt;
+                    self.origins.remove(&(m.dev(), m.ino()));
+                    if m.is_dir() {
+                        todo.push(e.path());
+                    }
+                }
             }
         }
     }

@@ -558,7 +558,7 @@ impl Store {
                     .op("create")
                     .map_err(|e| e.at(trash.display()))?;
             }
-            rename(&x, &trash.join(dir_name(j.seq, &j.name)))?;
+            rename(&x, &self.trash_of_seq(j.seq, &j.name))?;
         }
         sync_dir(&self.dir)?;
         write_times(&self.dir, j.seq, 0)?;
@@ -640,6 +640,15 @@ impl Store {
             _ => {}
         }
         sync_dir(&self.dir)
+    }
+
+    /// Where a dropped snapshot's leftovers wait to be deleted.
+    pub fn trash_of(&self, s: &Snap) -> PathBuf {
+        self.trash_of_seq(s.seq, &s.name)
+    }
+
+    fn trash_of_seq(&self, seq: u32, name: &str) -> PathBuf {
+        self.dir.join(TRASH).join(dir_name(seq, name))
     }
 
     /// Discarded directories: deleted after the operation, or at the next mount.
