@@ -139,7 +139,7 @@ impl Union {
         let data_src = node.state().data.clone().unwrap_or_else(|| loc.clone());
         // Another name of the same lower file was copied up before: share that copy.
         let shared = index::is_linked_lower(loc.layer, &st)
-            .then(|| self.indexed(&st))
+            .then(|| self.indexed(node.ino))
             .flatten();
         let copied = match &shared {
             Some((index, key)) => self.join_index(index, key, up_parent.as_raw_fd(), &loc.name),
@@ -197,7 +197,7 @@ impl Union {
             0
         };
         if index::is_linked_lower(loc.layer, &st) {
-            self.join_known_names(node, &st);
+            self.join_known_names(node);
         }
         let took = started.elapsed();
         log::debug!("copy-up {path} (node {}) from layer {} ({bytes} bytes)", node.id, loc.layer);
@@ -296,10 +296,10 @@ impl Union {
         {
             sys::fsync(f.as_raw_fd(), false).op("copy-up fsync")?;
         }
-        let key = match linked.then(|| self.add_to_index(work.raw(), &tmp, src, st)) {
+        let key = match linked.then(|| self.add_to_index(work.raw(), &tmp, src, st, ino)) {
             // A copy-up of another name of the file got there first: share its copy.
             Some(Err(e)) if e.errno == libc::EEXIST => {
-                let (index, key) = self.indexed(st).ok_or(e)?;
+                let (index, key) = self.indexed(ino).ok_or(e)?;
                 return self.join_index(&index, &key, up_parent, &src.name);
             }
             k => k.transpose()?,

@@ -2,7 +2,7 @@
 //!
 //! A file with several names in a lower layer is one file: writing through one name must
 //! show through the others. So its first copy-up also links the copy into the index
-//! directory of the upper (`.wh..wh..index/<inode number>`), and every other name joins
+//! directory of the upper (`.wh..wh..index/<inode number it shows>`), and every other name joins
 //! that copy instead of being copied again: at its own copy-up, and as soon as it is looked
 //! up, so that reading it never serves the stale lower data. The index outlives the mount;
 //! names nobody looked up yet join after a remount just the same.
@@ -46,10 +46,11 @@ pub fn is_linked_lower(layer: usize, st: &Stat) -> bool {
 }
 
 impl Union {
-    /// The index entry of a lower file with several names, if an earlier copy-up made one.
-    pub(crate) fn indexed(&self, lower: &Stat) -> Option<(Arc<OwnedFd>, OsString)> {
+    /// The index entry of a lower file with several names (`ino`: the number it shows),
+    /// if an earlier copy-up made one.
+    pub(crate) fn indexed(&self, ino: u64) -> Option<(Arc<OwnedFd>, OsString)> {
         let index = self.stack().index()?;
-        let key = key(self.ino_of(lower));
+        let key = key(ino);
         sys::fstatat(index.as_raw_fd(), &key).ok()?;
         Some((index, key))
     }
@@ -95,8 +96,8 @@ impl Union {
 
     /// A lower name of an indexed file, found by lookup: join the copy now, so the name
     /// resolves to it. Returns whether it did.
-    pub(crate) fn join_on_lookup(&self, parent: &Arc<Node>, name: &OsStr, st: &Stat) -> bool {
-        let Some((index, key)) = self.indexed(st) else {
+    pub(crate) fn join_on_lookup(&self, parent: &Arc<Node>, name: &OsStr, ino: u64) -> bool {
+        let Some((index, key)) = self.indexed(ino) else {
             return false;
         };
         let joined = self
@@ -129,8 +130,8 @@ impl Union {
     /// knows join the copy on disk now. It serves them already (one node), but a name left
     /// unjoined on disk would show the old data once this upper is stacked as a lower, where
     /// its index no longer applies.
-    pub(crate) fn join_known_names(&self, node: &Node, lower: &Stat) {
-        let Some((index, key)) = self.indexed(lower) else {
+    pub(crate) fn join_known_names(&self, node: &Node) {
+        let Some((index, key)) = self.indexed(node.ino) else {
             return;
         };
         let links = node.state().links.clone();
@@ -156,9 +157,10 @@ impl Union {
         tmp: &OsStr,
         src: &Loc,
         lower: &Stat,
+        ino: u64,
     ) -> Result<OsString> {
         let index = self.stack().index_or_create()?;
-        let key = key(self.ino_of(lower));
+        let key = key(ino);
         // Every lower name but the one being copied up; a copy in a layer that was an upper
         // has one more link, its own index entry, which is no name.
         let indexed_there = self.lower_index(src).is_some_and(|(i, k)| {

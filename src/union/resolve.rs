@@ -226,14 +226,14 @@ impl Union {
         else {
             return Ok(None);
         };
+        let (ino, ours) = self.derive_ino(Some(top.raw()), name, layer, &st);
         // A name of a lower file whose other name was copied up joins that copy first.
         if index::is_linked_lower(layer, &st)
             && self.writable()
-            && self.join_on_lookup(parent, name, &st)
+            && self.join_on_lookup(parent, name, ino)
         {
             return self.probe(parent, name);
         }
-        let (ino, ours) = self.derive_ino(Some(top.raw()), name, layer, &st);
         // With no layer below a marked file has no data to find: not worth asking.
         let below = slots.iter().any(|s| s.layer > layer);
         let metacopy = ours || (below && self.holds_metadata_only(top.raw(), name, layer, &st));

@@ -674,6 +674,12 @@ impl Store {
             return Ok(());
         }
         let journal = self.read_journal()?;
+        if writable {
+            // Half-written: a whole one was never renamed into place.
+            for name in [JOURNAL, TIMES] {
+                let _ = std::fs::remove_file(self.dir.join(format!("{name}.tmp")));
+            }
+        }
         if !writable {
             if journal.is_some() {
                 return Err(Error::new(
