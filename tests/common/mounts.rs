@@ -209,7 +209,7 @@ pub fn thread_stacks(pid: u32) -> String {
         let comm = fs::read_to_string(p.join("comm")).unwrap_or_default();
         let stack = fs::read_to_string(p.join("stack")).unwrap_or_default();
         out += &format!("  thread {} {}", t.file_name().to_string_lossy(), comm);
-        for l in stack.lines().take(6) {
+        for l in stack.lines().take(12) {
             out += &format!("      {l}\n");
         }
     }
