@@ -1083,7 +1083,8 @@ fn kill_9_during_snapshots_and_rollbacks_leaves_the_old_or_the_new_state() {
                     let stacks = thread_stacks(child.id());
                     let known = cmd == "rollback" && stacks.contains("fuse_reverse_inval_entry");
                     let aborted = known && abort_fuse_connection(conn);
-                    let died = aborted && wait_within(&mut child, Duration::from_secs(10)).is_some();
+                    let died =
+                        aborted && wait_within(&mut child, Duration::from_secs(10)).is_some();
                     if !died {
                         stop.store(true, Ordering::Relaxed);
                         panic!(

@@ -200,7 +200,11 @@ impl Union {
             self.join_known_names(node);
         }
         let took = started.elapsed();
-        log::debug!("copy-up {path} (node {}) from layer {} ({bytes} bytes)", node.id, loc.layer);
+        log::debug!(
+            "copy-up {path} (node {}) from layer {} ({bytes} bytes)",
+            node.id,
+            loc.layer
+        );
         self.events.emit(Event::CopyUp {
             path,
             from: loc.layer,

@@ -372,7 +372,11 @@ impl NodeTable {
 
     /// Does the kernel still hold this very node?
     pub fn holds(&self, node: &Arc<Node>) -> bool {
-        node.id == ROOT_ID || self.map.get(&node.id).is_some_and(|n| Arc::ptr_eq(&n, node))
+        node.id == ROOT_ID
+            || self
+                .map
+                .get(&node.id)
+                .is_some_and(|n| Arc::ptr_eq(&n, node))
     }
 
     /// The live node that shows inode number `ino`.
