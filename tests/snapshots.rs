@@ -1245,6 +1245,7 @@ fn snapshots_and_rollbacks_under_concurrent_readers_and_writers() {
                 i += 1;
                 let _g = gate.read().unwrap();
                 let mut what = String::new();
+                let mut recorded = false;
                 let r: std::io::Result<(String, Option<String>)> = (|| match rng.below(4) {
                     0 => {
                         what = format!(
@@ -1276,10 +1277,16 @@ fn snapshots_and_rollbacks_under_concurrent_readers_and_writers() {
                         Ok((n, None))
                     }
                     2 => {
+                        // Both writers write these: the write and its model update go
+                        // together, or the model's order of two racing writes could be the
+                        // other one than the file's.
                         let n = format!("s{}", rng.below(6));
                         let v = format!("{n} by {t} {i}\n");
                         what = format!("write w/{n}");
+                        let mut md = model.lock().unwrap();
                         fs::write(mnt.join("w").join(&n), &v)?;
+                        md.files.insert(n.clone(), v.clone());
+                        recorded = true;
                         Ok((n, Some(v)))
                     }
                     _ => {
@@ -1291,6 +1298,7 @@ fn snapshots_and_rollbacks_under_concurrent_readers_and_writers() {
                     }
                 })();
                 match r {
+                    Ok(_) if recorded => {}
                     Ok((n, Some(v))) => {
                         model.lock().unwrap().files.insert(n, v);
                     }
