@@ -50,7 +50,11 @@ pub enum Changed {
 
 /// What a snapshot prepares for files open for writing: the moves to journal, the nodes
 /// to look up again after, and the directories whose times the moves change.
-type Prepared = (Vec<Move>, Vec<Arc<Node>>, Vec<(PathBuf, snapstore::DirTimes)>);
+type Prepared = (
+    Vec<Move>,
+    Vec<Arc<Node>>,
+    Vec<(PathBuf, snapstore::DirTimes)>,
+);
 
 /// Which nodes a restack looks up again.
 struct Reprobe {
@@ -300,12 +304,7 @@ impl Union {
     /// Files open for writing (or in passthrough) in the upper: each one's inode goes to the new upper, a copy
     /// made now (in `SNAP_WORK`) to the snapshot. Makes the copies, and the parent
     /// directories in `pending` (the next upper), carrying the inode numbers they show.
-    fn move_writers(
-        &self,
-        stack: &LayerStack,
-        pending: RawFd,
-        seq: u32,
-    ) -> Result<Prepared> {
+    fn move_writers(&self, stack: &LayerStack, pending: RawFd, seq: u32) -> Result<Prepared> {
         let writers: Vec<Arc<Node>> = self
             .nodes
             .all()
