@@ -367,6 +367,17 @@ impl Ring {
         Ok(())
     }
 
+    /// SQEs queued and not yet consumed by the kernel. io_uring_enter must be given no more
+    /// than that: when it submits fewer than asked, it returns without waiting.
+    fn pending(&self) -> u32 {
+        // SAFETY: the ring's atomics, read only.
+        unsafe {
+            (*self.sq_tail)
+                .load(Ordering::Acquire)
+                .wrapping_sub((*self.sq_head).load(Ordering::Acquire))
+        }
+    }
+
     /// io_uring_enter: submit what is queued and wait for `min_complete` completions.
     fn enter(&self, to_submit: u32, min_complete: u32) -> io::Result<()> {
         let flags = if min_complete > 0 {
@@ -647,7 +658,7 @@ impl Queue {
         let mut live = self.entries.len();
         loop {
             // Submit the commits queued while dispatching, and wait for the next request.
-            self.ring.enter(self.ring.sq_entries, 1)?;
+            self.ring.enter(self.ring.pending(), 1)?;
             while let Some(cqe) = self.ring.pop() {
                 let e = cqe.user_data as usize;
                 if e >= self.entries.len() {
