@@ -23,10 +23,10 @@ use std::io;
 use std::io::IoSlice;
 use std::mem::size_of;
 use std::os::fd::AsRawFd;
+use std::os::fd::BorrowedFd;
 use std::os::fd::FromRawFd;
 use std::os::fd::OwnedFd;
 use std::os::fd::RawFd;
-use std::os::fd::BorrowedFd;
 use std::ptr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -605,11 +605,7 @@ impl Queue {
         unsafe {
             ptr::copy_nonoverlapping((*hdr).in_out.as_ptr(), buf.as_mut_ptr(), IN);
             ptr::copy_nonoverlapping((*hdr).op_in.as_ptr(), buf.as_mut_ptr().add(IN), op_len);
-            ptr::copy_nonoverlapping(
-                ent.payload(),
-                buf.as_mut_ptr().add(IN + op_len),
-                payload,
-            );
+            ptr::copy_nonoverlapping(ent.payload(), buf.as_mut_ptr().add(IN + op_len), payload);
         }
         Some(total)
     }
@@ -632,12 +628,16 @@ impl Queue {
             // part ends at OUT <= 128 bytes, the payload part at total - OUT <= self.payload.
             if at < OUT {
                 let n = (OUT - at).min(s.len());
-                unsafe { ptr::copy_nonoverlapping(s.as_ptr(), (*hdr).in_out.as_mut_ptr().add(at), n) };
+                unsafe {
+                    ptr::copy_nonoverlapping(s.as_ptr(), (*hdr).in_out.as_mut_ptr().add(at), n)
+                };
                 at += n;
                 s = &s[n..];
             }
             if !s.is_empty() {
-                unsafe { ptr::copy_nonoverlapping(s.as_ptr(), ent.payload().add(at - OUT), s.len()) };
+                unsafe {
+                    ptr::copy_nonoverlapping(s.as_ptr(), ent.payload().add(at - OUT), s.len())
+                };
                 at += s.len();
             }
         }
@@ -690,10 +690,8 @@ impl Queue {
                     warn!("uring qid {}: malformed request", self.qid);
                     // Answer it so the entry comes back.
                     let unique = self.entries[e].commit_id.load(Ordering::Relaxed);
-                    let _ = crate::ll::ResponseErrno(ll::Errno::EIO).with_iovec(
-                        ll::RequestId(unique),
-                        |iov| self.reply(e, iov),
-                    );
+                    let _ = crate::ll::ResponseErrno(ll::Errno::EIO)
+                        .with_iovec(ll::RequestId(unique), |iov| self.reply(e, iov));
                     continue;
                 };
                 *self.sq.lock() = true;
@@ -711,10 +709,8 @@ impl Queue {
                     }
                     None => {
                         let unique = self.entries[e].commit_id.load(Ordering::Relaxed);
-                        let _ = crate::ll::ResponseErrno(ll::Errno::EIO).with_iovec(
-                            ll::RequestId(unique),
-                            |iov| self.reply(e, iov),
-                        );
+                        let _ = crate::ll::ResponseErrno(ll::Errno::EIO)
+                            .with_iovec(ll::RequestId(unique), |iov| self.reply(e, iov));
                     }
                 }
                 *self.sq.lock() = false;
@@ -814,7 +810,11 @@ fn pin(cpu: usize) -> io::Result<()> {
 impl<FS: Filesystem> Pool<FS> {
     /// Start `per_queue` workers for every possible CPU, each with its ring and buffers,
     /// and wait until they all are ready to register, or one failed.
-    pub(crate) fn prepare(dev: &Arc<DevFuse>, per_queue: usize, payload: usize) -> io::Result<Self> {
+    pub(crate) fn prepare(
+        dev: &Arc<DevFuse>,
+        per_queue: usize,
+        payload: usize,
+    ) -> io::Result<Self> {
         let cpus = possible_cpus()?;
         // SAFETY: sysconf has no memory effects.
         let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
@@ -887,7 +887,8 @@ impl<FS: Filesystem> Pool<FS> {
                 Ok(()) => ok[idx] = true,
                 Err(e) => {
                     let q = self.workers[idx].qid;
-                    first.get_or_insert(io::Error::new(e.kind(), format!("qid {q}: register: {e}")));
+                    first
+                        .get_or_insert(io::Error::new(e.kind(), format!("qid {q}: register: {e}")));
                 }
             }
         }
@@ -1009,8 +1010,14 @@ mod test {
 
     #[test]
     fn payload_floor() {
-        assert_eq!(payload_size(4096, 1), FUSE_MIN_READ_BUFFER.max(page_size::get()));
-        assert_eq!(payload_size(1 << 20, 256), (1 << 20).max(256 * page_size::get()));
+        assert_eq!(
+            payload_size(4096, 1),
+            FUSE_MIN_READ_BUFFER.max(page_size::get())
+        );
+        assert_eq!(
+            payload_size(1 << 20, 256),
+            (1 << 20).max(256 * page_size::get())
+        );
     }
 
     #[test]
@@ -1060,7 +1067,7 @@ mod test {
         unsafe {
             ptr::write_unaligned((*hdr).in_out.as_mut_ptr().cast(), inh(40 + 8 + 6));
             (&mut (*hdr).op_in)[..8].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
-            ptr::copy_nonoverlapping(b"hello\0".as_ptr(), ent.payload(), 6);
+            ptr::copy_nonoverlapping(b"hello!".as_ptr(), ent.payload(), 6);
             (*hdr).ring_ent_in_out = EntInOut {
                 commit_id: 99,
                 payload_sz: 6,
@@ -1070,7 +1077,7 @@ mod test {
         let mut buf = vec![0u8; 200];
         assert_eq!(q.request(0, &mut buf), Some(54));
         assert_eq!(&buf[40..48], &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(&buf[48..54], b"hello\0");
+        assert_eq!(&buf[48..54], b"hello!");
         assert_eq!(ent.commit_id.load(Ordering::Relaxed), 99);
 
         // Bad length: larger than header + op_in + payload can hold.
