@@ -11,8 +11,8 @@
 //! re-arms the entry: one `io_uring_enter` per request, where /dev/fuse takes a read and a
 //! write. FORGET and INTERRUPT still come through /dev/fuse, and notifications still go there.
 //!
-//! Here: each worker thread owns one ring with [`DEPTH`] entries of one queue and is pinned
-//! to that queue's CPU. A request is copied out of its entry into the linear layout
+//! Here: each worker thread owns one ring with [`DEPTH`] entries of one queue (not pinned to
+//! its CPU; see `worker`). A request is copied out of its entry into the linear layout
 //! /dev/fuse gives (so fuser's parser and dispatch serve both), and its reply is written
 //! into the entry, from whichever thread replies. Setup happens in two steps around the INIT
 //! reply (rings and buffers before, so a failure leaves the flag out of the reply;
@@ -774,9 +774,9 @@ impl<FS: Filesystem> std::fmt::Debug for Pool<FS> {
     }
 }
 
-/// The CPUs the kernel may have (it makes one queue per possible CPU).
-fn possible_cpus() -> io::Result<Vec<usize>> {
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+/// The CPUs the kernel may have ("possible": it makes one queue for each) or has "online".
+fn cpu_list(which: &str) -> io::Result<Vec<usize>> {
+    let s = std::fs::read_to_string(format!("/sys/devices/system/cpu/{which}"))?;
     parse_cpu_list(s.trim()).ok_or_else(|| io::Error::other(format!("cpu list {s:?}")))
 }
 
@@ -792,21 +792,6 @@ fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
     Some(cpus)
 }
 
-fn pin(cpu: usize) -> io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu >= 8 * size_of::<libc::cpu_set_t>() {
-        return Err(io::Error::other("cpu number out of range"));
-    }
-    // SAFETY: cpu checked against the set's size above.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: the set lives across the call; 0 means this thread.
-    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 impl<FS: Filesystem> Pool<FS> {
     /// Start `per_queue` workers for every possible CPU, each with its ring and buffers,
     /// and wait until they all are ready to register, or one failed.
@@ -815,9 +800,8 @@ impl<FS: Filesystem> Pool<FS> {
         per_queue: usize,
         payload: usize,
     ) -> io::Result<Self> {
-        let cpus = possible_cpus()?;
-        // SAFETY: sysconf has no memory effects.
-        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+        let cpus = cpu_list("possible")?;
+        let online = cpu_list("online").unwrap_or_else(|_| cpus.clone());
         let (done_tx, done) = mpsc::channel();
         let mut pool = Pool {
             workers: Vec::new(),
@@ -826,7 +810,11 @@ impl<FS: Filesystem> Pool<FS> {
         };
         for (qid, &cpu) in cpus.iter().enumerate() {
             // A CPU that is not online gets one worker: requests only come from running tasks.
-            let n = if cpu < online { per_queue.max(1) } else { 1 };
+            let n = if online.contains(&cpu) {
+                per_queue.max(1)
+            } else {
+                1
+            };
             for t in 0..n {
                 let (go_tx, go_rx) = mpsc::channel::<Go<FS>>();
                 let done_tx = done_tx.clone();
@@ -834,7 +822,7 @@ impl<FS: Filesystem> Pool<FS> {
                 let idx = pool.workers.len();
                 let handle = thread::Builder::new()
                     .name(format!("fuser-ring-{qid}.{t}"))
-                    .spawn(move || worker(idx, qid as u16, cpu, payload, dev, done_tx, go_rx))?;
+                    .spawn(move || worker(idx, qid as u16, payload, dev, done_tx, go_rx))?;
                 pool.workers.push(Worker {
                     qid,
                     go: go_tx,
@@ -940,16 +928,15 @@ impl<FS: Filesystem> Pool<FS> {
 fn worker<FS: Filesystem>(
     idx: usize,
     qid: u16,
-    cpu: usize,
     payload: usize,
     dev: Arc<DevFuse>,
     done: mpsc::Sender<(usize, io::Result<()>)>,
     go: mpsc::Receiver<Go<FS>>,
 ) -> io::Result<()> {
-    // Requests of tasks on this CPU come to this queue: serve them on the same CPU.
-    if let Err(e) = pin(cpu) {
-        debug!("uring qid {qid}: not pinned to cpu {cpu}: {e}");
-    }
+    // Not pinned to the queue's CPU (libfuse pins): on a machine whose CPUs are busy with
+    // other work, a pinned worker waits for its CPU while another is idle; measured on two
+    // shared cores, pinning made the slow runs of a lookup or small-file read loop 2-3x
+    // slower and the fast ones no faster.
     let queue = match Queue::new(qid, payload, dev) {
         Ok(q) => Arc::new(q),
         Err(e) => {
