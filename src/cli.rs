@@ -62,10 +62,11 @@ pub fn mount_options() -> Vec<OptionDoc> {
             ),
         ),
         row(
-            &["uring=0|1"],
+            &["uring", "uring=0|1"],
             "serve requests through FUSE over io_uring where the kernel offers it (Linux 6.14+ \
              with `/sys/module/fuse/parameters/enable_uring` set to Y), else through /dev/fuse \
-             (default 1; `uring=0`: always /dev/fuse). `unionmount layers` shows which is used",
+             (default; `uring=0`: always /dev/fuse). `threads=N` are then spread over the \
+             CPUs' queues. `unionmount layers` shows which is used",
         ),
         row(
             &["volatile", "fsync=0|1"],

@@ -522,9 +522,9 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
                 Ok(n @ 1..=64) => o.threads = Some(n),
                 _ => bail!("option '{item}': threads must be a number from 1 to 64"),
             },
-            "uring" => match text(value)?.as_str() {
-                "0" => o.uring = Some(false),
-                "1" => o.uring = Some(true),
+            "uring" => match value {
+                None | Some("1") => o.uring = Some(true),
+                Some("0") => o.uring = Some(false),
                 _ => bail!("option '{item}': use uring=0 or uring=1"),
             },
             "workdir" => o.workdir = Some(text(value)?.into()),
@@ -984,6 +984,7 @@ mod tests {
         assert_eq!(opts_of(&["threads=1"]).threads, Some(1));
         assert_eq!(opts_of(&["uring=0"]).uring, Some(false));
         assert_eq!(opts_of(&["uring=1"]).uring, Some(true));
+        assert_eq!(opts_of(&["uring"]).uring, Some(true));
         assert!(parse_mount_options(&["uring=x".to_string()]).is_err());
         assert_eq!(opts_of(&["threads=64"]).threads, Some(64));
         for bad in ["threads=0", "threads=65", "threads=x"] {
