@@ -62,6 +62,13 @@ pub fn mount_options() -> Vec<OptionDoc> {
             ),
         ),
         row(
+            &["uring", "uring=0|1"],
+            "serve requests through FUSE over io_uring where the kernel offers it (Linux 6.14+ \
+             with `/sys/module/fuse/parameters/enable_uring` set to Y), else through /dev/fuse \
+             (default; `uring=0`: always /dev/fuse). `threads=N` are then spread over the \
+             CPUs' queues. `unionmount layers` shows which is used",
+        ),
+        row(
             &["volatile", "fsync=0|1"],
             "skip the fsync that makes each copy-up durable before it is published \
              (`fsync=0` is fuse-overlayfs' spelling; `fsync=1` undoes it)",

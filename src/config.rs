@@ -33,6 +33,8 @@ pub struct Config {
     pub negative_timeout: Duration,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Serve through FUSE over io_uring when the kernel offers it (`-o uring=0|1`).
+    pub uring: bool,
     /// The source /proc/mounts shows (mount(8) matches fstab lines by it).
     pub fsname: Option<String>,
     /// nosuid, dev, noexec, noatime, noacl, as the kernel mount gets them (`noatime` is
@@ -218,6 +220,7 @@ impl Config {
             threads: opts
                 .threads
                 .unwrap_or((threads * THREADS_PER_CORE).clamp(2, MAX_DEFAULT_THREADS)),
+            uring: opts.uring.unwrap_or(true),
             fsname: opts.fsname.clone(),
             flags: opts.flags,
             stack: opts.stack,
@@ -283,6 +286,8 @@ pub struct MountOpts {
     pub flags: MountFlags,
     /// `threads=N`, 1..=64.
     pub threads: Option<usize>,
+    /// `uring=0|1`.
+    pub uring: Option<bool>,
     /// `workdir=DIR`.
     pub workdir: Option<PathBuf>,
     /// `lowerdir=L1:L2:...`, top first.
@@ -384,6 +389,7 @@ pub const OPTIONS: &[&str] = &[
     "negative_timeout",
     "whiteout",
     "threads",
+    "uring",
     "workdir",
     "upperdir",
     "lowerdir",
@@ -515,6 +521,11 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
             "threads" => match text(value)?.parse::<usize>() {
                 Ok(n @ 1..=64) => o.threads = Some(n),
                 _ => bail!("option '{item}': threads must be a number from 1 to 64"),
+            },
+            "uring" => match value {
+                None | Some("1") => o.uring = Some(true),
+                Some("0") => o.uring = Some(false),
+                _ => bail!("option '{item}': use uring=0 or uring=1"),
             },
             "workdir" => o.workdir = Some(text(value)?.into()),
             "upperdir" => o.upperdir = Some(text(value)?.into()),
@@ -971,6 +982,10 @@ mod tests {
             (Some("merged"), Some("u"))
         );
         assert_eq!(opts_of(&["threads=1"]).threads, Some(1));
+        assert_eq!(opts_of(&["uring=0"]).uring, Some(false));
+        assert_eq!(opts_of(&["uring=1"]).uring, Some(true));
+        assert_eq!(opts_of(&["uring"]).uring, Some(true));
+        assert!(parse_mount_options(&["uring=x".to_string()]).is_err());
         assert_eq!(opts_of(&["threads=64"]).threads, Some(64));
         for bad in ["threads=0", "threads=65", "threads=x"] {
             assert!(opt_err(&[bad]).contains(bad), "{bad}");

@@ -42,7 +42,21 @@ fn is_source_word(s: &str) -> bool {
 /// until someone detaches it. Do that here, so mounting again needs no manual step.
 fn detach_dead_mount(mountpoint: &Path) {
     // statfs always reaches the daemon; a stat may be answered from the kernel's cache.
-    let dead = sys::statvfs(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    // Over io_uring the kernel ends the connection a few milliseconds after the daemon's
+    // death; a request in between fails with ECONNABORTED or ECANCELED.
+    let mut err = sys::statvfs(mountpoint)
+        .err()
+        .and_then(|e| e.raw_os_error());
+    for _ in 0..100 {
+        if !matches!(err, Some(libc::ECONNABORTED | libc::ECANCELED)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        err = sys::statvfs(mountpoint)
+            .err()
+            .and_then(|e| e.raw_os_error());
+    }
+    let dead = err == Some(libc::ENOTCONN);
     if !dead {
         return;
     }

@@ -103,8 +103,20 @@ impl Unmount {
 pub fn mount(fs: UnionFs, config: &Config) -> io::Result<(fuser::Session<UnionFs>, Unmount)> {
     let session_config = session_config(config);
     let notifier = fs.notifier.clone();
+    let union = fs.union.clone();
+    // Settled at INIT, after `init` wrote the kernel line.
+    let transport = move |s: &fuser::Session<UnionFs>| {
+        let t = s.transport();
+        log::info!("transport: {t}");
+        union
+            .events
+            .kernel
+            .lock()
+            .push_str(&format!(", transport {t}"));
+    };
     if sys::geteuid() != 0 {
         let mut s = fuser::Session::new(fs, &config.mountpoint, &session_config)?;
+        transport(&s);
         let _ = notifier.set(s.notifier());
         let u = Unmount::Helper(s.unmount_callable());
         return Ok((s, u));
@@ -141,6 +153,7 @@ pub fn mount(fs: UnionFs, config: &Config) -> io::Result<(fuser::Session<UnionFs
     let acl = session_config.acl;
     match fuser::Session::from_fd(fs, fd, acl, session_config) {
         Ok(s) => {
+            transport(&s);
             let _ = notifier.set(s.notifier());
             Ok((s, Unmount::Direct(path)))
         }
@@ -178,6 +191,7 @@ fn session_config(config: &Config) -> fuser::Config {
     };
     c.n_threads = Some(config.threads.max(1));
     c.clone_fd = true;
+    c.io_uring = config.uring;
     c
 }
 

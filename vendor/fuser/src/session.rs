@@ -79,6 +79,31 @@ impl SessionACL {
     }
 }
 
+/// How the kernel's requests reach the daemon, as settled at INIT (see `Config::io_uring`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// read(2) and writev(2) on /dev/fuse; why not io_uring.
+    DevFuse(String),
+    /// FUSE over io_uring: one queue per possible CPU, served by this many threads.
+    IoUring {
+        /// Kernel queues (possible CPUs).
+        queues: usize,
+        /// Worker threads, each with its own ring.
+        threads: usize,
+    },
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::DevFuse(why) => write!(f, "/dev/fuse ({why})"),
+            Transport::IoUring { queues, threads } => {
+                write!(f, "io_uring ({queues} queues, {threads} threads)")
+            }
+        }
+    }
+}
+
 /// Calls `destroy` on drop.
 #[derive(Debug)]
 pub(crate) struct FilesystemHolder<FS: Filesystem> {
@@ -139,6 +164,10 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// The io_uring workers, when the kernel took FUSE_OVER_IO_URING.
+    #[cfg(target_os = "linux")]
+    uring: Option<crate::uring::Pool<FS>>,
+    transport: Transport,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +215,9 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            #[cfg(target_os = "linux")]
+            uring: None,
+            transport: Transport::DevFuse("not set up".into()),
         };
 
         session.handshake()?;
@@ -214,6 +246,9 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            #[cfg(target_os = "linux")]
+            uring: None,
+            transport: Transport::DevFuse("not set up".into()),
         };
 
         session.handshake()?;
@@ -252,9 +287,18 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            #[cfg(target_os = "linux")]
+            uring,
+            transport: _,
         } = self;
 
-        let n_threads = config.n_threads.unwrap_or(1);
+        let mut n_threads = config.n_threads.unwrap_or(1);
+        // With io_uring, /dev/fuse carries only FORGET, INTERRUPT and what came before the
+        // ring was complete: one reader is enough.
+        #[cfg(target_os = "linux")]
+        if uring.is_some() {
+            n_threads = 1;
+        }
 
         if !cfg!(target_os = "linux") && n_threads != 1 {
             // TODO: check whether it works on macOS/FreeBSD and enable if it works.
@@ -289,6 +333,18 @@ impl<FS: Filesystem> Session<FS> {
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
+
+        #[cfg(target_os = "linux")]
+        if let Some(pool) = uring {
+            let ch = channels[0].clone();
+            threads.extend(pool.serve(|thread_name| SessionEventLoop {
+                thread_name,
+                filesystem: filesystem.clone(),
+                ch: ch.clone(),
+                allowed,
+                session_owner,
+            }));
+        }
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -459,7 +515,9 @@ impl<FS: Filesystem> Session<FS> {
                 }
             }
 
-            // Reply with our desired version and settings.
+            #[cfg(target_os = "linux")]
+            let pool = self.prepare_uring(init.capabilities(), &mut config);
+
             debug!(
                 "INIT response: ABI {}.{}, flags {:#x}, max readahead {}, max write {}",
                 abi::FUSE_KERNEL_VERSION,
@@ -473,7 +531,66 @@ impl<FS: Filesystem> Session<FS> {
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
 
+            #[cfg(target_os = "linux")]
+            if let Some(mut pool) = pool {
+                // The kernel needs INIT done before it takes ring entries.
+                match pool.register() {
+                    Ok(()) => {
+                        self.transport = Transport::IoUring {
+                            queues: pool.queues(),
+                            threads: pool.threads(),
+                        };
+                        self.uring = Some(pool);
+                    }
+                    Err(e) => self.transport = Transport::DevFuse(format!("io_uring failed: {e}")),
+                }
+            }
+            debug!("transport: {}", self.transport);
+
             return Ok(());
+        }
+    }
+
+    /// How requests reach the daemon: io_uring or /dev/fuse, and why.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Before the INIT reply: if io_uring is wanted and offered, set up the rings and ask
+    /// for it. A failure here leaves the flag out of the reply and /dev/fuse serving.
+    #[cfg(target_os = "linux")]
+    fn prepare_uring(
+        &mut self,
+        offered: InitFlags,
+        config: &mut KernelConfig,
+    ) -> Option<crate::uring::Pool<FS>> {
+        config.requested.remove(InitFlags::FUSE_OVER_IO_URING);
+        if !self.config.io_uring {
+            self.transport = Transport::DevFuse("io_uring turned off".into());
+            return None;
+        }
+        if !offered.contains(InitFlags::FUSE_OVER_IO_URING) {
+            self.transport = Transport::DevFuse(
+                "io_uring not offered by the kernel (Linux 6.14+, fuse enable_uring=Y)".into(),
+            );
+            return None;
+        }
+        let payload = crate::uring::payload_size(config.max_write, config.max_pages());
+        let per_queue = self
+            .config
+            .n_threads
+            .unwrap_or(1)
+            .div_ceil(thread::available_parallelism().map_or(1, |n| n.get()));
+        match crate::uring::Pool::prepare(&self.ch.device(), per_queue, payload) {
+            Ok(pool) => {
+                config.requested |= InitFlags::FUSE_OVER_IO_URING;
+                Some(pool)
+            }
+            Err(e) => {
+                warn!("io_uring: {e}; serving through /dev/fuse");
+                self.transport = Transport::DevFuse(format!("io_uring setup failed: {e}"));
+                None
+            }
         }
     }
 

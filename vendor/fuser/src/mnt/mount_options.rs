@@ -18,6 +18,10 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Serve requests through FUSE over io_uring when the kernel offers it (Linux 6.14+,
+    /// `enable_uring` set in the fuse module), with `n_threads` workers per CPU; else, or
+    /// if setting it up fails, through /dev/fuse. See [`crate::Transport`].
+    pub io_uring: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
