@@ -950,7 +950,11 @@ fn mount_on_dead_mount_point() {
     let mut child = fx.daemon(&[]);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_errno(fs::read_dir(&fx.mnt), libc::ENOTCONN, "readdir dead mount");
+    assert_eq!(
+        dead_mount_errno(&fx.mnt),
+        libc::ENOTCONN,
+        "readdir dead mount"
+    );
     let out = tool([fx.spec(), s(&fx.mnt)]);
     let err = out.stderr;
     let listing = fs::read_dir(&fx.mnt).map(|rd| rd.count());

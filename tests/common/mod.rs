@@ -294,3 +294,15 @@ pub fn quiet_content(p: &Path, md: &fs::Metadata) -> Vec<u8> {
     }
     data
 }
+
+/// The errno a listing of `mnt`, whose daemon died, settles on: over io_uring the kernel
+/// ends the connection a moment after the daemon exits, and answers ECONNABORTED or
+/// ECANCELED until then (ENOTCONN after). Waits up to 5 s.
+pub fn dead_mount_errno(mnt: &Path) -> i32 {
+    let mut last = 0;
+    eventually(Duration::from_secs(5), || {
+        last = errno(fs::read_dir(mnt), "a listing of a dead mount");
+        !matches!(last, libc::ECONNABORTED | libc::ECANCELED)
+    });
+    last
+}
