@@ -200,12 +200,25 @@ impl crate::union::snapshot::Watcher for StackWatcher {
         let Some(n) = self.notifier.get() else {
             return;
         };
+        // One epoch step (Linux 6.16+) has the kernel look up again every name it cached,
+        // without taking a directory lock: a name's invalidation waits for the lock a
+        // request in flight holds, and a daemon killed meanwhile could then never exit.
+        let by_epoch = match n.inc_epoch() {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("epoch notification refused ({e}): invalidating name by name");
+                false
+            }
+        };
         for c in changes {
-            // ENOENT: the kernel had nothing cached there.
+            // Attributes only (offset -1): a page invalidation waits for pages a read in
+            // flight holds. A file whose data changed has a new node (see `relocate`).
             let res = match c {
+                Changed::Entry { .. } if by_epoch => continue,
                 Changed::Entry { parent, name } => n.inval_entry(fuser::INodeNo(*parent), name),
-                Changed::Inode(id) => n.inval_inode(fuser::INodeNo(*id), 0, 0),
+                Changed::Inode(id) => n.inval_inode(fuser::INodeNo(*id), -1, 0),
             };
+            // ENOENT: the kernel had nothing cached there.
             if let Err(e) = res
                 && e.raw_os_error() != Some(libc::ENOENT)
             {

@@ -603,12 +603,13 @@ impl Union {
         let name = n.state().name.clone();
         let found = self.probe(parent, &name).ok().flatten();
         let mut st = n.state_mut();
-        // An open file whose name now holds another real file gets a node of its own: the
-        // kernel keeps one backing per node (passthrough), and one page cache.
+        // A file whose name now holds another real file gets a node of its own: the kernel
+        // keeps one backing (passthrough) and one page cache per node, and a new node has
+        // neither stale. A directory stays (its listing and attributes are invalidated).
         let same = |f: &super::resolve::Found| {
             f.ino == n.ino
                 && f.st.st_mode & libc::S_IFMT == n.kind
-                && (n.is_dir() || !n.is_open() || (f.st.st_dev, f.st.st_ino) == st.real)
+                && (n.is_dir() || (f.st.st_dev, f.st.st_ino) == st.real)
         };
         match found {
             Some(f) if same(&f) => {

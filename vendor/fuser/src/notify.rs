@@ -83,6 +83,16 @@ impl Notifier {
         self.send_inval(notify_code::FUSE_NOTIFY_INVAL_INODE, &notif)
     }
 
+    /// Invalidate every dentry and cached listing the kernel holds: each is looked up
+    /// again before its next use (`FUSE_NOTIFY_INC_EPOCH`, protocol 7.44, Linux 6.16).
+    /// Unlike `inval_entry` it takes no directory lock. An older kernel answers EINVAL.
+    /// # Errors
+    /// Returns an error if the kernel rejects the notification.
+    pub fn inc_epoch(&self) -> io::Result<()> {
+        let notif = Notification::new_inc_epoch();
+        self.send(notify_code::FUSE_NOTIFY_INC_EPOCH, &notif)
+    }
+
     /// Update the kernel's cached copy of a given inode's data
     /// # Errors
     /// Returns an error if the notification data is too large.

@@ -183,6 +183,9 @@ pub(crate) enum fuse_notify_code {
     FUSE_NOTIFY_STORE = 4,
     FUSE_NOTIFY_RETRIEVE = 5,
     FUSE_NOTIFY_DELETE = 6,
+    /// Protocol 7.44 (Linux 6.16): no body; every dentry (and cached listing) of an older
+    /// epoch is looked up again before it is used.
+    FUSE_NOTIFY_INC_EPOCH = 8,
 }
 
 #[repr(C)]
