@@ -137,7 +137,7 @@ def chown_fixture(root, user):
 
 def ensure_peers(names, need_fio):
     pkgs = []
-    for t in {T.ROOTLESS.get(x, x) for x in names}:
+    for t in {T.BASES.get(x, x) for x in names}:
         if t in T.APT_PACKAGE and not shutil.which(t) and T.APT_PACKAGE[t] not in pkgs:
             pkgs.append(T.APT_PACKAGE[t])
     if need_fio and not shutil.which("fio"):
@@ -637,7 +637,7 @@ def main(argv):
     if args.rootless:
         tnames += [r for r, b in T.ROOTLESS.items() if b in tnames and r not in tnames]
     tnames = [x for x in T.ALL if x in tnames]  # the report's column order
-    bases = {T.ROOTLESS.get(x, x) for x in tnames}
+    bases = {T.BASES.get(x, x) for x in tnames}
     any_rootless = any(x in T.ROOTLESS for x in tnames)
     p = dict(fixture.QUICK if args.quick else fixture.FULL)
     wl, do_memory = W.select(W.all_workloads(p), args.workloads)

@@ -6,6 +6,8 @@ their CPU time and memory from /proc.
 
 Two fuse-overlayfs versions run side by side: `fuse-overlayfs` is the distribution's (1.x, C),
 `fuse-overlayfs-2` the Rust rewrite (`cargo install fuse-overlayfs`, 2.x) from the bench cache.
+`unionmount-uring` is unionmount with FUSE over io_uring (Linux 6.14+): the fuse module's
+`enable_uring` parameter is Y while its mount lives, and put back after.
 The `*-rootless` targets run the same daemons as an unprivileged user (USER below): they mount
 through the setuid fusermount3 (so `nosuid,nodev`, no `allow_other`, no FUSE passthrough, no
 `trusted.*` xattrs), and every command of a workload on them runs as that user too.
@@ -25,7 +27,12 @@ ROOT = ["plain", "overlay", "unionmount", "fuse-overlayfs", "fuse-overlayfs-2", 
 # rootless target -> the root target whose daemon it runs unprivileged
 ROOTLESS = {"unionmount-rootless": "unionmount", "fuse-overlayfs-rootless": "fuse-overlayfs",
             "fuse-overlayfs-2-rootless": "fuse-overlayfs-2"}
-ALL = ROOT + list(ROOTLESS)
+# unionmount served through FUSE over io_uring: the fuse module's enable_uring is set to Y
+# while its mount lives (and put back after); the other targets get the machine's setting
+URING = {"unionmount-uring": "unionmount"}
+BASES = {**ROOTLESS, **URING}
+ALL = ROOT + list(URING) + list(ROOTLESS)
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
 APT_PACKAGE = {"fuse-overlayfs": "fuse-overlayfs", "unionfs-fuse": "unionfs-fuse",
                "mergerfs": "mergerfs"}
 # fuse-overlayfs 2.x: `cargo install fuse-overlayfs --version ^2 --root CACHE/FO2_DIR`
@@ -102,6 +109,7 @@ class Mount:
     def __init__(self, target, mnt, upper, proc=None, log=None):
         self.target, self.mnt, self.upper, self.proc, self.log = target, mnt, upper, proc, log
         self.down = False
+        self.uring_was = None  # enable_uring before this mount set it (put back at unmount)
 
     @property
     def pid(self):
@@ -159,6 +167,9 @@ class Mount:
                 _active.remove(self)
             if self.log:
                 self.log.close()
+            if self.uring_was is not None:
+                with open(URING_PARAM, "w") as f:
+                    f.write(self.uring_was)
 
 
 class Target:
@@ -171,7 +182,11 @@ class Target:
 
     @property
     def rootless(self):
-        return self.base != self.name
+        return self.name in ROOTLESS
+
+    @property
+    def uring(self):
+        return self.name in URING
 
     def label(self):
         """Column header: the name, with the major.minor version for fuse-overlayfs (so the
@@ -191,8 +206,10 @@ class Target:
                     return True, ""
             r = _run(["modprobe", "overlay"])
             return r.returncode == 0, "no overlay in /proc/filesystems"
-        if self.base != self.name and self.user is None:
+        if self.rootless and self.user is None:
             return False, "no rootless bench user"
+        if self.uring and not os.access(URING_PARAM, os.W_OK):
+            return False, f"no FUSE over io_uring here ({URING_PARAM} not writable)"
         if self.binary and (os.path.isabs(self.binary) and os.access(self.binary, os.X_OK)
                             or shutil.which(self.binary)):
             return True, ""
@@ -248,6 +265,12 @@ class Target:
             _active.append(m)
             return m
         log = open(logpath, "w") if logpath else subprocess.DEVNULL
+        uring_was = None
+        if self.uring:
+            with open(URING_PARAM) as f:
+                uring_was = f.read().strip()
+            with open(URING_PARAM, "w") as f:
+                f.write("Y")
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
         limit = self.nofile
@@ -260,6 +283,7 @@ class Target:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env, preexec_fn=pre, **kw)
         m = Mount(self, mnt, upper, proc, log if logpath else None)
+        m.uring_was = uring_was
         _active.append(m)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -294,6 +318,8 @@ def make_targets(unionmount_bin, fo2_bin, user=None):
     }
     for name, base in ROOTLESS.items():
         t[name] = Target(name, "fuse", t[base].binary, base=base, user=user)
+    for name, base in URING.items():
+        t[name] = Target(name, "fuse", t[base].binary, base=base)
     return t
 
 
