@@ -496,3 +496,45 @@ if echo more >>"$M/foreign/mine"; then echo "written"; fi
     assert!(!lexists(&fx.u("foreign")));
     assert_eq!(read(&fx.l(0, "foreign/mine")), "mine");
 }
+
+/// Snapshots as rootless podman would use them: a daemon that is root only of a user
+/// namespace (nobody outside) takes a snapshot, rolls back to it and drops it, live.
+#[test]
+fn rootless_snapshot_and_rollback_in_a_user_namespace() {
+    let fx = rootless_fixture();
+    let script = format!(
+        r#"{ROOTLESS_MOUNT}
+echo one >"$M/f"
+rm "$M/del"
+"$BIN" snapshot "$M" s1
+echo two >"$M/f"
+echo n >"$M/new"
+mv "$M/moved" "$M/here"
+"$BIN" rollback "$M" s1
+echo "f=$(cat "$M/f") new=$([ -e "$M/new" ] && echo yes || echo no) moved=$(cat "$M/moved/x/y")"
+echo three >"$M/f"
+"$BIN" snapshot "$M" s2
+"$BIN" snapshot "$M" --drop s1
+"$BIN" snapshots "$M" | cut -c1-8
+"#
+    );
+    let Some(stdout) = in_user_namespace(&fx, &script) else {
+        return;
+    };
+    assert!(stdout.contains("rolled back to s1"), "{stdout}");
+    assert!(stdout.contains("f=one new=no moved=y"), "{stdout}");
+    assert!(stdout.contains("dropped"), "{stdout}");
+    let names: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("NAME"))
+        .skip(1)
+        .map(str::trim)
+        .collect();
+    assert_eq!(names, ["s2", "(upper)"], "{stdout}");
+    // On disk, owned by nobody: the remaining snapshot holds both changes (s1's merged in).
+    let snap = fx.root.join("upper.snapshots/0002-s2");
+    assert_eq!(read(&snap.join("f")), "three\n");
+    assert!(lexists(&snap.join(".wh.del")));
+    assert_eq!(owner(&snap), "65534:65534");
+    assert_eq!(read(&fx.l(0, "f")), "base");
+}
