@@ -348,6 +348,11 @@ impl Union {
     }
 
     pub(crate) fn keep_slots(&self, dirs: Vec<LayerDir>) -> Arc<Vec<DirSlot>> {
+        if dirs.is_empty() {
+            // Every file's: one shared, not an allocation per node.
+            static NONE: std::sync::OnceLock<Arc<Vec<DirSlot>>> = std::sync::OnceLock::new();
+            return NONE.get_or_init(|| Arc::new(Vec::new())).clone();
+        }
         Arc::new(dirs.into_iter().map(|d| self.keep_slot(d)).collect())
     }
 
