@@ -91,16 +91,15 @@ impl Union {
             // a copy-up: the node stays where it is now, and so do the attributes replied.
             let mut stale = !fresh && node.is_unlinked();
             if !fresh && !stale {
+                // Its directory node is gone (the kernel forgot it, or a rollback took it
+                // away) while the kernel still holds the file's: found again under the
+                // directory's new node, this is its place, not a further hard link. (Asked
+                // before the node's lock is taken: one node's state lock at a time.)
+                let old_parent = node.state().parent.clone();
+                let orphaned = old_parent.is_some_and(|p| !self.nodes.holds(&p) || p.is_unlinked());
                 let mut s = node.state_mut();
                 let same_place =
                     s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && s.name == name;
-                // Its directory node is gone (the kernel forgot it, or a rollback took it
-                // away) while the kernel still holds the file's: found again under the
-                // directory's new node, this is its place, not a further hard link.
-                let orphaned = s
-                    .parent
-                    .as_ref()
-                    .is_some_and(|p| !self.nodes.holds(p) || p.is_unlinked());
                 if node.is_dir() || same_place || orphaned {
                     stale = epoch < s.changed;
                     if !stale {
