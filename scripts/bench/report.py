@@ -153,6 +153,8 @@ def daemon_table(rows, tnames):
                 hwm = f"{c['hwm_mib']:.0f}" if c["hwm_mib"] is not None else "?"
                 line.append(f"{cpu} s / {hwm} MiB")
         body.append(line)
+    if not body:
+        return ""
     return table(["workload", "mode"] + [lab(t) for t in fuse], body)
 
 
