@@ -7,6 +7,8 @@ Layout under CACHE/debian (CACHE defaults to /var/cache/unionmount-bench):
   debs-layer/var/cache/apt/archives/*.deb
                              the packages of workload 16 and the dependencies the rootfs lacks,
                              downloaded once (a layer above rootfs: no network when timed)
+  rootfs.tar                 rootfs/ as a tar (its /dev left empty): the base image of
+                             workload 19, `podman import`ed into each storage root
   rootless/rootfs, rootless/debs-layer
                              the same, owned by the rootless bench user (rootless targets)
   synthetic/                 only if debootstrap failed: a generated tree of the same shape,
@@ -205,6 +207,29 @@ def ensure(cache, rootless_user=None):
             rootfs=os.path.join(rl, os.path.basename(info["rootfs"])),
             debs=os.path.join(rl, "debs-layer") if info["debs"] else None)
     return info
+
+
+def ensure_tar(cache):
+    """CACHE/debian/rootfs.tar: the debootstrap rootfs as a tar (device nodes of /dev left out:
+    the container runtime makes its own), made once per rootfs stamp. Returns its path, or
+    None when there is no debootstrap rootfs."""
+    cache = os.path.join(cache, "debian")
+    root = os.path.join(cache, "rootfs")
+    stamp = os.path.join(cache, ".stamp-rootfs")
+    if not (os.path.isdir(root) and os.path.exists(stamp)):
+        return None
+    dst = os.path.join(cache, "rootfs.tar")
+    stamp_t = os.path.join(cache, ".stamp-rootfs-tar")
+    with open(stamp) as f:
+        want = f.read()
+    if _stamp_ok(stamp_t, want) and os.path.exists(dst):
+        return dst
+    _log("tar of the rootfs (once)")
+    tmp = dst + ".tmp"
+    subprocess.run(["tar", "-C", root, "--exclude=./dev/*", "-cf", tmp, "."], check=True)
+    os.rename(tmp, dst)
+    _write_stamp(stamp_t, want)
+    return dst
 
 
 # The layer-diff walk of containers/storage (pkg/archive changes.go collectFileInfo): per entry

@@ -47,7 +47,7 @@ def parse_args(argv):
                     help="fuse-overlayfs 2.x binary (default: CACHE/fo2/bin/fuse-overlayfs, "
                          "installed with cargo install if missing)")
     ap.add_argument("--workloads", default="all",
-                    help="comma-separated ids 1..18, L (lookup vs layers), M (memory); "
+                    help="comma-separated ids 1..19, L (lookup vs layers), M (memory); "
                          "default: all")
     ap.add_argument("--runs", type=int, default=None,
                     help="runs per cell, the median is reported (default 3, 1 with --quick)")
@@ -286,6 +286,8 @@ class Bench:
         # unionmount's own snapshot store for workload 18: the fixture's, bound read-only
         # beside the upper, where unionmount looks for the snapshots of that upper
         self.store = self.upper + ".snapshots"
+        # workload 19: the storage root (graphroot, runroot, context) of one target's podman
+        self.podman_dir = os.path.join(self.base, "podman")
         self.results = []
         self.memory = []
         self.unavailable = {}
@@ -314,7 +316,7 @@ class Bench:
                            stderr=subprocess.DEVNULL)
         # The store: workload 18's mount point (unmounted above), or the snapshots workload
         # 17 took of the upper.
-        for d in (self.upper, self.work, self.plain, self.store):
+        for d in (self.upper, self.work, self.plain, self.store, self.podman_dir):
             if os.path.lexists(d):
                 subprocess.run(["rm", "-rf", "--one-file-system", d], check=False)
         os.makedirs(self.base, exist_ok=True)
@@ -327,6 +329,8 @@ class Bench:
 
     def stack(self, w, t=None):
         """(lowers, cwd, plain view) for a workload's stack; t picks the rootless copies."""
+        if w.stack == "podman":  # podman mounts its layers itself
+            return [], None, None
         if w.stack in ("debian", "debian-apt"):
             d = self.deb["rootless"] if t is not None and t.rootless else self.deb
             lowers = [d["rootfs"]] if w.stack == "debian" else [d["debs"], d["rootfs"]]
@@ -396,13 +400,18 @@ class Bench:
             return [rec(ph.mode, status="n/a") for ph in w.phases]
         if w.only and t.base not in w.only:
             return [rec(ph.mode, status="n/a") for ph in w.phases]
+        if w.stack == "podman" and (t.rootless or t.uring):  # rootful podman, its own mounts
+            return [rec(ph.mode, status="n/a") for ph in w.phases]
         if w.needs:
             why = None
             if self.deb is None:
                 why = "no Debian rootfs"
-            elif w.needs == "debs" and (self.deb["synthetic"] or not self.deb["debs"]):
+            elif w.needs in ("debs", "podman") and (self.deb["synthetic"] or
+                                                     not self.deb["debs"]):
                 why = ("needs the debootstrap rootfs and its .debs: " +
                        (self.deb.get("error") or self.deb.get("debs_error") or "?"))
+            elif w.needs == "podman" and not self.deb.get("rootfs_tar"):
+                why = "no tar of the rootfs"
             elif t.rootless and not self.deb.get("rootless"):
                 why = "no rootless copy of the rootfs"
             if why:
@@ -420,6 +429,7 @@ class Bench:
         lowers, cwd, view = self.stack(w, t)
         logpath = os.path.join(self.out, "logs", f"{t.name}-{w.wid}-{run}.log")
         m = None
+        env = None
         out = []
         try:
             if w.prewarm:  # the branches into the page cache, before the mount
@@ -428,7 +438,9 @@ class Bench:
                 if o.status != "ok":
                     return [rec(ph.mode, status="fail", err=f"prewarm: {o.err}")
                             for ph in w.phases]
-            if t.kind == "plain":
+            if w.stack == "podman":  # nothing of ours mounted: the target is podman's storage
+                merged = upper = ""
+            elif t.kind == "plain":
                 merged = self.plain_view(w, view, lowers, cwd)
                 upper = merged
                 if w.pre:
@@ -452,6 +464,12 @@ class Bench:
                 merged, upper = self.mnt, self.upper
             env = dict(self.env_base, M=merged, U=upper, UNIONMOUNT=t.binary or "",
                        UNSHARE="unshare -r -m" if user else "unshare -m")
+            if w.stack == "podman":
+                prog = "" if t.kind == "kernel" else (shutil.which(t.binary) or t.binary)
+                env.update(PODMAN_DIR=self.podman_dir, MOUNT_PROGRAM=prog,
+                           PODMAN_DEBIAN=os.path.join(REPO, "scripts", "podman-debian.sh"),
+                           ROOTFS_TAR=self.deb.get("rootfs_tar") or "",
+                           DEBS=os.path.join(self.deb["debs"] or "", "var/cache/apt/archives"))
             if w.setup:
                 o = run_cmd(w.setup, env, self.timeout, m, user=user)
                 if o.status != "ok":
@@ -504,6 +522,10 @@ class Bench:
                 m.unmount()
             if w.stack == "snaps":
                 self.unbind_store()
+            if w.teardown and env is not None:
+                o = run_cmd(w.teardown, env, self.timeout, user=user)
+                if o.status != "ok":
+                    log(f"{t.name} {w.wid}: teardown {o.status}: {o.err[:200]}")
         return out
 
     def memory_test(self, t):
@@ -675,7 +697,7 @@ def main(argv):
     need = {"tree"}
     for w in wl:
         need |= {"main": {"tree", "wide", "data", "cproj"}, "layers32": {"layers"},
-                 "snaps": {"snaps"}}.get(w.stack, {"scale"})
+                 "snaps": {"snaps"}, "podman": set()}.get(w.stack, {"scale"})
     if do_memory:
         need.add("many")
     t0 = time.monotonic()
@@ -709,6 +731,8 @@ def main(argv):
     if any(w.needs for w in wl):
         walkx = rootfs.build_walkx(bindir)
         deb = rootfs.ensure(args.cache, user[0] if user else None)
+        if any(w.needs == "podman" for w in wl) and not deb["synthetic"]:
+            deb["rootfs_tar"] = rootfs.ensure_tar(args.cache)
         deb_src = os.path.join(args.cache, "debian")
         deb_ro, deb_bound = bind_ro(deb_src, os.path.join(args.scratch, "ro-debian"))
         if deb_bound:  # the same paths, seen through the read-only bind mount
@@ -740,7 +764,7 @@ def main(argv):
     info["rootless_user"] = user[0] if user else None
     if deb:
         info["rootfs"] = {k: deb.get(k) for k in ("rootfs", "debs", "synthetic", "entries",
-                                                  "error", "debs_error")}
+                                                  "error", "debs_error", "rootfs_tar")}
         info["rootfs"]["apt_packages"] = rootfs.APT_PACKAGES
     interrupted = None
     try:

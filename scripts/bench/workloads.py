@@ -13,6 +13,12 @@ Commands are bash, run with these in the environment:
 and for the snapshot layers (workload 18):
   SNAP_ENTRIES    what `find` lists through the snapshot layers over the tree (its root included)
   SNAP_HOT, SNAP_HOT_SIZE  the file every snapshot appended to, and its size in the newest one
+and for the podman build (workload 19, no mount of ours: podman mounts its layers itself):
+  PODMAN_DEBIAN   scripts/podman-debian.sh (setup / build / check / teardown of one storage)
+  PODMAN_DIR      the target's scratch storage root (graphroot, runroot, build context)
+  MOUNT_PROGRAM   the target's daemon as podman's overlay mount_program; empty for `overlay`
+                  (podman's own overlay driver: kernel overlayfs)
+  ROOTFS_TAR, DEBS  the Debian rootfs as a tar (the base image) and the .debs the build installs
 Commands on a rootless target run as the rootless bench user, in /.
 A command may print BENCH_ELAPSED=<seconds> to report its own time (used where process
 start-up would blur a short measurement); otherwise the wall time of the command counts.
@@ -32,6 +38,8 @@ GOALS = {
     ("metadata", "fresh"): 3.0,
     # apt-get install in a chroot on the mount (issue 18)
     ("package", "fresh"): 1.5,
+    # podman build of a Debian-based image, kernel overlay driver vs mount_program (issue 18)
+    ("container", "fresh"): 1.5,
 }
 # rows in absolute time (no kernel overlayfs equivalent): the goal in milliseconds (issue 19)
 ABS_GOALS_MS = {"snapshot": 100, "rollback": 100}
@@ -49,8 +57,10 @@ class Phase:
 class Workload:
     wid: str
     title: str
-    kind: str                 # data | metadata | namespace | copy-up | build
-    stack: str                # "main" | "layers32" | "scale:N" | "snaps" | "debian"...
+    kind: str                 # data | metadata | namespace | copy-up | build | package
+                              # | container | snapshot
+    stack: str                # "main" | "layers32" | "scale:N" | "snaps" | "debian"... |
+                              # "podman" (nothing mounted by us: podman mounts its layers)
     phases: list
     plain: str = "direct"     # direct (the fixture itself) | empty | copy | stack
     plain_copy: list = field(default_factory=list)
@@ -64,7 +74,9 @@ class Workload:
     only: tuple = ()          # run only on targets of these filesystems (base); n/a elsewhere
     supported: str = ""       # untimed probe; failing: the cell is "not supported"
     absolute: bool = False    # report milliseconds (no ratio: overlayfs has no such operation)
-    needs: str = ""           # "rootfs" | "debs": the Debian rootfs (and the .deb layer)
+    needs: str = ""           # "rootfs" | "debs": the Debian rootfs (and the .deb layer) |
+                              # "podman": the rootfs as a tar, and the .debs
+    teardown: str = ""        # untimed, always last (after a failure too)
 
     def goal(self, mode):
         if self.absolute:
@@ -104,6 +116,13 @@ APT = (r"""$UNSHARE --propagation private sh -c 'mount --rbind /dev "$1/dev" && 
        r"""exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive """
        r"""LC_ALL=C chroot "$1" apt-get install -y -q -o APT::Sandbox::User=root """
        r"""--no-download $2' sh "$M" "$APT_PACKAGES" >/dev/null""")
+# workload 19: each target's own storage root, the base imported (untimed); the build timed
+PODMAN_SETUP = '"$PODMAN_DEBIAN" setup "$PODMAN_DIR" $MOUNT_PROGRAM'
+PODMAN_BUILD = '"$PODMAN_DEBIAN" build "$PODMAN_DIR"'
+PODMAN_CHECK = '"$PODMAN_DEBIAN" check "$PODMAN_DIR"'
+PODMAN_TEARDOWN = '"$PODMAN_DEBIAN" teardown "$PODMAN_DIR"'
+# the targets row 19 runs on (as podman's storage); n/a elsewhere, rootless and uring included
+PODMAN_TARGETS = ("overlay", "unionmount", "fuse-overlayfs", "fuse-overlayfs-2")
 # snapshot / rollback (issue 19), timed around the one command
 TIMED = ('t0=$(date +%s.%N) && {cmd} && t1=$(date +%s.%N) && '
          'awk -v a="$t0" -v b="$t1" \'BEGIN {{ printf "BENCH_ELAPSED=%.6f\\n", b - a }}\'')
@@ -221,6 +240,12 @@ def all_workloads(p):
           [Phase("cold", FIND_ROOT, expect="SNAP_ENTRIES"),
            Phase("warm", FIND_ROOT, expect="SNAP_ENTRIES")],
           plain="stack", read_only=True, check=SNAP_CHECK))
+    ws.append(
+        W("19", "podman build --no-cache of a Debian-based image, 5 steps (as storage: "
+          "overlay driver / mount_program)",
+          "container", "podman", [Phase("fresh", PODMAN_BUILD)], setup=PODMAN_SETUP,
+          check=PODMAN_CHECK, teardown=PODMAN_TEARDOWN, drop_first=False,
+          only=PODMAN_TARGETS, needs="podman"))
     for n in (1, 8, 32, 128):
         layers = f"{n} layer" + ("s" if n > 1 else "")
         ws.append(W(f"L{n}", f"lookup of {_k(p['scale_top'])} top-layer files, {layers}",
