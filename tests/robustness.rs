@@ -86,19 +86,7 @@ const KILLED: &[&str] = &["-o", "timeout=0,negative_timeout=0"];
 fn sigkill(child: &mut Child, mnt: &Path) {
     child.kill().unwrap();
     child.wait().unwrap();
-    let mut dead = fs::metadata(mnt).map(|_| ()).unwrap_err();
-    for _ in 0..100 {
-        if ![libc::ECONNABORTED, libc::ECANCELED].contains(&errno_of(&dead)) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        dead = fs::metadata(mnt).map(|_| ()).unwrap_err();
-    }
-    assert_eq!(
-        dead.raw_os_error(),
-        Some(libc::ENOTCONN),
-        "dead mount point: {dead}"
-    );
+    assert_eq!(dead_mount_errno(mnt), libc::ENOTCONN, "dead mount point");
 }
 
 /// Mounts stacked on exactly `mnt`.
