@@ -361,9 +361,9 @@ pub enum Tool {
     /// Writes the change set of the mount's upper into DIR (new or empty) in the .wh.
     /// format, keeping owners, modes, times, xattrs and hard links. The mount goes on
     /// unchanged. With --remount the upper becomes the layer and a fresh upper starts: the
-    /// mount is unmounted (refused while files are open in it: the stack cannot be swapped
-    /// under open files), DIR written, the upper emptied, and the mount point mounted again
-    /// on UPPER=RW:DIR=RO:LOWERS... with the same options.
+    /// mount is unmounted (refused while files are open in it; `unionmount snapshot` moves
+    /// the upper down live instead), DIR written, the upper emptied, and the mount point
+    /// mounted again on UPPER=RW:DIR=RO:LOWERS... with the same options.
     #[command(after_help = "Examples:
   unionmount commit /mnt/merged --to /srv/layer1
   unionmount commit /mnt/merged --to /srv/layer1 --remount")]

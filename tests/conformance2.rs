@@ -632,17 +632,6 @@ fn racing_writers_copy_up_once() {
     drop(m);
 }
 
-/// A small xorshift generator: the workload is the same on every run.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Threads creating, writing, renaming (files and directories, plain and exchange),
 /// linking, removing and listing in the same merged directories over the same lower files,
 /// for a bounded time. Names `f*` are always files and `s*` always directories, so the only

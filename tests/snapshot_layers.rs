@@ -11,22 +11,6 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// xorshift64*: a sequence is replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Every entry under `dir`: type and mode, content, mtime, inode number.
 type Seen = BTreeMap<String, (u32, Option<String>, (i64, i64), u64)>;
 
@@ -70,12 +54,12 @@ fn change(m: &Path, rng: &mut Rng) {
             files.push(rel);
         }
     });
-    let dir = dirs[rng.below(dirs.len())].clone();
-    let name = format!("n{}", rng.below(24));
+    let dir = dirs[rng.index(dirs.len())].clone();
+    let name = format!("n{}", rng.index(24));
     let at = m.join(&dir).join(&name);
-    let pick = |v: &Vec<String>, rng: &mut Rng| m.join(&v[rng.below(v.len())]);
-    let n = rng.below(100);
-    let _ = match rng.below(8) {
+    let pick = |v: &Vec<String>, rng: &mut Rng| m.join(&v[rng.index(v.len())]);
+    let n = rng.index(100);
+    let _ = match rng.index(8) {
         0 => fs::write(&at, format!("c{n}")),
         1 if !files.is_empty() => fs::write(pick(&files, rng), format!("w{n}")),
         2 if !files.is_empty() => fs::OpenOptions::new()
@@ -84,8 +68,8 @@ fn change(m: &Path, rng: &mut Rng) {
             .and_then(|mut f| std::io::Write::write_all(&mut f, format!("+{n}").as_bytes())),
         3 if !files.is_empty() => fs::remove_file(pick(&files, rng)),
         4 => fs::create_dir(&at),
-        5 if dirs.len() > 1 => fs::remove_dir_all(m.join(&dirs[1 + rng.below(dirs.len() - 1)])),
-        6 if dirs.len() > 1 => fs::rename(m.join(&dirs[1 + rng.below(dirs.len() - 1)]), &at),
+        5 if dirs.len() > 1 => fs::remove_dir_all(m.join(&dirs[1 + rng.index(dirs.len() - 1)])),
+        6 if dirs.len() > 1 => fs::rename(m.join(&dirs[1 + rng.index(dirs.len() - 1)]), &at),
         7 if !files.is_empty() => fs::rename(pick(&files, rng), &at),
         _ => Ok(()),
     };
@@ -102,7 +86,7 @@ fn run_seed(seed: u64) {
     let mp = s(&fx.mnt);
     let mut points: Vec<(String, Seen)> = Vec::new();
     for k in 1..=6 {
-        for _ in 0..2 + rng.below(6) {
+        for _ in 0..2 + rng.index(6) {
             change(&fx.mnt, &mut rng);
         }
         let before = seen(&fx.mnt);
@@ -120,7 +104,7 @@ fn run_seed(seed: u64) {
         change(&fx.mnt, &mut rng);
     }
     for _ in 0..3 {
-        let (name, _) = points.remove(rng.below(points.len()));
+        let (name, _) = points.remove(rng.index(points.len()));
         let before = seen(&fx.mnt);
         tool_ok(["snapshot", &mp, "--drop", &name]);
         let after = seen(&fx.mnt);

@@ -981,17 +981,6 @@ fn stream_writer(mnt: PathBuf, t: usize, tag: String, stop: Arc<AtomicBool>) -> 
     total
 }
 
-/// A tiny deterministic PRNG (xorshift64).
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// `m/` below the mount: what the controller writes, as a reference model keeps it.
 type Files = BTreeMap<String, String>;
 

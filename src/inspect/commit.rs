@@ -5,9 +5,9 @@
 //!
 //! Without `--remount` the mount goes on untouched (as a container goes on after `docker
 //! commit`). With `--remount` the upper becomes the layer and a fresh upper starts: the
-//! mount is unmounted (refused while files are open in it: a live swap of the stack under
-//! open files is not possible), the layer written, the upper emptied, and the same mount
-//! point mounted again on `UPPER=RW:LAYER=RO:LOWERS...` with the same options.
+//! mount is unmounted (refused while files are open in it: `snapshot` is the live way), the
+//! layer written, the upper emptied, and the same mount point mounted again on
+//! `UPPER=RW:LAYER=RO:LOWERS...` with the same options.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -290,8 +290,8 @@ pub fn run(mountpoint: &Path, to: &Path, remount: bool) -> super::Result<()> {
             err.trim(),
             if busy {
                 "\nthe mount is busy: a process has a file open or its working directory in it. \
-                 Swapping the stack under open files is not possible; close them \
-                 (`fuser -vm MOUNTPOINT` lists them) and retry, or commit without --remount"
+                 --remount unmounts; close them (`fuser -vm MOUNTPOINT` lists them) and \
+                 retry, commit without --remount, or take a live `unionmount snapshot`"
             } else {
                 ""
             }

@@ -184,10 +184,7 @@ pub fn list(mountpoint: &Path) -> super::Result<()> {
     ]];
     for l in &lines {
         let f: Vec<&str> = l.split('\t').collect();
-        if let Some(seq) = f[0].strip_prefix("snap ")
-            && f.len() == 6
-        {
-            let _ = seq;
+        if f[0].starts_with("snap ") && f.len() == 6 {
             rows.push([
                 f[1].to_string(),
                 utc(f[2].parse().unwrap_or(0)),

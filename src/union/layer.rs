@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::snapstore::Store;
+use super::snapstore::{Snap, Store};
 use super::{Branch, Settings};
 use crate::error::{Context, Error, Result};
 use crate::sys;
@@ -33,15 +33,15 @@ pub struct Layer {
     /// A read-only layer that was an upper once: the hard-link index it kept (see
     /// index.rs). Opened at mount, so a lookup asks no more than a field.
     pub old_index: Option<Arc<OwnedFd>>,
-    /// A snapshot of the upper (see `snapstore.rs`): its name.
-    pub snapshot: Option<String>,
+    /// A snapshot of the upper (see `snapstore.rs`).
+    pub snapshot: Option<Snap>,
 }
 
 impl Layer {
     /// Its name for people: `snapshot NAME`, else the directory's last component.
     pub fn name(&self) -> String {
         match &self.snapshot {
-            Some(n) => format!("snapshot {n}"),
+            Some(s) => format!("snapshot {}", s.name),
             None => self
                 .path
                 .file_name()
@@ -213,7 +213,7 @@ impl LayerStack {
     }
 
     fn open_with(settings: &Settings, recover: bool) -> Result<LayerStack> {
-        let mut branches: Vec<(Branch, Option<String>)> = settings
+        let mut branches: Vec<(Branch, Option<Snap>)> = settings
             .branches
             .iter()
             .map(|b| (b.clone(), None))
@@ -231,7 +231,7 @@ impl LayerStack {
                     spec: format!("snapshot {}", s.name),
                 };
                 let at = branches.len() - settings.branches.len() + 1;
-                branches.insert(at, (b, Some(s.name)));
+                branches.insert(at, (b, Some(s)));
             }
         }
         let mut layers = Vec::with_capacity(branches.len());

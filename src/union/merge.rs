@@ -291,10 +291,6 @@ impl Merge<'_> {
         Ok(())
     }
 
-    fn make_opaque(&self, parent: RawFd, name: &OsStr) -> Result<()> {
-        super::dir::put_opaque(parent, name, self.format)
-    }
-
     /// X's entries of one directory against A's.
     fn entries(&self, a: &OwnedFd, a_rel: &Path, x: &OwnedFd) -> Result<()> {
         let (ad, xd) = (a.as_raw_fd(), x.as_raw_fd());
@@ -412,9 +408,10 @@ impl Merge<'_> {
         Some(below)
     }
 
+    /// Make A's directory `name` opaque (in A's format), its times kept.
     fn cut_short(&self, ad: RawFd, name: &OsStr) -> Result<()> {
         let times = super::snapstore::dir_times(ad, Path::new(name));
-        self.make_opaque(ad, name)?;
+        super::dir::put_opaque(ad, name, self.format)?;
         if let Some((at, mt)) = times {
             let _ = sys::utimensat(ad, name, Some(Some(at)), Some(Some(mt)));
         }

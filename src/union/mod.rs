@@ -109,6 +109,9 @@ pub struct Union {
     pub opts: Options,
     /// What the union was made of: a swap of the stack opens it again from these.
     pub settings: Settings,
+    /// There is an upper to write to (a swap of the stack keeps it so): asked on every
+    /// lookup, so kept here rather than asked of the stack.
+    writable: bool,
     /// Bumped by every rename of a directory that spans lower layers: locations computed
     /// before it may be stale and are recomputed on next use.
     generation: AtomicU64,
@@ -143,6 +146,7 @@ impl std::fmt::Debug for Union {
 impl Union {
     pub fn new(settings: &Settings) -> Result<Union> {
         let stack = LayerStack::open(settings)?;
+        let writable = stack.upper().is_some();
         let mut devs: Vec<u64> = Vec::new();
         for l in &stack.layers {
             if !devs.contains(&l.dev) {
@@ -155,6 +159,7 @@ impl Union {
             watchers: Default::default(),
             nodes: NodeTable::default(),
             settings: settings.clone(),
+            writable,
             opts: Options {
                 whiteout: settings.whiteout,
                 volatile: settings.volatile,
@@ -176,9 +181,9 @@ impl Union {
         };
         let stack = u.stack();
         let _ = stack.override_xattrs.set(u.find_override_xattrs(&stack)?);
-        // Records made from now on are the upper's, above its newest snapshot.
-        u.origins
-            .set_level(u.snapshots()?.last().map_or(0, |s| s.seq));
+        // Records made from now on are the upper's, above its newest snapshot (layer 1).
+        let newest = stack.layers.get(1).and_then(|l| l.snapshot.as_ref());
+        u.origins.set_level(newest.map_or(0, |s| s.seq));
         let root = u.make_root()?;
         u.nodes.insert_root(Arc::new(root));
         Ok(u)
@@ -229,7 +234,7 @@ impl Union {
     }
 
     pub fn writable(&self) -> bool {
-        self.stack().upper().is_some()
+        self.writable
     }
 
     /// Fail with EROFS unless there is an upper branch to write to.
@@ -360,17 +365,23 @@ impl Union {
     /// through a symlink, so nothing in a branch can lead outside it): in one openat2 call,
     /// or one O_NOFOLLOW step at a time where openat2 is refused.
     pub(crate) fn open_slot(&self, s: &DirSlot) -> Result<LayerDir> {
-        let root = &self.stack().layers[s.layer].root;
         let fd = match &s.held {
             Some(h) => h.fd.clone(),
-            None if s.path.is_empty() => root.clone(),
-            None => match sys::open_dir_beneath(root.as_raw_fd(), &s.path)
-                .op("reopen dir")
-                .map_err(|e| e.in_layer(s.layer))?
-            {
-                Some(fd) => Arc::new(fd),
-                None => self.walk_slot(s)?,
-            },
+            None => {
+                // Only an unheld slot needs its layer's root (the stack is not asked per probe).
+                let root = self.stack().layers[s.layer].root.clone();
+                if s.path.is_empty() {
+                    root
+                } else {
+                    match sys::open_dir_beneath(root.as_raw_fd(), &s.path)
+                        .op("reopen dir")
+                        .map_err(|e| e.in_layer(s.layer))?
+                    {
+                        Some(fd) => Arc::new(fd),
+                        None => self.walk_slot(s)?,
+                    }
+                }
+            }
         };
         Ok(LayerDir {
             layer: s.layer,

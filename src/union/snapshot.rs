@@ -109,9 +109,7 @@ impl Union {
         }
         let stack = self.stack();
         let upper = stack.upper().ok_or(Error::new(libc::EROFS, "snapshot"))?;
-        let upper_ino = sys::fstat_path(upper.root.as_raw_fd())
-            .op("stat upper")?
-            .st_ino;
+        let upper_ino = root_ino(upper)?;
         let time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -174,14 +172,11 @@ impl Union {
         let gate = self.gate.write();
         let snaps = store.list()?;
         let target = match name {
-            Some(n) => snaps.iter().find(|s| s.name == n).ok_or_else(|| {
-                Error::new(libc::ENOENT, "rollback").at(format!("no snapshot named {n}"))
-            })?,
-            None => snaps.last().ok_or_else(|| {
+            Some(n) => named(&snaps, n, "rollback")?,
+            None => snaps.last().cloned().ok_or_else(|| {
                 Error::new(libc::ENOENT, "rollback").at("no snapshot to roll back to")
             })?,
-        }
-        .clone();
+        };
         let discard: Vec<String> = snaps
             .iter()
             .filter(|s| s.seq > target.seq)
@@ -189,9 +184,7 @@ impl Union {
             .collect();
         let stack = self.stack();
         let upper = stack.upper().ok_or(Error::new(libc::EROFS, "rollback"))?;
-        let upper_ino = sys::fstat_path(upper.root.as_raw_fd())
-            .op("stat upper")?
-            .st_ino;
+        let upper_ino = root_ino(upper)?;
         drop(stack);
         let started = std::time::Instant::now();
         let keep = self.keep_open_files(|l| l <= discard.len());
@@ -246,18 +239,12 @@ impl Union {
         let store = self.store("drop")?;
         let gate = self.gate.write();
         let snaps = store.list()?;
-        let x = snaps
-            .iter()
-            .find(|s| s.name == name)
-            .cloned()
-            .ok_or_else(|| {
-                Error::new(libc::ENOENT, "drop").at(format!("no snapshot named {name}"))
-            })?;
+        let x = named(&snaps, name, "drop")?;
         let stack = self.stack();
         let xi = stack
             .layers
             .iter()
-            .position(|l| l.snapshot.as_deref() == Some(name))
+            .position(|l| l.snapshot.as_ref().is_some_and(|s| s.name == name))
             .ok_or_else(|| Error::new(libc::ENOENT, "drop").at(x.dir.display()))?;
         drop(stack);
         let started = std::time::Instant::now();
@@ -496,7 +483,8 @@ impl Union {
             }
             // An upper directory moving down keeps its path from now on (lower slots may be
             // reopened by it); in the upper it is the node's own path.
-            let path = (n.is_dir() && map(0).is_some()).then(|| Arc::new(n.components()));
+            let moves_down = map(0).is_some() && n.state().dirs.iter().any(|d| d.layer == 0);
+            let path = moves_down.then(|| Arc::new(n.components()));
             let mut st = n.state_mut();
             let top = map(st.layer);
             let touched = reprobe.touched.is_some_and(|t| {
@@ -713,6 +701,20 @@ impl Union {
         }
         names.into_iter().collect()
     }
+}
+
+/// The snapshot called `name`, or an error for `op` saying there is none.
+fn named(snaps: &[Snap], name: &str, op: &'static str) -> Result<Snap> {
+    snaps
+        .iter()
+        .find(|s| s.name == name)
+        .cloned()
+        .ok_or_else(|| Error::new(libc::ENOENT, op).at(format!("no snapshot named {name}")))
+}
+
+/// The inode number of a layer's root directory (the journal's witness of an exchange).
+fn root_ino(l: &super::layer::Layer) -> Result<u64> {
+    Ok(sys::fstat_path(l.root.as_raw_fd()).op("stat upper")?.st_ino)
 }
 
 /// Every path below `dir` (relative, in `at`) of the file `real`, but in our own hidden

@@ -482,7 +482,7 @@ impl Store {
     /// A fresh, empty directory `.pending` with the upper root's owner, mode, xattrs and
     /// times: the next upper. Returns an fd on it.
     pub fn make_pending(&self) -> Result<OwnedFd> {
-        self.make_pending_like(&self.upper.clone())
+        self.make_pending_like(&self.upper)
     }
 
     /// `.pending` with the root attributes of the directory `like`.
@@ -552,12 +552,7 @@ impl Store {
             .map_err(|e| e.at(format!("merging {} into {}", x.display(), a.display())))?;
             sys::fsync(a_root.as_raw_fd(), false).op("fsync")?;
             crash_point(Op::Drop, 2);
-            let trash = self.dir.join(TRASH);
-            if !trash.exists() {
-                std::fs::create_dir(&trash)
-                    .op("create")
-                    .map_err(|e| e.at(trash.display()))?;
-            }
+            self.trash()?;
             rename(&x, &self.trash_of_seq(j.seq, &j.name))?;
         }
         sync_dir(&self.dir)?;
@@ -607,16 +602,11 @@ impl Store {
 
     fn finish_rollback(&self, j: &Journal) -> Result<()> {
         let pending = self.pending();
-        let trash = self.dir.join(TRASH);
         if ino_at(&self.upper) == Some(j.upper_ino) {
             exchange(&self.upper, &pending)?;
             crash_point(Op::Rollback, 2);
         }
-        if !trash.exists() {
-            std::fs::create_dir(&trash)
-                .op("create")
-                .map_err(|e| e.at(trash.display()))?;
-        }
+        let trash = self.trash()?;
         if pending.exists() {
             rename(&pending, &trash.join(format!("upper-{}", j.upper_ino)))?;
         }
@@ -640,6 +630,17 @@ impl Store {
             _ => {}
         }
         sync_dir(&self.dir)
+    }
+
+    /// The trash directory, made if need be.
+    fn trash(&self) -> Result<PathBuf> {
+        let trash = self.dir.join(TRASH);
+        if !trash.exists() {
+            std::fs::create_dir(&trash)
+                .op("create")
+                .map_err(|e| e.at(trash.display()))?;
+        }
+        Ok(trash)
     }
 
     /// Where a dropped snapshot's leftovers wait to be deleted.
