@@ -531,6 +531,7 @@ fn tree(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
                 walk(root, &r, out, inos);
                 Node::Dir { perm }
             } else if md.file_type().is_symlink() {
+                inos.entry(md.ino()).or_default().push(r.clone());
                 Node::Symlink(fs::read_link(&p).unwrap())
             } else {
                 Node::Other(describe(&md))
@@ -763,13 +764,17 @@ fn copy_tree(src: &Path, dst: &Path) {
                 walk(&src.join(&n), &dst.join(&n), links);
             }
             fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777)).unwrap();
-        } else if md.file_type().is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(src).unwrap(), dst).unwrap();
         } else if let Some(first) = links.get(&md.ino()) {
+            // Symlinks get hard-linked too (`link` of a symlink links the link itself): a
+            // copy that split them would make rename of one onto the other do something else.
             fs::hard_link(first, dst).unwrap();
         } else {
-            fs::copy(src, dst).unwrap();
-            fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777)).unwrap();
+            if md.file_type().is_symlink() {
+                std::os::unix::fs::symlink(fs::read_link(src).unwrap(), dst).unwrap();
+            } else {
+                fs::copy(src, dst).unwrap();
+                fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777)).unwrap();
+            }
             if md.nlink() > 1 {
                 links.insert(md.ino(), dst.to_path_buf());
             }
