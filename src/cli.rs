@@ -44,10 +44,10 @@ pub fn mount_options() -> Vec<OptionDoc> {
         row(
             &["timeout=SECS"],
             &format!(
-                "how long the kernel caches names and attributes (default {t}); files changed \
-                 by hand in a branch while mounted show their new attributes and data after it \
-                 (`timeout=0`: at once). Directory listings need no timeout: a change to any \
-                 layer of a directory shows at its next listing"
+                "how long the kernel caches names, attributes and directory listings without \
+                 asking (default {t}); files and directories changed by hand in a branch while \
+                 mounted show their new attributes, data and entries after it (`timeout=0`: at \
+                 once). Changes made through the mount show at once"
             ),
         ),
         row(

@@ -231,15 +231,15 @@ fn stat_errno(path: &Path) -> i32 {
     fs::symlink_metadata(path).map_or_else(|e| e.raw_os_error().unwrap_or(-1), |_| 0)
 }
 
-/// A dead mount (its daemon gone) answers ENOTCONN (to a listing: an lstat may be answered
-/// from the kernel's cache); detach it (`fusermount3 -uz`, else
+/// A dead mount (its daemon gone) answers ENOTCONN (to a lookup of a new name: the kernel
+/// answers what it cached); detach it (`fusermount3 -uz`, else
 /// `umount -l`) and wait until no mount is left on it.
 #[track_caller]
 fn detach_dead(mnt: &Path) {
     assert_eq!(
         dead_mount_errno(mnt),
         libc::ENOTCONN,
-        "a listing of a mount whose daemon died"
+        "a lookup in a mount whose daemon died"
     );
     let ok = succeeds("fusermount3", ["-uz", &s(mnt)]) || succeeds("umount", ["-l", &s(mnt)]);
     assert!(ok, "fusermount3 -uz and umount -l {}", mnt.display());

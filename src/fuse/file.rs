@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use super::UnionFs;
-use super::handles::{Handle, IoMode, OpenFile};
+use super::handles::{IoMode, OpenFile};
 use crate::sys::{self, Stat};
 use crate::union::node::Node;
 
@@ -122,11 +122,9 @@ pub(super) fn flush(reply: ReplyEmpty) {
 }
 
 pub(super) fn release(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
-    if let Some(h) = fs.handles.remove(fh.0)
-        && let Handle::File(of) = &*h
-    {
+    if let Some(of) = fs.handles.remove(fh.0) {
         let (id, cached) = (of.node.id, of.backing.is_none());
-        drop(h);
+        drop(of);
         fs.backings.release(id, cached);
     }
     reply.ok();
@@ -203,11 +201,8 @@ impl UnionFs {
         fh: FileHandle,
         f: impl FnOnce(&Arc<Node>, &std::fs::File) -> Result<T, Errno>,
     ) -> Result<T, Errno> {
-        let h = self.file(fh)?;
-        let Handle::File(of) = &*h else {
-            return Err(Errno::EISDIR);
-        };
-        let guard = self.current(of);
+        let of = self.file(fh)?;
+        let guard = self.current(&of);
         f(&of.node, &guard.0)
     }
 
@@ -218,11 +213,10 @@ impl UnionFs {
         fh: Option<FileHandle>,
         f: impl FnOnce(Option<(&std::fs::File, usize)>) -> T,
     ) -> T {
-        let h = fh.and_then(|fh| self.handles.get(fh.0));
-        let Some(Handle::File(of)) = h.as_deref() else {
+        let Some(of) = fh.and_then(|fh| self.handles.get(fh.0)) else {
             return f(None);
         };
-        let guard = self.current(of);
+        let guard = self.current(&of);
         f(Some((&guard.0, guard.1)))
     }
 
@@ -301,12 +295,12 @@ impl UnionFs {
             IoMode::Passthrough(b) => Some(b.clone()),
             _ => None,
         };
-        let fh = self.handles.insert(Handle::File(OpenFile {
+        let fh = self.handles.insert(OpenFile {
             node,
             file: parking_lot::RwLock::new((file, layer)),
             flags,
             backing: backing.clone(),
-        }));
+        });
         (FileHandle(fh), backing)
     }
 }

@@ -1,4 +1,4 @@
-//! Open files and directory snapshots, by FUSE file handle.
+//! Open files by FUSE file handle, and the directory listings the kernel is reading.
 
 use std::fs::File;
 use std::sync::{Arc, Weak};
@@ -7,7 +7,7 @@ use fuser::BackingId;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::union::node::Node;
 use crate::union::readdir::DirEntry;
@@ -23,56 +23,63 @@ pub struct OpenFile {
     pub backing: Option<Arc<BackingId>>,
 }
 
-#[derive(Debug)]
-pub struct OpenDir {
-    pub node: Arc<Node>,
-    /// The listing taken at the first readdir (or a rewind), shared by the replies.
-    pub entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
-}
-
-#[derive(Debug)]
-pub enum Handle {
-    File(OpenFile),
-    Dir(OpenDir),
-}
-
+/// Open files by handle, and listings by directory node id. Directories have no handle:
+/// the kernel opens them without asking (`FUSE_NO_OPENDIR_SUPPORT`) and reads a listing
+/// from offset 0 to its end into its own cache, so a listing lives from its first read
+/// to its last.
 #[derive(Debug, Default)]
 pub struct Handles {
-    map: DashMap<u64, Arc<Handle>>,
+    map: DashMap<u64, Arc<OpenFile>>,
     next: AtomicU64,
+    listings: DashMap<u64, Arc<Vec<DirEntry>>>,
 }
 
-impl Handle {
-    pub fn node(&self) -> &Arc<Node> {
-        match self {
-            Handle::File(f) => &f.node,
-            Handle::Dir(d) => &d.node,
-        }
-    }
-
+impl OpenFile {
     /// Tied to its inode (see `Node::opened`): open for writing, or in passthrough.
     fn pins(&self) -> bool {
-        matches!(self, Handle::File(f)
-            if f.flags & libc::O_ACCMODE != libc::O_RDONLY || f.backing.is_some())
+        self.flags & libc::O_ACCMODE != libc::O_RDONLY || self.backing.is_some()
     }
 }
 
 impl Handles {
-    pub fn insert(&self, h: Handle) -> u64 {
+    pub fn insert(&self, f: OpenFile) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        h.node().opened(h.pins());
-        self.map.insert(fh, Arc::new(h));
+        f.node.opened(f.pins());
+        self.map.insert(fh, Arc::new(f));
         fh
     }
 
-    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+    pub fn get(&self, fh: u64) -> Option<Arc<OpenFile>> {
         self.map.get(&fh).map(|h| h.clone())
     }
 
-    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
-        let h = self.map.remove(&fh).map(|(_, h)| h)?;
-        h.node().closed(h.pins());
-        Some(h)
+    pub fn remove(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        let f = self.map.remove(&fh).map(|(_, f)| f)?;
+        f.node.closed(f.pins());
+        Some(f)
+    }
+
+    /// The listing of directory `id` being read: a fresh one from offset 0 (rewinddir must
+    /// see the directory as it is now), else the one the earlier parts came from.
+    pub fn listing(
+        &self,
+        id: u64,
+        offset: u64,
+        take: impl FnOnce() -> crate::error::Result<Vec<DirEntry>>,
+    ) -> crate::error::Result<Arc<Vec<DirEntry>>> {
+        if offset != 0
+            && let Some(l) = self.listings.get(&id)
+        {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(take()?);
+        self.listings.insert(id, l.clone());
+        Ok(l)
+    }
+
+    /// The kernel read directory `id` to its end: its listing is done with.
+    pub fn listed(&self, id: u64) {
+        self.listings.remove(&id);
     }
 }
 
@@ -161,23 +168,16 @@ impl Handles {
     /// discarded layer counts as the upper's: it is reached by its descriptor only, and
     /// nothing is copied up from it).
     pub fn restacked(&self, map: &dyn Fn(usize) -> Option<usize>) {
-        for h in self.map.iter() {
-            match &**h.value() {
-                Handle::File(f) => {
-                    let mut file = f.file.write();
-                    file.1 = map(file.1).unwrap_or(0);
-                }
-                // A listing's layers said which layers above an entry need no asking; a
-                // layer put in above (the old upper, now a snapshot) may hold the name now:
-                // a lookup from the listing asks every layer again.
-                Handle::Dir(d) => {
-                    let mut entries = d.entries.lock();
-                    if let Some(list) = entries.as_mut() {
-                        for e in Arc::make_mut(list).iter_mut() {
-                            e.layer = 0;
-                        }
-                    }
-                }
+        for f in self.map.iter() {
+            let mut file = f.file.write();
+            file.1 = map(file.1).unwrap_or(0);
+        }
+        // A listing's layers said which layers above an entry need no asking; a layer put
+        // in above (the old upper, now a snapshot) may hold the name now: a lookup from the
+        // listing asks every layer again.
+        for mut l in self.listings.iter_mut() {
+            for e in Arc::make_mut(l.value_mut()).iter_mut() {
+                e.layer = 0;
             }
         }
     }
@@ -211,12 +211,15 @@ impl crate::union::snapshot::Watcher for StackWatcher {
             }
         };
         for c in changes {
-            // Attributes only (offset -1): a page invalidation waits for pages a read in
-            // flight holds. A file whose data changed has a new node (see `relocate`).
+            // A file's attributes only (offset -1): a page invalidation waits for pages a
+            // read in flight holds. A file whose data changed has a new node (see
+            // `relocate`). A directory's pages are its cached listing, which the kernel
+            // locks only while it copies a reply in.
             let res = match c {
                 Changed::Entry { .. } if by_epoch => continue,
                 Changed::Entry { parent, name } => n.inval_entry(fuser::INodeNo(*parent), name),
                 Changed::Inode(id) => n.inval_inode(fuser::INodeNo(*id), -1, 0),
+                Changed::Listing(id) => n.inval_inode(fuser::INodeNo(*id), 0, 0),
             };
             // ENOENT: the kernel had nothing cached there.
             if let Err(e) = res

@@ -30,7 +30,12 @@ pub(super) fn getattr(fs: &UnionFs, ino: INodeNo, fh: Option<FileHandle>, reply:
     match fs.with_open(fh, |file| {
         fs.union.getattr_open(&node, file.map(|(f, _)| f))
     }) {
-        Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),
+        Ok(st) => {
+            if node.is_dir() {
+                fs.check_listing(&node);
+            }
+            reply.attr(&fs.ttl, &fs.attr(&st))
+        }
         Err(e) => reply.error(fs.fail(&e)),
     }
 }

@@ -11,7 +11,7 @@
 //! - `dir.rs`: mknod, mkdir, create, tmpfile, symlink, link, unlink, rmdir, rename
 //! - `readdir.rs`: opendir, readdir, readdirplus, releasedir, fsyncdir
 //! - `xattr.rs`: setxattr, getxattr, listxattr, removexattr
-//! - `handles.rs`: open files and directory snapshots by file handle; passthrough backings
+//! - `handles.rs`: open files by file handle, listings being read; passthrough backings
 //!
 //! This file holds the adapter type, what every handler shares (node ids to nodes, errors
 //! to errnos, owners mapped between the kernel's IDs and the branches') and the
@@ -49,7 +49,7 @@ use crate::union::Union;
 use crate::union::dir::Caller;
 use crate::union::idmap::Owners;
 use crate::union::node::Node;
-use handles::{Backings, Handle, Handles};
+use handles::{Backings, Handles, OpenFile};
 
 pub struct UnionFs {
     union: Arc<Union>,
@@ -57,6 +57,8 @@ pub struct UnionFs {
     backings: Backings,
     /// The kernel agreed to FUSE passthrough (decided at init).
     passthrough: bool,
+    /// The kernel opens directories without asking (`FUSE_NO_OPENDIR_SUPPORT`).
+    no_opendir: bool,
     ttl: Duration,
     negative_ttl: Duration,
     /// The stack and settings, for the one line a mount logs (at init, with the kernel's
@@ -98,6 +100,7 @@ impl UnionFs {
             handles,
             backings: Backings::default(),
             passthrough: false,
+            no_opendir: false,
             ttl: config.timeout,
             negative_ttl: config.negative_timeout,
             description: config.describe(),
@@ -116,6 +119,25 @@ impl UnionFs {
             && let Err(e) = n.inval_inode(INodeNo(node.id), -1, 0)
         {
             log::debug!("{}: invalidating the kernel's attributes: {e}", node.path());
+        }
+    }
+
+    /// A layer of directory `node` changed by hand since the kernel cached its listing:
+    /// the kernel drops its copy (and the attributes the reply is about to give, so the
+    /// next stat asks again). Asked wherever the kernel gets a listed directory's
+    /// attributes anew (GETATTR, LOOKUP, READDIRPLUS): it asks when they time out, and
+    /// before it lists a directory from its cache.
+    fn check_listing(&self, node: &Arc<Node>) {
+        match self.union.listing_stale(node) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Some(n) = self.notifier.get()
+                    && let Err(e) = n.inval_inode(INodeNo(node.id), 0, 0)
+                {
+                    log::debug!("{}: dropping the kernel's listing: {e}", node.path());
+                }
+            }
+            Err(e) => log::debug!("{}: checking the layers: {e}", node.path()),
         }
     }
 
@@ -161,13 +183,16 @@ impl UnionFs {
         f(self.node(id)?).map_err(|e| self.fail(&e))
     }
 
-    fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
         self.handles.get(fh.0).ok_or(Errno::EBADF)
     }
 
     /// The kernel keys its inode by the node id; `stat` shows `st.st_ino`. Node ids are
     /// never reused, so the generation can stay 0.
-    fn reply_entry(&self, reply: ReplyEntry, node: &Node, st: &Stat) {
+    fn reply_entry(&self, reply: ReplyEntry, node: &Arc<Node>, st: &Stat) {
+        if node.is_dir() {
+            self.check_listing(node);
+        }
         reply.entry_node(INodeNo(node.id), &self.ttl, &self.attr(st), Generation(0));
     }
 }
@@ -495,37 +520,36 @@ impl Filesystem for UnionFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
         let _in = self.union.enter();
-        readdir::readdir(self, fh, offset, reply)
+        readdir::readdir(self, ino, offset, reply)
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
         let _in = self.union.enter();
-        readdir::readdirplus(self, fh, offset, reply)
+        readdir::readdirplus(self, ino, offset, reply)
     }
 
     fn releasedir(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _in = self.union.enter();
-        readdir::releasedir(self, fh, reply)
+        reply.ok()
     }
 
     fn fsyncdir(

@@ -20,7 +20,10 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
         // Set-id bits and file capabilities are ours to kill, on the flag the kernel sends
         // with a write, truncate, chown or O_TRUNC open (union::inode::kill_suidgid):
         // otherwise the kernel asks for security.capability (GETXATTR) before each write.
-        | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+        // No OPENDIR and RELEASEDIR round trips: directories need no handle (listings are
+        // kept by node, and by the kernel in its cache; see readdir.rs).
+        | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
     // Without it the kernel checks mode bits only: an ACL denying a user on a branch
     // would not deny them through an allow_other mount.
     // With ACLs the umask is ours to apply (`FUSE_DONT_MASK`): a parent's default ACL
@@ -31,6 +34,7 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
         wanted
     };
     let mut supported = config.capabilities() & wanted;
+    fs.no_opendir = supported.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
     // Passthrough needs CAP_SYS_ADMIN; a stack depth of 2 lets branches sit on overlayfs.
     if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
         && sys::privileged()

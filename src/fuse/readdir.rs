@@ -1,5 +1,12 @@
-//! Listing directories (overlayfs's readdir.c): opendir, readdir, readdirplus, releasedir,
-//! fsyncdir. A handle serves one snapshot of the merged listing, taken at offset 0.
+//! Listing directories (overlayfs's readdir.c): opendir, readdir, readdirplus, fsyncdir.
+//!
+//! Directories have no handle. The kernel opens them without a round trip
+//! (`FUSE_NO_OPENDIR_SUPPORT`: OPENDIR is answered ENOSYS once) and keeps each listing it
+//! read in its cache (`FOPEN_CACHE_DIR`) until the directory changes through the mount.
+//! Changes made by hand in a layer are seen at the directory's next GETATTR (at the latest
+//! when its attributes time out): `inode::getattr` drops the kernel's copy then.
+//! A listing is taken at offset 0 and served from the same snapshot until the kernel has
+//! read it to its end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +17,18 @@ use fuser::{
 };
 
 use super::UnionFs;
-use super::handles::{Handle, OpenDir};
 use super::inode::file_type;
 use crate::sys;
+use crate::union::node::Node;
 use crate::union::readdir::DirEntry;
 
 pub(super) fn opendir(fs: &UnionFs, ino: INodeNo, reply: ReplyOpen) {
+    if fs.no_opendir {
+        // The kernel stops asking, and opens every directory with its cache kept.
+        return reply.error(Errno::ENOSYS);
+    }
+    // A kernel without FUSE_NO_OPENDIR_SUPPORT (before Linux 5.1) asks at each open: keep
+    // its cached listing unless a layer changed by hand.
     let node = match fs.node(ino) {
         Ok(n) => n,
         Err(e) => return reply.error(e),
@@ -23,50 +36,38 @@ pub(super) fn opendir(fs: &UnionFs, ino: INodeNo, reply: ReplyOpen) {
     if !node.is_dir() {
         return reply.error(Errno::ENOTDIR);
     }
-    // The kernel caches listings; it keeps its copy only while the layers are as they
-    // were when it was made.
-    let flags = match fs.union.listing_unchanged(&node) {
-        Ok(true) => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-        Ok(false) => FopenFlags::FOPEN_CACHE_DIR,
+    let flags = match fs.union.listing_stale(&node) {
+        Ok(false) => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        Ok(true) => FopenFlags::FOPEN_CACHE_DIR,
         Err(e) => return reply.error(fs.fail(&e)),
     };
-    // The listing is taken by the first readdir (offset 0).
-    let fh = fs.handles.insert(Handle::Dir(OpenDir {
-        node,
-        entries: parking_lot::Mutex::new(None),
-    }));
-    reply.opened(FileHandle(fh), flags);
+    reply.opened(FileHandle(0), flags);
 }
 
-pub(super) fn readdir(fs: &UnionFs, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-    let entries = match snapshot(fs, fh, offset) {
-        Ok(e) => e,
+pub(super) fn readdir(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: ReplyDirectory) {
+    let (node, entries) = match listing(fs, ino, offset) {
+        Ok(l) => l,
         Err(e) => return reply.error(e),
     };
+    let mut full = false;
     for e in &entries[resume_at(&entries, offset)..] {
         if reply.add(INodeNo(e.ino), e.off, file_type(e.kind), &e.name) {
+            full = true;
             break;
         }
+    }
+    if !full {
+        fs.handles.listed(node.id);
     }
     reply.ok();
 }
 
-pub(super) fn readdirplus(
-    fs: &UnionFs,
-    fh: FileHandle,
-    offset: u64,
-    mut reply: ReplyDirectoryPlus,
-) {
-    let Ok(h) = fs.file(fh) else {
-        return reply.error(Errno::EBADF);
-    };
-    let Handle::Dir(od) = &*h else {
-        return reply.error(Errno::ENOTDIR);
-    };
-    let entries = match snapshot(fs, fh, offset) {
-        Ok(e) => e,
+pub(super) fn readdirplus(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: ReplyDirectoryPlus) {
+    let (dir, entries) = match listing(fs, ino, offset) {
+        Ok(l) => l,
         Err(e) => return reply.error(e),
     };
+    let mut full = false;
     for e in &entries[resume_at(&entries, offset)..] {
         let off = e.off;
         if e.name == "." || e.name == ".." {
@@ -83,14 +84,18 @@ pub(super) fn readdirplus(
                 &fs.attr(&st),
                 Generation(0),
             ) {
+                full = true;
                 break;
             }
             continue;
         }
-        let (node, st) = match fs.union.lookup_listed(&od.node, &e.name, e.layer) {
+        let (node, st) = match fs.union.lookup_listed(&dir, &e.name, e.layer) {
             Ok(Some(found)) => found,
             _ => continue, // gone since the snapshot
         };
+        if node.is_dir() {
+            fs.check_listing(&node);
+        }
         if reply.add(
             INodeNo(node.id),
             off,
@@ -101,14 +106,13 @@ pub(super) fn readdirplus(
         ) {
             // Not sent after all: give back the reference the lookup counted.
             fs.union.nodes.forget(node.id, 1);
+            full = true;
             break;
         }
     }
-    reply.ok();
-}
-
-pub(super) fn releasedir(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
-    fs.handles.remove(fh.0);
+    if !full {
+        fs.handles.listed(dir.id);
+    }
     reply.ok();
 }
 
@@ -116,23 +120,26 @@ pub(super) fn fsyncdir(reply: ReplyEmpty) {
     reply.ok();
 }
 
-/// The directory snapshot of a handle; reading from offset 0 takes a fresh one
-/// (rewinddir must see the directory as it is now).
-fn snapshot(fs: &UnionFs, fh: FileHandle, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
-    let h = fs.file(fh)?;
-    let Handle::Dir(od) = &*h else {
+/// The directory `ino` and the listing to serve from `offset`. A fresh listing is marked
+/// as given to the kernel (see `Union::listing_stale`) before it is taken, so a change by
+/// hand racing it is seen at the next check.
+fn listing(
+    fs: &UnionFs,
+    ino: INodeNo,
+    offset: u64,
+) -> Result<(Arc<Node>, Arc<Vec<DirEntry>>), Errno> {
+    let dir = fs.node(ino)?;
+    if !dir.is_dir() {
         return Err(Errno::ENOTDIR);
-    };
-    let mut entries = od.entries.lock();
-    match &*entries {
-        Some(e) if offset != 0 => Ok(e.clone()),
-        // The start, or a handle whose first part the kernel served from its cache.
-        _ => {
-            let e = Arc::new(fs.union.list(&od.node).map_err(|e| fs.fail(&e))?);
-            *entries = Some(e.clone());
-            Ok(e)
-        }
     }
+    let entries = fs
+        .handles
+        .listing(dir.id, offset, || {
+            fs.union.mark_listed(&dir)?;
+            fs.union.list(&dir)
+        })
+        .map_err(|e| fs.fail(&e))?;
+    Ok((dir, entries))
 }
 
 /// Where to go on after position `offset` (entries are in position order).

@@ -439,7 +439,8 @@ impl Union {
         name: &OsStr,
         layer: usize,
     ) -> Result<()> {
-        let Some(node) = node.filter(|n| layer == 0 || n.is_open()) else {
+        // Directories are opened without telling us (no OPENDIR): any may be open.
+        let Some(node) = node.filter(|n| layer == 0 || n.is_open() || n.is_dir()) else {
             return Ok(());
         };
         let dirs = self.dirs_of(parent)?;

@@ -147,7 +147,7 @@ pub struct Node {
     /// a file where its descriptors are and puts a copy in the snapshot.
     pinned: AtomicU64,
     /// A directory: the fingerprint of its layers when the kernel last cached its listing
-    /// (see `Union::listing_unchanged`); 0 for none.
+    /// (see `Union::listing_stale`); 0 for none.
     pub listed: AtomicU64,
 }
 

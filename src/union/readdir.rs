@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::Union;
 use super::node::Node;
@@ -50,11 +51,9 @@ fn kind_of(dt: u8) -> u32 {
 }
 
 impl Union {
-    /// May the kernel keep serving the listing of `dir` it cached? Yes while none of the
-    /// directory's layers changed since it was last listed: changes made through the mount
-    /// drop the kernel's copy anyway, and this catches those made by hand in any layer
-    /// (entries added or removed change a directory's mtime and ctime).
-    pub fn listing_unchanged(&self, dir: &Arc<Node>) -> Result<bool> {
+    /// A fingerprint of `dir`'s layers as they are now: entries added or removed by hand
+    /// in any layer change a directory's mtime and ctime.
+    fn layers_print(&self, dir: &Arc<Node>) -> Result<u64> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for d in self.slots_of(dir)?.iter() {
@@ -62,9 +61,29 @@ impl Union {
             (d.layer, st.st_dev, st.st_ino).hash(&mut h);
             (st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec).hash(&mut h);
         }
-        let print = h.finish() | 1;
-        let before = dir.listed.swap(print, std::sync::atomic::Ordering::AcqRel);
-        Ok(before == print)
+        Ok(h.finish() | 1)
+    }
+
+    /// `dir` is about to be listed for the kernel, which keeps the listing until the
+    /// directory changes through the mount or `listing_stale` says so.
+    pub fn mark_listed(&self, dir: &Arc<Node>) -> Result<()> {
+        let print = self.layers_print(dir)?;
+        dir.listed.store(print, Ordering::Release);
+        Ok(())
+    }
+
+    /// Did a layer of `dir` change since its listing was given to the kernel (by hand: the
+    /// kernel drops its copy itself on changes made through the mount)? Answers yes once.
+    pub fn listing_stale(&self, dir: &Arc<Node>) -> Result<bool> {
+        let before = dir.listed.load(Ordering::Acquire);
+        if before == 0 {
+            return Ok(false);
+        }
+        let stale = self.layers_print(dir)? != before;
+        if stale {
+            dir.listed.store(0, Ordering::Release);
+        }
+        Ok(stale)
     }
 
     /// Snapshot the merged listing of `dir`: `.` and `..` first, then in position order.

@@ -44,8 +44,10 @@ pub trait Watcher: Send + Sync {
 pub enum Changed {
     /// The name `name` in the directory `parent` may now hold something else, or nothing.
     Entry { parent: u64, name: OsString },
-    /// The node's attributes, data or listing may differ.
+    /// The node's attributes or data may differ.
     Inode(u64),
+    /// The directory's attributes and listing may differ.
+    Listing(u64),
 }
 
 /// What a snapshot prepares for files open for writing: the moves to journal, the nodes
@@ -538,7 +540,7 @@ impl Union {
         let mut changed: HashSet<u64> = HashSet::new();
         if root_changed {
             changed.insert(ROOT_ID);
-            changes.push(Changed::Inode(ROOT_ID));
+            changes.push(Changed::Listing(ROOT_ID));
             for name in self.root_names() {
                 changes.push(Changed::Entry {
                     parent: ROOT_ID,
@@ -572,8 +574,14 @@ impl Union {
                     parent: parent.id,
                     name: n.state().name.clone(),
                 });
-                changes.push(Changed::Inode(n.id));
+            }
+            // A directory that lost a layer (or whose parent changed) lists differently
+            // even where it stays the same node.
+            if n.is_dir() {
+                changes.push(Changed::Listing(n.id));
                 n.listed.store(0, std::sync::atomic::Ordering::Relaxed);
+            } else if changed.contains(&n.id) {
+                changes.push(Changed::Inode(n.id));
             }
         }
         Ok(changes)

@@ -295,13 +295,18 @@ pub fn quiet_content(p: &Path, md: &fs::Metadata) -> Vec<u8> {
     data
 }
 
-/// The errno a listing of `mnt`, whose daemon died, settles on: over io_uring the kernel
+/// The errno a lookup in `mnt`, whose daemon died, settles on: over io_uring the kernel
 /// ends the connection a moment after the daemon exits, and answers ECONNABORTED or
-/// ECANCELED until then (ENOTCONN after). Waits up to 5 s.
+/// ECANCELED until then (ENOTCONN after). Waits up to 5 s. A name never asked before: the
+/// kernel may answer anything else from its caches (an open of a directory needs no
+/// request at all).
 pub fn dead_mount_errno(mnt: &Path) -> i32 {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut last = 0;
     eventually(Duration::from_secs(5), || {
-        last = errno(fs::read_dir(mnt), "a listing of a dead mount");
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = mnt.join(format!(".dead-mount-probe-{}-{n}", std::process::id()));
+        last = errno(fs::symlink_metadata(probe), "a lookup in a dead mount");
         !matches!(last, libc::ECONNABORTED | libc::ECANCELED)
     });
     last
