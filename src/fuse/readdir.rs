@@ -3,8 +3,9 @@
 //! Directories have no handle. The kernel opens them without a round trip
 //! (`FUSE_NO_OPENDIR_SUPPORT`: OPENDIR is answered ENOSYS once) and keeps each listing it
 //! read in its cache (`FOPEN_CACHE_DIR`) until the directory changes through the mount.
-//! Changes made by hand in a layer are seen at the directory's next GETATTR (at the latest
-//! when its attributes time out): `inode::getattr` drops the kernel's copy then.
+//! Changes made by hand in a layer are seen when the kernel next asks for the directory's
+//! attributes (GETATTR, LOOKUP, READDIRPLUS; at the latest once they time out):
+//! `UnionFs::check_listing` drops the kernel's copy then.
 //! A listing is taken at offset 0 and served from the same snapshot until the kernel has
 //! read it to its end.
 
