@@ -26,7 +26,7 @@ pub struct OpenFile {
 /// Open files by handle, and listings by directory node id. Directories have no handle:
 /// the kernel opens them without asking (`FUSE_NO_OPENDIR_SUPPORT`) and reads a listing
 /// from offset 0 to its end into its own cache, so a listing lives from its first read
-/// to its last.
+/// to the one past its end (the kernel knows the end by an empty reply).
 #[derive(Debug, Default)]
 pub struct Handles {
     map: DashMap<u64, Arc<OpenFile>>,
@@ -77,7 +77,7 @@ impl Handles {
         Ok(l)
     }
 
-    /// The kernel read directory `id` to its end: its listing is done with.
+    /// The kernel asked past the end of directory `id`: its listing is done with.
     pub fn listed(&self, id: u64) {
         self.listings.remove(&id);
     }

@@ -6,8 +6,8 @@
 //! Changes made by hand in a layer are seen when the kernel next asks for the directory's
 //! attributes (GETATTR, LOOKUP, READDIRPLUS; at the latest once they time out):
 //! `UnionFs::check_listing` drops the kernel's copy then.
-//! A listing is taken at offset 0 and served from the same snapshot until the kernel has
-//! read it to its end.
+//! A listing is taken at offset 0 and served from the same snapshot until the kernel asks
+//! past its end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,15 +50,14 @@ pub(super) fn readdir(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: ReplyD
         Ok(l) => l,
         Err(e) => return reply.error(e),
     };
-    let mut full = false;
-    for e in &entries[resume_at(&entries, offset)..] {
+    let start = resume_at(&entries, offset);
+    if start == entries.len() {
+        fs.handles.listed(node.id);
+    }
+    for e in &entries[start..] {
         if reply.add(INodeNo(e.ino), e.off, file_type(e.kind), &e.name) {
-            full = true;
             break;
         }
-    }
-    if !full {
-        fs.handles.listed(node.id);
     }
     reply.ok();
 }
@@ -68,8 +67,11 @@ pub(super) fn readdirplus(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: Re
         Ok(l) => l,
         Err(e) => return reply.error(e),
     };
-    let mut full = false;
-    for e in &entries[resume_at(&entries, offset)..] {
+    let start = resume_at(&entries, offset);
+    if start == entries.len() {
+        fs.handles.listed(dir.id);
+    }
+    for e in &entries[start..] {
         let off = e.off;
         if e.name == "." || e.name == ".." {
             // Node id 0: nothing for the kernel to link (it skips dot entries anyway),
@@ -85,7 +87,6 @@ pub(super) fn readdirplus(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: Re
                 &fs.attr(&st),
                 Generation(0),
             ) {
-                full = true;
                 break;
             }
             continue;
@@ -107,12 +108,8 @@ pub(super) fn readdirplus(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: Re
         ) {
             // Not sent after all: give back the reference the lookup counted.
             fs.union.nodes.forget(node.id, 1);
-            full = true;
             break;
         }
-    }
-    if !full {
-        fs.handles.listed(dir.id);
     }
     reply.ok();
 }
