@@ -460,6 +460,12 @@ impl Node {
     }
 }
 
+/// A table that held at least this many nodes gives memory back to the system once three
+/// quarters of them are forgotten. Low enough that a mount of one small image (a Debian
+/// rootfs is ~7000 entries, ~2 MiB of nodes and tables) shrinks too; the trim stays rare:
+/// the peak restarts from what is left.
+const TRIM_FLOOR: usize = 1024;
+
 /// Every node the kernel holds, by node id, and which of them each shown inode number
 /// names now.
 ///
@@ -595,10 +601,10 @@ impl NodeTable {
         // The number's lock is released: shrinking locks every shard.
         if gone.is_some() {
             let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
-            // The kernel let most of a large table go (memory pressure, drop_caches): give
-            // the memory back, so the daemon shrinks with it.
+            // The kernel let most of the table go (memory pressure, drop_caches): give the
+            // memory back, so the daemon shrinks with it.
             let peak = self.peak.load(Ordering::Relaxed);
-            if peak >= 8192 && now < peak / 4 {
+            if peak >= TRIM_FLOOR && now < peak / 4 {
                 self.peak.store(now, Ordering::Relaxed);
                 self.map.shrink_to_fit();
                 self.by_ino.shrink_to_fit();
