@@ -275,12 +275,11 @@ impl Union {
                 libc::S_IFREG,
                 NodeState {
                     parent: Some(parent.clone()),
-                    name: Box::default(),
+                    name: OsStr::new("").into(),
                     layer: 0,
                     dirs: Arc::new(Vec::new()),
                     generation: self.generation(),
                     changed: 0,
-                    unlinked: true,
                     real,
                     rare: Rare::new(
                         Some(Kept {
@@ -288,7 +287,8 @@ impl Union {
                             layer: 0,
                         }),
                         None,
-                    ),
+                    )
+                    .unlinked(true),
                 },
             )
         });

@@ -200,7 +200,6 @@ impl Union {
                 dirs: Arc::new(dirs),
                 generation: 0,
                 changed: 0,
-                unlinked: false,
                 real: (0, 0),
                 rare: Rare::new(None, None),
             },

@@ -85,8 +85,7 @@ impl Drop for HeldFd {
 pub struct NodeState {
     /// None only for the root.
     pub parent: Option<Arc<Node>>,
-    /// Boxed, not an `OsString`: every node has one, and the capacity word is never used.
-    pub name: Box<OsStr>,
+    pub name: Name,
     /// Topmost layer holding the entry.
     pub layer: usize,
     /// Directories: every layer that contributes, top first, cut at an opaque one.
@@ -98,14 +97,64 @@ pub struct NodeState {
     /// kernel revalidates and reads directories without the child's lock) may have found
     /// the old place; its result is not applied if its probe began before this.
     pub changed: u64,
-    /// Every name is gone (it may live on through open files). If its inode number shows up
-    /// again, it is a new file that the filesystem gave the freed number.
-    pub unlinked: bool,
     /// (st_dev, st_ino) of the topmost real file: tells a hard link (same real file) from
     /// another file that shows the same number (a copied-up link and its lower sibling).
     pub real: (u64, u64),
-    /// Further names, kept handle and data location: see `Rare`.
+    /// Further names, kept handle, data location, unlinked: see `Rare`.
     pub rare: Rare,
+}
+
+/// A node's name: inline up to 22 bytes (most names: 95% of a Debian rootfs's), boxed
+/// beyond, so that most nodes need no allocation of their own for it.
+#[derive(Clone)]
+pub enum Name {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Boxed(Box<OsStr>),
+}
+
+const INLINE_NAME: usize = 22;
+
+impl std::ops::Deref for Name {
+    type Target = OsStr;
+
+    fn deref(&self) -> &OsStr {
+        use std::os::unix::ffi::OsStrExt;
+        match self {
+            Name::Inline { len, bytes } => OsStr::from_bytes(&bytes[..usize::from(*len)]),
+            Name::Boxed(b) => b,
+        }
+    }
+}
+
+impl From<&OsStr> for Name {
+    fn from(s: &OsStr) -> Name {
+        use std::os::unix::ffi::OsStrExt;
+        let b = s.as_bytes();
+        match u8::try_from(b.len()) {
+            Ok(len) if b.len() <= INLINE_NAME => {
+                let mut bytes = [0; INLINE_NAME];
+                bytes[..b.len()].copy_from_slice(b);
+                Name::Inline { len, bytes }
+            }
+            _ => Name::Boxed(s.into()),
+        }
+    }
+}
+
+impl From<OsString> for Name {
+    fn from(s: OsString) -> Name {
+        if s.len() <= INLINE_NAME {
+            Name::from(s.as_os_str())
+        } else {
+            Name::Boxed(s.into_boxed_os_str())
+        }
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
 }
 
 /// What few nodes have, boxed apart so that the others pay one word for it (a mount holds a
@@ -124,6 +173,9 @@ struct RareFields {
     kept: Option<Kept>,
     /// A metadata-only upper file: where its data still is (a lower file).
     data: Option<Loc>,
+    /// Every name is gone (it may live on through open files). If its inode number shows up
+    /// again, it is a new file that the filesystem gave the freed number.
+    unlinked: bool,
 }
 
 impl Rare {
@@ -135,17 +187,21 @@ impl Rare {
         r
     }
 
+    /// The same, with every name gone (`unlinked`) or not.
+    pub fn unlinked(mut self, unlinked: bool) -> Rare {
+        self.set_unlinked(unlinked);
+        self
+    }
+
     fn fields(&mut self) -> &mut RareFields {
         self.0.get_or_insert_with(Box::default)
     }
 
     /// Give the box back once nothing is in it.
     fn tidy(&mut self) {
-        if self
-            .0
-            .as_ref()
-            .is_some_and(|r| r.links.is_empty() && r.kept.is_none() && r.data.is_none())
-        {
+        if self.0.as_ref().is_some_and(|r| {
+            r.links.is_empty() && r.kept.is_none() && r.data.is_none() && !r.unlinked
+        }) {
             self.0 = None;
         }
     }
@@ -159,6 +215,15 @@ impl Rare {
                 }
                 self.tidy();
             }
+        }
+    }
+
+    fn set_unlinked(&mut self, unlinked: bool) {
+        if unlinked {
+            self.fields().unlinked = true;
+        } else if let Some(r) = self.0.as_mut() {
+            r.unlinked = false;
+            self.tidy();
         }
     }
 
@@ -176,6 +241,16 @@ impl Rare {
 }
 
 impl NodeState {
+    /// Every name is gone (it may live on through open files). If its inode number shows up
+    /// again, it is a new file that the filesystem gave the freed number.
+    pub fn unlinked(&self) -> bool {
+        self.rare.0.as_ref().is_some_and(|r| r.unlinked)
+    }
+
+    pub fn set_unlinked(&mut self, unlinked: bool) {
+        self.rare.set_unlinked(unlinked);
+    }
+
     /// Further names of a hard-linked file seen through the mount.
     pub fn links(&self) -> &[(Arc<Node>, OsString)] {
         self.rare.0.as_ref().map_or(&[], |r| &r.links)
@@ -326,7 +401,7 @@ impl Node {
     }
 
     pub fn is_unlinked(&self) -> bool {
-        self.state.read().unlinked
+        self.state.read().unlinked()
     }
 
     /// Is the real file `real`, found under this node's number, still this node's file?
@@ -337,7 +412,7 @@ impl Node {
     /// directory lock) then gets the node the kernel has, not a second node for one file.
     pub fn still_is(&self, real: (u64, u64)) -> bool {
         let st = self.state.read();
-        !st.unlinked || (st.real == real && (st.layer > 0 || st.kept().is_some()))
+        !st.unlinked() || (st.real == real && (st.layer > 0 || st.kept().is_some()))
     }
 
     /// The directory's slot in `layer`, if it is present there.
@@ -417,7 +492,7 @@ impl Node {
                 st.parent = Some(p);
                 st.name = n.into();
             } else {
-                st.unlinked = true;
+                st.set_unlinked(true);
                 return false;
             }
         }
@@ -443,11 +518,11 @@ impl Node {
     /// Record a further name for a hard-linked file.
     pub fn add_name(&self, parent: &Arc<Node>, name: &OsStr) {
         let mut st = self.state.write();
-        if st.unlinked {
+        if st.unlinked() {
             // Its first name (an O_TMPFILE file linked in).
             st.parent = Some(parent.clone());
             st.name = name.into();
-            st.unlinked = false;
+            st.set_unlinked(false);
             return;
         }
         let known = |p: &Arc<Node>, n: &OsStr| Arc::ptr_eq(p, parent) && n == name;
@@ -528,7 +603,7 @@ impl NodeTable {
                     old.kind,
                     {
                         let st = old.state();
-                        (st.unlinked, st.real, st.layer, st.kept().is_some(), real)
+                        (st.unlinked(), st.real, st.layer, st.kept().is_some(), real)
                     }
                 );
                 let node = self.held(make());
@@ -659,6 +734,26 @@ mod tests {
     }
 
     #[test]
+    fn names_inline_up_to_22_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        for n in [
+            &b""[..],
+            b"a",
+            b"\xff\xfe not utf-8",
+            &[b'x'; 22],
+            &[b'y'; 23],
+            &[b'z'; 300],
+        ] {
+            let os = OsStr::from_bytes(n);
+            for name in [Name::from(os), Name::from(os.to_os_string())] {
+                assert_eq!(&*name, os);
+                assert_eq!(matches!(name, Name::Inline { .. }), n.len() <= 22);
+                assert_eq!(format!("{name:?}"), format!("{os:?}"));
+            }
+        }
+    }
+
+    #[test]
     fn rare_fields_box_only_while_set() {
         let mut st = NodeState {
             parent: None,
@@ -667,7 +762,6 @@ mod tests {
             dirs: Arc::new(Vec::new()),
             generation: 0,
             changed: 0,
-            unlinked: false,
             real: (0, 0),
             rare: Rare::new(None, None),
         };
@@ -681,5 +775,9 @@ mod tests {
         assert!(st.data().is_none() && st.links().is_empty());
         st.set_kept(None);
         assert!(st.rare.0.is_none());
+        st.set_unlinked(true);
+        assert!(st.unlinked() && st.rare.0.is_some());
+        st.set_unlinked(false);
+        assert!(!st.unlinked() && st.rare.0.is_none());
     }
 }

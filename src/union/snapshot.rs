@@ -495,7 +495,7 @@ impl Union {
                     || st.dirs.iter().any(|d| d.layer == t)
                     || st.data().is_some_and(|d| d.layer == t)
             });
-            let mut gone = top.is_none() || st.unlinked || touched;
+            let mut gone = top.is_none() || st.unlinked() || touched;
             st.layer = top.unwrap_or(0);
             if !st.dirs.is_empty() {
                 let before = st.dirs.len();
@@ -608,7 +608,7 @@ impl Union {
                 st.dirs = self.keep_slots(f.dirs);
                 st.real = (f.st.st_dev, f.st.st_ino);
                 st.set_data(f.data);
-                st.unlinked = false;
+                st.set_unlinked(false);
                 st.generation = self.generation();
                 true
             }
@@ -618,7 +618,7 @@ impl Union {
                     st.name.to_string_lossy(),
                     other.map(|f| (f.ino, f.layer, f.st.st_ino))
                 );
-                st.unlinked = true;
+                st.set_unlinked(true);
                 st.edit_links(|l| l.clear());
                 if let Some(fd) = keep.get(&n.id) {
                     st.set_kept(Some(Kept {

@@ -632,9 +632,8 @@ fn a_forget_that_shrinks_the_table_does_not_deadlock() {
                 dirs: Arc::new(Vec::new()),
                 generation: 0,
                 changed: 0,
-                unlinked,
                 real: (0, ino),
-                rare: Rare::new(None, None),
+                rare: Rare::new(None, None).unlinked(unlinked),
             },
         )
     };
