@@ -401,6 +401,7 @@ const SESSION_END_GRACE: std::time::Duration = std::time::Duration::from_secs(2)
 /// `trace`, every copy-up, whiteout and opaque directory is printed on stderr, which a
 /// detached daemon then keeps (the mounting terminal).
 fn serve(config: &Config, mut ready: Option<std::fs::File>, trace: bool) -> ExitCode {
+    sys::one_malloc_arena();
     let mut fail = |msg: String| {
         match ready.take() {
             Some(mut w) => {

@@ -59,7 +59,7 @@ pub(super) fn open(
     let path = node.path();
     let (layer, real, unlinked) = {
         let s = node.state();
-        (s.layer, s.real, s.unlinked)
+        (s.layer, s.real, s.unlinked())
     };
     log::warn!(
         "{path}: no I/O mode the kernel accepts: node {} (layer {layer}, real {real:?}, \

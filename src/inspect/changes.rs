@@ -460,7 +460,7 @@ impl Walker<'_> {
 
     /// Where the upper metadata-only file at `rel` has its data, as the stack resolves it.
     fn data_of(&self, rel: &Path, set: &mut ChangeSet) -> Option<PathBuf> {
-        let found = resolve(&self.stack, rel).and_then(|n| n.state().data.clone());
+        let found = resolve(&self.stack, rel).and_then(|n| n.state().data().cloned());
         let path = found.as_ref().and_then(loc_path);
         if path.is_none() {
             set.warnings.push(format!(

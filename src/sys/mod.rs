@@ -547,6 +547,21 @@ pub fn privileged() -> bool {
     })
 }
 
+/// Serve every thread's allocations from one malloc arena, unless `MALLOC_ARENA_MAX` says
+/// otherwise. glibc gives each thread that allocates while another holds an arena one of its
+/// own: every worker then keeps its own share of nodes and its own free holes (about 300 KiB
+/// more per daemon after a find over a Debian rootfs); its per-thread cache takes the small
+/// allocations of a request without the arena's lock. Call before other threads start.
+pub fn one_malloc_arena() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Return free heap memory to the system (glibc keeps freed small blocks otherwise).
 pub fn trim_heap() {
     // SAFETY: malloc_trim only releases memory malloc no longer uses.

@@ -102,7 +102,7 @@ impl Union {
             return Err(Error::new(libc::ENOENT, "copy-up").at(node.path()));
         }
         if loc.layer == 0 {
-            let data = node.state().data.clone();
+            let data = node.state().data().cloned();
             return match data {
                 Some(data) if want != Data::Deferred => self.finish_metacopy(node, loc, data, want),
                 _ => Ok(loc),
@@ -136,7 +136,7 @@ impl Union {
         };
         // A lower file holding metadata only (a marked upper stacked as a lower) has its
         // data further down, where the lookup found it.
-        let data_src = node.state().data.clone().unwrap_or_else(|| loc.clone());
+        let data_src = node.state().data().cloned().unwrap_or_else(|| loc.clone());
         // Another name of the same lower file was copied up before: share that copy.
         let shared = index::is_linked_lower(loc.layer, &st)
             .then(|| self.indexed(node.ino))
@@ -176,8 +176,8 @@ impl Union {
         s.changed = self.note_change();
         s.layer = 0;
         s.real = (copied.st_dev, copied.st_ino);
-        s.kept = copy.map(|fd| Kept { fd, layer: 0 });
-        s.data = (want == Data::Deferred).then_some(data_src);
+        s.set_kept(copy.map(|fd| Kept { fd, layer: 0 }));
+        s.set_data((want == Data::Deferred).then_some(data_src));
         if node.is_dir() {
             let fd = sys::open_dir_path(upper.raw(), &upper.name).op("open copied-up dir")?;
             Arc::make_mut(&mut s.dirs).insert(
@@ -447,12 +447,12 @@ impl Union {
         let copy = sys::openat(upper.raw(), &upper.name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok();
         let mut s = node.state_mut();
         s.changed = self.note_change();
-        s.data = None;
+        s.set_data(None);
         s.real = (st.st_dev, st.st_ino);
-        s.kept = copy.map(|fd| Kept {
+        s.set_kept(copy.map(|fd| Kept {
             fd: Arc::new(fd),
             layer: 0,
-        });
+        }));
         log::debug!("copy-up {path}: data from layer {}", data.layer);
         Ok(upper)
     }

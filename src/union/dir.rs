@@ -7,7 +7,7 @@
 //! is chosen so that a crash between them leaves the old state or the new one: an entry
 //! beside a `.wh.` of its own name in the same layer wins over it.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use super::events::Event;
 use super::idmap::StatOverride;
 use super::index;
 use super::layer::{ACL_DEFAULT, remove_tree_contents};
-use super::node::{Kept, LayerDir, Node, NodeState};
+use super::node::{Kept, LayerDir, Node, NodeState, Rare};
 use super::resolve::Found;
 use super::whiteout;
 use super::{Options, Union};
@@ -275,19 +275,20 @@ impl Union {
                 libc::S_IFREG,
                 NodeState {
                     parent: Some(parent.clone()),
-                    name: OsString::new(),
-                    links: Vec::new(),
+                    name: OsStr::new("").into(),
                     layer: 0,
                     dirs: Arc::new(Vec::new()),
                     generation: self.generation(),
                     changed: 0,
-                    unlinked: true,
                     real,
-                    kept: Some(Kept {
-                        fd: Arc::new(handle),
-                        layer: 0,
-                    }),
-                    data: None,
+                    rare: Rare::new(
+                        Some(Kept {
+                            fd: Arc::new(handle),
+                            layer: 0,
+                        }),
+                        None,
+                    )
+                    .unlinked(true),
                 },
             )
         });
@@ -449,10 +450,10 @@ impl Union {
         };
         let handle = sys::openat(dir.raw(), name, libc::O_PATH | libc::O_NOFOLLOW, 0);
         if let Ok(fd) = handle {
-            node.state_mut().kept = Some(Kept {
+            node.state_mut().set_kept(Some(Kept {
                 fd: Arc::new(fd),
                 layer,
-            });
+            }));
         }
         Ok(())
     }

@@ -35,7 +35,7 @@ impl Union {
             self.copy_up(node)?
         } else {
             // A metadata-only copy reads its data from the lower file.
-            let data = node.state().data.clone();
+            let data = node.state().data().cloned();
             match data {
                 Some(d) => d,
                 None => self.locate(node)?,
@@ -71,7 +71,7 @@ impl Union {
     pub fn reopen_copy(&self, node: &Arc<Node>, flags: i32) -> Result<File> {
         // Opened the same way, but creating and truncating were done the first time.
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-        let copy = node.state().kept.clone().filter(|k| k.layer == 0);
+        let copy = node.state().kept().cloned().filter(|k| k.layer == 0);
         match copy.map(|k| k.fd) {
             Some(fd) => sys::openat(
                 libc::AT_FDCWD,

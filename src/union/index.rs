@@ -134,7 +134,7 @@ impl Union {
         let Some((index, key)) = self.indexed(node.ino) else {
             return;
         };
-        let links = node.state().links.clone();
+        let links = node.state().links().to_vec();
         for (parent, name) in links {
             let joined = self
                 .upper_dir(&parent)

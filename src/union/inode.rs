@@ -347,7 +347,7 @@ impl Union {
         }
         let (layer, parent, name) = {
             let s = node.state();
-            (s.layer, s.parent.clone(), s.name.clone())
+            (s.layer, s.parent.clone(), s.name.to_os_string())
         };
         let stack = self.stack();
         let Some(names) = stack.override_xattrs().get(layer).filter(|n| !n.is_empty()) else {

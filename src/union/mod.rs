@@ -23,7 +23,7 @@ pub mod whiteout;
 #[cfg(test)]
 mod tests;
 
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat};
 use layer::LayerStack;
-use node::{DirSlot, HeldFd, LayerDir, Node, NodeState, NodeTable};
+use node::{DirSlot, HeldFd, LayerDir, Node, NodeState, NodeTable, Rare};
 pub use settings::{Branch, Settings, WhiteoutFormat};
 
 /// The inode number the merged root shows (as its node id, `node::ROOT_ID`, is 1). No other
@@ -195,16 +195,13 @@ impl Union {
             ROOT_INO,
             NodeState {
                 parent: None,
-                name: OsString::from("."),
-                links: Vec::new(),
+                name: OsStr::new(".").into(),
                 layer: 0,
                 dirs: Arc::new(dirs),
                 generation: 0,
                 changed: 0,
-                unlinked: false,
                 real: (0, 0),
-                kept: None,
-                data: None,
+                rare: Rare::new(None, None),
             },
         ))
     }
@@ -288,7 +285,7 @@ impl Union {
         self.indexed_links(node, st);
         st.st_ino = node.ino;
         // A metadata-only copy is sparse; its blocks are the lower file's (as on overlayfs).
-        if let Some(d) = &node.state().data
+        if let Some(d) = node.state().data()
             && let Ok(lower) = sys::fstatat(d.raw(), &d.name)
         {
             st.st_blocks = lower.st_blocks;

@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -85,9 +85,7 @@ impl Drop for HeldFd {
 pub struct NodeState {
     /// None only for the root.
     pub parent: Option<Arc<Node>>,
-    pub name: OsString,
-    /// Further names of a hard-linked file seen through the mount.
-    pub links: Vec<(Arc<Node>, OsString)>,
+    pub name: Name,
     /// Topmost layer holding the entry.
     pub layer: usize,
     /// Directories: every layer that contributes, top first, cut at an opaque one.
@@ -99,18 +97,199 @@ pub struct NodeState {
     /// kernel revalidates and reads directories without the child's lock) may have found
     /// the old place; its result is not applied if its probe began before this.
     pub changed: u64,
-    /// Every name is gone (it may live on through open files). If its inode number shows up
-    /// again, it is a new file that the filesystem gave the freed number.
-    pub unlinked: bool,
     /// (st_dev, st_ino) of the topmost real file: tells a hard link (same real file) from
     /// another file that shows the same number (a copied-up link and its lower sibling).
     pub real: (u64, u64),
+    /// Further names, kept handle, data location, unlinked: see `Rare`.
+    pub rare: Rare,
+}
+
+/// A node's name: inline up to 22 bytes (most names: 95% of a Debian rootfs's), boxed
+/// beyond, so that most nodes need no allocation of their own for it.
+#[derive(Clone)]
+pub enum Name {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Boxed(Box<OsStr>),
+}
+
+const INLINE_NAME: usize = 22;
+
+impl std::ops::Deref for Name {
+    type Target = OsStr;
+
+    fn deref(&self) -> &OsStr {
+        use std::os::unix::ffi::OsStrExt;
+        match self {
+            Name::Inline { len, bytes } => OsStr::from_bytes(&bytes[..usize::from(*len)]),
+            Name::Boxed(b) => b,
+        }
+    }
+}
+
+impl From<&OsStr> for Name {
+    fn from(s: &OsStr) -> Name {
+        use std::os::unix::ffi::OsStrExt;
+        let b = s.as_bytes();
+        match u8::try_from(b.len()) {
+            Ok(len) if b.len() <= INLINE_NAME => {
+                let mut bytes = [0; INLINE_NAME];
+                bytes[..b.len()].copy_from_slice(b);
+                Name::Inline { len, bytes }
+            }
+            _ => Name::Boxed(s.into()),
+        }
+    }
+}
+
+impl From<OsString> for Name {
+    fn from(s: OsString) -> Name {
+        if s.len() <= INLINE_NAME {
+            Name::from(s.as_os_str())
+        } else {
+            Name::Boxed(s.into_boxed_os_str())
+        }
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// What few nodes have, boxed apart so that the others pay one word for it (a mount holds a
+/// node for every entry the kernel caches, and most are never linked twice, copied up or
+/// unlinked while open).
+#[derive(Debug, Default)]
+pub struct Rare(Option<Box<RareFields>>);
+
+#[derive(Debug, Default)]
+struct RareFields {
+    /// Further names of a hard-linked file seen through the mount.
+    links: Vec<(Arc<Node>, OsString)>,
     /// An O_PATH handle on the node's real entry, taken where its name may go while it is
     /// still in use: at copy-up (descriptors opened on the lower file follow the copy) and
     /// when its name is removed (fstat, fchmod, ftruncate of an open, unlinked entry).
-    pub kept: Option<Kept>,
+    kept: Option<Kept>,
     /// A metadata-only upper file: where its data still is (a lower file).
-    pub data: Option<Loc>,
+    data: Option<Loc>,
+    /// Every name is gone (it may live on through open files). If its inode number shows up
+    /// again, it is a new file that the filesystem gave the freed number.
+    unlinked: bool,
+}
+
+impl Rare {
+    /// A node's start: no further names, and `kept` and `data` as given.
+    pub fn new(kept: Option<Kept>, data: Option<Loc>) -> Rare {
+        let mut r = Rare(None);
+        r.set_kept(kept);
+        r.set_data(data);
+        r
+    }
+
+    /// The same, with every name gone (`unlinked`) or not.
+    pub fn unlinked(mut self, unlinked: bool) -> Rare {
+        self.set_unlinked(unlinked);
+        self
+    }
+
+    fn fields(&mut self) -> &mut RareFields {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Give the box back once nothing is in it.
+    fn tidy(&mut self) {
+        if self.0.as_ref().is_some_and(|r| {
+            r.links.is_empty() && r.kept.is_none() && r.data.is_none() && !r.unlinked
+        }) {
+            self.0 = None;
+        }
+    }
+
+    fn set_kept(&mut self, kept: Option<Kept>) {
+        match kept {
+            Some(k) => self.fields().kept = Some(k),
+            None => {
+                if let Some(r) = self.0.as_mut() {
+                    r.kept = None;
+                }
+                self.tidy();
+            }
+        }
+    }
+
+    fn set_unlinked(&mut self, unlinked: bool) {
+        if unlinked {
+            self.fields().unlinked = true;
+        } else if let Some(r) = self.0.as_mut() {
+            r.unlinked = false;
+            self.tidy();
+        }
+    }
+
+    fn set_data(&mut self, data: Option<Loc>) {
+        match data {
+            Some(d) => self.fields().data = Some(d),
+            None => {
+                if let Some(r) = self.0.as_mut() {
+                    r.data = None;
+                }
+                self.tidy();
+            }
+        }
+    }
+}
+
+impl NodeState {
+    /// Every name is gone (it may live on through open files). If its inode number shows up
+    /// again, it is a new file that the filesystem gave the freed number.
+    pub fn unlinked(&self) -> bool {
+        self.rare.0.as_ref().is_some_and(|r| r.unlinked)
+    }
+
+    pub fn set_unlinked(&mut self, unlinked: bool) {
+        self.rare.set_unlinked(unlinked);
+    }
+
+    /// Further names of a hard-linked file seen through the mount.
+    pub fn links(&self) -> &[(Arc<Node>, OsString)] {
+        self.rare.0.as_ref().map_or(&[], |r| &r.links)
+    }
+
+    /// Change the further names (`f` gets them to edit in place).
+    pub fn edit_links<R>(&mut self, f: impl FnOnce(&mut Vec<(Arc<Node>, OsString)>) -> R) -> R {
+        let r = f(&mut self.rare.fields().links);
+        self.rare.tidy();
+        r
+    }
+
+    /// An O_PATH handle on the node's real entry, taken where its name may go while it is
+    /// still in use: at copy-up (descriptors opened on the lower file follow the copy) and
+    /// when its name is removed (fstat, fchmod, ftruncate of an open, unlinked entry).
+    pub fn kept(&self) -> Option<&Kept> {
+        self.rare.0.as_ref().and_then(|r| r.kept.as_ref())
+    }
+
+    pub fn kept_mut(&mut self) -> Option<&mut Kept> {
+        self.rare.0.as_mut().and_then(|r| r.kept.as_mut())
+    }
+
+    pub fn set_kept(&mut self, kept: Option<Kept>) {
+        self.rare.set_kept(kept);
+    }
+
+    /// A metadata-only upper file: where its data still is (a lower file).
+    pub fn data(&self) -> Option<&Loc> {
+        self.rare.0.as_ref().and_then(|r| r.data.as_ref())
+    }
+
+    pub fn data_mut(&mut self) -> Option<&mut Loc> {
+        self.rare.0.as_mut().and_then(|r| r.data.as_mut())
+    }
+
+    pub fn set_data(&mut self, data: Option<Loc>) {
+        self.rare.set_data(data);
+    }
 }
 
 /// The FUSE node id of the root (`FUSE_ROOT_ID`).
@@ -141,11 +320,11 @@ pub struct Node {
     pub place: RwLock<()>,
     /// Open files and directories on it: only such a node needs a handle kept when its
     /// name goes.
-    opens: AtomicU64,
+    opens: AtomicU32,
     /// Of those, opens that tie the node to its inode: open for writing, or whose I/O the
     /// kernel does itself (passthrough: one backing file per node). A snapshot leaves such
     /// a file where its descriptors are and puts a copy in the snapshot.
-    pinned: AtomicU64,
+    pinned: AtomicU32,
     /// A directory: the fingerprint of its layers when the kernel last cached its listing
     /// (see `Union::listing_stale`); 0 for none.
     pub listed: AtomicU64,
@@ -170,8 +349,8 @@ impl Node {
             lookups: AtomicU64::new(0),
             copy_up_lock: Mutex::new(()),
             place: RwLock::new(()),
-            opens: AtomicU64::new(0),
-            pinned: AtomicU64::new(0),
+            opens: AtomicU32::new(0),
+            pinned: AtomicU32::new(0),
             listed: AtomicU64::new(0),
         }
     }
@@ -195,7 +374,7 @@ impl Node {
     /// Its data is in the upper (copied up whole, or never lower).
     pub fn data_in_upper(&self) -> bool {
         let st = self.state.read();
-        st.layer == 0 && st.data.is_none()
+        st.layer == 0 && st.data().is_none()
     }
 
     /// An open file or directory; `pinned`: see the field.
@@ -222,7 +401,7 @@ impl Node {
     }
 
     pub fn is_unlinked(&self) -> bool {
-        self.state.read().unlinked
+        self.state.read().unlinked()
     }
 
     /// Is the real file `real`, found under this node's number, still this node's file?
@@ -233,7 +412,7 @@ impl Node {
     /// directory lock) then gets the node the kernel has, not a second node for one file.
     pub fn still_is(&self, real: (u64, u64)) -> bool {
         let st = self.state.read();
-        !st.unlinked || (st.real == real && (st.layer > 0 || st.kept.is_some()))
+        !st.unlinked() || (st.real == real && (st.layer > 0 || st.kept().is_some()))
     }
 
     /// The directory's slot in `layer`, if it is present there.
@@ -248,14 +427,14 @@ impl Node {
         let mut cur = {
             let st = self.state.read();
             st.parent.clone().inspect(|_| {
-                parts.push(st.name.clone());
+                parts.push(st.name.to_os_string());
             })
         };
         while let Some(n) = cur {
             let st = n.state.read();
             cur = st.parent.clone();
             if cur.is_some() {
-                parts.push(st.name.clone());
+                parts.push(st.name.to_os_string());
             }
         }
         parts.reverse();
@@ -269,7 +448,7 @@ impl Node {
         {
             let st = self.state.read();
             if st.parent.is_some() {
-                parts.push(st.name.clone());
+                parts.push(st.name.to_os_string());
                 cur = st.parent.clone();
             }
         }
@@ -278,7 +457,7 @@ impl Node {
             if st.parent.is_none() {
                 break;
             }
-            parts.push(st.name.clone());
+            parts.push(st.name.to_os_string());
             cur = st.parent.clone();
         }
         let mut s = String::new();
@@ -296,18 +475,24 @@ impl Node {
     /// Returns false if the node has no name left.
     pub fn drop_name(&self, parent: &Arc<Node>, name: &OsStr) -> bool {
         let mut st = self.state.write();
-        st.links
-            .retain(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name));
+        if !st.links().is_empty() {
+            st.edit_links(|l| l.retain(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name)));
+        }
         let primary = st
             .parent
             .as_ref()
-            .is_some_and(|p| Arc::ptr_eq(p, parent) && st.name == name);
+            .is_some_and(|p| Arc::ptr_eq(p, parent) && *st.name == *name);
         if primary {
-            if let Some((p, n)) = st.links.pop() {
-                st.parent = Some(p);
-                st.name = n;
+            let next = if st.links().is_empty() {
+                None
             } else {
-                st.unlinked = true;
+                st.edit_links(|l| l.pop())
+            };
+            if let Some((p, n)) = next {
+                st.parent = Some(p);
+                st.name = n.into();
+            } else {
+                st.set_unlinked(true);
                 return false;
             }
         }
@@ -318,33 +503,43 @@ impl Node {
     pub fn move_name(&self, from: (&Arc<Node>, &OsStr), to: (&Arc<Node>, &OsStr)) {
         let mut st = self.state.write();
         let is_from = |p: &Arc<Node>, n: &OsStr| Arc::ptr_eq(p, from.0) && n == from.1;
-        if st.parent.as_ref().is_some_and(|p| is_from(p, &st.name)) || st.links.is_empty() {
+        if st.parent.as_ref().is_some_and(|p| is_from(p, &st.name)) || st.links().is_empty() {
             st.parent = Some(to.0.clone());
-            st.name = to.1.to_owned();
-        } else if let Some(l) = st.links.iter_mut().find(|(p, n)| is_from(p, n)) {
-            *l = (to.0.clone(), to.1.to_owned());
+            st.name = to.1.into();
+        } else {
+            st.edit_links(|links| {
+                if let Some(l) = links.iter_mut().find(|(p, n)| is_from(p, n)) {
+                    *l = (to.0.clone(), to.1.to_owned());
+                }
+            });
         }
     }
 
     /// Record a further name for a hard-linked file.
     pub fn add_name(&self, parent: &Arc<Node>, name: &OsStr) {
         let mut st = self.state.write();
-        if st.unlinked {
+        if st.unlinked() {
             // Its first name (an O_TMPFILE file linked in).
             st.parent = Some(parent.clone());
-            st.name = name.to_owned();
-            st.unlinked = false;
+            st.name = name.into();
+            st.set_unlinked(false);
             return;
         }
         let known = |p: &Arc<Node>, n: &OsStr| Arc::ptr_eq(p, parent) && n == name;
         if st.parent.as_ref().is_some_and(|p| known(p, &st.name))
-            || st.links.iter().any(|(p, n)| known(p, n))
+            || st.links().iter().any(|(p, n)| known(p, n))
         {
             return;
         }
-        st.links.push((parent.clone(), name.to_owned()));
+        st.edit_links(|l| l.push((parent.clone(), name.to_owned())));
     }
 }
+
+/// A table that held at least this many nodes gives memory back to the system once three
+/// quarters of them are forgotten. Low enough that a mount of one small image (a Debian
+/// rootfs is ~7000 entries, ~2 MiB of nodes and tables) shrinks too; the trim stays rare:
+/// the peak restarts from what is left.
+const TRIM_FLOOR: usize = 1024;
 
 /// Every node the kernel holds, by node id, and which of them each shown inode number
 /// names now.
@@ -408,7 +603,7 @@ impl NodeTable {
                     old.kind,
                     {
                         let st = old.state();
-                        (st.unlinked, st.real, st.layer, st.kept.is_some(), real)
+                        (st.unlinked(), st.real, st.layer, st.kept().is_some(), real)
                     }
                 );
                 let node = self.held(make());
@@ -481,10 +676,10 @@ impl NodeTable {
         // The number's lock is released: shrinking locks every shard.
         if gone.is_some() {
             let now = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
-            // The kernel let most of a large table go (memory pressure, drop_caches): give
-            // the memory back, so the daemon shrinks with it.
+            // The kernel let most of the table go (memory pressure, drop_caches): give the
+            // memory back, so the daemon shrinks with it.
             let peak = self.peak.load(Ordering::Relaxed);
-            if peak >= 8192 && now < peak / 4 {
+            if peak >= TRIM_FLOOR && now < peak / 4 {
                 self.peak.store(now, Ordering::Relaxed);
                 self.map.shrink_to_fit();
                 self.by_ino.shrink_to_fit();
@@ -516,5 +711,73 @@ impl NodeTable {
     /// Every live node (used after a directory rename, which is rare).
     pub fn all(&self) -> Vec<Arc<Node>> {
         self.map.iter().map(|e| e.value().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mount holds a node for every entry the kernel caches: keep them small (issue 18).
+    #[test]
+    fn node_stays_small() {
+        assert!(
+            size_of::<Node>() <= 152,
+            "Node is {} bytes",
+            size_of::<Node>()
+        );
+        assert!(
+            size_of::<NodeState>() <= 88,
+            "NodeState is {}",
+            size_of::<NodeState>()
+        );
+    }
+
+    #[test]
+    fn names_inline_up_to_22_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        for n in [
+            &b""[..],
+            b"a",
+            b"\xff\xfe not utf-8",
+            &[b'x'; 22],
+            &[b'y'; 23],
+            &[b'z'; 300],
+        ] {
+            let os = OsStr::from_bytes(n);
+            for name in [Name::from(os), Name::from(os.to_os_string())] {
+                assert_eq!(&*name, os);
+                assert_eq!(matches!(name, Name::Inline { .. }), n.len() <= 22);
+                assert_eq!(format!("{name:?}"), format!("{os:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn rare_fields_box_only_while_set() {
+        let mut st = NodeState {
+            parent: None,
+            name: OsStr::new("f").into(),
+            layer: 0,
+            dirs: Arc::new(Vec::new()),
+            generation: 0,
+            changed: 0,
+            real: (0, 0),
+            rare: Rare::new(None, None),
+        };
+        assert!(st.rare.0.is_none());
+        let fd: OwnedFd = std::fs::File::open("/").unwrap().into();
+        st.set_kept(Some(Kept {
+            fd: Arc::new(fd),
+            layer: 1,
+        }));
+        assert_eq!(st.kept().map(|k| k.layer), Some(1));
+        assert!(st.data().is_none() && st.links().is_empty());
+        st.set_kept(None);
+        assert!(st.rare.0.is_none());
+        st.set_unlinked(true);
+        assert!(st.unlinked() && st.rare.0.is_some());
+        st.set_unlinked(false);
+        assert!(!st.unlinked() && st.rare.0.is_none());
     }
 }

@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 
 use super::index;
-use super::node::{LayerDir, Loc, Node, NodeState};
+use super::node::{LayerDir, Loc, Node, NodeState, Rare};
 use super::whiteout::{self, Redirect};
 use super::{ROOT_INO, Union};
 use crate::error::{Context, Error, Result};
@@ -73,16 +73,13 @@ impl Union {
                     kind,
                     NodeState {
                         parent: Some(parent.clone()),
-                        name: name.to_owned(),
-                        links: Vec::new(),
+                        name: name.into(),
                         layer,
                         dirs: self.keep_slots(dirs.clone()),
                         generation,
                         changed: 0,
-                        unlinked: false,
                         real,
-                        kept: None,
-                        data: data.clone(),
+                        rare: Rare::new(None, data.clone()),
                     },
                 )
             });
@@ -99,17 +96,17 @@ impl Union {
                 let orphaned = old_parent.is_some_and(|p| !self.nodes.holds(&p) || p.is_unlinked());
                 let mut s = node.state_mut();
                 let same_place =
-                    s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && s.name == name;
+                    s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, parent)) && *s.name == *name;
                 if node.is_dir() || same_place || orphaned {
                     stale = epoch < s.changed;
                     if !stale {
                         s.parent = Some(parent.clone());
-                        s.name = name.to_owned();
+                        s.name = name.into();
                         s.layer = layer;
                         s.dirs = self.keep_slots(dirs.clone());
                         s.generation = generation;
                         s.real = real;
-                        s.data = data.clone();
+                        s.set_data(data.clone());
                     }
                 } else if s.real == real {
                     drop(s);
@@ -156,16 +153,13 @@ impl Union {
             found.st.st_mode & libc::S_IFMT,
             NodeState {
                 parent: Some(parent.clone()),
-                name: name.to_owned(),
-                links: Vec::new(),
+                name: name.into(),
                 layer: found.layer,
                 dirs: self.keep_slots(found.dirs),
                 generation: self.generation(),
                 changed: 0,
-                unlinked: false,
                 real: (found.st.st_dev, found.st.st_ino),
-                kept: None,
-                data: found.data,
+                rare: Rare::new(None, found.data),
             },
         ))
     }
@@ -476,7 +470,7 @@ impl Union {
             let (parent, name) = {
                 let st = cur.state();
                 match st.parent.clone() {
-                    Some(p) => (p, st.name.clone()),
+                    Some(p) => (p, st.name.to_os_string()),
                     None => break,
                 }
             };
@@ -603,7 +597,7 @@ impl Union {
 
     /// The node's kept handle as a location (an empty name: the handle itself).
     pub(crate) fn kept_loc(&self, node: &Node) -> Option<Loc> {
-        let kept = node.state().kept.clone()?;
+        let kept = node.state().kept().cloned()?;
         Some(Loc {
             dir: kept.fd,
             name: OsString::new(),
@@ -614,7 +608,7 @@ impl Union {
     pub(crate) fn try_locate(&self, node: &Node) -> Option<Loc> {
         let (parent, name, layer) = {
             let st = node.state();
-            (st.parent.clone()?, st.name.clone(), st.layer)
+            (st.parent.clone()?, st.name.to_os_string(), st.layer)
         };
         let dir = self.dir_in(&parent, layer)?;
         Some(Loc { dir, name, layer })
@@ -644,7 +638,7 @@ impl Union {
             st.layer = f.layer;
             st.dirs = self.keep_slots(f.dirs);
             st.real = (f.st.st_dev, f.st.st_ino);
-            st.data = f.data;
+            st.set_data(f.data);
         }
         st.generation = generation;
         Ok(())

@@ -391,8 +391,8 @@ impl Union {
         let (primary, links) = {
             let st = node.state();
             (
-                st.parent.clone().map(|p| (p, st.name.clone())),
-                st.links.clone(),
+                st.parent.clone().map(|p| (p, st.name.to_os_string())),
+                st.links().to_vec(),
             )
         };
         for (parent, name) in primary.into_iter().chain(links) {
@@ -404,7 +404,10 @@ impl Union {
             }
             chain.pop(); // the root
             chain.reverse();
-            let mut rel: PathBuf = chain.iter().map(|n| n.state().name.clone()).collect();
+            let mut rel: PathBuf = chain
+                .iter()
+                .map(|n| n.state().name.to_os_string())
+                .collect();
             rel.push(&name);
             if is_it(&rel) && !out.iter().any(|(r, _)| *r == rel) {
                 out.push((rel, chain));
@@ -492,9 +495,9 @@ impl Union {
             let touched = reprobe.touched.is_some_and(|t| {
                 st.layer == t
                     || st.dirs.iter().any(|d| d.layer == t)
-                    || st.data.as_ref().is_some_and(|d| d.layer == t)
+                    || st.data().is_some_and(|d| d.layer == t)
             });
-            let mut gone = top.is_none() || st.unlinked || touched;
+            let mut gone = top.is_none() || st.unlinked() || touched;
             st.layer = top.unwrap_or(0);
             if !st.dirs.is_empty() {
                 let before = st.dirs.len();
@@ -515,10 +518,10 @@ impl Union {
                 gone |= dirs.len() != before;
                 st.dirs = Arc::new(dirs);
             }
-            if let Some(k) = st.kept.as_mut() {
+            if let Some(k) = st.kept_mut() {
                 k.layer = map(k.layer).unwrap_or(0);
             }
-            if let Some(d) = st.data.as_mut() {
+            if let Some(d) = st.data_mut() {
                 match map(d.layer) {
                     Some(l) => d.layer = l,
                     None => gone = true,
@@ -572,7 +575,7 @@ impl Union {
             if changed.contains(&n.id) {
                 changes.push(Changed::Entry {
                     parent: parent.id,
-                    name: n.state().name.clone(),
+                    name: n.state().name.to_os_string(),
                 });
             }
             // A directory that lost a layer (or whose parent changed) lists differently
@@ -612,8 +615,8 @@ impl Union {
                 st.layer = f.layer;
                 st.dirs = self.keep_slots(f.dirs);
                 st.real = (f.st.st_dev, f.st.st_ino);
-                st.data = f.data;
-                st.unlinked = false;
+                st.set_data(f.data);
+                st.set_unlinked(false);
                 st.generation = self.generation();
                 true
             }
@@ -623,13 +626,13 @@ impl Union {
                     st.name.to_string_lossy(),
                     other.map(|f| (f.ino, f.layer, f.st.st_ino))
                 );
-                st.unlinked = true;
-                st.links.clear();
+                st.set_unlinked(true);
+                st.edit_links(|l| l.clear());
                 if let Some(fd) = keep.get(&n.id) {
-                    st.kept = Some(Kept {
+                    st.set_kept(Some(Kept {
                         fd: fd.clone(),
                         layer: 0,
-                    });
+                    }));
                 }
                 drop(st);
                 self.nodes.unbind(n);

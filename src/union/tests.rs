@@ -620,23 +620,20 @@ fn a_reused_inode_number_gets_a_new_node_id() {
 /// lock then (shrinking takes every lock of the map: a deadlock).
 #[test]
 fn a_forget_that_shrinks_the_table_does_not_deadlock() {
-    use super::node::{NodeState, NodeTable};
+    use super::node::{NodeState, NodeTable, Rare};
     let file = |ino: u64, unlinked: bool| {
         Node::new(
             ino,
             libc::S_IFREG,
             NodeState {
                 parent: None,
-                name: format!("f{ino}").into(),
-                links: Vec::new(),
+                name: std::ffi::OsString::from(format!("f{ino}")).into(),
                 layer: 0,
                 dirs: Arc::new(Vec::new()),
                 generation: 0,
                 changed: 0,
-                unlinked,
                 real: (0, ino),
-                kept: None,
-                data: None,
+                rare: Rare::new(None, None).unlinked(unlinked),
             },
         )
     };
