@@ -321,10 +321,12 @@ class Bench:
                 subprocess.run(["rm", "-rf", "--one-file-system", d], check=False)
         os.makedirs(self.base, exist_ok=True)
         os.chmod(self.base, 0o755)
+        # a rootless daemon writes its upper and work dirs and mounts on mnt; its snapshots
+        # (workload 17) go beside the upper and swap it, so the parent is the user's too
+        uid, gid = (user[1], user[2]) if user else (0, 0)
+        os.chown(self.base, uid, gid)
         for d in (self.upper, self.work, self.mnt):
             os.makedirs(d, exist_ok=True)
-            # a rootless daemon writes its upper and work dirs and mounts on mnt
-            uid, gid = (user[1], user[2]) if user else (0, 0)
             os.chown(d, uid, gid)
 
     def stack(self, w, t=None):
