@@ -172,14 +172,10 @@ impl Handles {
             let mut file = f.file.write();
             file.1 = map(file.1).unwrap_or(0);
         }
-        // A listing's layers said which layers above an entry need no asking; a layer put
-        // in above (the old upper, now a snapshot) may hold the name now: a lookup from the
-        // listing asks every layer again.
-        for mut l in self.listings.iter_mut() {
-            for e in Arc::make_mut(l.value_mut()).iter_mut() {
-                e.layer = 0;
-            }
-        }
+        // Listings being read were taken from the old layers (a rollback may have removed
+        // their entries, a snapshot put a layer above them): the kernel's next read takes a
+        // fresh one, which resumes at the same place (positions are name cookies).
+        self.listings.clear();
     }
 }
 
