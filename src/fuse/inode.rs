@@ -31,9 +31,7 @@ pub(super) fn getattr(fs: &UnionFs, ino: INodeNo, fh: Option<FileHandle>, reply:
         fs.union.getattr_open(&node, file.map(|(f, _)| f))
     }) {
         Ok(st) => {
-            if node.is_dir() {
-                fs.check_listing(&node);
-            }
+            fs.check_listing(&node);
             reply.attr(&fs.ttl, &fs.attr(&st))
         }
         Err(e) => reply.error(fs.fail(&e)),

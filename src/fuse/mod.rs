@@ -9,7 +9,7 @@
 //! - `file.rs`: open, read, write, flush, fsync, release, fallocate, lseek,
 //!   copy_file_range; passthrough or through the daemon
 //! - `dir.rs`: mknod, mkdir, create, tmpfile, symlink, link, unlink, rmdir, rename
-//! - `readdir.rs`: opendir, readdir, readdirplus, releasedir, fsyncdir
+//! - `readdir.rs`: opendir, readdir, readdirplus, fsyncdir (a releasedir has nothing to free)
 //! - `xattr.rs`: setxattr, getxattr, listxattr, removexattr
 //! - `handles.rs`: open files by file handle, listings being read; passthrough backings
 //!
@@ -128,6 +128,9 @@ impl UnionFs {
     /// attributes anew (GETATTR, LOOKUP, READDIRPLUS): it asks when they time out, and
     /// before it lists a directory from its cache.
     fn check_listing(&self, node: &Arc<Node>) {
+        if !node.is_dir() {
+            return;
+        }
         match self.union.listing_stale(node) {
             Ok(false) => {}
             Ok(true) => {
@@ -190,9 +193,7 @@ impl UnionFs {
     /// The kernel keys its inode by the node id; `stat` shows `st.st_ino`. Node ids are
     /// never reused, so the generation can stay 0.
     fn reply_entry(&self, reply: ReplyEntry, node: &Arc<Node>, st: &Stat) {
-        if node.is_dir() {
-            self.check_listing(node);
-        }
+        self.check_listing(node);
         reply.entry_node(INodeNo(node.id), &self.ttl, &self.attr(st), Generation(0));
     }
 }

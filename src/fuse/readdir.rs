@@ -95,9 +95,7 @@ pub(super) fn readdirplus(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: Re
             Ok(Some(found)) => found,
             _ => continue, // gone since the snapshot
         };
-        if node.is_dir() {
-            fs.check_listing(&node);
-        }
+        fs.check_listing(&node);
         if reply.add(
             INodeNo(node.id),
             off,
