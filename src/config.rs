@@ -35,6 +35,9 @@ pub struct Config {
     pub threads: usize,
     /// Serve through FUSE over io_uring when the kernel offers it (`-o uring=0|1`).
     pub uring: bool,
+    /// Answer every xattr request, even on a read-only stack whose branches hold no xattr
+    /// (`-o xattr=on`; by default such a mount tells the kernel it has none).
+    pub xattr_always: bool,
     /// The source /proc/mounts shows (mount(8) matches fstab lines by it).
     pub fsname: Option<String>,
     /// nosuid, dev, noexec, noatime, noacl, as the kernel mount gets them (`noatime` is
@@ -221,6 +224,7 @@ impl Config {
                 .threads
                 .unwrap_or((threads * THREADS_PER_CORE).clamp(2, MAX_DEFAULT_THREADS)),
             uring: opts.uring.unwrap_or(true),
+            xattr_always: opts.xattr_always,
             fsname: opts.fsname.clone(),
             flags: opts.flags,
             stack: opts.stack,
@@ -288,6 +292,8 @@ pub struct MountOpts {
     pub threads: Option<usize>,
     /// `uring=0|1`.
     pub uring: Option<bool>,
+    /// `xattr=on` (`xattr=auto` is the default).
+    pub xattr_always: bool,
     /// `workdir=DIR`.
     pub workdir: Option<PathBuf>,
     /// `lowerdir=L1:L2:...`, top first.
@@ -390,6 +396,7 @@ pub const OPTIONS: &[&str] = &[
     "whiteout",
     "threads",
     "uring",
+    "xattr",
     "workdir",
     "upperdir",
     "lowerdir",
@@ -526,6 +533,11 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
                 None | Some("1") => o.uring = Some(true),
                 Some("0") => o.uring = Some(false),
                 _ => bail!("option '{item}': use uring=0 or uring=1"),
+            },
+            "xattr" => match value {
+                Some("auto") => o.xattr_always = false,
+                Some("on") => o.xattr_always = true,
+                _ => bail!("option '{item}': use xattr=auto or xattr=on"),
             },
             "workdir" => o.workdir = Some(text(value)?.into()),
             "upperdir" => o.upperdir = Some(text(value)?.into()),
@@ -986,6 +998,11 @@ mod tests {
         assert_eq!(opts_of(&["uring=1"]).uring, Some(true));
         assert_eq!(opts_of(&["uring"]).uring, Some(true));
         assert!(parse_mount_options(&["uring=x".to_string()]).is_err());
+        assert!(!opts_of(&["xattr=auto"]).xattr_always);
+        assert!(opts_of(&["xattr=on"]).xattr_always);
+        for bad in ["xattr", "xattr=off", "xattr=1"] {
+            assert!(opt_err(&[bad]).contains(bad), "{bad}");
+        }
         assert_eq!(opts_of(&["threads=64"]).threads, Some(64));
         for bad in ["threads=0", "threads=65", "threads=x"] {
             assert!(opt_err(&[bad]).contains(bad), "{bad}");

@@ -51,6 +51,7 @@ fn sample(name: &str) -> String {
         "xattr_permissions" | "fsync" | "threaded" | "fast_ino" | "writeback" => "1",
         "noxattrs" => "0",
         "comment" => "x",
+        "xattr" => "on",
         "plugins" => "/p.so",
         _ => return name.to_string(),
     };

@@ -310,6 +310,89 @@ fn xattrs() {
     drop(m);
 }
 
+/// What `unionmount layers` says of the branches' xattrs, once the daemon has looked (the
+/// first xattr request starts the look, in the background).
+fn xattr_look(mnt: &Path) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let _ = xattr::list(mnt);
+        let out = tool_ok(["layers", &s(mnt)]);
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("xattrs in the branches: "))
+            .expect("layers names the branches' xattrs")
+            .to_string();
+        if !line.starts_with("looking") && !line.starts_with("not asked") {
+            return line;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {line}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn read_only_stack_without_xattrs_tells_the_kernel_it_has_none() {
+    let fx = Fixture::new(2);
+    put(&fx.l(0, "a/b/f"), "top");
+    put(&fx.l(1, "g"), "bottom");
+    // The union's own records do not count.
+    mkdir_p(&fx.l(0, "opaque"));
+    xattr::set(fx.l(0, "opaque"), "trusted.overlay.opaque", b"y").unwrap();
+    let m = fx.mount_args(vec![fx.ro_spec(), s(&fx.mnt)], fx.lowers.clone());
+    assert_eq!(xattr_look(&fx.mnt), "none in any branch");
+    for p in [fx.m("a/b/f"), fx.m("g"), fx.m("opaque"), fx.mnt.clone()] {
+        assert_errno(xattr::list(&p).map(|l| l.count()), libc::EOPNOTSUPP, "list");
+        assert_errno(xattr::get(&p, "user.k"), libc::EOPNOTSUPP, "get");
+    }
+    assert_eq!(read(&fx.m("a/b/f")), "top");
+    let which = tool_ok(["which", &s(&fx.m("g"))]);
+    assert!(which.contains(&s(&fx.lowers[1])), "{which}");
+    drop(m);
+
+    // A branch edited by hand is looked through again at the next mount.
+    xattr::set(fx.l(1, "g"), "user.k", b"v").unwrap();
+    let m = fx.mount_args(vec![fx.ro_spec(), s(&fx.mnt)], fx.lowers.clone());
+    assert_eq!(xattr_look(&fx.mnt), "some branch holds them");
+    assert_eq!(
+        xattr::get(fx.m("g"), "user.k").unwrap(),
+        Some(b"v".to_vec())
+    );
+    assert_eq!(xattr_names(&fx.m("a/b/f")), Vec::<String>::new());
+    assert_eq!(xattr::get(fx.m("a/b/f"), "user.k").unwrap(), None);
+    drop(m);
+}
+
+#[test]
+fn xattrs_are_answered_on_writable_stacks_and_with_xattr_on() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "lower");
+    let m = fx.mount(&[]);
+    assert_eq!(xattr_look(&fx.mnt), "kept per file (writable stack)");
+    assert_eq!(xattr_names(&fx.m("f")), Vec::<String>::new());
+    xattr::set(fx.m("f"), "user.k", b"v").unwrap();
+    assert_eq!(
+        xattr::get(fx.m("f"), "user.k").unwrap(),
+        Some(b"v".to_vec())
+    );
+    drop(m);
+    fs::remove_dir_all(&fx.upper).unwrap();
+    fs::create_dir(&fx.upper).unwrap();
+
+    let args = vec!["-o".into(), "xattr=on".into(), fx.ro_spec(), s(&fx.mnt)];
+    let m = fx.mount_args(args, fx.lowers.clone());
+    for _ in 0..20 {
+        assert_eq!(xattr_names(&fx.m("f")), Vec::<String>::new());
+        assert_eq!(xattr::get(fx.m("f"), "user.k").unwrap(), None);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = tool_ok(["layers", &s(&fx.mnt)]);
+    assert!(
+        out.contains("xattrs in the branches: not asked for yet"),
+        "{out}"
+    );
+    drop(m);
+}
+
 #[test]
 fn overlay_markers_never_listed() {
     let fx = Fixture::new(2);

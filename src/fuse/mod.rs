@@ -69,6 +69,8 @@ pub struct UnionFs {
     owners: Owners,
     /// Enforce the branches' POSIX ACLs (the kernel checks them, with the mode bits).
     acl: bool,
+    /// `-o xattr=on`: answer xattr requests even where no branch holds one (see xattr.rs).
+    xattr_always: bool,
     /// `noatime`: no passthrough, whose reads mark access times on the branch files (the
     /// kernel opens its own backing file with the reader's flags).
     noatime: bool,
@@ -106,6 +108,7 @@ impl UnionFs {
             description: config.describe(),
             owners: config.settings.owners.clone(),
             acl: !config.flags.noacl,
+            xattr_always: config.xattr_always,
             noatime: config.flags.noatime,
             notifier,
         }

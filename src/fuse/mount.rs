@@ -37,6 +37,11 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
     };
     let mut supported = config.capabilities() & wanted;
     fs.no_opendir = supported.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+    // Start looking through a read-only stack for xattrs now, so that the answer is there
+    // by the time a walk asks (see xattr.rs).
+    if !fs.xattr_always {
+        let _ = fs.union.branches_hold_xattrs();
+    }
     // Passthrough needs CAP_SYS_ADMIN; a stack depth of 2 lets branches sit on overlayfs.
     if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
         && sys::privileged()

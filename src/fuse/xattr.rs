@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use fuser::{Errno, INodeNo, ReplyEmpty, ReplyXattr};
 
 use super::{UnionFs, errno, reply_empty};
+use crate::union::whiteout;
 
 pub(super) fn setxattr(
     fs: &UnionFs,
@@ -21,6 +22,10 @@ pub(super) fn setxattr(
 }
 
 pub(super) fn getxattr(fs: &UnionFs, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    // Which branch serves an entry is asked by name, and never tells the kernel "none".
+    if name != whiteout::LAYER_XATTR && fs.none_to_ask() {
+        return reply.error(Errno::ENOSYS);
+    }
     match fs
         .node(ino)
         .and_then(|n| fs.union.getxattr(&n, name).map_err(|e| errno(&e)))
@@ -32,6 +37,9 @@ pub(super) fn getxattr(fs: &UnionFs, ino: INodeNo, name: &OsStr, size: u32, repl
 
 /// `root`: the caller may see trusted.* names.
 pub(super) fn listxattr(fs: &UnionFs, ino: INodeNo, root: bool, size: u32, reply: ReplyXattr) {
+    if fs.none_to_ask() {
+        return reply.error(Errno::ENOSYS);
+    }
     match fs.on(ino, |n| fs.union.listxattr(&n, root)) {
         Ok(names) => {
             let mut buf = Vec::new();
@@ -47,6 +55,16 @@ pub(super) fn listxattr(fs: &UnionFs, ino: INodeNo, root: bool, size: u32, reply
 
 pub(super) fn removexattr(fs: &UnionFs, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
     reply_empty(reply, fs.on(ino, |n| fs.union.removexattr(&n, name)));
+}
+
+impl UnionFs {
+    /// A read-only stack whose branches hold no xattr (see `Union::branches_hold_xattrs`):
+    /// ENOSYS has the kernel take xattrs as unsupported by the mount, and answer every later
+    /// get and list itself (EOPNOTSUPP, which tar, cp and containers/storage take as "none")
+    /// instead of asking for each file: 2 requests per entry of a layer diff's walk.
+    fn none_to_ask(&self) -> bool {
+        !self.xattr_always && self.union.branches_hold_xattrs() == Some(false)
+    }
 }
 
 fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {

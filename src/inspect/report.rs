@@ -169,6 +169,7 @@ pub fn layers(u: &Union, info: &Info) -> Vec<String> {
         k => k,
     };
     out.push(format!("kernel: {kernel}"));
+    out.push(format!("xattrs in the branches: {}", u.xattr_scan_state()));
     out.push(format!(
         "cache: entry/attr TTL {}s, negative TTL {}s; {} threads; whiteouts written as {}{}{}",
         info.timeout.as_secs_f64(),

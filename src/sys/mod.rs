@@ -745,11 +745,29 @@ pub fn fremovexattr(fd: RawFd, attr: &OsStr) -> io::Result<()> {
 
 /// Attribute names, each without its NUL.
 pub fn llistxattr(dir: RawFd, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
-    let p = cstr(proc_path(dir, name).as_os_str())?;
+    list_xattrs(&cstr(proc_path(dir, name).as_os_str())?, false)
+}
+
+/// The xattr names of the directory or file `fd` itself (an O_PATH fd will do).
+pub fn flistxattr(fd: RawFd) -> io::Result<Vec<Vec<u8>>> {
+    // Through its /proc link, followed: listxattr on an O_PATH fd fails before Linux 6.13.
+    list_xattrs(&cstr(proc_path(fd, "".as_ref()).as_os_str())?, true)
+}
+
+fn list_xattrs(p: &std::ffi::CStr, follow: bool) -> io::Result<Vec<Vec<u8>>> {
+    let list = |buf: *mut libc::c_char, len: usize| {
+        // SAFETY: buf is null (len 0) or writable for len bytes; p is a valid C string.
+        unsafe {
+            if follow {
+                libc::listxattr(p.as_ptr(), buf, len)
+            } else {
+                libc::llistxattr(p.as_ptr(), buf, len)
+            }
+        }
+    };
     let mut buf = vec![0u8; 1024];
     loop {
-        // SAFETY: buf is writable for buf.len() bytes; p is a valid C string.
-        let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = list(buf.as_mut_ptr().cast(), buf.len());
         if n >= 0 {
             buf.truncate(n as usize);
             break;
@@ -757,8 +775,8 @@ pub fn llistxattr(dir: RawFd, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::ERANGE) => {
-                // SAFETY: a null buffer of size 0 asks for the list's size.
-                let need = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+                // A null buffer of size 0 asks for the list's size.
+                let need = list(std::ptr::null_mut(), 0);
                 if need < 0 {
                     return Err(io::Error::last_os_error());
                 }

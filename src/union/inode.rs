@@ -1,18 +1,16 @@
-//! Attributes and extended attributes of a merged entry: setattr (a copy-up first, of the
+//! Attributes of a merged entry: setattr (a copy-up first, of the
 //! metadata only where the data need not move), owners and modes kept in xattrs
-//! (`xattr_permissions=`), readlink, the xattr calls, statfs (overlayfs' inode.c, xattrs.c).
+//! (`xattr_permissions=`), readlink, statfs (overlayfs' inode.c).
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::idmap::{self, StatOverride};
 use super::layer::LayerStack;
 use super::node::Loc;
 use super::node::Node;
-use super::whiteout;
 use super::{ROOT_INO, Union};
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Stat, TimeSpec};
@@ -376,69 +374,6 @@ impl Union {
         sys::readlinkat(loc.raw(), &loc.name)
             .op("readlink")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))
-    }
-
-    pub fn getxattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<Vec<u8>> {
-        let _place = node.place.read();
-        if attr == whiteout::LAYER_XATTR {
-            // Which branch serves this entry: "<index> <branch directory>" (never listed).
-            let loc = self.locate(node)?;
-            let layer = &self.stack().layers[loc.layer];
-            return Ok(format!("{} {}", layer.index, layer.path.display()).into_bytes());
-        }
-        if whiteout::is_private_xattr(attr) || idmap::is_owner_xattr(attr.as_bytes()) {
-            return Err(Error::new(libc::ENODATA, "getxattr"));
-        }
-        let loc = self.locate(node)?;
-        sys::lgetxattr(loc.raw(), &loc.name, attr)
-            .op("getxattr")
-            .map_err(|e| e.at(node.path()).in_layer(loc.layer))?
-            .ok_or_else(|| Error::new(libc::ENODATA, "getxattr"))
-    }
-
-    /// The xattr names a caller may see. `trusted.*` ones only for root: the kernel leaves
-    /// that filtering to the filesystem (ext4 and overlayfs do it), and the daemon reads
-    /// the branches with more privilege than the caller may have.
-    pub fn listxattr(&self, node: &Arc<Node>, root: bool) -> Result<Vec<Vec<u8>>> {
-        let _place = node.place.read();
-        let loc = self.locate(node)?;
-        let mut names = sys::llistxattr(loc.raw(), &loc.name)
-            .op("listxattr")
-            .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
-        names.retain(|n| {
-            !whiteout::is_private_xattr(OsStr::from_bytes(n))
-                && !idmap::is_owner_xattr(n)
-                && (root || !n.starts_with(b"trusted."))
-        });
-        Ok(names)
-    }
-
-    pub fn setxattr(&self, node: &Arc<Node>, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if whiteout::is_private_xattr(attr) || idmap::is_owner_xattr(attr.as_bytes()) {
-            return Err(Error::new(libc::EPERM, "setxattr").at(node.path()));
-        }
-        let _place = node.place.read();
-        let loc = self.copy_up_metadata(node)?;
-        sys::lsetxattr(loc.raw(), &loc.name, attr, value, flags)
-            .op("setxattr")
-            .map_err(|e| e.at(node.path()).in_layer(0))
-    }
-
-    pub fn removexattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<()> {
-        // Nothing to remove means nothing to copy up.
-        self.getxattr(node, attr)?;
-        let _place = node.place.read();
-        let was_lower = self.locate(node)?.layer > 0;
-        let loc = self.copy_up_metadata(node)?;
-        // What the daemon may not set (security.capability, trusted.*, unprivileged) is not
-        // copied up: gone already, as asked. Removing it would fail, and with it the
-        // kernel's removal of a capability before a chown or truncate.
-        if was_lower && matches!(sys::lgetxattr(loc.raw(), &loc.name, attr), Ok(None)) {
-            return Ok(());
-        }
-        sys::lremovexattr(loc.raw(), &loc.name, attr)
-            .op("removexattr")
-            .map_err(|e| e.at(node.path()).in_layer(0))
     }
 
     /// Space figures of the upper (or the top layer of a read-only stack).

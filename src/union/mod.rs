@@ -19,6 +19,7 @@ pub mod settings;
 pub mod snapshot;
 pub mod snapstore;
 pub mod whiteout;
+pub mod xattr;
 
 #[cfg(test)]
 mod tests;
@@ -132,6 +133,8 @@ pub struct Union {
     fd_budget: Arc<std::sync::atomic::AtomicIsize>,
     /// Counters and the live event stream (`unionmount layers`, `trace`).
     pub events: events::Events,
+    /// Whether a read-only stack's branches hold any xattr (see `xattr.rs`).
+    xattr_scan: xattr::Scan,
 }
 
 impl std::fmt::Debug for Union {
@@ -178,6 +181,7 @@ impl Union {
                 (sys::nofile_limit() / 2) as isize,
             )),
             events: Default::default(),
+            xattr_scan: Default::default(),
         };
         let stack = u.stack();
         let _ = stack.override_xattrs.set(u.find_override_xattrs(&stack)?);
