@@ -460,7 +460,14 @@ class Bench:
                 try:
                     if w.stack == "snaps" and t.base == "unionmount":
                         self.bind_store()
-                    m = t.mount(lowers, self.upper, self.work, self.mnt, cwd=cwd, logpath=logpath)
+                    if w.lowers_only:
+                        empty = os.path.join(self.base, "empty")
+                        os.makedirs(empty, exist_ok=True)
+                        m = t.mount(lowers + [empty], None, None, self.mnt, cwd=cwd,
+                                    logpath=logpath)
+                    else:
+                        m = t.mount(lowers, self.upper, self.work, self.mnt, cwd=cwd,
+                                    logpath=logpath)
                 except (T.MountError, OSError, subprocess.SubprocessError) as e:
                     return [rec(ph.mode, status="fail", err=f"mount: {e}") for ph in w.phases]
                 merged, upper = self.mnt, self.upper

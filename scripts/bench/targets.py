@@ -238,6 +238,17 @@ class Target:
     def command(self, lowers, upper, work, mnt):
         low = ":".join(lowers)
         name = self.base
+        if upper is None:  # read-only: the lowers alone (see Workload.lowers_only)
+            if name == "overlay":
+                return ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={low}", mnt]
+            if name in ("unionmount", "fuse-overlayfs", "fuse-overlayfs-2"):
+                return [self.binary, "-f", "-o", f"lowerdir={low}", mnt]
+            branches = ":".join(f"{x}=RO" for x in lowers)
+            if name == "unionfs-fuse":
+                return [self.binary, "-f", "-o", "allow_other", branches, mnt]
+            if name == "mergerfs":
+                return [self.binary, "-f", "-o", "allow_other", branches, mnt]
+            raise ValueError(self.name)
         if name == "overlay":
             return ["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={low},upperdir={upper},workdir={work}", mnt]

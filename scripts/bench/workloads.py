@@ -69,6 +69,9 @@ class Workload:
     prime: str = ""           # untimed, before a first phase that is warm
     check: str = ""           # untimed, after the phases; failing marks the cell "fail"
     read_only: bool = False   # mergerfs (no whiteouts, no copy-up) runs only these
+    # Mounted as podman mounts a parent layer to diff against it: the lowers and an empty
+    # directory, read-only, no upper (overlayfs needs two lowers without one).
+    lowers_only: bool = False
     prewarm: str = ""         # untimed, before the mount, as root: reads the branches ($LOWERS)
     drop_first: bool = True   # drop caches before the first phase (not for fresh/prewarmed)
     only: tuple = ()          # run only on targets of these filesystems (base); n/a elsewhere
@@ -219,7 +222,8 @@ def all_workloads(p):
           "mount, branches warm", "metadata", "debian",
           [Phase("fresh", WALK_ROOTFS, expect="ROOTFS_ENTRIES"),
            Phase("warm", WALK_ROOTFS, expect="ROOTFS_ENTRIES")],
-          read_only=True, prewarm=PREWARM_META, drop_first=False, needs="rootfs"),
+          read_only=True, lowers_only=True, prewarm=PREWARM_META, drop_first=False,
+          needs="rootfs"),
         W("16", "apt-get install perl less file xz-utils bzip2 patch (cached .debs) in a chroot "
           "on a Debian rootfs", "package", "debian-apt", [Phase("fresh", APT)], plain="stack",
           prewarm=PREWARM_DATA, drop_first=False, needs="debs",
