@@ -196,3 +196,62 @@ fn hold_xattrs(stack: &LayerStack) -> bool {
 fn visible(name: &[u8]) -> bool {
     !whiteout::is_private_xattr(OsStr::from_bytes(name)) && !idmap::is_owner_xattr(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::union::settings::Settings;
+
+    fn look(u: &Union) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(found) = u.branches_hold_xattrs() {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "the look never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_read_only_stack_is_looked_through_for_xattrs_a_caller_could_see() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (top, bottom) = (tmp.path().join("top"), tmp.path().join("bottom"));
+        fs::create_dir_all(top.join("a/b")).unwrap();
+        fs::create_dir_all(&bottom).unwrap();
+        fs::write(top.join("a/b/f"), "x").unwrap();
+        fs::write(bottom.join("g"), "y").unwrap();
+        // A whiteout mark of ours is no xattr of the caller's.
+        if xattr::set(top.join("a"), "user.overlay.opaque", b"y").is_err() {
+            eprintln!("skipped: {} takes no user xattrs", tmp.path().display());
+            return;
+        }
+        let settings = Settings::read_only(&[top.clone(), bottom.clone()]);
+        assert!(!look(&Union::new(&settings).unwrap()), "no xattr anywhere");
+
+        xattr::set(bottom.join("g"), "user.k", b"v").unwrap();
+        assert!(look(&Union::new(&settings).unwrap()), "one in the lower");
+        xattr::remove(bottom.join("g"), "user.k").unwrap();
+        xattr::set(top.join("a/b"), "user.k", b"v").unwrap();
+        assert!(look(&Union::new(&settings).unwrap()), "one on a directory");
+        xattr::remove(top.join("a/b"), "user.k").unwrap();
+        xattr::set(&top, "user.k", b"v").unwrap();
+        assert!(
+            look(&Union::new(&settings).unwrap()),
+            "one on a branch root"
+        );
+
+        // A writable stack may get one at any time: never "none".
+        let mut writable = Settings::read_only(&[top, bottom]);
+        writable.read_only = false;
+        writable.branches[0].writable = true;
+        xattr::remove(&writable.branches[0].path, "user.k").unwrap();
+        assert_eq!(
+            Union::new(&writable).unwrap().branches_hold_xattrs(),
+            Some(true)
+        );
+    }
+}
