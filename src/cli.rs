@@ -81,8 +81,11 @@ pub fn mount_options() -> Vec<OptionDoc> {
         ),
         row(
             &["volatile", "fsync=0|1"],
-            "skip the fsync that makes each copy-up durable before it is published \
-             (`fsync=0` is fuse-overlayfs' spelling; `fsync=1` undoes it)",
+            "no sync reaches the upper, as kernel overlayfs' `volatile`: neither the fsync \
+             that makes each copy-up durable before it is published nor a caller's fsync or \
+             fdatasync of a file or directory (they succeed; the kernel stops asking after \
+             the first). Changes survive an unmount, not a crash. Podman mounts its build and \
+             run containers so (`fsync=0` is fuse-overlayfs' spelling; `fsync=1` undoes it)",
         ),
         row(
             &["whiteout=wh|overlay"],

@@ -1786,3 +1786,35 @@ fn created_files_owned_by_caller() {
     check("after remount");
     drop(m);
 }
+
+/// fsync of a directory reaches its upper directory (a rename made durable by it must not
+/// be lost), and is a no-op where there is none; with `volatile` no sync reaches the upper,
+/// as on kernel overlayfs, and every sync still succeeds.
+#[test]
+fn fsync_of_files_and_directories_and_volatile() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "low/f"), "lower");
+    for extra in [&[][..], &["-o", "volatile"][..]] {
+        let m = fx.mount(extra);
+        mkdir_p(&fx.m("d"));
+        let mut f = File::create(fx.m("d/new")).unwrap();
+        f.write_all(b"data").unwrap();
+        f.sync_all().unwrap();
+        f.sync_data().unwrap();
+        drop(f);
+        fs::rename(fx.m("d/new"), fx.m("d/renamed")).unwrap();
+        for dir in [fx.m("d"), fx.m("low"), fx.mnt.clone()] {
+            let d = File::open(&dir).unwrap();
+            d.sync_all()
+                .unwrap_or_else(|e| panic!("{extra:?} fsync {}: {e}", dir.display()));
+            d.sync_data().unwrap();
+        }
+        assert!(
+            !lexists(&fx.u("low")),
+            "{extra:?}: syncing a lower directory copies nothing up"
+        );
+        drop(m);
+        assert_eq!(read(&fx.u("d/renamed")), "data", "{extra:?}");
+        fs::remove_dir_all(fx.u("d")).unwrap();
+    }
+}

@@ -559,13 +559,13 @@ impl Filesystem for UnionFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
         let _in = self.union.enter();
-        readdir::fsyncdir(reply)
+        readdir::fsyncdir(self, ino, datasync, reply)
     }
 
     fn setxattr(

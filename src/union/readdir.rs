@@ -173,3 +173,24 @@ impl Union {
         Ok(self.list(dir)?.len() <= 2)
     }
 }
+
+impl Union {
+    /// fsync of a merged directory (overlayfs' `ovl_dir_fsync`): its upper directory, which
+    /// holds every change made through the mount; one only in lower layers has none to make
+    /// durable.
+    pub fn fsync_dir(&self, dir: &Arc<Node>, datasync: bool) -> Result<()> {
+        let Some(upper) = self.dir_in(dir, 0) else {
+            return Ok(());
+        };
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        sys::openat(
+            std::os::fd::AsRawFd::as_raw_fd(&*upper),
+            OsStr::new("."),
+            flags,
+            0,
+        )
+        .and_then(|fd| sys::fsync(std::os::fd::AsRawFd::as_raw_fd(&fd), datasync))
+        .op("fsyncdir")
+        .map_err(|e| e.at(dir.path()).in_layer(0))
+    }
+}
