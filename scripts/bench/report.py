@@ -276,7 +276,8 @@ def markdown(info, wl, tnames, rows, memory):
         + ", ".join(f"{k} ({v})" for k, v in info["versions"].items() if v and k != "plain"),
         f"- overlay module parameters: "
         + ", ".join(f"{k}={v}" for k, v in info["overlay_params"].items()),
-        f"- median of {info['runs']} run(s), each on a fresh mount with an empty upper; "
+        f"- median of {info['runs']} run(s), each on a fresh mount with an empty upper (row "
+        "15: no upper, the lowers read-only, as podman mounts a parent layer to diff it); "
         "cold = `sync; echo 3 > /proc/sys/vm/drop_caches` first, warm = a second pass on the "
         "same mount, fresh = the first pass on a fresh mount whose branches were read just "
         "before mounting (in the page cache). † = some runs failed, the median is of the rest.",
