@@ -337,7 +337,7 @@ fn read_only_stack_without_xattrs_tells_the_kernel_it_has_none() {
     put(&fx.l(1, "g"), "bottom");
     // The union's own records do not count.
     mkdir_p(&fx.l(0, "opaque"));
-    xattr::set(fx.l(0, "opaque"), "trusted.overlay.opaque", b"y").unwrap();
+    xattr::set(fx.l(0, "opaque"), "user.overlay.opaque", b"y").unwrap();
     let m = fx.mount_args(vec![fx.ro_spec(), s(&fx.mnt)], fx.lowers.clone());
     assert_eq!(xattr_look(&fx.mnt), "none in any branch");
     for p in [fx.m("a/b/f"), fx.m("g"), fx.m("opaque"), fx.mnt.clone()] {
