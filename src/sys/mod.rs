@@ -750,7 +750,7 @@ pub fn llistxattr(dir: RawFd, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
 
 /// The xattr names of the directory or file `fd` itself (an O_PATH fd will do).
 pub fn flistxattr(fd: RawFd) -> io::Result<Vec<Vec<u8>>> {
-    // Through its /proc link, followed: listxattr on an O_PATH fd fails before Linux 6.13.
+    // Through its /proc link, followed: flistxattr refuses an O_PATH fd.
     list_xattrs(&cstr(proc_path(fd, "".as_ref()).as_os_str())?, true)
 }
 

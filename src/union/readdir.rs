@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -172,9 +173,7 @@ impl Union {
     pub fn is_empty_dir(&self, dir: &Arc<Node>) -> Result<bool> {
         Ok(self.list(dir)?.len() <= 2)
     }
-}
 
-impl Union {
     /// fsync of a merged directory (overlayfs' `ovl_dir_fsync`): its upper directory, which
     /// holds every change made through the mount; one only in lower layers has none to make
     /// durable.
@@ -183,14 +182,9 @@ impl Union {
             return Ok(());
         };
         let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        sys::openat(
-            std::os::fd::AsRawFd::as_raw_fd(&*upper),
-            OsStr::new("."),
-            flags,
-            0,
-        )
-        .and_then(|fd| sys::fsync(std::os::fd::AsRawFd::as_raw_fd(&fd), datasync))
-        .op("fsyncdir")
-        .map_err(|e| e.at(dir.path()).in_layer(0))
+        sys::openat(upper.as_raw_fd(), OsStr::new("."), flags, 0)
+            .and_then(|fd| sys::fsync(fd.as_raw_fd(), datasync))
+            .op("fsyncdir")
+            .map_err(|e| e.at(dir.path()).in_layer(0))
     }
 }
