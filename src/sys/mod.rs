@@ -743,6 +743,35 @@ pub fn fremovexattr(fd: RawFd, attr: &OsStr) -> io::Result<()> {
     check(unsafe { libc::fremovexattr(fd, a.as_ptr()) }).map(drop)
 }
 
+/// Up to `len` bytes of `fd` from `off` into `buf` (emptied first), short only at the end
+/// of the file. Reads into the buffer's spare room, so a buffer kept between calls is
+/// neither zeroed nor faulted in again.
+pub fn pread_into(fd: RawFd, buf: &mut Vec<u8>, len: usize, off: u64) -> io::Result<()> {
+    buf.clear();
+    buf.reserve(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let at = libc::off_t::try_from(off + done as u64)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the spare capacity after `done` holds at least len - done bytes, and
+        // pread writes at most that many there.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().add(done).cast(), len - done, at) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: pread initialized the n bytes after `done`.
+        unsafe { buf.set_len(done + n as usize) };
+    }
+    Ok(())
+}
+
 /// Attribute names, each without its NUL.
 pub fn llistxattr(dir: RawFd, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
     list_xattrs(&cstr(proc_path(dir, name).as_os_str())?, false)
