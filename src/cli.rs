@@ -69,15 +69,18 @@ pub fn mount_options() -> Vec<OptionDoc> {
              CPUs' queues. `unionmount layers` shows which is used",
         ),
         row(
-            &["xattr=auto|on"],
+            &["xattr=auto|on|off", "noxattrs=0|1"],
             "`auto` (default): a read-only stack none of whose branches holds an extended \
              attribute tells the kernel the mount supports none once the daemon has looked \
              (in the background from the mount on, up to 100,000 entries), and the kernel \
              stops asking: two requests fewer per file for `tar --xattrs`, `cp -a` and \
-             podman's layer diffs. \
-             `getfattr` there says \"Operation not supported\" (`unionmount which` still \
-             names the branch) and xattrs set by hand in a branch meanwhile stay unseen. \
-             `on`: always answer. `unionmount layers` shows what the look found",
+             podman's layer diffs. `getfattr` there says \"Operation not supported\" \
+             (`unionmount which` still names the branch) and xattrs set by hand in a branch \
+             meanwhile stay unseen. `on`: always answer. `off`: no xattrs through the mount \
+             at all, also on a writable stack (get, list, set and remove fail with \
+             \"Operation not supported\"; branch ACLs are not enforced; copy-ups still keep \
+             the lower file's). `noxattrs=1` and `noxattrs=0` are fuse-overlayfs' spellings of \
+             `off` and `auto`. `unionmount layers` shows what the look found",
         ),
         row(
             &["volatile", "fsync=0|1"],
@@ -185,10 +188,8 @@ pub fn mount_options() -> Vec<OptionDoc> {
                 "writeback=0|1",
                 "redirect_dir=..",
                 "static_nlink",
-                "noxattrs=0",
             ],
-            "fuse-overlayfs' tuning, accepted and ignored: the result is the same without \
-             (`noxattrs=1` is refused)",
+            "fuse-overlayfs' tuning, accepted and ignored: the result is the same without",
         ),
         row(
             &["plugins=.."],

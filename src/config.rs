@@ -35,9 +35,8 @@ pub struct Config {
     pub threads: usize,
     /// Serve through FUSE over io_uring when the kernel offers it (`-o uring=0|1`).
     pub uring: bool,
-    /// Answer every xattr request, even on a read-only stack whose branches hold no xattr
-    /// (`-o xattr=on`; by default such a mount tells the kernel it has none).
-    pub xattr_always: bool,
+    /// How xattr requests are answered (`-o xattr=auto|on|off`).
+    pub xattrs: Xattrs,
     /// The source /proc/mounts shows (mount(8) matches fstab lines by it).
     pub fsname: Option<String>,
     /// nosuid, dev, noexec, noatime, noacl, as the kernel mount gets them (`noatime` is
@@ -64,6 +63,19 @@ pub struct MountFlags {
     /// POSIX ACLs of the branches are not enforced (`noacl`; they are by default, as on
     /// fuse-overlayfs).
     pub noacl: bool,
+}
+
+/// How the mount answers xattr requests (`-o xattr=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Xattrs {
+    /// Per file, except on a read-only stack whose branches hold none: the kernel is told
+    /// the mount has none and stops asking.
+    #[default]
+    Auto,
+    /// Per file, always.
+    On,
+    /// None: the kernel is told the mount supports no xattrs (fuse-overlayfs' `noxattrs=1`).
+    Off,
 }
 
 impl Config {
@@ -224,7 +236,7 @@ impl Config {
                 .threads
                 .unwrap_or((threads * THREADS_PER_CORE).clamp(2, MAX_DEFAULT_THREADS)),
             uring: opts.uring.unwrap_or(true),
-            xattr_always: opts.xattr_always,
+            xattrs: opts.xattrs,
             fsname: opts.fsname.clone(),
             flags: opts.flags,
             stack: opts.stack,
@@ -292,8 +304,8 @@ pub struct MountOpts {
     pub threads: Option<usize>,
     /// `uring=0|1`.
     pub uring: Option<bool>,
-    /// `xattr=on` (`xattr=auto` is the default).
-    pub xattr_always: bool,
+    /// `xattr=auto|on|off`, `noxattrs=0|1`.
+    pub xattrs: Xattrs,
     /// `workdir=DIR`.
     pub workdir: Option<PathBuf>,
     /// `lowerdir=L1:L2:...`, top first.
@@ -535,9 +547,10 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
                 _ => bail!("option '{item}': use uring=0 or uring=1"),
             },
             "xattr" => match value {
-                Some("auto") => o.xattr_always = false,
-                Some("on") => o.xattr_always = true,
-                _ => bail!("option '{item}': use xattr=auto or xattr=on"),
+                Some("auto") => o.xattrs = Xattrs::Auto,
+                Some("on") => o.xattrs = Xattrs::On,
+                Some("off") => o.xattrs = Xattrs::Off,
+                _ => bail!("option '{item}': use xattr=auto, xattr=on or xattr=off"),
             },
             "workdir" => o.workdir = Some(text(value)?.into()),
             "upperdir" => o.upperdir = Some(text(value)?.into()),
@@ -575,9 +588,10 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
                 "1" => o.volatile = false,
                 _ => bail!("option '{item}': use fsync=0 or fsync=1"),
             },
+            // fuse-overlayfs' spelling: noxattrs=1 is xattr=off, noxattrs=0 its default.
             "noxattrs" => match text(value)?.as_str() {
-                "0" => {}
-                "1" => bail!("option '{item}': turning extended attributes off is not supported"),
+                "0" => o.xattrs = Xattrs::Auto,
+                "1" => o.xattrs = Xattrs::Off,
                 _ => bail!("option '{item}': use noxattrs=0 or noxattrs=1"),
             },
             "plugins" => bail!("option '{item}': fuse-overlayfs layer plugins are not supported"),
@@ -998,9 +1012,12 @@ mod tests {
         assert_eq!(opts_of(&["uring=1"]).uring, Some(true));
         assert_eq!(opts_of(&["uring"]).uring, Some(true));
         assert!(parse_mount_options(&["uring=x".to_string()]).is_err());
-        assert!(!opts_of(&["xattr=auto"]).xattr_always);
-        assert!(opts_of(&["xattr=on"]).xattr_always);
-        for bad in ["xattr", "xattr=off", "xattr=1"] {
+        assert_eq!(opts_of(&["xattr=auto"]).xattrs, Xattrs::Auto);
+        assert_eq!(opts_of(&["xattr=on"]).xattrs, Xattrs::On);
+        assert_eq!(opts_of(&["xattr=off"]).xattrs, Xattrs::Off);
+        assert_eq!(opts_of(&["noxattrs=1"]).xattrs, Xattrs::Off);
+        assert_eq!(opts_of(&["xattr=on,noxattrs=0"]).xattrs, Xattrs::Auto);
+        for bad in ["xattr", "xattr=none", "xattr=1"] {
             assert!(opt_err(&[bad]).contains(bad), "{bad}");
         }
         assert_eq!(opts_of(&["threads=64"]).threads, Some(64));
@@ -1132,7 +1149,6 @@ mod tests {
         assert_eq!(o, MountOpts::default());
         assert!(opts_of(&["noacl"]).flags.noacl);
         assert_eq!(opts_of(&["redirect_dir=off"]), MountOpts::default());
-        assert!(opt_err(&["noxattrs=1"]).contains("not supported"));
         assert!(opt_err(&["plugins=/x.so"]).contains("plugins"));
         for bad in [
             "fsync=2",

@@ -1818,3 +1818,34 @@ fn fsync_of_files_and_directories_and_volatile() {
         fs::remove_dir_all(fx.u("d")).unwrap();
     }
 }
+
+/// `-o xattr=off` (fuse-overlayfs' `noxattrs=1`): no xattrs through the mount, also on a
+/// writable stack; a copy-up still keeps the lower file's.
+#[test]
+fn xattr_off_shows_and_takes_no_xattrs() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "lower");
+    xattr::set(fx.l(0, "f"), "user.k", b"v").unwrap();
+    for opt in ["xattr=off", "noxattrs=1"] {
+        let m = fx.mount(&["-o", opt]);
+        assert_errno(
+            xattr::list(fx.m("f")).map(|l| l.count()),
+            libc::EOPNOTSUPP,
+            opt,
+        );
+        assert_errno(xattr::get(fx.m("f"), "user.k"), libc::EOPNOTSUPP, opt);
+        assert_errno(xattr::set(fx.m("f"), "user.n", b"1"), libc::EOPNOTSUPP, opt);
+        assert_errno(xattr::remove(fx.m("f"), "user.k"), libc::EOPNOTSUPP, opt);
+        // Writing copies the file up with its xattrs, which the mount does not show.
+        fs::write(fx.m("f"), "upper").unwrap();
+        drop(m);
+        assert_eq!(read(&fx.u("f")), "upper");
+        assert_eq!(
+            xattr::get(fx.u("f"), "user.k").unwrap(),
+            Some(b"v".to_vec()),
+            "{opt}"
+        );
+        assert_eq!(xattr::get(fx.u("f"), "user.n").unwrap(), None, "{opt}");
+        fs::remove_file(fx.u("f")).unwrap();
+    }
+}

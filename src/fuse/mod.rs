@@ -42,7 +42,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::config::Config;
+use crate::config::{Config, Xattrs};
 use crate::error::Error;
 use crate::sys::Stat;
 use crate::union::Union;
@@ -69,8 +69,8 @@ pub struct UnionFs {
     owners: Owners,
     /// Enforce the branches' POSIX ACLs (the kernel checks them, with the mode bits).
     acl: bool,
-    /// `-o xattr=on`: answer xattr requests even where no branch holds one (see xattr.rs).
-    xattr_always: bool,
+    /// `-o xattr=`: how xattr requests are answered (see xattr.rs).
+    xattrs: Xattrs,
     /// `noatime`: no passthrough, whose reads mark access times on the branch files (the
     /// kernel opens its own backing file with the reader's flags).
     noatime: bool,
@@ -108,7 +108,7 @@ impl UnionFs {
             description: config.describe(),
             owners: config.settings.owners.clone(),
             acl: !config.flags.noacl,
-            xattr_always: config.xattr_always,
+            xattrs: config.xattrs,
             noatime: config.flags.noatime,
             notifier,
         }

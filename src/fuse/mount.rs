@@ -6,7 +6,7 @@ use std::io;
 use fuser::{InitFlags, KernelConfig, MountOption, ReplyStatfs, SessionACL};
 
 use super::UnionFs;
-use crate::config::Config;
+use crate::config::{Config, Xattrs};
 use crate::sys;
 
 pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()> {
@@ -39,7 +39,7 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
     fs.no_opendir = supported.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
     // Start looking through a read-only stack for xattrs now, so that the answer is there
     // by the time a walk asks (see xattr.rs).
-    if !fs.xattr_always {
+    if fs.xattrs == Xattrs::Auto {
         let _ = fs.union.branches_hold_xattrs();
     }
     // Passthrough needs CAP_SYS_ADMIN; a stack depth of 2 lets branches sit on overlayfs.

@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use fuser::{Errno, INodeNo, ReplyEmpty, ReplyXattr};
 
 use super::{UnionFs, errno, reply_empty};
+use crate::config::Xattrs;
 use crate::union::whiteout;
 
 pub(super) fn setxattr(
@@ -15,6 +16,9 @@ pub(super) fn setxattr(
     flags: i32,
     reply: ReplyEmpty,
 ) {
+    if fs.xattrs == Xattrs::Off {
+        return reply.error(Errno::ENOSYS);
+    }
     reply_empty(
         reply,
         fs.on(ino, |n| fs.union.setxattr(&n, name, value, flags)),
@@ -54,16 +58,24 @@ pub(super) fn listxattr(fs: &UnionFs, ino: INodeNo, root: bool, size: u32, reply
 }
 
 pub(super) fn removexattr(fs: &UnionFs, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    if fs.xattrs == Xattrs::Off {
+        return reply.error(Errno::ENOSYS);
+    }
     reply_empty(reply, fs.on(ino, |n| fs.union.removexattr(&n, name)));
 }
 
 impl UnionFs {
-    /// A read-only stack whose branches hold no xattr (see `Union::branches_hold_xattrs`):
-    /// ENOSYS has the kernel take xattrs as unsupported by the mount, and answer every later
-    /// get and list itself (EOPNOTSUPP, which tar, cp and containers/storage take as "none")
-    /// instead of asking for each file: 2 requests per entry of a layer diff's walk.
+    /// `-o xattr=off`, or a read-only stack whose branches hold no xattr (see
+    /// `Union::branches_hold_xattrs`): ENOSYS has the kernel take xattrs as unsupported by
+    /// the mount, and answer every later get and list itself (EOPNOTSUPP, which tar, cp and
+    /// containers/storage take as "none") instead of asking for each file: 2 requests per
+    /// entry of a layer diff's walk.
     fn none_to_ask(&self) -> bool {
-        !self.xattr_always && self.union.branches_hold_xattrs() == Some(false)
+        match self.xattrs {
+            Xattrs::Off => true,
+            Xattrs::On => false,
+            Xattrs::Auto => self.union.branches_hold_xattrs() == Some(false),
+        }
     }
 }
 
