@@ -150,18 +150,25 @@ impl Union {
 /// `SCAN_LIMIT` entries, counts as yes.
 fn hold_xattrs(stack: &LayerStack) -> bool {
     let mut seen = 0usize;
-    let mut dirs: Vec<Arc<OwnedFd>> = Vec::new();
+    // Directories still to read, as (parent, name): opened only when read, so the look
+    // holds one fd per level of the tree, not one per directory waiting (a wide tree must
+    // not take the fds the daemon's requests need).
+    let mut dirs: Vec<(Arc<OwnedFd>, std::ffi::OsString)> = Vec::new();
     for l in &stack.layers {
         match sys::flistxattr(l.root.as_raw_fd()) {
             Ok(names) if names.iter().any(|n| visible(n)) => return true,
-            Ok(_) => dirs.push(l.root.clone()),
+            Ok(_) => dirs.push((l.root.clone(), ".".into())),
             Err(e) => {
                 log::debug!("{}: listing xattrs: {e}", l.path.display());
                 return true;
             }
         }
     }
-    while let Some(dir) = dirs.pop() {
+    while let Some((parent, name)) = dirs.pop() {
+        let Ok(dir) = sys::open_dir_path(parent.as_raw_fd(), &name) else {
+            return true;
+        };
+        let dir = Arc::new(dir);
         let Ok(entries) = sys::read_dir(dir.as_raw_fd(), true) else {
             return true;
         };
@@ -182,10 +189,7 @@ fn hold_xattrs(stack: &LayerStack) -> bool {
                 _ => false,
             };
             if is_dir {
-                match sys::open_dir_path(dir.as_raw_fd(), &e.name) {
-                    Ok(fd) => dirs.push(Arc::new(fd)),
-                    Err(_) => return true,
-                }
+                dirs.push((dir.clone(), e.name));
             }
         }
     }
