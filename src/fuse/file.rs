@@ -138,10 +138,7 @@ pub(super) fn release(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
 }
 
 pub(super) fn fsync(fs: &UnionFs, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-    // `volatile`: no sync reaches the upper (kernel overlayfs' meaning: podman mounts its
-    // build and run containers so); ENOSYS has the kernel stop sending FSYNC and answer
-    // every later fsync and fdatasync itself.
-    if fs.union.opts.volatile {
+    if fs.syncs_omitted() {
         return reply.error(Errno::ENOSYS);
     }
     match fs.with_file(fh, |f| sys::fsync(f.as_raw_fd(), datasync)) {

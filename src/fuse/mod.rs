@@ -147,6 +147,13 @@ impl UnionFs {
         }
     }
 
+    /// `volatile`: no sync reaches the upper (kernel overlayfs' meaning; podman mounts its
+    /// build and run containers so). FSYNC and FSYNCDIR are answered ENOSYS: the kernel
+    /// then stops sending either and answers every later fsync and fdatasync itself.
+    fn syncs_omitted(&self) -> bool {
+        self.union.opts.volatile
+    }
+
     /// Attributes as the kernel gets them: owners as shown (mapped, squashed).
     fn attr(&self, st: &Stat) -> FileAttr {
         let mut a = inode::file_attr(st);

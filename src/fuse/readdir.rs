@@ -113,9 +113,7 @@ pub(super) fn readdirplus(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: Re
 }
 
 pub(super) fn fsyncdir(fs: &UnionFs, ino: INodeNo, datasync: bool, reply: ReplyEmpty) {
-    // `volatile`: no sync reaches the upper (kernel overlayfs' meaning); ENOSYS has the
-    // kernel stop asking and answer every later fsync of a directory itself.
-    if fs.union.opts.volatile {
+    if fs.syncs_omitted() {
         return reply.error(Errno::ENOSYS);
     }
     super::reply_empty(reply, fs.on(ino, |n| fs.union.fsync_dir(&n, datasync)));

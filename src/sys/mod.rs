@@ -774,29 +774,11 @@ pub fn pread_into(fd: RawFd, buf: &mut Vec<u8>, len: usize, off: u64) -> io::Res
 
 /// Attribute names, each without its NUL.
 pub fn llistxattr(dir: RawFd, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
-    list_xattrs(&cstr(proc_path(dir, name).as_os_str())?, false)
-}
-
-/// The xattr names of the directory or file `fd` itself (an O_PATH fd will do).
-pub fn flistxattr(fd: RawFd) -> io::Result<Vec<Vec<u8>>> {
-    // Through its /proc link, followed: flistxattr refuses an O_PATH fd.
-    list_xattrs(&cstr(proc_path(fd, "".as_ref()).as_os_str())?, true)
-}
-
-fn list_xattrs(p: &std::ffi::CStr, follow: bool) -> io::Result<Vec<Vec<u8>>> {
-    let list = |buf: *mut libc::c_char, len: usize| {
-        // SAFETY: buf is null (len 0) or writable for len bytes; p is a valid C string.
-        unsafe {
-            if follow {
-                libc::listxattr(p.as_ptr(), buf, len)
-            } else {
-                libc::llistxattr(p.as_ptr(), buf, len)
-            }
-        }
-    };
+    let p = cstr(proc_path(dir, name).as_os_str())?;
     let mut buf = vec![0u8; 1024];
     loop {
-        let n = list(buf.as_mut_ptr().cast(), buf.len());
+        // SAFETY: buf is writable for buf.len() bytes; p is a valid C string.
+        let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n >= 0 {
             buf.truncate(n as usize);
             break;
@@ -804,8 +786,8 @@ fn list_xattrs(p: &std::ffi::CStr, follow: bool) -> io::Result<Vec<Vec<u8>>> {
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::ERANGE) => {
-                // A null buffer of size 0 asks for the list's size.
-                let need = list(std::ptr::null_mut(), 0);
+                // SAFETY: a null buffer of size 0 asks for the list's size.
+                let need = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
                 if need < 0 {
                     return Err(io::Error::last_os_error());
                 }

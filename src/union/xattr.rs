@@ -3,7 +3,7 @@
 //! whether any branch holds an xattr at all, so a read-only mount without any can say so
 //! once instead of being asked for every file.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -150,21 +150,18 @@ impl Union {
 /// `SCAN_LIMIT` entries, counts as yes.
 fn hold_xattrs(stack: &LayerStack) -> bool {
     let mut seen = 0usize;
-    // Directories still to read, as (parent, name): opened only when read, so the look
-    // holds one fd per level of the tree, not one per directory waiting (a wide tree must
-    // not take the fds the daemon's requests need).
-    let mut dirs: Vec<(Arc<OwnedFd>, std::ffi::OsString)> = Vec::new();
-    for l in &stack.layers {
-        match sys::flistxattr(l.root.as_raw_fd()) {
-            Ok(names) if names.iter().any(|n| visible(n)) => return true,
-            Ok(_) => dirs.push((l.root.clone(), ".".into())),
-            Err(e) => {
-                log::debug!("{}: listing xattrs: {e}", l.path.display());
-                return true;
-            }
-        }
-    }
+    // Directories still to look at, as (parent, name), a root as (itself, "."): opened
+    // only when read, so the look holds one fd per level of the tree, not one per
+    // directory waiting (a wide tree must not take the fds the daemon's requests need).
+    let mut dirs: Vec<(Arc<OwnedFd>, OsString)> = stack
+        .layers
+        .iter()
+        .map(|l| (l.root.clone(), ".".into()))
+        .collect();
     while let Some((parent, name)) = dirs.pop() {
+        if has_visible(parent.as_raw_fd(), &name) {
+            return true;
+        }
         let Ok(dir) = sys::open_dir_path(parent.as_raw_fd(), &name) else {
             return true;
         };
@@ -177,11 +174,6 @@ fn hold_xattrs(stack: &LayerStack) -> bool {
             if seen > SCAN_LIMIT {
                 return true;
             }
-            match sys::llistxattr(dir.as_raw_fd(), &e.name) {
-                Ok(names) if names.iter().any(|n| visible(n)) => return true,
-                Ok(_) => {}
-                Err(_) => return true,
-            }
             let is_dir = match e.kind {
                 libc::DT_DIR => true,
                 libc::DT_UNKNOWN => sys::fstatat(dir.as_raw_fd(), &e.name)
@@ -190,10 +182,17 @@ fn hold_xattrs(stack: &LayerStack) -> bool {
             };
             if is_dir {
                 dirs.push((dir.clone(), e.name));
+            } else if has_visible(dir.as_raw_fd(), &e.name) {
+                return true;
             }
         }
     }
     false
+}
+
+/// Does `name` in `dir` hold an xattr a caller could see? Unreadable counts as yes.
+fn has_visible(dir: std::os::fd::RawFd, name: &OsStr) -> bool {
+    sys::llistxattr(dir, name).map_or(true, |names| names.iter().any(|n| visible(n)))
 }
 
 /// An xattr a caller could be shown (the union's own are hidden from every listing).
