@@ -35,6 +35,8 @@ pub struct Config {
     pub threads: usize,
     /// Serve through FUSE over io_uring when the kernel offers it (`-o uring=0|1`).
     pub uring: bool,
+    /// Use FUSE passthrough where the kernel and privileges allow (`-o passthrough=0|1`).
+    pub passthrough: bool,
     /// How xattr requests are answered (`-o xattr=auto|on|off`).
     pub xattrs: Xattrs,
     /// The source /proc/mounts shows (mount(8) matches fstab lines by it).
@@ -236,6 +238,7 @@ impl Config {
                 .threads
                 .unwrap_or((threads * THREADS_PER_CORE).clamp(2, MAX_DEFAULT_THREADS)),
             uring: opts.uring.unwrap_or(true),
+            passthrough: opts.passthrough.unwrap_or(true),
             xattrs: opts.xattrs,
             fsname: opts.fsname.clone(),
             flags: opts.flags,
@@ -304,6 +307,8 @@ pub struct MountOpts {
     pub threads: Option<usize>,
     /// `uring=0|1`.
     pub uring: Option<bool>,
+    /// `passthrough=0|1`.
+    pub passthrough: Option<bool>,
     /// `xattr=auto|on|off`, `noxattrs=0|1`.
     pub xattrs: Xattrs,
     /// `workdir=DIR`.
@@ -408,6 +413,7 @@ pub const OPTIONS: &[&str] = &[
     "whiteout",
     "threads",
     "uring",
+    "passthrough",
     "xattr",
     "workdir",
     "upperdir",
@@ -545,6 +551,11 @@ pub fn parse_mount_options_all(opts: &[String]) -> Result<MountOpts, ConfigError
                 None | Some("1") => o.uring = Some(true),
                 Some("0") => o.uring = Some(false),
                 _ => bail!("option '{item}': use uring=0 or uring=1"),
+            },
+            "passthrough" => match value {
+                None | Some("1") => o.passthrough = Some(true),
+                Some("0") => o.passthrough = Some(false),
+                _ => bail!("option '{item}': use passthrough=0 or passthrough=1"),
             },
             "xattr" => match value {
                 Some("auto") => o.xattrs = Xattrs::Auto,
@@ -1012,6 +1023,9 @@ mod tests {
         assert_eq!(opts_of(&["uring=1"]).uring, Some(true));
         assert_eq!(opts_of(&["uring"]).uring, Some(true));
         assert!(parse_mount_options(&["uring=x".to_string()]).is_err());
+        assert_eq!(opts_of(&["passthrough=0"]).passthrough, Some(false));
+        assert_eq!(opts_of(&["passthrough"]).passthrough, Some(true));
+        assert!(parse_mount_options(&["passthrough=no".to_string()]).is_err());
         assert_eq!(opts_of(&["xattr=auto"]).xattrs, Xattrs::Auto);
         assert_eq!(opts_of(&["xattr=on"]).xattrs, Xattrs::On);
         assert_eq!(opts_of(&["xattr=off"]).xattrs, Xattrs::Off);

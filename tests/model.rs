@@ -591,7 +591,8 @@ fn tree_diff(union: &Path, reference: &Path) -> String {
 // Driver
 // ---------------------------------------------------------------------------------------------
 
-fn run_model(two_lowers: bool, default_seqs: u64) {
+/// `extra`: mount options of every mount of the run.
+fn run_model(two_lowers: bool, default_seqs: u64, extra: &[&str]) {
     let seqs = env_num("UNIONMOUNT_MODEL_SEQS", default_seqs) as usize;
     let n_ops = env_num("UNIONMOUNT_MODEL_OPS", 30) as usize;
     let clock = std::time::SystemTime::now()
@@ -600,7 +601,7 @@ fn run_model(two_lowers: bool, default_seqs: u64) {
         .as_nanos() as u64;
     let base = env_num("UNIONMOUNT_MODEL_SEED", clock);
     eprintln!(
-        "model check: UNIONMOUNT_MODEL_SEED={base} seqs={seqs} ops={n_ops} two_lowers={two_lowers}"
+        "model check: UNIONMOUNT_MODEL_SEED={base} seqs={seqs} ops={n_ops} two_lowers={two_lowers} {extra:?}"
     );
     let paths = all_paths();
     // UNIONMOUNT_MODEL_ROTATE=0 leaves the stack alone (to tell a stacking failure apart).
@@ -625,7 +626,7 @@ fn run_model(two_lowers: bool, default_seqs: u64) {
             gen_start(&mut rng, &format!("s{i}"), &fx.lowers[0], l1, &rf);
             rngs.push(rng);
         }
-        let mut m = fx.mount(&[]);
+        let mut m = fx.mount(extra);
         let mut logs: Vec<Vec<String>> = Vec::new();
         // The mount's snapshots, oldest first: each name with a copy of the reference tree
         // as it was then.
@@ -794,12 +795,20 @@ fn fmt_res(r: &Result<String, i32>) -> String {
 /// Starting tree entirely in one lower.
 #[test]
 fn model_one_lower() {
-    run_model(false, 150);
+    run_model(false, 150, &[]);
 }
 
 /// Starting tree spread over two lowers, with shadowed decoys, whiteouts in both formats and
 /// opaque directories in all three formats.
 #[test]
 fn model_two_lowers_with_whiteouts() {
-    run_model(true, 150);
+    run_model(true, 150, &[]);
+}
+
+/// Without passthrough, as every rootless mount: the kernel opens files without asking,
+/// and reads and writes go to each node's own file (`UNIONMOUNT_MODEL_SEQS` counts for
+/// this run too).
+#[test]
+fn model_two_lowers_without_passthrough() {
+    run_model(true, 60, &["-o", "passthrough=0"]);
 }

@@ -1849,3 +1849,105 @@ fn xattr_off_shows_and_takes_no_xattrs() {
         fs::remove_file(fx.u("f")).unwrap();
     }
 }
+
+/// `-o passthrough=0` (as on every rootless mount): the kernel opens files without asking
+/// the daemon, which does each read and write on the node's own file. A lower file opened
+/// for writing is copied up at its first write, an `O_TRUNC` open truncates the copy, a
+/// reader open before the copy-up reads the copy, and a file removed while open (lower or
+/// upper) still reads, writes and truncates; `O_APPEND` of one open does not move another
+/// open's writes.
+#[test]
+fn without_passthrough_files_are_opened_without_asking() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "a"), "lower-data");
+    put(&fx.l(0, "b"), "0123456789");
+    put(&fx.l(0, "d/f"), "in d");
+    let m = fx.mount(&["-o", "passthrough=0"]);
+    let layers = tool_ok(["layers", &s(&fx.mnt)]);
+    assert!(
+        layers.contains("files opened without asking"),
+        "the kernel line says how files are opened:\n{layers}"
+    );
+
+    let w = OpenOptions::new().write(true).open(fx.m("a")).unwrap();
+    assert!(
+        !lexists(&fx.u("a")),
+        "opening for writing copies nothing up"
+    );
+    let r = File::open(fx.m("a")).unwrap();
+    let mut buf = [0u8; 32];
+    let n = r.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"lower-data");
+    w.write_all_at(b"UPPER", 0).unwrap();
+    assert_eq!(read(&fx.u("a")), "UPPER-data", "the first write copies up");
+    let n = r.read_at(&mut buf, 0).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"UPPER-data",
+        "a reader open before the copy-up reads the copy"
+    );
+    drop((w, r));
+
+    drop(
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(fx.m("b"))
+            .unwrap(),
+    );
+    assert_eq!(fs::metadata(fx.m("b")).unwrap().len(), 0);
+    assert_eq!(read(&fx.u("b")), "", "O_TRUNC truncates the copy");
+    assert_eq!(read(&fx.l(0, "b")), "0123456789");
+
+    let lower = File::open(fx.m("d/f")).unwrap();
+    fs::remove_file(fx.m("d/f")).unwrap();
+    let n = lower.read_at(&mut buf, 0).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"in d",
+        "a removed lower file open before still reads"
+    );
+    drop(lower);
+
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(fx.m("new"))
+        .unwrap();
+    f.write_all(b"hello new").unwrap();
+    fs::remove_file(fx.m("new")).unwrap();
+    f.write_all_at(b"J", 0).unwrap();
+    let n = f.read_at(&mut buf, 0).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"Jello new",
+        "a removed upper file still writes and reads"
+    );
+    f.set_len(3).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 3);
+    let n = f.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"Jel");
+    drop(f);
+
+    let mut app = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(fx.m("app"))
+        .unwrap();
+    app.write_all(b"12").unwrap();
+    let other = OpenOptions::new().write(true).open(fx.m("app")).unwrap();
+    other.write_all_at(b"X", 0).unwrap();
+    app.write_all(b"3").unwrap();
+    drop((app, other));
+    assert_eq!(read(&fx.m("app")), "X23");
+
+    drop(m);
+    assert_eq!(read(&fx.u("app")), "X23");
+    assert!(
+        lexists(&fx.u("d/.wh.f")),
+        "the removed lower file is whited out"
+    );
+    assert!(!lexists(&fx.u("new")));
+}

@@ -59,6 +59,9 @@ pub struct UnionFs {
     passthrough: bool,
     /// The kernel opens directories without asking (`FUSE_NO_OPENDIR_SUPPORT`).
     no_opendir: bool,
+    /// The kernel opens files without asking too (`FUSE_NO_OPEN_SUPPORT`; only without
+    /// passthrough, which needs an OPEN to name its backing file): see file.rs.
+    no_open: bool,
     ttl: Duration,
     negative_ttl: Duration,
     /// The stack and settings, for the one line a mount logs (at init, with the kernel's
@@ -71,9 +74,10 @@ pub struct UnionFs {
     acl: bool,
     /// `-o xattr=`: how xattr requests are answered (see xattr.rs).
     xattrs: Xattrs,
-    /// `noatime`: no passthrough, whose reads mark access times on the branch files (the
-    /// kernel opens its own backing file with the reader's flags).
-    noatime: bool,
+    /// Passthrough allowed: not with `passthrough=0`, nor with `noatime` (the kernel opens
+    /// its own backing file with the reader's flags, so its reads mark access times on the
+    /// branch files).
+    may_passthrough: bool,
     /// To tell the kernel of changes it did not ask for (set once the session exists).
     notifier: Arc<OnceLock<fuser::Notifier>>,
 }
@@ -103,13 +107,14 @@ impl UnionFs {
             backings: Backings::default(),
             passthrough: false,
             no_opendir: false,
+            no_open: false,
             ttl: config.timeout,
             negative_ttl: config.negative_timeout,
             description: config.describe(),
             owners: config.settings.owners.clone(),
             acl: !config.flags.noacl,
             xattrs: config.xattrs,
-            noatime: config.flags.noatime,
+            may_passthrough: config.passthrough && !config.flags.noatime,
             notifier,
         }
     }
@@ -295,7 +300,7 @@ impl Filesystem for UnionFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -304,13 +309,13 @@ impl Filesystem for UnionFs {
         reply: ReplyData,
     ) {
         let _in = self.union.enter();
-        file::read(self, fh, offset, size, reply)
+        file::read(self, ino, fh, offset, size, reply)
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -320,7 +325,7 @@ impl Filesystem for UnionFs {
         reply: ReplyWrite,
     ) {
         let _in = self.union.enter();
-        file::write(self, fh, offset, data, write_flags, reply)
+        file::write(self, ino, fh, offset, data, write_flags, reply)
     }
 
     fn flush(
@@ -338,13 +343,13 @@ impl Filesystem for UnionFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         let _in = self.union.enter();
-        file::fsync(self, fh, datasync, reply)
+        file::fsync(self, ino, fh, datasync, reply)
     }
 
     fn release(
@@ -364,7 +369,7 @@ impl Filesystem for UnionFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -372,29 +377,29 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         let _in = self.union.enter();
-        file::fallocate(self, fh, offset, length, mode, reply)
+        file::fallocate(self, ino, fh, offset, length, mode, reply)
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
         let _in = self.union.enter();
-        file::lseek(self, fh, offset, whence, reply)
+        file::lseek(self, ino, fh, offset, whence, reply)
     }
 
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -402,7 +407,13 @@ impl Filesystem for UnionFs {
         reply: ReplyWrite,
     ) {
         let _in = self.union.enter();
-        file::copy_file_range(self, fh_in, offset_in, fh_out, offset_out, len, reply)
+        file::copy_file_range(
+            self,
+            (ino_in, fh_in, offset_in),
+            (ino_out, fh_out, offset_out),
+            len,
+            reply,
+        )
     }
 
     fn mknod(

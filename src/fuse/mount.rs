@@ -15,7 +15,6 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
     // fresh Debian rootfs mount went from 2,008 requests to 1,584.
     let wanted = InitFlags::FUSE_DO_READDIRPLUS
         | InitFlags::FUSE_PARALLEL_DIROPS
-        | InitFlags::FUSE_ATOMIC_O_TRUNC
         | InitFlags::FUSE_CACHE_SYMLINKS
         | InitFlags::FUSE_AUTO_INVAL_DATA
         | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
@@ -45,11 +44,26 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
     // Passthrough needs CAP_SYS_ADMIN; a stack depth of 2 lets branches sit on overlayfs.
     if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
         && sys::privileged()
-        && !fs.noatime
+        && fs.may_passthrough
         && config.set_max_stack_depth(2).is_ok()
     {
         supported |= InitFlags::FUSE_PASSTHROUGH;
         fs.passthrough = true;
+    }
+    // Without passthrough no open needs a handle: the kernel may open files without an
+    // OPEN and RELEASE round trip each (file.rs). An O_TRUNC open must then truncate by a
+    // SETATTR of its own: with FUSE_ATOMIC_O_TRUNC the kernel leaves it to the OPEN.
+    fs.no_open = !fs.passthrough
+        && config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+    if fs.no_open {
+        fs.union.set_opens_untold();
+    } else if config
+        .capabilities()
+        .contains(InitFlags::FUSE_ATOMIC_O_TRUNC)
+    {
+        supported |= InitFlags::FUSE_ATOMIC_O_TRUNC;
     }
     let _ = config.add_capabilities(supported);
     let kernel = format!(
@@ -57,6 +71,8 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
         config.kernel_abi(),
         if fs.passthrough {
             "passthrough"
+        } else if fs.no_open {
+            "through the daemon (page cache kept, files opened without asking)"
         } else {
             "through the daemon (page cache kept)"
         },

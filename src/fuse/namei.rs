@@ -27,6 +27,5 @@ pub(super) fn lookup(fs: &UnionFs, parent: INodeNo, name: &OsStr, reply: ReplyEn
 
 pub(super) fn forget(fs: &UnionFs, id: INodeNo, nlookup: u64) {
     fs.union.nodes.forget(id.0, nlookup);
-    // A listing the kernel stopped reading half-way goes at the latest with its directory.
-    fs.handles.listed(id.0);
+    fs.handles.forgotten(id.0);
 }

@@ -440,8 +440,10 @@ impl Union {
         name: &OsStr,
         layer: usize,
     ) -> Result<()> {
-        // Directories are opened without telling us (no OPENDIR): any may be open.
-        let Some(node) = node.filter(|n| layer == 0 || n.is_open() || n.is_dir()) else {
+        // Directories are opened without telling us (no OPENDIR): any may be open; so may
+        // any file where files are too.
+        let untold = self.opens_untold();
+        let Some(node) = node.filter(|n| layer == 0 || n.is_open() || n.is_dir() || untold) else {
             return Ok(());
         };
         let dirs = self.dirs_of(parent)?;

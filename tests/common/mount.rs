@@ -175,10 +175,17 @@ fn spawn_daemon_env(args: &[String], log: &Path, level: &str, env: &[(&str, &str
         .append(true)
         .open(log)
         .unwrap();
+    // `UNIONMOUNT_TEST_OPTS=passthrough=0` runs every mount of the suite so.
+    let mut args = args.to_vec();
+    if let Ok(o) = std::env::var("UNIONMOUNT_TEST_OPTS")
+        && !o.is_empty()
+    {
+        args.splice(0..0, ["-o".to_string(), o]);
+    }
     writeln!(logf, "=== {BIN} -f {}", args.join(" ")).unwrap();
     Command::new(BIN)
         .arg("-f")
-        .args(args)
+        .args(&args)
         .env("RUST_LOG", level)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
