@@ -287,12 +287,20 @@ impl UnionFs {
 
     /// The file behind an open file handle, if `fh` is one, and the layer it is open in,
     /// for a union call that prefers a descriptor to the name.
+    /// Where files are opened without a handle, a file kept for writing the node serves
+    /// (tar's futimens and fchmod then cost no lookup by name; a truncate needs a file open
+    /// for writing).
     pub(super) fn with_open<T>(
         &self,
+        ino: INodeNo,
         fh: Option<FileHandle>,
         f: impl FnOnce(Option<(&std::fs::File, usize)>) -> T,
     ) -> T {
-        let Some(of) = fh.and_then(|fh| self.handles.get(fh.0)) else {
+        let of = match fh {
+            Some(FileHandle(0)) if self.no_open => self.handles.node_file(ino.0, true),
+            _ => fh.and_then(|fh| self.handles.get(fh.0)),
+        };
+        let Some(of) = of else {
             return f(None);
         };
         let guard = self.current(&of);
