@@ -287,6 +287,7 @@ impl UnionFs {
 
     /// The file behind an open file handle, if `fh` is one, and the layer it is open in,
     /// for a union call that prefers a descriptor to the name.
+    ///
     /// Where files are opened without a handle, a file kept for writing the node serves
     /// (tar's futimens and fchmod then cost no lookup by name; a truncate needs a file open
     /// for writing).
