@@ -8,7 +8,7 @@
 //! and writes then come with no handle, and are done on the node's own file (see
 //! `file_for`): a lower file is copied up at its first write (or truncate), not when it is
 //! opened for writing, and a file removed while open stays reachable by the handle its
-//! node keeps (`Union::opens_untold`). `O_TRUNC` reaches us as a truncate (no
+//! node keeps (`Union::may_be_open`). `O_TRUNC` reaches us as a truncate (no
 //! `FUSE_ATOMIC_O_TRUNC`: see mount.rs).
 
 use std::fs::File;
@@ -276,13 +276,7 @@ impl UnionFs {
             opened = self.union.open(&node, flags);
         }
         let (file, layer) = opened.map_err(|e| self.fail(&e))?;
-        let of = OpenFile {
-            node,
-            file: parking_lot::RwLock::new((file, layer)),
-            flags,
-            backing: None,
-        };
-        Ok(self.handles.keep_node_file(of, write))
+        Ok(self.handles.keep_node_file(node, file, layer, flags))
     }
 
     /// The file behind an open file handle, if `fh` is one, and the layer it is open in,
@@ -339,14 +333,8 @@ impl UnionFs {
             let id = INodeNo(node.id);
             let own = libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC;
             if flags & own == 0 {
-                let of = OpenFile {
-                    node,
-                    file: parking_lot::RwLock::new((file, 0)),
-                    flags: flags & libc::O_ACCMODE,
-                    backing: None,
-                };
-                let write = of.flags != libc::O_RDONLY;
-                self.handles.keep_node_file(of, write);
+                self.handles
+                    .keep_node_file(node, file, 0, flags & libc::O_ACCMODE);
             }
             return reply.created_node(
                 id,

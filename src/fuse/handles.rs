@@ -79,8 +79,15 @@ impl Handles {
         (rw.flags & libc::O_ACCMODE == libc::O_RDWR).then(|| rw.clone())
     }
 
-    /// Keep `f` as its node's file for reading or writing (see `node_files`).
-    pub fn keep_node_file(&self, f: OpenFile, write: bool) -> Arc<OpenFile> {
+    /// Keep `file`, opened in `layer` with the access mode `flags`, as `node`'s file for
+    /// reading or writing (see `node_files`).
+    pub fn keep_node_file(
+        &self,
+        node: Arc<Node>,
+        file: File,
+        layer: usize,
+        flags: i32,
+    ) -> Arc<OpenFile> {
         if self.node_files.len() >= NODE_FILES {
             // Any will do: a file dropped here is opened again at its next use.
             let mut room = NODE_FILES / 8;
@@ -89,17 +96,26 @@ impl Handles {
                 room == 0
             });
         }
-        let f = Arc::new(f);
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let f = Arc::new(OpenFile {
+            node,
+            file: RwLock::new((file, layer)),
+            flags,
+            backing: None,
+        });
         self.node_files.insert((f.node.id, write), f.clone());
         f
     }
 
     /// The kernel forgot (some references to) node `id`: a listing it stopped reading
-    /// half-way goes, and so do the files kept for it. Either is taken again if needed.
-    pub fn forgotten(&self, id: u64) {
+    /// half-way goes, and so do the files kept for it (`node_files`: only where the kernel
+    /// opens files without asking). Either is taken again if needed.
+    pub fn forgotten(&self, id: u64, node_files: bool) {
         self.listings.remove(&id);
-        for write in [false, true] {
-            self.node_files.remove(&(id, write));
+        if node_files {
+            for write in [false, true] {
+                self.node_files.remove(&(id, write));
+            }
         }
     }
 

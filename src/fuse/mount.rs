@@ -53,17 +53,12 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
     // Without passthrough no open needs a handle: the kernel may open files without an
     // OPEN and RELEASE round trip each (file.rs). An O_TRUNC open must then truncate by a
     // SETATTR of its own: with FUSE_ATOMIC_O_TRUNC the kernel leaves it to the OPEN.
-    fs.no_open = !fs.passthrough
-        && config
-            .capabilities()
-            .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+    let offered = config.capabilities();
+    fs.no_open = !fs.passthrough && offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
     if fs.no_open {
         fs.union.set_opens_untold();
-    } else if config
-        .capabilities()
-        .contains(InitFlags::FUSE_ATOMIC_O_TRUNC)
-    {
-        supported |= InitFlags::FUSE_ATOMIC_O_TRUNC;
+    } else {
+        supported |= offered & InitFlags::FUSE_ATOMIC_O_TRUNC;
     }
     let _ = config.add_capabilities(supported);
     let kernel = format!(

@@ -46,15 +46,11 @@ pub(super) fn opendir(fs: &UnionFs, ino: INodeNo, reply: ReplyOpen) {
 }
 
 pub(super) fn readdir(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: ReplyDirectory) {
-    let (node, entries) = match listing(fs, ino, offset) {
+    let l = match listing(fs, ino, offset) {
         Ok(l) => l,
         Err(e) => return reply.error(e),
     };
-    let start = resume_at(&entries, offset);
-    if start == entries.len() {
-        fs.handles.listed(node.id);
-    }
-    for e in &entries[start..] {
+    for e in l.rest() {
         if reply.add(INodeNo(e.ino), e.off, file_type(e.kind), &e.name) {
             break;
         }
@@ -63,15 +59,12 @@ pub(super) fn readdir(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: ReplyD
 }
 
 pub(super) fn readdirplus(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: ReplyDirectoryPlus) {
-    let (dir, entries) = match listing(fs, ino, offset) {
+    let l = match listing(fs, ino, offset) {
         Ok(l) => l,
         Err(e) => return reply.error(e),
     };
-    let start = resume_at(&entries, offset);
-    if start == entries.len() {
-        fs.handles.listed(dir.id);
-    }
-    for e in &entries[start..] {
+    let dir = &l.dir;
+    for e in l.rest() {
         let off = e.off;
         if e.name == "." || e.name == ".." {
             // Node id 0: nothing for the kernel to link (it skips dot entries anyway),
@@ -91,7 +84,7 @@ pub(super) fn readdirplus(fs: &UnionFs, ino: INodeNo, offset: u64, mut reply: Re
             }
             continue;
         }
-        let (node, st) = match fs.union.lookup_listed(&dir, &e.name, e.layer) {
+        let (node, st) = match fs.union.lookup_listed(dir, &e.name, e.layer) {
             Ok(Some(found)) => found,
             _ => continue, // gone since the snapshot
         };
@@ -119,14 +112,11 @@ pub(super) fn fsyncdir(fs: &UnionFs, ino: INodeNo, datasync: bool, reply: ReplyE
     super::reply_empty(reply, fs.on(ino, |n| fs.union.fsync_dir(&n, datasync)));
 }
 
-/// The directory `ino` and the listing to serve from `offset`. A fresh listing is marked
-/// as given to the kernel (see `Union::listing_stale`) before it is taken, so a change by
-/// hand racing it is seen at the next check.
-fn listing(
-    fs: &UnionFs,
-    ino: INodeNo,
-    offset: u64,
-) -> Result<(Arc<Node>, Arc<Vec<DirEntry>>), Errno> {
+/// The directory `ino`, the listing to serve from `offset` and where in it to start. A
+/// fresh listing is marked as given to the kernel (see `Union::listing_stale`) before it is
+/// taken, so a change by hand racing it is seen at the next check. A read past the end is
+/// the kernel's last: the listing goes.
+fn listing(fs: &UnionFs, ino: INodeNo, offset: u64) -> Result<Listing, Errno> {
     let dir = fs.node(ino)?;
     if !dir.is_dir() {
         return Err(Errno::ENOTDIR);
@@ -138,7 +128,29 @@ fn listing(
             fs.union.list(&dir)
         })
         .map_err(|e| fs.fail(&e))?;
-    Ok((dir, entries))
+    let start = resume_at(&entries, offset);
+    if start == entries.len() {
+        fs.handles.listed(dir.id);
+    }
+    Ok(Listing {
+        dir,
+        entries,
+        start,
+    })
+}
+
+/// What `listing` found: the directory, its listing, where to start.
+struct Listing {
+    dir: Arc<Node>,
+    entries: Arc<Vec<DirEntry>>,
+    start: usize,
+}
+
+impl Listing {
+    /// The entries still to give.
+    fn rest(&self) -> &[DirEntry] {
+        &self.entries[self.start..]
+    }
 }
 
 /// Where to go on after position `offset` (entries are in position order).

@@ -440,10 +440,8 @@ impl Union {
         name: &OsStr,
         layer: usize,
     ) -> Result<()> {
-        // Directories are opened without telling us (no OPENDIR): any may be open; so may
-        // any file where files are too.
-        let untold = self.opens_untold();
-        let Some(node) = node.filter(|n| layer == 0 || n.is_open() || n.is_dir() || untold) else {
+        // Directories are opened without telling us (no OPENDIR): any may be open.
+        let Some(node) = node.filter(|n| layer == 0 || n.is_dir() || self.may_be_open(n)) else {
             return Ok(());
         };
         let dirs = self.dirs_of(parent)?;

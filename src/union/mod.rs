@@ -135,7 +135,7 @@ pub struct Union {
     pub events: events::Events,
     /// Whether a read-only stack's branches hold any xattr (see `xattr.rs`).
     xattr_scan: xattr::Scan,
-    /// Files are opened without telling us (see `opens_untold`).
+    /// Files are opened without telling us (see `set_opens_untold`).
     untold_opens: std::sync::atomic::AtomicBool,
 }
 
@@ -248,8 +248,9 @@ impl Union {
         self.untold_opens.store(true, Ordering::Relaxed);
     }
 
-    pub fn opens_untold(&self) -> bool {
-        self.untold_opens.load(Ordering::Relaxed)
+    /// May file `node` be open: we were told of an open, or are not told of opens.
+    pub fn may_be_open(&self, node: &Node) -> bool {
+        node.is_open() || self.untold_opens.load(Ordering::Relaxed)
     }
 
     /// Fail with EROFS unless there is an upper branch to write to.

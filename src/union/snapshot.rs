@@ -664,9 +664,8 @@ impl Union {
     /// (where files are opened without telling us, on every file the kernel holds).
     fn keep_open_files(&self, doomed: impl Fn(usize) -> bool) -> HashMap<u64, Arc<OwnedFd>> {
         let mut keep = HashMap::new();
-        let untold = self.opens_untold();
         for n in self.nodes.all() {
-            if n.is_dir() || !(n.is_open() || untold) || n.is_unlinked() || !doomed(n.layer()) {
+            if n.is_dir() || !self.may_be_open(&n) || n.is_unlinked() || !doomed(n.layer()) {
                 continue;
             }
             if let Some(loc) = self.try_locate(&n)
