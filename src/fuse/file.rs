@@ -380,7 +380,7 @@ impl UnionFs {
         // passthrough write by a caller without CAP_FSETID calls for (it leaves that to the
         // daemon, which never sees the write): such files go through the daemon. A node
         // already live in passthrough stays there (the kernel allows one mode at a time).
-        let through_daemon = may_copy_up || self.union.write_kills_bits(node, file);
+        let through_daemon = may_copy_up || self.union.write_kills_bits(node, &st);
         self.backings
             .choose(node.id, (st.st_dev, st.st_ino), through_daemon, register)
     }

@@ -163,13 +163,13 @@ impl Union {
         let opaque = matches!(what, New::Dir { .. }) && (has_wh_file || exact_whiteout);
 
         let (caller, inherit_gid, gid, default_acl) = self.made_in(up, caller)?;
-        let file = if opaque || exact_whiteout {
+        let (file, made) = if opaque || exact_whiteout {
             let stack = self.stack();
             let work = stack.work()?;
             let stage = work.staging(default_acl.as_deref())?;
             let sd = stage.raw();
             let tmp = work.temp_name();
-            let file = make(sd, &tmp, what, caller, inherit_gid, gid, &self.opts)
+            let (file, _) = make(sd, &tmp, what, caller, inherit_gid, gid, &self.opts)
                 .map_err(|e| e.at(&path))?;
             if opaque {
                 self.mark_opaque(sd, &tmp, &path)?;
@@ -181,7 +181,8 @@ impl Union {
             } else {
                 sys::renameat2(sd, &tmp, up, name, sys::RENAME_NOREPLACE).op("create")?;
             }
-            file
+            // Moved (and maybe marked) since: stat it again below.
+            (file, None)
         } else {
             make(up, name, what, caller, inherit_gid, gid, &self.opts).map_err(|e| e.at(&path))?
         };
@@ -189,10 +190,14 @@ impl Union {
             sys::unlinkat(up, &wh, false).op("remove whiteout")?;
         }
         // What a probe would find, without probing: the new upper entry, alone (a name that
-        // showed nowhere before merges with nothing below).
-        let st = sys::fstatat(up, name)
-            .op("stat new entry")
-            .map_err(|e| e.at(&path))?;
+        // showed nowhere before merges with nothing below). Stat again only if `make`
+        // changed it after its own stat.
+        let st = match made {
+            Some(st) => st,
+            None => sys::fstatat(up, name)
+                .op("stat new entry")
+                .map_err(|e| e.at(&path))?,
+        };
         let dirs = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             let fd = sys::open_dir_path(up, name).op("open new dir")?;
             vec![LayerDir {
@@ -579,7 +584,8 @@ fn remove_entry(dir: RawFd, name: &OsStr, is_dir: bool) -> Result<()> {
     sys::unlinkat(dir, name, is_dir).op("remove")
 }
 
-/// Make the object itself, owned by the caller. Returns the open file for `New::File`.
+/// Make the object itself, owned by the caller. Returns the open file for `New::File`, and
+/// the object's stat where nothing changed it after that stat was taken.
 /// With `xattr_permissions=` a file or directory keeps the caller's ids and the mode in its
 /// owner xattr; the object itself stays the daemon's, with rwx for it and r-x for others
 /// (fuse-overlayfs' `mode | 0755`, without set-id bits: those live in the xattr only).
@@ -591,7 +597,7 @@ fn make(
     inherit_gid: bool,
     gid: u32,
     opts: &Options,
-) -> Result<Option<File>> {
+) -> Result<(Option<File>, Option<Stat>)> {
     let perm = |mode: u32| mode & 0o7777 & !caller.umask;
     let in_xattr = opts
         .owner_xattr
@@ -637,7 +643,7 @@ fn make(
             mode: shown,
         };
         sys::lsetxattr(dir, name, x.as_ref(), &o.format(), 0).op("write owner xattr")?;
-        return Ok(file);
+        return Ok((file, None));
     }
     // As fuse-overlayfs: chown only where the owner is not already the caller's (an
     // unprivileged daemon creating for itself needs none), and a chown that fails fails
@@ -645,7 +651,7 @@ fn make(
     // unless squash_to_* makes the stored owner irrelevant.
     let st = sys::fstatat(dir, name).op("stat new entry")?;
     if (st.st_uid, st.st_gid) == (caller.uid, gid) {
-        return Ok(file);
+        return Ok((file, Some(st)));
     }
     match sys::fchownat(dir, name, Some(caller.uid), Some(gid)) {
         Ok(()) => {}
@@ -657,5 +663,5 @@ fn make(
         // (which a default ACL may have narrowed).
         sys::fchmodat(dir, name, (st.st_mode & 0o777) | set_id_bits).op("chmod new entry")?;
     }
-    Ok(file)
+    Ok((file, None))
 }

@@ -69,15 +69,16 @@ impl Union {
             if let Some(size) = a.size {
                 sys::ftruncate(fd, size).op("truncate").map_err(wrap)?;
             }
-            let mut changed = true;
             if chown {
-                let r = sys::fchown(fd, a.uid, a.gid);
-                changed = r.is_ok();
-                self.chowned(r).op("chown").map_err(wrap)?;
+                self.chowned(sys::fchown(fd, a.uid, a.gid))
+                    .op("chown")
+                    .map_err(wrap)?;
             }
             // Before a chmod of the same request, which then has the last word. Not after a
-            // chown that failed and was forgiven (squash_to_*): nothing changed.
-            if a.kill_suidgid && changed {
+            // chown: one that was done killed them in the branch itself (Linux's chown kills
+            // set-id bits and the capability for any caller), one that failed and was
+            // forgiven (squash_to_*) changed nothing.
+            if a.kill_suidgid && !chown {
                 self.kill_suidgid(node, Some(f))?;
             }
             if let Some(mode) = chmod {
@@ -110,13 +111,12 @@ impl Union {
                 .op("truncate")
                 .map_err(wrap)?;
         }
-        let mut changed = true;
         if chown {
-            let r = sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid);
-            changed = r.is_ok();
-            self.chowned(r).op("chown").map_err(wrap)?;
+            self.chowned(sys::fchownat(loc.raw(), &loc.name, a.uid, a.gid))
+                .op("chown")
+                .map_err(wrap)?;
         }
-        if a.kill_suidgid && changed {
+        if a.kill_suidgid && !chown {
             self.kill_in(node, Some(&loc), None)?;
         }
         if let Some(mode) = chmod {
@@ -158,13 +158,11 @@ impl Union {
         self.kill_in(node, loc.as_ref(), file)
     }
 
-    /// Would a write by a caller without CAP_FSETID kill set-id bits of the file open at
-    /// `file` (its mode as shown)? Such a file must not be opened in FUSE passthrough: the
-    /// kernel leaves the kill to us and a passthrough write never reaches us.
-    pub fn write_kills_bits(&self, node: &Node, file: &File) -> bool {
-        let Ok(mut st) = sys::fstat(file.as_raw_fd()) else {
-            return true;
-        };
+    /// Would a write by a caller without CAP_FSETID kill set-id bits of a node's file, whose
+    /// `fstat` is `st` (its mode as shown)? Such a file must not be opened in FUSE
+    /// passthrough: the kernel leaves the kill to us and a passthrough write never reaches us.
+    pub fn write_kills_bits(&self, node: &Node, st: &Stat) -> bool {
+        let mut st = *st;
         if self.opts.owner_xattr.is_some() {
             self.apply_override(node, &mut st);
         }

@@ -344,7 +344,7 @@ impl Union {
         // changes them.
         let mut name = name.to_owned();
         let mut wh = whiteout::whiteout_name(&name);
-        let mut pdirs = pdirs.into_iter();
+        let mut pdirs = pdirs.into_iter().peekable();
         // Once a redirect is followed: the layers below, where it leads.
         let mut redirected: Option<std::vec::IntoIter<LayerDir>> = None;
         let mut top: Option<(usize, Stat, LayerDir)> = None;
@@ -360,7 +360,12 @@ impl Union {
             let st = match sys::fstatat(d.raw(), &name) {
                 Ok(st) => st,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    if sys::fstatat(d.raw(), &wh).is_ok() {
+                    // A whiteout only hides what is below: in the last layer there is none.
+                    let more = match redirected.as_ref() {
+                        Some(below) => below.len() > 0,
+                        None => pdirs.peek().is_some(),
+                    };
+                    if more && sys::fstatat(d.raw(), &wh).is_ok() {
                         break;
                     }
                     continue;
