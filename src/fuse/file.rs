@@ -374,15 +374,25 @@ impl UnionFs {
         if !self.passthrough {
             return Some(IoMode::Cached);
         }
-        let may_copy_up = self.union.may_copy_up(layer);
-        let st = sys::fstat(file.as_raw_fd()).ok()?;
+        // A file that may be copied up while open goes through the daemon: its stat is
+        // needed only beside a live passthrough of the same node.
+        let st = match self.union.may_copy_up(layer) {
+            true => None,
+            false => Some(sys::fstat(file.as_raw_fd()).ok()?),
+        };
         // With FUSE_HANDLE_KILLPRIV_V2 the kernel drops the kill of set-id bits that a
         // passthrough write by a caller without CAP_FSETID calls for (it leaves that to the
         // daemon, which never sees the write): such files go through the daemon. A node
         // already live in passthrough stays there (the kernel allows one mode at a time).
-        let through_daemon = may_copy_up || self.union.write_kills_bits(node, &st);
+        let through_daemon = st
+            .as_ref()
+            .is_none_or(|st| self.union.write_kills_bits(node, st));
+        let real = || {
+            st.or_else(|| sys::fstat(file.as_raw_fd()).ok())
+                .map(|st| (st.st_dev, st.st_ino))
+        };
         self.backings
-            .choose(node.id, (st.st_dev, st.st_ino), through_daemon, register)
+            .choose(node.id, real, through_daemon, register)
     }
 
     fn insert_file(

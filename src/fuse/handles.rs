@@ -164,18 +164,20 @@ struct NodeIo {
 /// file, and while a cached open is live none may be passthrough (either mistake is EIO).
 /// So a lower file that may still be copied up is read through the daemon: its upper copy
 /// will be a different backing file. Upper files, and every file of a read-only stack,
-/// use passthrough, all opens of one real file sharing one backing id; so do files whose
-/// set-id bits a write must kill (see `UnionFs::io_mode`).
+/// use passthrough, all opens of one real file sharing one backing id; files whose set-id
+/// bits a write must kill go through the daemon too (see `UnionFs::io_mode`).
 #[derive(Debug, Default)]
 pub struct Backings {
     map: DashMap<u64, NodeIo>,
 }
 
 impl Backings {
+    /// The mode of a new open of node `id`. `real` gives the opened file's (st_dev,
+    /// st_ino), asked only where a passthrough is live or begins (None: EIO).
     pub fn choose(
         &self,
         id: u64,
-        real: (u64, u64),
+        real: impl FnOnce() -> Option<(u64, u64)>,
         through_daemon: bool,
         register: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> Option<IoMode> {
@@ -183,12 +185,13 @@ impl Backings {
         if let Some(live) = io.backing.upgrade() {
             // Another real file (opened just before a copy-up made this one) cannot be
             // served beside it: the caller opens the node again.
-            return (io.real == real).then_some(IoMode::Passthrough(live));
+            return (io.real == real()?).then_some(IoMode::Passthrough(live));
         }
         if through_daemon || io.cached > 0 {
             io.cached += 1;
             return Some(IoMode::Cached);
         }
+        let real = real()?;
         match register() {
             Ok(id) => {
                 let id = Arc::new(id);

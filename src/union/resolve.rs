@@ -360,12 +360,7 @@ impl Union {
             let st = match sys::fstatat(d.raw(), &name) {
                 Ok(st) => st,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    // A whiteout only hides what is below: in the last layer there is none.
-                    let more = match redirected.as_ref() {
-                        Some(below) => below.len() > 0,
-                        None => pdirs.peek().is_some(),
-                    };
-                    if more && sys::fstatat(d.raw(), &wh).is_ok() {
+                    if more_below(&redirected, &mut pdirs) && sys::fstatat(d.raw(), &wh).is_ok() {
                         break;
                     }
                     continue;
@@ -416,7 +411,11 @@ impl Union {
                     wh = whiteout::whiteout_name(&name);
                 }
                 // Deleted and recreated in this same layer: nothing below shows.
-                None if sys::fstatat(d.raw(), &wh).is_ok() => break,
+                None if more_below(&redirected, &mut pdirs)
+                    && sys::fstatat(d.raw(), &wh).is_ok() =>
+                {
+                    break;
+                }
                 None => {}
             }
         }
@@ -647,5 +646,18 @@ impl Union {
         }
         st.generation = generation;
         Ok(())
+    }
+}
+
+/// Are there layers left to probe below the current one (through a redirect, or the
+/// parent's own)? A whiteout only hides what is below: in the last layer there is none,
+/// so it is not looked for there.
+fn more_below<I: Iterator>(
+    redirected: &Option<std::vec::IntoIter<LayerDir>>,
+    pdirs: &mut std::iter::Peekable<I>,
+) -> bool {
+    match redirected {
+        Some(below) => below.len() > 0,
+        None => pdirs.peek().is_some(),
     }
 }
