@@ -346,12 +346,9 @@ impl Union {
         let _place = replaced.as_ref().map(|n| n.place.write());
         let held = self.copy_up_may_race(&found);
         let _serial = held.as_ref().map(|n| n.copy_up_lock.lock());
-        let found = if held.is_some() {
-            self.probe(parent, name)?
-        } else {
-            found
-        }
-        .ok_or_else(|| Error::new(libc::ENOENT, op).at(&path))?;
+        let found = self
+            .still_found(parent, name, found, held.as_ref())?
+            .ok_or_else(|| Error::new(libc::ENOENT, op).at(&path))?;
         let is_dir = found.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         match (dir, is_dir) {
             (true, false) => return Err(Error::new(libc::ENOTDIR, op).at(&path)),
@@ -430,6 +427,23 @@ impl Union {
     pub(super) fn copy_up_may_race(&self, found: &Option<Found>) -> Option<Arc<Node>> {
         let f = found.as_ref().filter(|f| f.layer > 0 || f.data.is_some())?;
         self.replaced_node(Some(f))
+    }
+
+    /// What `name` in `parent` holds once the copy-up lock of `held` (see
+    /// `copy_up_may_race`) is taken: `found` still, unless a copy-up finished since it was
+    /// probed (the count moved: the held node's own copy-up, if one ran, finished before
+    /// the lock was ours), then probed again.
+    pub(super) fn still_found(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        found: Option<Found>,
+        held: Option<&Arc<Node>>,
+    ) -> Result<Option<Found>> {
+        match (&found, held) {
+            (Some(f), Some(_)) if self.changes() != f.epoch => self.probe(parent, name),
+            _ => Ok(found),
+        }
     }
 
     /// Before an entry's name goes: if the kernel still holds its node, keep an O_PATH

@@ -66,11 +66,7 @@ impl Union {
         // (An exchange copies the destination up itself, under the same lock.)
         let held = self.copy_up_may_race(&dst).filter(|_| !exchange);
         let _serial = held.as_ref().map(|n| n.copy_up_lock.lock());
-        let dst = if held.is_some() {
-            self.probe(newparent, newname)?
-        } else {
-            dst
-        };
+        let dst = self.still_found(newparent, newname, dst, held.as_ref())?;
         if let Some(d) = &dst {
             if d.ino == src.ino && !exchange {
                 return Ok(()); // two names of one file: POSIX says do nothing
