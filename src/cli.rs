@@ -73,11 +73,8 @@ pub fn mount_options() -> Vec<OptionDoc> {
             "file data through FUSE passthrough where the kernel allows it (Linux 6.9+, a \
              daemon with CAP_SYS_ADMIN; default): the kernel reads and writes upper files, \
              and every file of a read-only stack, itself. Else (`passthrough=0`, rootless, \
-             `noatime`) data goes through the daemon with the page cache kept, and the \
-             kernel opens files without asking it: no OPEN and RELEASE round trip per open \
-             (a lower file is then copied up at its first write or truncate, not when it is \
-             opened for writing). Faster for many small files read again and again, slower \
-             for big reads and writes. `unionmount layers` shows which is used",
+             `noatime`) data goes through the daemon with the page cache kept: slower for big \
+             reads and writes. `unionmount layers` shows which is used",
         ),
         row(
             &["xattr=auto|on|off", "noxattrs=0|1"],

@@ -1850,14 +1850,13 @@ fn xattr_off_shows_and_takes_no_xattrs() {
     }
 }
 
-/// `-o passthrough=0` (as on every rootless mount): the kernel opens files without asking
-/// the daemon, which does each read and write on the node's own file. A lower file opened
-/// for writing is copied up at its first write, an `O_TRUNC` open truncates the copy, a
-/// reader open before the copy-up reads the copy, and a file removed while open (lower or
-/// upper) still reads, writes and truncates; `O_APPEND` of one open does not move another
-/// open's writes.
+/// `-o passthrough=0` (as on every rootless mount): every read and write goes through the
+/// daemon and the kernel's page cache. A lower file opened for writing is copied up at that
+/// open, an `O_TRUNC` open truncates the copy, a reader open before the copy-up reads the
+/// copy, and a file removed while open (lower or upper) still reads, writes and truncates;
+/// `O_APPEND` of one open does not move another open's writes.
 #[test]
-fn without_passthrough_files_are_opened_without_asking() {
+fn without_passthrough_files_go_through_the_daemon() {
     let fx = Fixture::new(1);
     put(&fx.l(0, "a"), "lower-data");
     put(&fx.l(0, "b"), "0123456789");
@@ -1865,21 +1864,22 @@ fn without_passthrough_files_are_opened_without_asking() {
     let m = fx.mount(&["-o", "passthrough=0"]);
     let layers = tool_ok(["layers", &s(&fx.mnt)]);
     assert!(
-        layers.contains("files opened without asking"),
-        "the kernel line says how files are opened:\n{layers}"
+        layers.contains("through the daemon"),
+        "the kernel line says where data goes:\n{layers}"
     );
 
-    let w = OpenOptions::new().write(true).open(fx.m("a")).unwrap();
-    assert!(
-        !lexists(&fx.u("a")),
-        "opening for writing copies nothing up"
-    );
     let r = File::open(fx.m("a")).unwrap();
     let mut buf = [0u8; 32];
     let n = r.read_at(&mut buf, 0).unwrap();
     assert_eq!(&buf[..n], b"lower-data");
+    let w = OpenOptions::new().write(true).open(fx.m("a")).unwrap();
+    assert_eq!(
+        read(&fx.u("a")),
+        "lower-data",
+        "opening for writing copies up"
+    );
     w.write_all_at(b"UPPER", 0).unwrap();
-    assert_eq!(read(&fx.u("a")), "UPPER-data", "the first write copies up");
+    assert_eq!(read(&fx.u("a")), "UPPER-data");
     let n = r.read_at(&mut buf, 0).unwrap();
     assert_eq!(
         &buf[..n],
@@ -1950,4 +1950,43 @@ fn without_passthrough_files_are_opened_without_asking() {
         "the removed lower file is whited out"
     );
     assert!(!lexists(&fx.u("new")));
+}
+
+/// A file rewritten whole (`O_TRUNC`, then a write) while others read it, through the page
+/// cache (`-o passthrough=0`): a reader sees the old contents, none, or the new ones, never
+/// zeros. Where the kernel opened files without asking, `O_TRUNC` came as a truncate of its
+/// own, and a read racing it filled a page with zeros that the old size still showed.
+#[test]
+fn a_rewrite_racing_readers_never_shows_zeros() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "f 0\n");
+    let _m = fx.mount(&["-o", "passthrough=0"]);
+    let p = fx.m("f");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for i in 1..=3000 {
+                fs::write(&p, format!("f {i}\n")).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let (mut reads, mut bad) = (0u64, Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let data = fs::read(&p).unwrap();
+        reads += 1;
+        if !data.is_empty() && !data.starts_with(b"f ") {
+            bad.push(data);
+        }
+    }
+    writer.join().unwrap();
+    assert!(reads > 100, "the reader raced the writer ({reads} reads)");
+    assert!(
+        bad.is_empty(),
+        "{} of {reads} reads were neither old, empty nor new: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(3)]
+    );
+    assert_eq!(read(&p), "f 3000\n");
 }

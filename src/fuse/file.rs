@@ -2,14 +2,10 @@
 //! lseek, copy_file_range; whether the kernel does a file's I/O itself (passthrough) or
 //! through the daemon.
 //!
-//! Without passthrough the daemon needs no handle per open, and the kernel can open files
-//! without asking (`FUSE_NO_OPEN_SUPPORT`): OPEN is answered ENOSYS once, and the kernel
-//! then sends neither OPEN nor RELEASE again, keeping the page cache across opens. Reads
-//! and writes then come with no handle, and are done on the node's own file (see
-//! `file_for`): a lower file is copied up at its first write (or truncate), not when it is
-//! opened for writing, and a file removed while open stays reachable by the handle its
-//! node keeps (`Union::may_be_open`). `O_TRUNC` reaches us as a truncate (no
-//! `FUSE_ATOMIC_O_TRUNC`: see mount.rs).
+//! Every open gets a handle, also where there is no passthrough: the kernel could open
+//! files without asking (`FUSE_NO_OPEN_SUPPORT`), but `O_TRUNC` would then reach us as a
+//! truncate of its own instead of with the open (`FUSE_ATOMIC_O_TRUNC`), and a read racing
+//! it reads zeros (see mount.rs).
 
 use std::fs::File;
 use std::io;
@@ -34,10 +30,6 @@ pub(super) fn open(
     kill_suidgid: bool,
     reply: ReplyOpen,
 ) {
-    if fs.no_open {
-        // Success to the caller; the kernel opens every later file without asking.
-        return reply.error(Errno::ENOSYS);
-    }
     let node = match fs.node(ino) {
         Ok(n) => n,
         Err(e) => return reply.error(e),
@@ -95,16 +87,9 @@ thread_local! {
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-pub(super) fn read(
-    fs: &UnionFs,
-    ino: INodeNo,
-    fh: FileHandle,
-    offset: u64,
-    size: u32,
-    reply: ReplyData,
-) {
+pub(super) fn read(fs: &UnionFs, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
     READ_BUFFER.with_borrow_mut(|buf| {
-        let res = fs.with_file(ino, fh, false, |f| {
+        let res = fs.with_file(fh, |f| {
             sys::pread_into(f.as_raw_fd(), buf, size as usize, offset)
         });
         match res {
@@ -119,7 +104,6 @@ pub(super) fn read(
 
 pub(super) fn write(
     fs: &UnionFs,
-    ino: INodeNo,
     fh: FileHandle,
     offset: u64,
     data: &[u8],
@@ -128,7 +112,7 @@ pub(super) fn write(
 ) {
     // A caller without CAP_FSETID: the kernel leaves killing set-id bits to us.
     let kill = flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-    let res = fs.with_node_file(ino, fh, true, |node, f| {
+    let res = fs.with_node_file(fh, |node, f| {
         if kill
             && fs
                 .union
@@ -146,9 +130,8 @@ pub(super) fn write(
 }
 
 pub(super) fn flush(reply: ReplyEmpty) {
-    // Nothing to flush: data is written through to the real file. Handles say so
-    // (FOPEN_NOFLUSH); files the kernel opened without asking have none, and ENOSYS stops
-    // a FLUSH at every close of those.
+    // Nothing to flush: data is written through to the real file (and handles say so,
+    // FOPEN_NOFLUSH). ENOSYS stops a FLUSH at every close where they do not.
     reply.error(Errno::ENOSYS);
 }
 
@@ -161,11 +144,11 @@ pub(super) fn release(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
     reply.ok();
 }
 
-pub(super) fn fsync(fs: &UnionFs, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+pub(super) fn fsync(fs: &UnionFs, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
     if fs.syncs_omitted() {
         return reply.error(Errno::ENOSYS);
     }
-    match fs.with_file(ino, fh, false, |f| sys::fsync(f.as_raw_fd(), datasync)) {
+    match fs.with_file(fh, |f| sys::fsync(f.as_raw_fd(), datasync)) {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(e),
     }
@@ -173,51 +156,39 @@ pub(super) fn fsync(fs: &UnionFs, ino: INodeNo, fh: FileHandle, datasync: bool, 
 
 pub(super) fn fallocate(
     fs: &UnionFs,
-    ino: INodeNo,
     fh: FileHandle,
     offset: u64,
     length: u64,
     mode: i32,
     reply: ReplyEmpty,
 ) {
-    match fs.with_file(ino, fh, true, |f| {
-        sys::fallocate(f.as_raw_fd(), mode, offset, length)
-    }) {
+    match fs.with_file(fh, |f| sys::fallocate(f.as_raw_fd(), mode, offset, length)) {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(e),
     }
 }
 
-pub(super) fn lseek(
-    fs: &UnionFs,
-    ino: INodeNo,
-    fh: FileHandle,
-    offset: i64,
-    whence: i32,
-    reply: ReplyLseek,
-) {
-    match fs.with_file(ino, fh, false, |f| {
-        sys::lseek(f.as_raw_fd(), offset, whence)
-    }) {
+pub(super) fn lseek(fs: &UnionFs, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    match fs.with_file(fh, |f| sys::lseek(f.as_raw_fd(), offset, whence)) {
         Ok(o) => reply.offset(o),
         Err(e) => reply.error(e),
     }
 }
 
-/// `(node, handle, offset)` of each side.
+/// `(handle, offset)` of each side.
 pub(super) fn copy_file_range(
     fs: &UnionFs,
-    (ino_in, fh_in, offset_in): (INodeNo, FileHandle, u64),
-    (ino_out, fh_out, offset_out): (INodeNo, FileHandle, u64),
+    (fh_in, offset_in): (FileHandle, u64),
+    (fh_out, offset_out): (FileHandle, u64),
     len: u64,
     reply: ReplyWrite,
 ) {
-    let res = fs.with_file(ino_in, fh_in, false, |src| {
+    let res = fs.with_file(fh_in, |src| {
         let src = src.try_clone()?;
         Ok(src)
     });
     let res = res.and_then(|src| {
-        fs.with_file(ino_out, fh_out, true, |dst| {
+        fs.with_file(fh_out, |dst| {
             let (mut si, mut so) = (offset_in as i64, offset_out as i64);
             let want = len.min(u32::MAX as u64 / 2) as usize;
             sys::copy_file_range(src.as_raw_fd(), &mut si, dst.as_raw_fd(), &mut so, want)
@@ -230,72 +201,35 @@ pub(super) fn copy_file_range(
 }
 
 impl UnionFs {
-    /// Run `f` on the real file of an open handle (see `file_for`; `write`: the I/O
-    /// writes). A read-only handle opened on a lower file is first reopened from the upper
-    /// if the file has been copied up since.
+    /// Run `f` on the real file of an open handle. A read-only handle opened on a lower
+    /// file is first reopened from the upper if the file has been copied up since.
     pub(super) fn with_file<T>(
         &self,
-        ino: INodeNo,
         fh: FileHandle,
-        write: bool,
         f: impl FnOnce(&std::fs::File) -> io::Result<T>,
     ) -> Result<T, Errno> {
-        self.with_node_file(ino, fh, write, |_, file| f(file).map_err(Errno::from))
+        self.with_node_file(fh, |_, file| f(file).map_err(Errno::from))
     }
 
     /// `with_file`, for a closure that needs the handle's node too.
     pub(super) fn with_node_file<T>(
         &self,
-        ino: INodeNo,
         fh: FileHandle,
-        write: bool,
         f: impl FnOnce(&Arc<Node>, &std::fs::File) -> Result<T, Errno>,
     ) -> Result<T, Errno> {
-        let of = self.file_for(ino, fh, write)?;
+        let of = self.file(fh)?;
         let guard = self.current(&of);
         f(&of.node, &guard.0)
     }
 
-    /// The open file a request names: its handle's, or where the kernel opened the file
-    /// without asking (no handle), the node's own file for reading or writing, opened now
-    /// if it is not kept (a write copies a lower file up first).
-    fn file_for(&self, ino: INodeNo, fh: FileHandle, write: bool) -> Result<Arc<OpenFile>, Errno> {
-        if fh.0 != 0 || !self.no_open {
-            return self.file(fh);
-        }
-        if let Some(f) = self.handles.node_file(ino.0, write) {
-            return Ok(f);
-        }
-        let node = self.node(ino)?;
-        let mut flags = if write { libc::O_RDWR } else { libc::O_RDONLY };
-        let mut opened = self.union.open(&node, flags);
-        if write && matches!(&opened, Err(e) if e.errno == libc::EACCES) {
-            // A file only its writers may open (mode 0200): the kernel has checked the
-            // caller; a daemon that is not root needs the matching mode.
-            flags = libc::O_WRONLY;
-            opened = self.union.open(&node, flags);
-        }
-        let (file, layer) = opened.map_err(|e| self.fail(&e))?;
-        Ok(self.handles.keep_node_file(node, file, layer, flags))
-    }
-
     /// The file behind an open file handle, if `fh` is one, and the layer it is open in,
     /// for a union call that prefers a descriptor to the name.
-    ///
-    /// Where files are opened without a handle, a file kept for writing the node serves
-    /// (tar's futimens and fchmod then cost no lookup by name; a truncate needs a file open
-    /// for writing).
     pub(super) fn with_open<T>(
         &self,
-        ino: INodeNo,
         fh: Option<FileHandle>,
         f: impl FnOnce(Option<(&std::fs::File, usize)>) -> T,
     ) -> T {
-        let of = match fh {
-            Some(FileHandle(0)) if self.no_open => self.handles.node_file(ino.0, true),
-            _ => fh.and_then(|fh| self.handles.get(fh.0)),
-        };
-        let Some(of) = of else {
+        let Some(of) = fh.and_then(|fh| self.handles.get(fh.0)) else {
             return f(None);
         };
         let guard = self.current(&of);
@@ -326,26 +260,6 @@ impl UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        if self.no_open {
-            // No handle (see `file_for`): the file the create opened becomes the node's,
-            // unless this open's own ways (appending, direct, synchronous) would apply to
-            // every later open's I/O through it.
-            let id = INodeNo(node.id);
-            let own = libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC;
-            if flags & own == 0 {
-                self.handles
-                    .keep_node_file(node, file, 0, flags & libc::O_ACCMODE);
-            }
-            return reply.created_node(
-                id,
-                &self.ttl,
-                &self.attr(st),
-                Generation(0),
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE,
-                None,
-            );
-        }
         let Some(mode) = self.io_mode(&node, &file, 0, || reply.open_backing(&file)) else {
             self.union.nodes.forget(node.id, 1);
             return reply.error(Errno::EIO);

@@ -32,17 +32,7 @@ pub struct Handles {
     map: DashMap<u64, Arc<OpenFile>>,
     next: AtomicU64,
     listings: DashMap<u64, Arc<Vec<DirEntry>>>,
-    /// Files the kernel opened without asking (`FUSE_NO_OPEN_SUPPORT`, on mounts without
-    /// passthrough): by node id and whether it is open for writing, one of each per node,
-    /// opened at its first read or write and closed when the kernel forgets the node, when
-    /// the stack is swapped, or earlier to make room. They are a cache, opened again from
-    /// the node when needed, so they follow the node, and do not count as its opens.
-    node_files: DashMap<(u64, bool), Arc<OpenFile>>,
 }
-
-/// How many files the daemon keeps open for nodes the kernel opened without asking: a
-/// walk that reads a million files must not hold a million descriptors.
-const NODE_FILES: usize = 256;
 
 impl OpenFile {
     /// Tied to its inode (see `Node::opened`): open for writing, or in passthrough.
@@ -69,54 +59,10 @@ impl Handles {
         Some(f)
     }
 
-    /// Node `id`'s file, opened earlier for reading (`write` false; a file open for both
-    /// serves too) or writing.
-    pub fn node_file(&self, id: u64, write: bool) -> Option<Arc<OpenFile>> {
-        if let Some(f) = self.node_files.get(&(id, write)) {
-            return Some(f.clone());
-        }
-        let rw = self.node_files.get(&(id, !write))?;
-        (rw.flags & libc::O_ACCMODE == libc::O_RDWR).then(|| rw.clone())
-    }
-
-    /// Keep `file`, opened in `layer` with the access mode `flags`, as `node`'s file for
-    /// reading or writing (see `node_files`).
-    pub fn keep_node_file(
-        &self,
-        node: Arc<Node>,
-        file: File,
-        layer: usize,
-        flags: i32,
-    ) -> Arc<OpenFile> {
-        if self.node_files.len() >= NODE_FILES {
-            // Any will do: a file dropped here is opened again at its next use.
-            let mut room = NODE_FILES / 8;
-            self.node_files.retain(|_, _| {
-                room = room.saturating_sub(1);
-                room == 0
-            });
-        }
-        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let f = Arc::new(OpenFile {
-            node,
-            file: RwLock::new((file, layer)),
-            flags,
-            backing: None,
-        });
-        self.node_files.insert((f.node.id, write), f.clone());
-        f
-    }
-
     /// The kernel forgot (some references to) node `id`: a listing it stopped reading
-    /// half-way goes, and so do the files kept for it (`node_files`: only where the kernel
-    /// opens files without asking). Either is taken again if needed.
-    pub fn forgotten(&self, id: u64, node_files: bool) {
+    /// half-way goes (taken again if needed).
+    pub fn forgotten(&self, id: u64) {
         self.listings.remove(&id);
-        if node_files {
-            for write in [false, true] {
-                self.node_files.remove(&(id, write));
-            }
-        }
     }
 
     /// The listing of directory `id` being read: a fresh one from offset 0 (rewinddir must
@@ -235,9 +181,6 @@ impl Handles {
             let mut file = f.file.write();
             file.1 = map(file.1).unwrap_or(0);
         }
-        // Files kept for nodes may be of a layer that went, or name a file the node no
-        // longer is (a rollback): each is opened again from its node.
-        self.node_files.clear();
         // Listings being read were taken from the old layers (a rollback may have removed
         // their entries, a snapshot put a layer above them): the kernel's next read takes a
         // fresh one, which resumes at the same place (positions are name cookies).

@@ -27,7 +27,7 @@ pub(super) fn getattr(fs: &UnionFs, ino: INodeNo, fh: Option<FileHandle>, reply:
         Err(e) => return reply.error(e),
     };
     // An open file may be unlinked: its handle still knows it.
-    match fs.with_open(ino, fh, |file| {
+    match fs.with_open(fh, |file| {
         fs.union.getattr_open(&node, file.map(|(f, _)| f))
     }) {
         Ok(st) => {
@@ -73,7 +73,7 @@ pub(super) fn setattr(
         mtime: time_spec(changes.mtime),
         kill_suidgid: changes.kill_suidgid || remove_privs,
     };
-    match fs.with_open(ino, fh, |file| fs.union.setattr(&node, a, file)) {
+    match fs.with_open(fh, |file| fs.union.setattr(&node, a, file)) {
         Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),
         Err(e) => reply.error(fs.fail(&e)),
     }

@@ -59,9 +59,6 @@ pub struct UnionFs {
     passthrough: bool,
     /// The kernel opens directories without asking (`FUSE_NO_OPENDIR_SUPPORT`).
     no_opendir: bool,
-    /// The kernel opens files without asking too (`FUSE_NO_OPEN_SUPPORT`; only without
-    /// passthrough, which needs an OPEN to name its backing file): see file.rs.
-    no_open: bool,
     ttl: Duration,
     negative_ttl: Duration,
     /// The stack and settings, for the one line a mount logs (at init, with the kernel's
@@ -107,7 +104,6 @@ impl UnionFs {
             backings: Backings::default(),
             passthrough: false,
             no_opendir: false,
-            no_open: false,
             ttl: config.timeout,
             negative_ttl: config.negative_timeout,
             description: config.describe(),
@@ -300,7 +296,7 @@ impl Filesystem for UnionFs {
     fn read(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -309,13 +305,13 @@ impl Filesystem for UnionFs {
         reply: ReplyData,
     ) {
         let _in = self.union.enter();
-        file::read(self, ino, fh, offset, size, reply)
+        file::read(self, fh, offset, size, reply)
     }
 
     fn write(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -325,7 +321,7 @@ impl Filesystem for UnionFs {
         reply: ReplyWrite,
     ) {
         let _in = self.union.enter();
-        file::write(self, ino, fh, offset, data, write_flags, reply)
+        file::write(self, fh, offset, data, write_flags, reply)
     }
 
     fn flush(
@@ -343,13 +339,13 @@ impl Filesystem for UnionFs {
     fn fsync(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         let _in = self.union.enter();
-        file::fsync(self, ino, fh, datasync, reply)
+        file::fsync(self, fh, datasync, reply)
     }
 
     fn release(
@@ -369,7 +365,7 @@ impl Filesystem for UnionFs {
     fn fallocate(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -377,29 +373,29 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         let _in = self.union.enter();
-        file::fallocate(self, ino, fh, offset, length, mode, reply)
+        file::fallocate(self, fh, offset, length, mode, reply)
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
         let _in = self.union.enter();
-        file::lseek(self, ino, fh, offset, whence, reply)
+        file::lseek(self, fh, offset, whence, reply)
     }
 
     fn copy_file_range(
         &self,
         _req: &Request,
-        ino_in: INodeNo,
+        _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        ino_out: INodeNo,
+        _ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -407,13 +403,7 @@ impl Filesystem for UnionFs {
         reply: ReplyWrite,
     ) {
         let _in = self.union.enter();
-        file::copy_file_range(
-            self,
-            (ino_in, fh_in, offset_in),
-            (ino_out, fh_out, offset_out),
-            len,
-            reply,
-        )
+        file::copy_file_range(self, (fh_in, offset_in), (fh_out, offset_out), len, reply)
     }
 
     fn mknod(

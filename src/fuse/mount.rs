@@ -15,6 +15,11 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
     // fresh Debian rootfs mount went from 2,008 requests to 1,584.
     let wanted = InitFlags::FUSE_DO_READDIRPLUS
         | InitFlags::FUSE_PARALLEL_DIROPS
+        // O_TRUNC done by the OPEN itself. Without it (and so with FUSE_NO_OPEN_SUPPORT,
+        // where there is no OPEN) it comes as a truncate of its own, and a read racing it
+        // through the page cache reads zeros: between our truncate and the kernel taking
+        // the new size, its short READ fills a page with zeros that the old size shows.
+        | InitFlags::FUSE_ATOMIC_O_TRUNC
         | InitFlags::FUSE_CACHE_SYMLINKS
         | InitFlags::FUSE_AUTO_INVAL_DATA
         | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
@@ -50,24 +55,12 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
         supported |= InitFlags::FUSE_PASSTHROUGH;
         fs.passthrough = true;
     }
-    // Without passthrough no open needs a handle: the kernel may open files without an
-    // OPEN and RELEASE round trip each (file.rs). An O_TRUNC open must then truncate by a
-    // SETATTR of its own: with FUSE_ATOMIC_O_TRUNC the kernel leaves it to the OPEN.
-    let offered = config.capabilities();
-    fs.no_open = !fs.passthrough && offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
-    if fs.no_open {
-        fs.union.set_opens_untold();
-    } else {
-        supported |= offered & InitFlags::FUSE_ATOMIC_O_TRUNC;
-    }
     let _ = config.add_capabilities(supported);
     let kernel = format!(
         "FUSE {}: data {}, readdirplus {}",
         config.kernel_abi(),
         if fs.passthrough {
             "passthrough"
-        } else if fs.no_open {
-            "through the daemon (page cache kept, files opened without asking)"
         } else {
             "through the daemon (page cache kept)"
         },

@@ -27,5 +27,5 @@ pub(super) fn lookup(fs: &UnionFs, parent: INodeNo, name: &OsStr, reply: ReplyEn
 
 pub(super) fn forget(fs: &UnionFs, id: INodeNo, nlookup: u64) {
     fs.union.nodes.forget(id.0, nlookup);
-    fs.handles.forgotten(id.0, fs.no_open);
+    fs.handles.forgotten(id.0);
 }

@@ -460,7 +460,7 @@ impl Union {
         layer: usize,
     ) -> Result<()> {
         // Directories are opened without telling us (no OPENDIR): any may be open.
-        let Some(node) = node.filter(|n| layer == 0 || n.is_dir() || self.may_be_open(n)) else {
+        let Some(node) = node.filter(|n| layer == 0 || n.is_open() || n.is_dir()) else {
             return Ok(());
         };
         let dirs = self.dirs_of(parent)?;

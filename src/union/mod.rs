@@ -135,8 +135,6 @@ pub struct Union {
     pub events: events::Events,
     /// Whether a read-only stack's branches hold any xattr (see `xattr.rs`).
     xattr_scan: xattr::Scan,
-    /// Files are opened without telling us (see `set_opens_untold`).
-    untold_opens: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Union {
@@ -184,7 +182,6 @@ impl Union {
             )),
             events: Default::default(),
             xattr_scan: Default::default(),
-            untold_opens: Default::default(),
         };
         let stack = u.stack();
         let _ = stack.override_xattrs.set(u.find_override_xattrs(&stack)?);
@@ -239,18 +236,6 @@ impl Union {
 
     pub fn writable(&self) -> bool {
         self.writable
-    }
-
-    /// From now on files may be open without our knowing (a FUSE kernel that opens them
-    /// without asking): any file may be, so every removed file keeps a handle while the
-    /// kernel holds its node (see `keep_handle`).
-    pub fn set_opens_untold(&self) {
-        self.untold_opens.store(true, Ordering::Relaxed);
-    }
-
-    /// May file `node` be open: we were told of an open, or are not told of opens.
-    pub fn may_be_open(&self, node: &Node) -> bool {
-        node.is_open() || self.untold_opens.load(Ordering::Relaxed)
     }
 
     /// Fail with EROFS unless there is an upper branch to write to.

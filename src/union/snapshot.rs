@@ -660,12 +660,11 @@ impl Union {
         }
     }
 
-    /// An O_PATH handle on every open file whose entry is in a layer `doomed` says goes
-    /// (where files are opened without telling us, on every file the kernel holds).
+    /// An O_PATH handle on every open file whose entry is in a layer `doomed` says goes.
     fn keep_open_files(&self, doomed: impl Fn(usize) -> bool) -> HashMap<u64, Arc<OwnedFd>> {
         let mut keep = HashMap::new();
         for n in self.nodes.all() {
-            if n.is_dir() || !self.may_be_open(&n) || n.is_unlinked() || !doomed(n.layer()) {
+            if n.is_dir() || !n.is_open() || n.is_unlinked() || !doomed(n.layer()) {
                 continue;
             }
             if let Some(loc) = self.try_locate(&n)
