@@ -296,7 +296,8 @@ pub fn fchownat(dir: RawFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>) ->
     check(unsafe { libc::fchownat(dir, c.as_ptr(), u, g, nofollow(follow)) }).map(drop)
 }
 
-/// Set once fchmodat2 answered ENOSYS (kernels before 6.6).
+/// Set once fchmodat2 answered ENOSYS (kernels before 6.6), or EPERM where the older way
+/// did not (a seccomp filter that predates the call).
 static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
 
 /// chmod of `name` itself, never of what a symlink there points to; a symlink gets
@@ -320,11 +321,24 @@ pub fn fchmodat(dir: RawFd, name: &OsStr, mode: u32) -> io::Result<()> {
             return Ok(());
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::ENOSYS) => NO_FCHMODAT2.store(true, Ordering::Relaxed),
+            Some(libc::EPERM) => {
+                let old = chmod_pinned(dir, name, mode);
+                if !matches!(&old, Err(e) if e.raw_os_error() == Some(libc::EPERM)) {
+                    NO_FCHMODAT2.store(true, Ordering::Relaxed);
+                }
+                return old;
+            }
+            _ => return Err(e),
         }
-        NO_FCHMODAT2.store(true, Ordering::Relaxed);
     }
+    chmod_pinned(dir, name, mode)
+}
+
+/// chmod of `name` (or, empty, of what the O_PATH fd `dir` holds) through its /proc link,
+/// the entry pinned with O_PATH first: a symlink gets EOPNOTSUPP.
+fn chmod_pinned(dir: RawFd, name: &OsStr, mode: u32) -> io::Result<()> {
     let pinned;
     let fd = if name.is_empty() {
         dir
@@ -702,7 +716,8 @@ const SYS_SETXATTRAT: libc::c_long = 463;
 const SYS_GETXATTRAT: libc::c_long = 464;
 const SYS_LISTXATTRAT: libc::c_long = 465;
 const SYS_REMOVEXATTRAT: libc::c_long = 466;
-/// Set once a `*xattrat` call answered ENOSYS: the /proc path from then on.
+/// Set once a `*xattrat` call answered ENOSYS, or EPERM where the /proc path did not (a
+/// seccomp filter that predates the calls): the /proc path from then on.
 static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
 
 /// `struct xattr_args` of the `*xattrat` calls.
@@ -723,6 +738,7 @@ fn xattr_call(
     at: impl Fn(RawFd, &CStr, libc::c_int) -> libc::c_long,
     path: impl Fn(&CStr) -> libc::c_long,
 ) -> io::Result<usize> {
+    let mut refused = false;
     if !name.is_empty() && !NO_XATTRAT.load(Ordering::Relaxed) {
         let c = cstr(name)?;
         let n = at(dir, &c, libc::AT_SYMLINK_NOFOLLOW);
@@ -730,17 +746,22 @@ fn xattr_call(
             return Ok(n as usize);
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::ENOSYS) => NO_XATTRAT.store(true, Ordering::Relaxed),
+            Some(libc::EPERM) => refused = true,
+            _ => return Err(e),
         }
-        NO_XATTRAT.store(true, Ordering::Relaxed);
     }
     let p = cstr(proc_path(dir, name).as_os_str())?;
     let n = path(&p);
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    let e = (n < 0).then(io::Error::last_os_error);
+    if refused && e.as_ref().and_then(io::Error::raw_os_error) != Some(libc::EPERM) {
+        NO_XATTRAT.store(true, Ordering::Relaxed);
     }
-    Ok(n as usize)
+    match e {
+        Some(e) => Err(e),
+        None => Ok(n as usize),
+    }
 }
 
 /// Extended attributes of `name` inside `dir` (`.` for the directory itself), never
@@ -1023,6 +1044,23 @@ mod tests {
             assert!(lsetxattr(d, l, a, b"v", 0).is_err());
             assert_eq!(lgetxattr(d, f, a).unwrap(), None);
         }
+        // A seccomp filter older than the *at calls refuses them with EPERM where the /proc
+        // path works: that call succeeds the /proc way, and so does every later one.
+        NO_XATTRAT.store(false, Ordering::Relaxed);
+        let refused = |_: RawFd, _: &CStr, _: libc::c_int| {
+            // SAFETY: errno is this thread's; setting it is what a failing call does.
+            unsafe { *libc::__errno_location() = libc::EPERM };
+            -1
+        };
+        // SAFETY: a null buffer of size 0 asks for the list's size; p is a valid C string.
+        let size = |p: &CStr| unsafe {
+            libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) as libc::c_long
+        };
+        assert!(xattr_call(d, f, refused, size).is_ok());
+        assert!(
+            NO_XATTRAT.load(Ordering::Relaxed),
+            "the /proc way from now on"
+        );
         NO_XATTRAT.store(false, Ordering::Relaxed);
         NO_FCHMODAT2.store(false, Ordering::Relaxed);
     }
