@@ -805,9 +805,8 @@ fn model_two_lowers_with_whiteouts() {
     run_model(true, 150, &[]);
 }
 
-/// Without passthrough, as every rootless mount: the kernel opens files without asking,
-/// and reads and writes go to each node's own file (`UNIONMOUNT_MODEL_SEQS` counts for
-/// this run too).
+/// Without passthrough, as every rootless mount: every read and write goes through the
+/// daemon and the kernel's page cache (`UNIONMOUNT_MODEL_SEQS` counts for this run too).
 #[test]
 fn model_two_lowers_without_passthrough() {
     run_model(true, 60, &["-o", "passthrough=0"]);
