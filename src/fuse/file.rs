@@ -130,9 +130,7 @@ pub(super) fn write(
 }
 
 pub(super) fn flush(reply: ReplyEmpty) {
-    // Nothing to flush: data is written through to the real file (and handles say so,
-    // FOPEN_NOFLUSH). ENOSYS stops a FLUSH at every close where they do not.
-    reply.error(Errno::ENOSYS);
+    reply.ok();
 }
 
 pub(super) fn release(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
@@ -290,9 +288,10 @@ impl UnionFs {
         }
         // A file that may be copied up while open goes through the daemon: its stat is
         // needed only beside a live passthrough of the same node.
-        let st = match self.union.may_copy_up(layer) {
-            true => None,
-            false => Some(sys::fstat(file.as_raw_fd()).ok()?),
+        let st = if self.union.may_copy_up(layer) {
+            None
+        } else {
+            Some(sys::fstat(file.as_raw_fd()).ok()?)
         };
         // With FUSE_HANDLE_KILLPRIV_V2 the kernel drops the kill of set-id bits that a
         // passthrough write by a caller without CAP_FSETID calls for (it leaves that to the

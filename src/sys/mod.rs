@@ -296,8 +296,7 @@ pub fn fchownat(dir: RawFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>) ->
     check(unsafe { libc::fchownat(dir, c.as_ptr(), u, g, nofollow(follow)) }).map(drop)
 }
 
-/// Set once fchmodat2 answered ENOSYS (kernels before 6.6), or EPERM where the older way
-/// did not (a seccomp filter that predates the call).
+/// Set once fchmodat2 turned out missing (kernels before 6.6; see `newer_or_older`).
 static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
 
 /// chmod of `name` itself, never of what a symlink there points to; a symlink gets
@@ -305,35 +304,58 @@ static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
 /// before it (fchmodat has no working AT_SYMLINK_NOFOLLOW) and for an empty name, the
 /// entry is pinned with O_PATH and changed through its /proc link.
 pub fn fchmodat(dir: RawFd, name: &OsStr, mode: u32) -> io::Result<()> {
-    if !name.is_empty() && !NO_FCHMODAT2.load(Ordering::Relaxed) {
-        let c = cstr(name)?;
-        // SAFETY: c is a valid C string; a plain syscall on a directory fd we hold.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_fchmodat2,
-                dir,
-                c.as_ptr(),
-                mode,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENOSYS) => NO_FCHMODAT2.store(true, Ordering::Relaxed),
-            Some(libc::EPERM) => {
-                let old = chmod_pinned(dir, name, mode);
-                if !matches!(&old, Err(e) if e.raw_os_error() == Some(libc::EPERM)) {
-                    NO_FCHMODAT2.store(true, Ordering::Relaxed);
-                }
-                return old;
-            }
-            _ => return Err(e),
-        }
+    if name.is_empty() {
+        return chmod_pinned(dir, name, mode);
     }
-    chmod_pinned(dir, name, mode)
+    newer_or_older(
+        &NO_FCHMODAT2,
+        || {
+            let c = cstr(name)?;
+            // SAFETY: c is a valid C string; a plain syscall on a directory fd we hold.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_fchmodat2,
+                    dir,
+                    c.as_ptr(),
+                    mode,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        },
+        || chmod_pinned(dir, name, mode),
+    )
+}
+
+/// A call made by a newer system call where the kernel has it, else the older way:
+/// `newer` answering ENOSYS (an older kernel) sets `missing` and takes `older` from then
+/// on, and so does EPERM where `older` does not fail with EPERM too (a seccomp filter that
+/// predates the call).
+fn newer_or_older<T>(
+    missing: &AtomicBool,
+    newer: impl FnOnce() -> io::Result<T>,
+    older: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
+    if missing.load(Ordering::Relaxed) {
+        return older();
+    }
+    match newer() {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            missing.store(true, Ordering::Relaxed);
+            older()
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let r = older();
+            if !matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EPERM)) {
+                missing.store(true, Ordering::Relaxed);
+            }
+            r
+        }
+        r => r,
+    }
 }
 
 /// chmod of `name` (or, empty, of what the O_PATH fd `dir` holds) through its /proc link,
@@ -716,8 +738,8 @@ const SYS_SETXATTRAT: libc::c_long = 463;
 const SYS_GETXATTRAT: libc::c_long = 464;
 const SYS_LISTXATTRAT: libc::c_long = 465;
 const SYS_REMOVEXATTRAT: libc::c_long = 466;
-/// Set once a `*xattrat` call answered ENOSYS, or EPERM where the /proc path did not (a
-/// seccomp filter that predates the calls): the /proc path from then on.
+/// Set once the `*xattrat` calls turned out missing (see `newer_or_older`): the /proc path
+/// from then on.
 static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
 
 /// `struct xattr_args` of the `*xattrat` calls.
@@ -738,30 +760,19 @@ fn xattr_call(
     at: impl Fn(RawFd, &CStr, libc::c_int) -> libc::c_long,
     path: impl Fn(&CStr) -> libc::c_long,
 ) -> io::Result<usize> {
-    let mut refused = false;
-    if !name.is_empty() && !NO_XATTRAT.load(Ordering::Relaxed) {
-        let c = cstr(name)?;
-        let n = at(dir, &c, libc::AT_SYMLINK_NOFOLLOW);
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENOSYS) => NO_XATTRAT.store(true, Ordering::Relaxed),
-            Some(libc::EPERM) => refused = true,
-            _ => return Err(e),
-        }
+    let answer = |n: libc::c_long| match n {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n => Ok(n as usize),
+    };
+    let by_path = || answer(path(&cstr(proc_path(dir, name).as_os_str())?));
+    if name.is_empty() {
+        return by_path();
     }
-    let p = cstr(proc_path(dir, name).as_os_str())?;
-    let n = path(&p);
-    let e = (n < 0).then(io::Error::last_os_error);
-    if refused && e.as_ref().and_then(io::Error::raw_os_error) != Some(libc::EPERM) {
-        NO_XATTRAT.store(true, Ordering::Relaxed);
-    }
-    match e {
-        Some(e) => Err(e),
-        None => Ok(n as usize),
-    }
+    newer_or_older(
+        &NO_XATTRAT,
+        || answer(at(dir, &cstr(name)?, libc::AT_SYMLINK_NOFOLLOW)),
+        by_path,
+    )
 }
 
 /// Extended attributes of `name` inside `dir` (`.` for the directory itself), never
