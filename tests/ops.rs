@@ -1990,3 +1990,35 @@ fn a_rewrite_racing_readers_never_shows_zeros() {
     );
     assert_eq!(read(&p), "f 3000\n");
 }
+
+/// An ioctl the filesystem does not serve fails with ENOTTY, as on a local file, and the
+/// daemon says nothing of it: Python's `open` asks `isatty` (TCGETS) of every file it opens,
+/// and each one reaches the daemon.
+#[test]
+fn an_unserved_ioctl_is_enotty_and_logs_no_warning() {
+    use std::io::IsTerminal;
+    let fx = Fixture::new(1);
+    fs::write(fx.l(0, "lower.txt"), "x").unwrap();
+    let m = fx.mount(&[]);
+    fs::write(fx.m("upper.txt"), "y").unwrap();
+    for name in ["lower.txt", "upper.txt"] {
+        let f = File::open(fx.m(name)).unwrap();
+        assert!(!f.is_terminal(), "{name}");
+        // SAFETY: TCGETS fills a termios, which outlives the call.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; the fd is open.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, &mut t) };
+        assert_eq!(rc, -1, "{name}");
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY),
+            "{name}"
+        );
+    }
+    drop(m);
+    let log = fs::read_to_string(&fx.log).unwrap();
+    assert!(
+        log.contains("unmounted") && !log.contains("Not Implemented"),
+        "{log}"
+    );
+}

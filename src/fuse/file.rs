@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use fuser::{
     Errno, FileHandle, FopenFlags, Generation, INodeNo, OpenFlags, ReplyCreate, ReplyData,
-    ReplyEmpty, ReplyLseek, ReplyOpen, ReplyWrite, WriteFlags,
+    ReplyEmpty, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyWrite, WriteFlags,
 };
 
 use super::UnionFs;
@@ -127,6 +127,14 @@ pub(super) fn write(
         Ok(()) => reply.written(data.len() as u32),
         Err(e) => reply.error(e),
     }
+}
+
+/// No ioctl is served. The kernel sends each one the VFS does not handle itself (Python's
+/// `open` asks `isatty` of every file it opens: TCGETS); ENOTTY is what it makes of
+/// ENOSYS, so the caller sees the same, without a warning logged per call.
+pub(super) fn ioctl(cmd: u32, reply: ReplyIoctl) {
+    log::debug!("ioctl {cmd:#x}: none served");
+    reply.error(Errno::ENOTTY);
 }
 
 pub(super) fn flush(reply: ReplyEmpty) {

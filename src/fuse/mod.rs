@@ -336,6 +336,20 @@ impl Filesystem for UnionFs {
         file::flush(reply)
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        file::ioctl(cmd, reply)
+    }
+
     fn fsync(
         &self,
         _req: &Request,
