@@ -138,6 +138,33 @@ fn a_new_mount_takes_the_socket_of_a_gone_mount_with_its_device_number() {
     assert!(layers.contains(&s(&fx.upper)), "{layers}");
 }
 
+/// Right after a mount, its control socket path may still hold the socket of a daemon that
+/// died without removing it (an earlier mount with the same device number), until the new
+/// daemon binds its own: a command waits for that, rather than fail on the dead socket. The
+/// moment is played by moving the live socket aside, a dead one in its place, for 300 ms.
+#[test]
+fn a_command_waits_out_a_dead_socket_left_at_the_path() {
+    let fx = Fixture::new(1);
+    seed(&fx);
+    let _m = fx.mount(&[]);
+    let sock = control_socket(&fx.mnt);
+    eventually(Duration::from_secs(5), || sock.exists());
+    let aside = sock.with_extension(format!("aside-{}", std::process::id()));
+    fs::hard_link(&sock, &aside).unwrap();
+    let dead = sock.with_extension(format!("dead-{}", std::process::id()));
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    fs::rename(&dead, &sock).unwrap();
+    let refused = std::os::unix::net::UnixStream::connect(&sock).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let back = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        fs::rename(&aside, &sock).unwrap();
+    });
+    let layers = tool_ok(["layers", &s(&fx.mnt)]);
+    back.join().unwrap();
+    assert!(layers.contains(&s(&fx.upper)), "{layers}");
+}
+
 /// A listener on a control socket path that answers every request with `reply`; its
 /// socket file is removed on drop (if it is still its own).
 struct Listener {

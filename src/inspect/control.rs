@@ -206,12 +206,19 @@ pub fn request(mountpoint: &Path, request: &str) -> super::Result<BufReader<Unix
         }
     };
     let path = socket_path(m.dev);
-    // The socket is bound just after the mount goes live: allow for that moment.
+    // The socket is bound just after the mount goes live: allow for that moment. Until
+    // then the path may also hold the socket of a daemon that died without removing it,
+    // on an earlier mount that had the same device number (the kernel reuses them).
     let deadline = Instant::now() + Duration::from_secs(2);
     let stream = loop {
         match UnixStream::connect(&path) {
             Ok(s) => break s,
-            Err(e) if Instant::now() < deadline && e.kind() == io::ErrorKind::NotFound => {
+            Err(e)
+                if Instant::now() < deadline
+                    && (e.kind() == io::ErrorKind::NotFound
+                        || e.kind() == io::ErrorKind::ConnectionRefused
+                            && sys::statvfs(mountpoint).is_ok()) =>
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
