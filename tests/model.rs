@@ -33,52 +33,22 @@ const SNAPSHOT_PER_MILLE: u64 = 20;
 const ROLLBACK_PER_MILLE: u64 = 15;
 
 // ---------------------------------------------------------------------------------------------
-// PRNG
+// Random contents (the generator is common::Rng)
 // ---------------------------------------------------------------------------------------------
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// xorshift64
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(splitmix(seed).max(1))
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len())]
-    }
-    fn data(&mut self) -> Vec<u8> {
-        let len = self.pick(&[0usize, 1, 5, 17, 100, 4099]);
-        let tag = b'A' + self.below(26) as u8;
-        (0..len)
-            .map(|i| {
-                if i % 7 == 6 {
-                    b'\n'
-                } else {
-                    tag + (i % 3) as u8
-                }
-            })
-            .collect()
-    }
+/// Text-like contents of a random length: lines of one letter's neighbours.
+fn data(rng: &mut Rng) -> Vec<u8> {
+    let len = rng.pick(&[0usize, 1, 5, 17, 100, 4099]);
+    let tag = b'A' + rng.below(26) as u8;
+    (0..len)
+        .map(|i| {
+            if i % 7 == 6 {
+                b'\n'
+            } else {
+                tag + (i % 3) as u8
+            }
+        })
+        .collect()
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -115,7 +85,7 @@ fn make(path: &Path, spec: &Spec) {
 
 fn random_leaf(rng: &mut Rng) -> Spec {
     if rng.chance(75) {
-        Spec::File(rng.data(), rng.pick(&FILE_MODES))
+        Spec::File(data(rng), rng.pick(&FILE_MODES))
     } else {
         Spec::Symlink(rng.pick(&TARGETS))
     }
@@ -375,9 +345,9 @@ fn gen_op(rng: &mut Rng, st: &[(String, K)]) -> Op {
             .map(|(p, _)| p)
             .collect();
         if good.is_empty() || rng.chance(15) {
-            st[rng.below(st.len())].0.clone()
+            st[rng.index(st.len())].0.clone()
         } else {
-            good[rng.below(good.len())].clone()
+            good[rng.index(good.len())].clone()
         }
     };
     let file = |_: &str, k: K| k == K::File;
@@ -391,14 +361,14 @@ fn gen_op(rng: &mut Rng, st: &[(String, K)]) -> Op {
             } else {
                 pick(rng, &creatable)
             };
-            Op::Write(p, rng.data())
+            Op::Write(p, data(rng))
         }
         12..=19 => Op::WriteAt(
             pick(rng, &file),
             rng.pick(&[0, 1, 100, 4095, 4096, 10000]),
-            rng.data(),
+            data(rng),
         ),
-        20..=25 => Op::Append(pick(rng, &file), rng.data()),
+        20..=25 => Op::Append(pick(rng, &file), data(rng)),
         26..=31 => Op::Truncate(pick(rng, &file), rng.pick(&[0, 1, 3, 4096, 10000])),
         32..=41 => {
             let a = pick(rng, &exists);

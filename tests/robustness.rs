@@ -19,7 +19,7 @@ use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
-// Scale, PRNG, totals
+// Scale, totals (the generator is common::Rng)
 // ---------------------------------------------------------------------------------------------
 
 /// 10 with `UNIONMOUNT_LONG` set (and not "0"), else 1.
@@ -27,34 +27,6 @@ fn scale() -> u64 {
     match std::env::var("UNIONMOUNT_LONG") {
         Ok(v) if !v.is_empty() && v != "0" => 10,
         _ => 1,
-    }
-}
-
-/// splitmix64: small, seedable, good enough to pick operations.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
     }
 }
 

@@ -312,11 +312,24 @@ pub fn dead_mount_errno(mnt: &Path) -> i32 {
     last
 }
 
+/// splitmix64 of `z`: spreads a seed (or a counter) over all 64 bits.
+pub fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A small xorshift64 generator: a test's random workload is the same for the same seed.
-/// The seed must not be 0.
+/// `Rng(state)` takes a state as it is (it must not be 0); `Rng::new(seed)` any seed.
+#[derive(Clone)]
 pub struct Rng(pub u64);
 
 impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(splitmix(seed).max(1))
+    }
+
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -324,13 +337,32 @@ impl Rng {
         self.0
     }
 
-    /// A number below `n`.
+    /// A number below `n` (0 for 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        if n == 0 { 0 } else { self.next() % n }
     }
 
     /// An index into something of length `n`.
     pub fn index(&mut self, n: usize) -> usize {
         self.below(n as u64) as usize
+    }
+
+    /// True `percent` times in 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.index(v.len())]
+    }
+
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
     }
 }
