@@ -2004,9 +2004,9 @@ fn an_unserved_ioctl_is_enotty_and_logs_no_warning() {
     for name in ["lower.txt", "upper.txt"] {
         let f = File::open(fx.m(name)).unwrap();
         assert!(!f.is_terminal(), "{name}");
-        // SAFETY: TCGETS fills a termios, which outlives the call.
+        // SAFETY: termios is plain data, for which all zeros is a valid value.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; the fd is open.
+        // SAFETY: TCGETS writes one termios into `t`, which outlives the call; `f` is open.
         let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, &mut t) };
         assert_eq!(rc, -1, "{name}");
         assert_eq!(

@@ -216,8 +216,8 @@ pub fn request(mountpoint: &Path, request: &str) -> super::Result<BufReader<Unix
             Err(e)
                 if Instant::now() < deadline
                     && (e.kind() == io::ErrorKind::NotFound
-                        || e.kind() == io::ErrorKind::ConnectionRefused
-                            && sys::statvfs(mountpoint).is_ok()) =>
+                        || (e.kind() == io::ErrorKind::ConnectionRefused
+                            && sys::statvfs(mountpoint).is_ok())) =>
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
