@@ -2022,3 +2022,85 @@ fn an_unserved_ioctl_is_enotty_and_logs_no_warning() {
         "{log}"
     );
 }
+
+/// FS_IOC_GETFLAGS of `p` (`lsattr`), opened read-only.
+fn inode_flags(p: &Path) -> std::io::Result<u32> {
+    let f = File::open(p)?;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int into `flags`, which outlives the call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(flags as u32)
+}
+
+/// FS_IOC_SETFLAGS of `p` (`chattr`), opened read-only as chattr does.
+fn set_inode_flags(p: &Path, flags: u32) -> std::io::Result<()> {
+    let f = File::open(p)?;
+    let flags = flags as libc::c_int;
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`, which outlives the call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Inode flags (`lsattr`, `chattr`) as on overlayfs: read from the topmost file without a
+/// copy-up; set on the upper copy, made first, the lower one left as it was; kept across a
+/// remount. The xfs-style fsxattr read shows the same flag.
+#[test]
+fn inode_flags_are_read_from_the_top_and_set_on_a_copy_up() {
+    const NODUMP: u32 = 0x40; // FS_NODUMP_FL: an owner may set it, no capability needed
+    const NOATIME: u32 = 0x80; // FS_NOATIME_FL
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "f"), "f\n");
+    put(&fx.l(0, "g"), "g\n");
+    mkdir_p(&fx.l(0, "d"));
+    let base = match inode_flags(&fx.l(0, "f")) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("skipped: the branches' filesystem has no inode flags ({e})");
+            return;
+        }
+    };
+    set_inode_flags(&fx.l(0, "f"), base | NODUMP).unwrap();
+    let m = fx.mount(&[]);
+
+    assert_eq!(inode_flags(&fx.m("f")).unwrap() & NODUMP, NODUMP);
+    assert_eq!(inode_flags(&fx.m("g")).unwrap() & NODUMP, 0);
+    assert!(
+        upper_names(&fx.upper).is_empty(),
+        "a read copied nothing up"
+    );
+
+    let g = inode_flags(&fx.m("g")).unwrap();
+    set_inode_flags(&fx.m("g"), g | NODUMP).unwrap();
+    assert_eq!(inode_flags(&fx.m("g")).unwrap() & NODUMP, NODUMP);
+    assert_eq!(inode_flags(&fx.u("g")).unwrap() & NODUMP, NODUMP);
+    assert_eq!(inode_flags(&fx.l(0, "g")).unwrap() & NODUMP, 0);
+    assert_eq!(read(&fx.m("g")), "g\n");
+
+    let d = inode_flags(&fx.m("d")).unwrap();
+    set_inode_flags(&fx.m("d"), d | NOATIME).unwrap();
+    assert_eq!(inode_flags(&fx.u("d")).unwrap() & NOATIME, NOATIME);
+    assert_eq!(inode_flags(&fx.l(0, "d")).unwrap() & NOATIME, 0);
+
+    // FS_IOC_FSGETXATTR: struct fsxattr, fsx_xflags first; FS_XFLAG_NODUMP is 0x80.
+    let f = File::open(fx.m("g")).unwrap();
+    let mut fsx = [0u8; 28];
+    // SAFETY: FS_IOC_FSGETXATTR writes one 28-byte struct fsxattr into `fsx`.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x801c_581f_u32 as _, fsx.as_mut_ptr()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(
+        u32::from_ne_bytes(fsx[..4].try_into().unwrap()) & 0x80,
+        0x80
+    );
+    drop(f);
+
+    let m = m.remount();
+    assert_eq!(inode_flags(&fx.m("g")).unwrap() & NODUMP, NODUMP);
+    assert_eq!(inode_flags(&fx.m("d")).unwrap() & NOATIME, NOATIME);
+    drop(m);
+}

@@ -129,12 +129,41 @@ pub(super) fn write(
     }
 }
 
-/// No ioctl is served. The kernel sends each one the VFS does not handle itself (Python's
-/// `open` asks `isatty` of every file it opens: TCGETS); ENOTTY is what it makes of
-/// ENOSYS, so the caller sees the same, without a warning logged per call.
-pub(super) fn ioctl(cmd: u32, reply: ReplyIoctl) {
-    log::debug!("ioctl {cmd:#x}: none served");
-    reply.error(Errno::ENOTTY);
+/// ioctl: the inode flags' (`lsattr`, `chattr`; the kernel asks them of the daemon with
+/// the file opened for it), and no other. Those the kernel sends because the VFS does not
+/// handle them itself (Python's `open` asks `isatty` of every file it opens: TCGETS) get
+/// ENOTTY, as a local file answers, without a warning logged per call.
+pub(super) fn ioctl(
+    fs: &UnionFs,
+    ino: INodeNo,
+    fh: FileHandle,
+    cmd: u32,
+    in_data: &[u8],
+    reply: ReplyIoctl,
+) {
+    let Some((size, set)) = sys::fileattr_ioctl_kind(cmd) else {
+        log::debug!("ioctl {cmd:#x}: not served");
+        return reply.error(Errno::ENOTTY);
+    };
+    let node = match fs.node(ino) {
+        Ok(n) => n,
+        Err(e) => return reply.error(e),
+    };
+    let mut arg = vec![0u8; size];
+    if set {
+        if in_data.len() != size {
+            return reply.error(Errno::EINVAL);
+        }
+        arg.copy_from_slice(in_data);
+    }
+    // A directory has no handle (no OPENDIR is sent): its fh 0 finds none.
+    match fs.with_open(Some(fh), |file| {
+        fs.union.fileattr(&node, file, cmd, &mut arg)
+    }) {
+        Ok(()) if set => reply.ioctl(0, &[]),
+        Ok(()) => reply.ioctl(0, &arg),
+        Err(e) => reply.error(fs.fail(&e)),
+    }
 }
 
 pub(super) fn flush(reply: ReplyEmpty) {

@@ -339,15 +339,16 @@ impl Filesystem for UnionFs {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _flags: fuser::IoctlFlags,
         cmd: u32,
-        _in_data: &[u8],
+        in_data: &[u8],
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        file::ioctl(cmd, reply)
+        let _in = self.union.enter();
+        file::ioctl(self, ino, fh, cmd, in_data, reply)
     }
 
     fn fsync(

@@ -387,6 +387,36 @@ pub fn fchmod(fd: RawFd, mode: u32) -> io::Result<()> {
     check(unsafe { libc::fchmod(fd, mode) }).map(drop)
 }
 
+/// The inode-flag ioctls (`lsattr`/`chattr`: FS_IOC_GETFLAGS/SETFLAGS, and the fsxattr
+/// pair FS_IOC_FSGETXATTR/FSSETXATTR), as FUSE forwards them: (command, bytes of the
+/// argument, whether it sets). The flags are an int, whatever the command's encoding says.
+const FILEATTR_IOCTLS: [(u32, usize, bool); 4] = [
+    (libc::FS_IOC_GETFLAGS as u32, 4, false),
+    (libc::FS_IOC_SETFLAGS as u32, 4, true),
+    (0x801c_581f, 28, false), // FS_IOC_FSGETXATTR: _IOR('X', 31, struct fsxattr)
+    (0x401c_5820, 28, true),  // FS_IOC_FSSETXATTR: _IOW('X', 32, struct fsxattr)
+];
+
+/// For an inode-flag ioctl `cmd`: the size of its argument, and whether it sets the flags.
+pub fn fileattr_ioctl_kind(cmd: u32) -> Option<(usize, bool)> {
+    FILEATTR_IOCTLS
+        .iter()
+        .find(|(c, ..)| *c == cmd)
+        .map(|&(_, size, set)| (size, set))
+}
+
+/// Run the inode-flag ioctl `cmd` on `fd`, reading or writing its argument in `arg`.
+pub fn fileattr_ioctl(fd: RawFd, cmd: u32, arg: &mut [u8]) -> io::Result<()> {
+    match fileattr_ioctl_kind(cmd) {
+        Some((size, _)) if arg.len() == size => {}
+        Some(_) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        None => return Err(io::Error::from_raw_os_error(libc::ENOTTY)),
+    }
+    // SAFETY: cmd is one of FILEATTR_IOCTLS, each of which reads or writes exactly
+    // arg.len() bytes at the pointer, valid for the call.
+    check(unsafe { libc::ioctl(fd, cmd as _, arg.as_mut_ptr()) }).map(drop)
+}
+
 /// A timestamp to set: `None` leaves it unchanged, `Some(None)` means now.
 pub type TimeSpec = Option<Option<(i64, i64)>>;
 

@@ -137,6 +137,50 @@ impl Union {
         self.getattr(node)
     }
 
+    /// Inode flags (`lsattr`, `chattr`), as overlayfs's fileattr: the ioctl `cmd` (one of
+    /// `sys::fileattr_ioctl`'s) on the node's topmost file, or for one that sets them on
+    /// its upper copy, made first. `file`, an open handle's current descriptor and its
+    /// layer, serves a read where there is one (the name may be gone).
+    pub fn fileattr(
+        &self,
+        node: &Arc<Node>,
+        file: Option<(&File, usize)>,
+        cmd: u32,
+        arg: &mut [u8],
+    ) -> Result<()> {
+        let path = node.path();
+        let ioctl = |fd: RawFd, layer: usize, arg: &mut [u8]| {
+            sys::fileattr_ioctl(fd, cmd, arg)
+                .op("ioctl (inode flags)")
+                .map_err(|e| e.at(&path).in_layer(layer))
+        };
+        let not_one = || Error::new(libc::ENOTTY, "ioctl (inode flags)").at(&path);
+        let Some((_, set)) = sys::fileattr_ioctl_kind(cmd) else {
+            return Err(not_one());
+        };
+        let flags = match node.kind {
+            libc::S_IFREG => libc::O_RDONLY | libc::O_NONBLOCK,
+            libc::S_IFDIR => libc::O_RDONLY | libc::O_DIRECTORY,
+            _ => return Err(not_one()),
+        };
+        if let (Some((f, layer)), false) = (file, set) {
+            return ioctl(f.as_raw_fd(), layer, arg);
+        }
+        let place = node.place.read();
+        let loc = if set {
+            self.copy_up(node)?
+        } else {
+            self.locate(node)?
+        };
+        let f = sys::open_file(loc.raw(), &loc.name, flags)
+            .op("open for its inode flags")
+            .map_err(|e| e.at(&path).in_layer(loc.layer))?;
+        drop(place);
+        ioctl(f.as_raw_fd(), loc.layer, arg)?;
+        log::debug!("inode flags {path}: ioctl {cmd:#x}");
+        Ok(())
+    }
+
     /// Kill the set-user-ID bit, the set-group-ID bit where group-execute is set, and the
     /// `security.capability` xattr of a node's upper file, for a write, truncate, chown or
     /// `O_TRUNC` open by a caller without CAP_FSETID. The kernel leaves that to the

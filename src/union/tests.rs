@@ -714,3 +714,51 @@ fn a_tmpfile_node_has_no_name_until_link_gives_it_one() {
     );
     assert_eq!(fs::read(s.upper.join("d/named")).unwrap(), b"unnamed");
 }
+
+#[test]
+fn inode_flags_are_read_below_and_set_on_the_upper_copy() {
+    const NODUMP: u32 = 0x40; // FS_NODUMP_FL
+    let get = libc::FS_IOC_GETFLAGS as u32;
+    let set = libc::FS_IOC_SETFLAGS as u32;
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("d/f"), "data");
+    let u = s.union();
+    let f = walk(&u, "d/f").unwrap();
+    let mut arg = [0u8; 4];
+    if u.fileattr(&f, None, get, &mut arg).is_err() {
+        eprintln!("skipped: the branches' filesystem has no inode flags");
+        return;
+    }
+    assert!(!s.upper.join("d").exists(), "a read copies nothing up");
+    let flags = u32::from_ne_bytes(arg) | NODUMP;
+    let mut arg = flags.to_ne_bytes();
+    u.fileattr(&f, None, set, &mut arg).unwrap();
+    assert_eq!(fs::read_to_string(s.upper.join("d/f")).unwrap(), "data");
+    let mut arg = [0u8; 4];
+    u.fileattr(&f, None, get, &mut arg).unwrap();
+    assert_eq!(u32::from_ne_bytes(arg) & NODUMP, NODUMP);
+    let lower = fs::File::open(s.lowers[0].join("d/f")).unwrap();
+    let mut lower_flags = [0u8; 4];
+    crate::sys::fileattr_ioctl(
+        std::os::fd::AsRawFd::as_raw_fd(&lower),
+        get,
+        &mut lower_flags,
+    )
+    .unwrap();
+    assert_eq!(
+        u32::from_ne_bytes(lower_flags) & NODUMP,
+        0,
+        "the lower is left"
+    );
+    // Not an inode-flag ioctl (TCGETS), and a size that does not fit the command.
+    assert_eq!(
+        u.fileattr(&f, None, 0x5401, &mut [0u8; 4])
+            .unwrap_err()
+            .errno,
+        libc::ENOTTY
+    );
+    assert_eq!(
+        u.fileattr(&f, None, get, &mut [0u8; 8]).unwrap_err().errno,
+        libc::EINVAL
+    );
+}
