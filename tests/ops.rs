@@ -2047,6 +2047,190 @@ fn set_inode_flags(p: &Path, flags: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Flags cleared from the given files however a test ends: the fixture could not remove
+/// an immutable or append-only file.
+struct Unflag(Vec<std::path::PathBuf>);
+
+impl Drop for Unflag {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if let Ok(f) = inode_flags(p) {
+                let _ = set_inode_flags(p, f & !(0x10 | 0x20));
+            }
+        }
+    }
+}
+
+/// `touch` of `p`: both times set to now (utimensat with no times).
+fn touch_now(p: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: c is a valid C string for the call; a null times pointer means now.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Immutable and append-only hold through the mount as on overlayfs: the kernel does not
+/// know a FUSE inode's flags, and a change of a lower entry goes to an upper copy that has
+/// none, so the union refuses what the kernel refuses such an inode. A copy-up that is
+/// allowed (a parent of a changed child, a touch) keeps them in a record beside the copy
+/// (`trusted.overlay.protattr`), not on it, where they would stop the union's own work;
+/// `sync` and `noatime` go on the copy. chattr through the mount moves them in and out of
+/// the record; a remount reads it back.
+#[test]
+fn immutable_and_append_only_hold_through_a_copy_up() {
+    const SYNC: u32 = 0x8;
+    const IMMUTABLE: u32 = 0x10;
+    const APPEND: u32 = 0x20;
+    const NOATIME: u32 = 0x80;
+    const PROTATTR: &str = "trusted.overlay.protattr";
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "imm"), "imm\n");
+    put(&fx.l(0, "app"), "app\n");
+    put(&fx.l(0, "sa"), "sa\n");
+    mkdir_p(&fx.l(0, "idir/sub"));
+    put(&fx.l(0, "idir/f"), "f\n");
+    put(&fx.l(0, "idir/sub/g"), "g\n");
+    let _unflag = Unflag(
+        ["imm", "app", "idir"]
+            .iter()
+            .map(|n| fx.l(0, n))
+            .chain(["imm", "app", "idir", "new"].iter().map(|n| fx.u(n)))
+            .collect(),
+    );
+    let add = |p: &Path, bits: u32| set_inode_flags(p, inode_flags(p)? | bits);
+    if let Err(e) = add(&fx.l(0, "imm"), IMMUTABLE) {
+        eprintln!("skipped: cannot make a file immutable here ({e})");
+        return;
+    }
+    add(&fx.l(0, "idir"), IMMUTABLE).unwrap();
+    add(&fx.l(0, "app"), APPEND).unwrap();
+    add(&fx.l(0, "sa"), SYNC | NOATIME).unwrap();
+    let m = fx.mount(&[]);
+    let open = |p: &Path, o: &mut OpenOptions| o.open(p).map(drop);
+
+    // What the kernel refuses an immutable or append-only inode.
+    let refused: Vec<(&str, std::io::Result<()>)> = vec![
+        (
+            "write imm",
+            open(&fx.m("imm"), OpenOptions::new().write(true)),
+        ),
+        (
+            "append imm",
+            open(&fx.m("imm"), OpenOptions::new().append(true)),
+        ),
+        (
+            "write app",
+            open(&fx.m("app"), OpenOptions::new().write(true)),
+        ),
+        (
+            "truncate app",
+            open(
+                &fx.m("app"),
+                OpenOptions::new().append(true).custom_flags(libc::O_TRUNC),
+            ),
+        ),
+        ("rm imm", fs::remove_file(fx.m("imm"))),
+        ("mv app", fs::rename(fx.m("app"), fx.m("app2"))),
+        (
+            "chmod imm",
+            fs::set_permissions(fx.m("imm"), fs::Permissions::from_mode(0o600)),
+        ),
+        ("touch imm", touch_now(&fx.m("imm"))),
+        ("setxattr app", xattr::set(fx.m("app"), "user.k", b"v")),
+        ("ln app", fs::hard_link(fx.m("app"), fx.m("applink"))),
+        ("create in idir", File::create(fx.m("idir/new")).map(drop)),
+        ("mkdir in idir", fs::create_dir(fx.m("idir/d"))),
+        ("rm in idir", fs::remove_file(fx.m("idir/f"))),
+        ("mv out of idir", fs::rename(fx.m("idir/f"), fx.m("f2"))),
+    ];
+    for (what, r) in refused {
+        assert_errno(r, libc::EPERM, what);
+    }
+    assert!(
+        upper_names(&fx.upper).is_empty(),
+        "a refused change copied nothing up: {:?}",
+        upper_names(&fx.upper)
+    );
+
+    // What it allows: a touch and an append of an append-only file, a change inside an
+    // immutable directory's subdirectory (which copies the directory up).
+    touch_now(&fx.m("app")).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(fx.m("app"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    put(&fx.m("idir/sub/g"), "g2\n");
+    put(&fx.m("sa"), "sa2\n");
+    assert_eq!(read(&fx.u("app")), "app\nmore\n");
+    assert_eq!(read(&fx.u("idir/sub/g")), "g2\n");
+    assert_eq!(xattr::get(fx.u("idir"), PROTATTR).unwrap().unwrap(), b"i");
+    assert_eq!(xattr::get(fx.u("app"), PROTATTR).unwrap().unwrap(), b"a");
+    assert_eq!(
+        inode_flags(&fx.u("idir")).unwrap() & (IMMUTABLE | APPEND),
+        0
+    );
+    assert_eq!(inode_flags(&fx.u("app")).unwrap() & (IMMUTABLE | APPEND), 0);
+    assert_eq!(
+        inode_flags(&fx.u("sa")).unwrap() & (SYNC | NOATIME),
+        SYNC | NOATIME
+    );
+    // The copies still show and keep them.
+    assert_eq!(inode_flags(&fx.m("idir")).unwrap() & IMMUTABLE, IMMUTABLE);
+    assert_eq!(inode_flags(&fx.m("app")).unwrap() & APPEND, APPEND);
+    assert_errno(
+        File::create(fx.m("idir/new")).map(drop),
+        libc::EPERM,
+        "create in the copy",
+    );
+    assert_errno(
+        open(&fx.m("app"), OpenOptions::new().write(true)),
+        libc::EPERM,
+        "write the copy",
+    );
+
+    // chattr through the mount: -i on a lower file copies it up without the flag; +i on an
+    // upper file goes to its record.
+    set_inode_flags(
+        &fx.m("imm"),
+        inode_flags(&fx.m("imm")).unwrap() & !IMMUTABLE,
+    )
+    .unwrap();
+    put(&fx.m("imm"), "written\n");
+    assert_eq!(read(&fx.u("imm")), "written\n");
+    assert_eq!(xattr::get(fx.u("imm"), PROTATTR).unwrap(), None);
+    assert_eq!(inode_flags(&fx.l(0, "imm")).unwrap() & IMMUTABLE, IMMUTABLE);
+    put(&fx.m("new"), "new\n");
+    set_inode_flags(&fx.m("new"), inode_flags(&fx.m("new")).unwrap() | IMMUTABLE).unwrap();
+    assert_eq!(xattr::get(fx.u("new"), PROTATTR).unwrap().unwrap(), b"i");
+    assert_eq!(inode_flags(&fx.u("new")).unwrap() & IMMUTABLE, 0);
+    assert_errno(fs::remove_file(fx.m("new")), libc::EPERM, "rm new");
+
+    let m = m.remount();
+    assert_errno(
+        File::create(fx.m("idir/x")).map(drop),
+        libc::EPERM,
+        "after a remount",
+    );
+    assert_errno(
+        fs::remove_file(fx.m("new")),
+        libc::EPERM,
+        "rm new, remounted",
+    );
+    set_inode_flags(
+        &fx.m("new"),
+        inode_flags(&fx.m("new")).unwrap() & !IMMUTABLE,
+    )
+    .unwrap();
+    fs::remove_file(fx.m("new")).unwrap();
+    assert!(!fx.u("new").exists());
+    drop(m);
+}
+
 /// Inode flags (`lsattr`, `chattr`) as on overlayfs: read from the topmost file without a
 /// copy-up; set on the upper copy, made first, the lower one left as it was; kept across a
 /// remount. The xfs-style fsxattr read shows the same flag.

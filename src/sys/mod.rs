@@ -417,6 +417,31 @@ pub fn fileattr_ioctl(fd: RawFd, cmd: u32, arg: &mut [u8]) -> io::Result<()> {
     check(unsafe { libc::ioctl(fd, cmd as _, arg.as_mut_ptr()) }).map(drop)
 }
 
+/// The inode flags of the file open at `fd` (FS_IOC_GETFLAGS).
+pub fn inode_flags(fd: RawFd) -> io::Result<u32> {
+    let mut arg = [0u8; 4];
+    fileattr_ioctl(fd, libc::FS_IOC_GETFLAGS as u32, &mut arg)?;
+    Ok(u32::from_ne_bytes(arg))
+}
+
+/// Set the inode flags of the file open at `fd` (FS_IOC_SETFLAGS).
+pub fn set_inode_flags(fd: RawFd, flags: u32) -> io::Result<()> {
+    let mut arg = flags.to_ne_bytes();
+    fileattr_ioctl(fd, libc::FS_IOC_SETFLAGS as u32, &mut arg)
+}
+
+/// The `statx` attributes (`STATX_ATTR_*`: immutable, append-only, ...) of `name` in
+/// `dir`, not following a symlink there and syncing nothing.
+pub fn statx_attributes(dir: RawFd, name: &OsStr) -> io::Result<u64> {
+    let (dir, c, follow) = target(dir, name)?;
+    // SAFETY: zeroed statx is a valid out-parameter.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = nofollow(follow) | libc::AT_STATX_DONT_SYNC;
+    // SAFETY: c and stx are valid for the call.
+    check(unsafe { libc::statx(dir, c.as_ptr(), flags, 0, &mut stx) })?;
+    Ok(stx.stx_attributes & stx.stx_attributes_mask)
+}
+
 /// A timestamp to set: `None` leaves it unchanged, `Some(None)` means now.
 pub type TimeSpec = Option<Option<(i64, i64)>>;
 

@@ -175,7 +175,7 @@ impl Union {
         let mut s = node.state_mut();
         s.changed = self.note_change();
         s.layer = 0;
-        s.real = (copied.st_dev, copied.st_ino);
+        node.set_real(&mut s, (copied.st_dev, copied.st_ino));
         s.set_kept(copy.map(|fd| Kept { fd, layer: 0 }));
         s.set_data((want == Data::Deferred).then_some(data_src));
         if node.is_dir() {
@@ -295,6 +295,7 @@ impl Union {
             sys::lsetxattr(work.raw(), &tmp, mark, b"", 0).op("copy-up metacopy mark")?;
         }
         copy_metadata(src.raw(), &src.name, work.raw(), &tmp, st, self.opts.squash)?;
+        self.carry_fileattr(src, kind, work.raw(), &tmp, data.as_ref())?;
         if let Some(f) = &data
             && !self.opts.volatile
         {
@@ -380,6 +381,8 @@ impl Union {
                 self.opts.squash,
             )
             .map_err(wrap)?;
+            self.carry_fileattr(&upper, libc::S_IFREG, work.raw(), &tmp, Some(&to))
+                .map_err(wrap)?;
             if !self.opts.volatile {
                 sys::fsync(to.as_raw_fd(), false).op("copy-up fsync")?;
             }
@@ -448,7 +451,7 @@ impl Union {
         let mut s = node.state_mut();
         s.changed = self.note_change();
         s.set_data(None);
-        s.real = (st.st_dev, st.st_ino);
+        node.set_real(&mut s, (st.st_dev, st.st_ino));
         s.set_kept(copy.map(|fd| Kept {
             fd: Arc::new(fd),
             layer: 0,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::WhiteoutFormat;
 use super::events::Event;
+use super::fileattr::Change;
 use super::idmap::StatOverride;
 use super::index;
 use super::layer::{ACL_DEFAULT, remove_tree_contents};
@@ -154,6 +155,7 @@ impl Union {
         if self.probe(parent, name)?.is_some() {
             return Err(Error::new(libc::EEXIST, "create").at(path));
         }
+        self.check_protection(parent, Change::AddEntry, "create")?;
         let up = self.upper_dir(parent)?;
         let up = up.as_raw_fd();
         let wh = whiteout::whiteout_name(name);
@@ -217,7 +219,10 @@ impl Union {
             data: None,
             epoch: self.changes(),
         };
+        let real = (st.st_dev, st.st_ino);
         let (node, st) = self.bind(parent, name, found);
+        // A new entry is neither immutable nor append-only (no filesystem passes those on).
+        node.known_unprotected(real);
         log::debug!("create {path}");
         Ok((node, st, file))
     }
@@ -239,6 +244,7 @@ impl Union {
             // EOPNOTSUPP, and callers fall back to a named file.)
             return Err(Error::new(libc::EOPNOTSUPP, "tmpfile").at(path));
         }
+        self.check_protection(parent, Change::AddEntry, "tmpfile")?;
         let up = self.upper_dir(parent)?;
         let up = up.as_raw_fd();
         let (caller, _, gid, _) = self.made_in(up, caller)?;
@@ -335,6 +341,10 @@ impl Union {
         let path = child_path(parent, name);
         self.check_writable(op)?;
         let found = self.probe(parent, name)?;
+        if let Some(f) = &found {
+            self.check_protection(parent, Change::RemoveEntry, op)?;
+            self.check_entry_protection(parent, name, f, Change::Remove, op)?;
+        }
         let found = if dir {
             found
         } else {
@@ -505,6 +515,8 @@ impl Union {
         if self.probe(newparent, newname)?.is_some() {
             return Err(Error::new(libc::EEXIST, "link").at(path));
         }
+        self.check_protection(node, Change::Remove, "link")?;
+        self.check_protection(newparent, Change::AddEntry, "link")?;
         let loc = self.copy_up(node)?;
         let up = self.upper_dir(newparent)?;
         if exists(up.as_raw_fd(), newname) {

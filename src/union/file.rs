@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use super::Union;
+use super::fileattr::Change;
 use super::node::Node;
 use crate::error::{Context, Result};
 use crate::sys;
@@ -29,6 +30,13 @@ impl Union {
     ) -> Result<(File, usize, bool)> {
         let _place = node.place.read();
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if writing {
+            let change = Change::Write {
+                append: flags & libc::O_APPEND != 0,
+                truncate: flags & libc::O_TRUNC != 0,
+            };
+            self.check_protection(node, change, "open")?;
+        }
         let loc = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.copy_up_truncated(node)?
         } else if writing {

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use super::fileattr::Change;
 use super::idmap::{self, StatOverride};
 use super::layer::LayerStack;
 use super::node::Loc;
@@ -40,6 +41,23 @@ fn killed(mode: u32) -> u32 {
     m
 }
 
+/// What a setattr changes, as immutable and append-only inodes tell it apart.
+fn protected_changes(a: &SetAttr) -> impl Iterator<Item = Change> {
+    let given = |t: TimeSpec| matches!(t, Some(Some(_)));
+    let now = |t: TimeSpec| matches!(t, Some(None));
+    let attr = a.mode.is_some() || a.uid.is_some() || a.gid.is_some();
+    [
+        a.size.map(|_| Change::Write {
+            append: false,
+            truncate: true,
+        }),
+        (attr || given(a.atime) || given(a.mtime)).then_some(Change::Attr),
+        (now(a.atime) || now(a.mtime)).then_some(Change::Touch),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// The file capability a write, truncate or chown removes (`security_inode_killpriv`).
 const CAPABILITY_XATTR: &str = "security.capability";
 
@@ -55,6 +73,9 @@ impl Union {
         a: SetAttr,
         file: Option<(&File, usize)>,
     ) -> Result<Stat> {
+        for change in protected_changes(&a) {
+            self.check_protection(node, change, "setattr")?;
+        }
         let file = file.filter(|(_, layer)| *layer == 0).map(|(f, _)| f);
         let path = node.path();
         let wrap = |e: Error| e.at(&path).in_layer(0);
@@ -135,50 +156,6 @@ impl Union {
         drop(place);
         log::debug!("setattr {path}");
         self.getattr(node)
-    }
-
-    /// Inode flags (`lsattr`, `chattr`), as overlayfs's fileattr: the ioctl `cmd` (one of
-    /// `sys::fileattr_ioctl`'s) on the node's topmost file, or for one that sets them on
-    /// its upper copy, made first. `file`, an open handle's current descriptor and its
-    /// layer, serves a read where there is one (the name may be gone).
-    pub fn fileattr(
-        &self,
-        node: &Arc<Node>,
-        file: Option<(&File, usize)>,
-        cmd: u32,
-        arg: &mut [u8],
-    ) -> Result<()> {
-        let path = node.path();
-        let ioctl = |fd: RawFd, layer: usize, arg: &mut [u8]| {
-            sys::fileattr_ioctl(fd, cmd, arg)
-                .op("ioctl (inode flags)")
-                .map_err(|e| e.at(&path).in_layer(layer))
-        };
-        let not_one = || Error::new(libc::ENOTTY, "ioctl (inode flags)").at(&path);
-        let Some((_, set)) = sys::fileattr_ioctl_kind(cmd) else {
-            return Err(not_one());
-        };
-        let flags = match node.kind {
-            libc::S_IFREG => libc::O_RDONLY | libc::O_NONBLOCK,
-            libc::S_IFDIR => libc::O_RDONLY | libc::O_DIRECTORY,
-            _ => return Err(not_one()),
-        };
-        if let (Some((f, layer)), false) = (file, set) {
-            return ioctl(f.as_raw_fd(), layer, arg);
-        }
-        let place = node.place.read();
-        let loc = if set {
-            self.copy_up(node)?
-        } else {
-            self.locate(node)?
-        };
-        let f = sys::open_file(loc.raw(), &loc.name, flags)
-            .op("open for its inode flags")
-            .map_err(|e| e.at(&path).in_layer(loc.layer))?;
-        drop(place);
-        ioctl(f.as_raw_fd(), loc.layer, arg)?;
-        log::debug!("inode flags {path}: ioctl {cmd:#x}");
-        Ok(())
     }
 
     /// Kill the set-user-ID bit, the set-group-ID bit where group-execute is set, and the

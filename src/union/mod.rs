@@ -6,6 +6,7 @@ pub mod copyup;
 pub mod dir;
 pub mod events;
 pub mod file;
+pub mod fileattr;
 pub mod idmap;
 pub mod index;
 pub mod inode;

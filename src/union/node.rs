@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -99,6 +99,7 @@ pub struct NodeState {
     pub changed: u64,
     /// (st_dev, st_ino) of the topmost real file: tells a hard link (same real file) from
     /// another file that shows the same number (a copied-up link and its lower sibling).
+    /// Set through `Node::set_real`.
     pub real: (u64, u64),
     /// Further names, kept handle, data location, unlinked: see `Rare`.
     pub rare: Rare,
@@ -328,9 +329,21 @@ pub struct Node {
     /// A directory: the fingerprint of its layers when the kernel last cached its listing
     /// (see `Union::listing_stale`); 0 for none.
     pub listed: AtomicU64,
+    /// Immutable and append-only as last found for its real file (`Union::protection`): 0
+    /// not known, else known and which. Forgotten when the real file changes (`set_real`).
+    pub prot: AtomicU8,
 }
 
 impl Node {
+    /// The node's topmost real file is now `real` (its state `s`, locked by the caller):
+    /// what was known of the old one goes.
+    pub fn set_real(&self, s: &mut NodeState, real: (u64, u64)) {
+        if s.real != real {
+            s.real = real;
+            self.prot.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// A node with a node id of its own.
     pub fn new(ino: u64, kind: u32, state: NodeState) -> Node {
         Node::with_id(NEXT_ID.fetch_add(1, Ordering::Relaxed), ino, kind, state)
@@ -352,6 +365,7 @@ impl Node {
             opens: AtomicU32::new(0),
             pinned: AtomicU32::new(0),
             listed: AtomicU64::new(0),
+            prot: AtomicU8::new(0),
         }
     }
 

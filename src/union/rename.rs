@@ -11,6 +11,7 @@ use super::Union;
 use super::WhiteoutFormat;
 use super::dir::{child_path, clear_whiteout, exists, is_dir_found};
 use super::events::Event;
+use super::fileattr::Change;
 use super::layer::remove_tree_contents;
 use super::node::Node;
 use super::whiteout;
@@ -54,6 +55,13 @@ impl Union {
             .probe(parent, name)?
             .ok_or_else(|| Error::new(libc::ENOENT, "rename").at(&path))?;
         let dst = self.probe(newparent, newname)?;
+        self.check_protection(parent, Change::RemoveEntry, "rename")?;
+        self.check_entry_protection(parent, name, &src, Change::Remove, "rename")?;
+        self.check_protection(newparent, Change::AddEntry, "rename")?;
+        if let Some(d) = &dst {
+            self.check_protection(newparent, Change::RemoveEntry, "rename")?;
+            self.check_entry_protection(newparent, newname, d, Change::Remove, "rename")?;
+        }
         // (Not for a rename that may not replace, nor between two names of one file, nor of
         // a directory over a file: it changes nothing, or fails.)
         let dst = if !exchange && flags & sys::RENAME_NOREPLACE == 0 && !is_dir_found(&src) {

@@ -105,7 +105,7 @@ impl Union {
                         s.layer = layer;
                         s.dirs = self.keep_slots(dirs.clone());
                         s.generation = generation;
-                        s.real = real;
+                        node.set_real(&mut s, real);
                         s.set_data(data.clone());
                     }
                 } else if s.real == real {
@@ -523,15 +523,7 @@ impl Union {
         layer: usize,
         st: &Stat,
     ) -> (u64, bool) {
-        // Ours: the upper, and snapshots of it (an upper once, where it took its records).
-        let ours = (layer == 0 && self.writable())
-            || (layer > 0
-                && self
-                    .stack()
-                    .layers
-                    .get(layer)
-                    .is_some_and(|l| l.snapshot.is_some()));
-        if ours {
+        if self.keeps_records(layer) {
             if let Some(o) = self.origins.get(&(st.st_dev, st.st_ino)) {
                 return o;
             }
@@ -545,6 +537,18 @@ impl Union {
             }
         }
         (self.ino_of(st), false)
+    }
+
+    /// Whether the union's records on entries of `layer` are its own: the upper's, and
+    /// those of snapshots of it (an upper once, where they were made).
+    pub(crate) fn keeps_records(&self, layer: usize) -> bool {
+        (layer == 0 && self.writable())
+            || (layer > 0
+                && self
+                    .stack()
+                    .layers
+                    .get(layer)
+                    .is_some_and(|l| l.snapshot.is_some()))
     }
 
     /// An upper inode is about to be freed: the filesystem may give its number to the next
@@ -641,7 +645,7 @@ impl Union {
         if let Some(f) = found.filter(|f| f.ino == node.ino && f.epoch >= st.changed) {
             st.layer = f.layer;
             st.dirs = self.keep_slots(f.dirs);
-            st.real = (f.st.st_dev, f.st.st_ino);
+            node.set_real(&mut st, (f.st.st_dev, f.st.st_ino));
             st.set_data(f.data);
         }
         st.generation = generation;

@@ -614,7 +614,7 @@ impl Union {
             Some(f) if same(&f) => {
                 st.layer = f.layer;
                 st.dirs = self.keep_slots(f.dirs);
-                st.real = (f.st.st_dev, f.st.st_ino);
+                n.set_real(&mut st, (f.st.st_dev, f.st.st_ino));
                 st.set_data(f.data);
                 st.set_unlinked(false);
                 st.generation = self.generation();

@@ -762,3 +762,60 @@ fn inode_flags_are_read_below_and_set_on_the_upper_copy() {
         libc::EINVAL
     );
 }
+
+#[test]
+fn an_immutable_lower_file_refuses_a_write_and_is_not_copied_up() {
+    const IMMUTABLE: u32 = 0x10; // FS_IMMUTABLE_FL
+    let s = Stack::new(1);
+    write(&s.lowers[0].join("d/f"), "data");
+    let lower = s.lowers[0].join("d/f");
+    let flags_of = |p: &Path| {
+        let f = fs::File::open(p).unwrap();
+        crate::sys::inode_flags(std::os::fd::AsRawFd::as_raw_fd(&f))
+    };
+    let set_flags = |p: &Path, v: u32| {
+        let f = fs::File::open(p).unwrap();
+        crate::sys::set_inode_flags(std::os::fd::AsRawFd::as_raw_fd(&f), v)
+    };
+    match flags_of(&lower).and_then(|v| set_flags(&lower, v | IMMUTABLE)) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("skipped: cannot make a file immutable here ({e})");
+            return;
+        }
+    }
+    // Cleared however the test ends: the stack's directories could not be removed.
+    struct Unflag<'a>(&'a Path);
+    impl Drop for Unflag<'_> {
+        fn drop(&mut self) {
+            if let Ok(f) = fs::File::open(self.0) {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+                if let Ok(v) = crate::sys::inode_flags(fd) {
+                    let _ = crate::sys::set_inode_flags(fd, v & !IMMUTABLE);
+                }
+            }
+        }
+    }
+    let _unflag = Unflag(&lower);
+    let u = s.union();
+    let f = walk(&u, "d/f").unwrap();
+    assert!(u.protection(&f).unwrap().immutable);
+    assert_eq!(u.open(&f, libc::O_WRONLY).unwrap_err().errno, libc::EPERM);
+    let d = walk(&u, "d").unwrap();
+    assert_eq!(u.unlink(&d, "f".as_ref()).unwrap_err().errno, libc::EPERM);
+    assert!(!s.upper.join("d").exists(), "nothing was copied up");
+    // chattr -i through the union: the copy takes the change, and writes go through.
+    let mut arg = [0u8; 4];
+    u.fileattr(&f, None, libc::FS_IOC_GETFLAGS as u32, &mut arg)
+        .unwrap();
+    let mut arg = (u32::from_ne_bytes(arg) & !IMMUTABLE).to_ne_bytes();
+    u.fileattr(&f, None, libc::FS_IOC_SETFLAGS as u32, &mut arg)
+        .unwrap();
+    assert!(!u.protection(&f).unwrap().immutable);
+    u.open(&f, libc::O_WRONLY).unwrap();
+    assert_eq!(
+        flags_of(&lower).unwrap() & IMMUTABLE,
+        IMMUTABLE,
+        "the lower is left"
+    );
+}

@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use super::fileattr::Change;
 use super::layer::LayerStack;
 use super::node::Node;
 use super::{Union, idmap, whiteout};
@@ -68,6 +69,7 @@ impl Union {
         if whiteout::is_private_xattr(attr) || idmap::is_owner_xattr(attr.as_bytes()) {
             return Err(Error::new(libc::EPERM, "setxattr").at(node.path()));
         }
+        self.check_protection(node, Change::Attr, "setxattr")?;
         let _place = node.place.read();
         let loc = self.copy_up_metadata(node)?;
         sys::lsetxattr(loc.raw(), &loc.name, attr, value, flags)
@@ -78,6 +80,11 @@ impl Union {
     pub fn removexattr(&self, node: &Arc<Node>, attr: &OsStr) -> Result<()> {
         // Nothing to remove means nothing to copy up.
         self.getxattr(node, attr)?;
+        // The kernel's own removal of a file capability (a write's) is no change of the
+        // caller's: kernel overlayfs lets it through to the upper copy, as here.
+        if attr != "security.capability" {
+            self.check_protection(node, Change::Attr, "removexattr")?;
+        }
         let _place = node.place.read();
         let was_lower = self.locate(node)?.layer > 0;
         let loc = self.copy_up_metadata(node)?;
