@@ -1991,11 +1991,11 @@ fn a_rewrite_racing_readers_never_shows_zeros() {
     assert_eq!(read(&p), "f 3000\n");
 }
 
-/// An ioctl the filesystem does not serve fails with ENOTTY, as on a local file, and the
-/// daemon says nothing of it: Python's `open` asks `isatty` (TCGETS) of every file it opens,
-/// and each one reaches the daemon.
+/// An ioctl the filesystem does not serve fails with ENOTTY, and a poll finds the file
+/// ready, as on a local file; the daemon says nothing of either: Python's `open` asks
+/// `isatty` (TCGETS) of every file it opens, and each one reaches the daemon.
 #[test]
-fn an_unserved_ioctl_is_enotty_and_logs_no_warning() {
+fn an_unserved_ioctl_or_poll_answers_as_a_local_file_and_logs_no_warning() {
     use std::io::IsTerminal;
     let fx = Fixture::new(1);
     fs::write(fx.l(0, "lower.txt"), "x").unwrap();
@@ -2014,6 +2014,14 @@ fn an_unserved_ioctl_is_enotty_and_logs_no_warning() {
             Some(libc::ENOTTY),
             "{name}"
         );
+        let mut p = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 1000) }, 1, "{name}");
+        assert_eq!(p.revents & libc::POLLIN, libc::POLLIN, "{name}");
     }
     drop(m);
     let log = fs::read_to_string(&fx.log).unwrap();

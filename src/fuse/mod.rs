@@ -351,6 +351,23 @@ impl Filesystem for UnionFs {
         file::ioctl(self, ino, fh, cmd, in_data, reply)
     }
 
+    /// Not served: the branches' files are always ready, as on a local filesystem. ENOSYS
+    /// tells the kernel so once; it then answers every poll on the mount itself (readable
+    /// and writable).
+    fn poll(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        log::debug!("poll {}: not served, the kernel answers ready", ino.0);
+        reply.error(Errno::ENOSYS);
+    }
+
     fn fsync(
         &self,
         _req: &Request,
