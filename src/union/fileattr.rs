@@ -224,7 +224,7 @@ impl Union {
     }
 
     /// `protection` of the real entry at `loc`. A filesystem without these flags has none.
-    pub(crate) fn protection_at(&self, loc: &Loc) -> Protect {
+    fn protection_at(&self, loc: &Loc) -> Protect {
         let attrs = sys::statx_attributes(loc.raw(), &loc.name).unwrap_or(0);
         let real = Protect {
             immutable: attrs & STATX_ATTR_IMMUTABLE != 0,
