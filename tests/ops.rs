@@ -2109,6 +2109,7 @@ fn immutable_and_append_only_hold_through_a_copy_up() {
             .collect(),
     );
     let add = |p: &Path, bits: u32| set_inode_flags(p, inode_flags(p)? | bits);
+    let clear = |p: &Path, bits: u32| set_inode_flags(p, inode_flags(p)? & !bits);
     if let Err(e) = add(&fx.l(0, "imm"), IMMUTABLE) {
         eprintln!("skipped: cannot make a file immutable here ({e})");
         return;
@@ -2203,17 +2204,13 @@ fn immutable_and_append_only_hold_through_a_copy_up() {
 
     // chattr through the mount: -i on a lower file copies it up without the flag; +i on an
     // upper file goes to its record.
-    set_inode_flags(
-        &fx.m("imm"),
-        inode_flags(&fx.m("imm")).unwrap() & !IMMUTABLE,
-    )
-    .unwrap();
+    clear(&fx.m("imm"), IMMUTABLE).unwrap();
     put(&fx.m("imm"), "written\n");
     assert_eq!(read(&fx.u("imm")), "written\n");
     assert_eq!(xattr::get(fx.u("imm"), PROTATTR).unwrap(), None);
     assert_eq!(inode_flags(&fx.l(0, "imm")).unwrap() & IMMUTABLE, IMMUTABLE);
     put(&fx.m("new"), "new\n");
-    set_inode_flags(&fx.m("new"), inode_flags(&fx.m("new")).unwrap() | IMMUTABLE).unwrap();
+    add(&fx.m("new"), IMMUTABLE).unwrap();
     assert_eq!(xattr::get(fx.u("new"), PROTATTR).unwrap().unwrap(), b"i");
     assert_eq!(inode_flags(&fx.u("new")).unwrap() & IMMUTABLE, 0);
     assert_errno(fs::remove_file(fx.m("new")), libc::EPERM, "rm new");
@@ -2229,11 +2226,7 @@ fn immutable_and_append_only_hold_through_a_copy_up() {
         libc::EPERM,
         "rm new, remounted",
     );
-    set_inode_flags(
-        &fx.m("new"),
-        inode_flags(&fx.m("new")).unwrap() & !IMMUTABLE,
-    )
-    .unwrap();
+    clear(&fx.m("new"), IMMUTABLE).unwrap();
     fs::remove_file(fx.m("new")).unwrap();
     assert!(!fx.u("new").exists());
     drop(m);
