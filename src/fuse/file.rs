@@ -38,7 +38,10 @@ pub(super) fn open(
     // already uses in passthrough: open the node again, which now finds the copy.
     let mut opened = None;
     for _ in 0..3 {
-        let (file, layer) = match fs.union.open_killing(&node, flags.0, kill_suidgid) {
+        // Through the page cache an O_TRUNC truncation is held (see
+        // union::file::HeldTruncations); with passthrough the kernel reads the real file.
+        let hold = !fs.passthrough;
+        let (file, layer) = match fs.union.open_killing(&node, flags.0, kill_suidgid, hold) {
             Ok((f, layer, killed)) => {
                 if killed {
                     fs.attrs_changed(&node);
@@ -87,10 +90,26 @@ thread_local! {
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-pub(super) fn read(fs: &UnionFs, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
+/// `flags`: the open file's, as the kernel sends them with the READ.
+pub(super) fn read(
+    fs: &UnionFs,
+    fh: FileHandle,
+    offset: u64,
+    size: u32,
+    flags: i32,
+    reply: ReplyData,
+) {
     READ_BUFFER.with_borrow_mut(|buf| {
-        let res = fs.with_file(fh, |f| {
-            sys::pread_into(f.as_raw_fd(), buf, size as usize, offset)
+        let res = fs.with_node_file(fh, |node, f| {
+            fs.union.read_held(node.id, |held| {
+                if held && flags & libc::O_DIRECT != 0 {
+                    // Past the end of the truncated file: only a read through the page
+                    // cache may have been sent before the truncation.
+                    buf.clear();
+                    return Ok(());
+                }
+                sys::pread_into(f.as_raw_fd(), buf, size as usize, offset).map_err(Errno::from)
+            })
         });
         match res {
             Ok(()) => reply.data(buf),
@@ -121,7 +140,10 @@ pub(super) fn write(
         {
             fs.attrs_changed(node);
         }
-        f.write_all_at(data, offset).map_err(Errno::from)
+        fs.union
+            .truncation_done(node.id, || f.write_all_at(data, offset))
+            .map_err(|e| fs.fail(&e))?
+            .map_err(Errno::from)
     });
     match res {
         Ok(()) => reply.written(data.len() as u32),
@@ -172,6 +194,13 @@ pub(super) fn flush(reply: ReplyEmpty) {
 
 pub(super) fn release(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
     if let Some(of) = fs.handles.remove(fh.0) {
+        // The open that truncated is done with: the kernel knows the size since it
+        // returned (see union::file::HeldTruncations).
+        if of.flags & libc::O_TRUNC != 0
+            && let Err(e) = fs.union.truncation_closed(of.node.id, &of.file.read().0)
+        {
+            log::warn!("{}: {e}", of.node.path());
+        }
         let (id, cached) = (of.node.id, of.backing.is_none());
         drop(of);
         fs.backings.release(id, cached);
@@ -236,17 +265,24 @@ pub(super) fn copy_file_range(
 }
 
 impl UnionFs {
-    /// Run `f` on the real file of an open handle. A read-only handle opened on a lower
-    /// file is first reopened from the upper if the file has been copied up since.
+    /// Run `f` on the real file of an open handle to change its data, or to look at where
+    /// the data lies: a held truncation is made first (see union::file::HeldTruncations).
     pub(super) fn with_file<T>(
         &self,
         fh: FileHandle,
         f: impl FnOnce(&std::fs::File) -> io::Result<T>,
     ) -> Result<T, Errno> {
-        self.with_node_file(fh, |_, file| f(file).map_err(Errno::from))
+        self.with_node_file(fh, |node, file| {
+            self.union
+                .truncation_done(node.id, || f(file))
+                .map_err(|e| self.fail(&e))?
+                .map_err(Errno::from)
+        })
     }
 
-    /// `with_file`, for a closure that needs the handle's node too.
+    /// Run `f` on the real file of an open handle, and its node. A read-only handle opened
+    /// on a lower file is first reopened from the upper if the file has been copied up
+    /// since.
     pub(super) fn with_node_file<T>(
         &self,
         fh: FileHandle,

@@ -73,7 +73,12 @@ pub(super) fn setattr(
         mtime: time_spec(changes.mtime),
         kill_suidgid: changes.kill_suidgid || remove_privs,
     };
-    match fs.with_open(fh, |file| fs.union.setattr(&node, a, file)) {
+    // A held truncation is made first: a size, mode or time set now must not be undone
+    // by it later.
+    let res = fs.union.truncation_done(node.id, || {
+        fs.with_open(fh, |file| fs.union.setattr(&node, a, file))
+    });
+    match res.and_then(|r| r) {
         Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),
         Err(e) => reply.error(fs.fail(&e)),
     }

@@ -300,12 +300,12 @@ impl Filesystem for UnionFs {
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         let _in = self.union.enter();
-        file::read(self, fh, offset, size, reply)
+        file::read(self, fh, offset, size, flags.0, reply)
     }
 
     fn write(

@@ -1,32 +1,36 @@
 //! Opening a merged entry's file for I/O: for writing it is copied up first (overlayfs'
-//! file.c).
+//! file.c). An `O_TRUNC` open may hold its truncation back from the real file until the
+//! file's data next changes (see `HeldTruncations`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::Union;
 use super::fileattr::Change;
 use super::node::Node;
 use crate::error::{Context, Result};
-use crate::sys;
+use crate::sys::{self, Stat};
 
 impl Union {
     /// Open a node's file for I/O; opening for writing copies it up first.
     pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<(File, usize)> {
-        self.open_killing(node, flags, false)
+        self.open_killing(node, flags, false, false)
             .map(|(f, layer, _)| (f, layer))
     }
 
     /// `open`, and with `kill_suidgid` (an `O_TRUNC` open by a caller without CAP_FSETID)
     /// kill the set-id bits and file capability of the truncated upper file, as the
-    /// truncate would on a local filesystem (see `kill_suidgid`). The bool: the mode
+    /// truncate would on a local filesystem (see `kill_suidgid`). With `hold`, an `O_TRUNC`
+    /// open for writing holds its truncation (see `HeldTruncations`). The bool: the mode
     /// changed.
     pub fn open_killing(
         &self,
         node: &Arc<Node>,
         flags: i32,
         kill_suidgid: bool,
+        hold: bool,
     ) -> Result<(File, usize, bool)> {
         let _place = node.place.read();
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
@@ -37,7 +41,9 @@ impl Union {
             };
             self.check_protection(node, change, "open")?;
         }
-        let loc = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+        let truncating = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let hold = hold && truncating;
+        let loc = if truncating {
             self.copy_up_truncated(node)?
         } else if writing {
             self.copy_up(node)?
@@ -49,10 +55,14 @@ impl Union {
                 None => self.locate(node)?,
             }
         };
+        let real_flags = if hold { flags & !libc::O_TRUNC } else { flags };
         let f = self
-            .open_branch(loc.raw(), &loc.name, flags)
+            .open_branch(loc.raw(), &loc.name, real_flags)
             .op("open")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
+        if hold {
+            self.held.hold(node, &f)?;
+        }
         let killed = kill_suidgid
             && flags & libc::O_TRUNC != 0
             && loc.layer == 0
@@ -62,8 +72,10 @@ impl Union {
 
     /// A descriptor opened in `layer` before the node was copied up reads the lower file,
     /// and its writes would miss the copy: the copy, opened the same way, to use instead.
+    /// Not while a truncation is held: the copy is the truncated file, and what the
+    /// kernel reads meanwhile is the old data.
     pub fn follow_copy_up(&self, node: &Arc<Node>, layer: usize, flags: i32) -> Option<File> {
-        if layer == 0 || !node.data_in_upper() {
+        if layer == 0 || !node.data_in_upper() || self.held.get(node.id).is_some() {
             return None;
         }
         self.reopen_copy(node, flags).ok()
@@ -90,6 +102,140 @@ impl Union {
             .map(File::from)
             .op("reopen copy"),
             None => Ok(self.open(node, flags)?.0),
+        }
+    }
+}
+
+/// Truncations to zero by `O_TRUNC` opens, held back from the real file until its data next
+/// changes: a write, truncate or other setattr, fallocate, copy_file_range, lseek or fsync
+/// of the file, the close of the open that truncated, a snapshot or rollback, or the
+/// unmount. Meanwhile the file shows size 0 and the time of the open, and reads get the
+/// old data.
+///
+/// Why: where the kernel reads a file through its page cache (FUSE without passthrough),
+/// a read it sent before it learned of the truncation, answered after it, comes back
+/// short; the kernel then fills the rest of the page with zeros, and if any attribute
+/// reply came in between (another reader's stat) it keeps the old size, so the reader
+/// gets zeros as long as the old file. The kernel learns of the truncation from the OPEN
+/// reply, after the daemon has done it, with no lock a reader waits for. Held, the
+/// truncation reaches the real file only through a request the truncating process sends
+/// after its open returned, by which time the kernel knows the size is 0 and sends no
+/// read for the old data; a read already under way finds the old data, as it would have
+/// had it arrived a moment earlier.
+#[derive(Default)]
+pub struct HeldTruncations {
+    /// Fast path: most requests find none held.
+    count: AtomicUsize,
+    list: parking_lot::Mutex<Vec<Arc<Held>>>,
+}
+
+pub struct Held {
+    node: u64,
+    /// The truncating open's descriptor: its close makes the truncation, not another's
+    /// (the kernel sends a close late, when the same file may be truncated anew).
+    opener: std::os::fd::RawFd,
+    /// The truncating open's file (a second descriptor), writable.
+    file: File,
+    /// When the open truncated: the mtime and ctime shown meanwhile.
+    since: (i64, i64),
+    /// Shared by a read, exclusive while the truncation is made and the change that
+    /// asked for it done, so no read sees the file between the two.
+    lock: parking_lot::RwLock<()>,
+    done: AtomicBool,
+}
+
+impl HeldTruncations {
+    fn hold(&self, node: &Node, file: &File) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or((0, 0), |d| {
+                (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+            });
+        let held = Arc::new(Held {
+            node: node.id,
+            opener: file.as_raw_fd(),
+            file: file.try_clone().op("open").map_err(|e| e.at(node.path()))?,
+            since: now,
+            lock: Default::default(),
+            done: AtomicBool::new(false),
+        });
+        let mut list = self.list.lock();
+        list.push(held);
+        self.count.store(list.len(), Ordering::Release);
+        Ok(())
+    }
+
+    fn get(&self, node: u64) -> Option<Arc<Held>> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.list.lock().iter().find(|h| h.node == node).cloned()
+    }
+
+    fn remove(&self, held: &Arc<Held>) {
+        let mut list = self.list.lock();
+        list.retain(|h| !Arc::ptr_eq(h, held));
+        self.count.store(list.len(), Ordering::Release);
+    }
+}
+
+impl Union {
+    /// Run `read` on a node's file; `true` tells it a truncation is held (the file
+    /// still has the old data, which only a read the kernel sent before the truncation
+    /// should get: see `HeldTruncations`).
+    pub fn read_held<T>(&self, node: u64, read: impl FnOnce(bool) -> T) -> T {
+        let Some(h) = self.held.get(node) else {
+            return read(false);
+        };
+        let _shared = h.lock.read();
+        read(!h.done.load(Ordering::Acquire))
+    }
+
+    /// Make a node's held truncation (if any) on the real file, then run `change`, with
+    /// no read in between.
+    pub fn truncation_done<T>(&self, node: u64, change: impl FnOnce() -> T) -> Result<T> {
+        let Some(h) = self.held.get(node) else {
+            return Ok(change());
+        };
+        let _alone = h.lock.write();
+        if !h.done.load(Ordering::Acquire) {
+            sys::ftruncate(h.file.as_raw_fd(), 0).op("truncate")?;
+            h.done.store(true, Ordering::Release);
+        }
+        let out = change();
+        self.held.remove(&h);
+        Ok(out)
+    }
+
+    /// The open that truncated (`opener`, its descriptor) is closed: its truncation, if
+    /// still held, is made.
+    pub fn truncation_closed(&self, node: u64, opener: &File) -> Result<()> {
+        match self.held.get(node) {
+            Some(h) if h.opener == opener.as_raw_fd() => self.truncation_done(node, || ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every held truncation made (before a snapshot, a rollback or the unmount).
+    pub fn truncations_done(&self) {
+        let held: Vec<_> = self.held.list.lock().clone();
+        for h in held {
+            if let Err(e) = self.truncation_done(h.node, || ()) {
+                log::warn!("node {}: a held truncation: {e}", h.node);
+            }
+        }
+    }
+
+    /// A stat as the mount shows it while the file's truncation is held: empty, changed
+    /// at the open.
+    pub(super) fn held_stat(&self, node: u64, st: &mut Stat) {
+        if let Some(h) = self.held.get(node)
+            && !h.done.load(Ordering::Acquire)
+        {
+            st.st_size = 0;
+            st.st_blocks = 0;
+            (st.st_mtime, st.st_mtime_nsec) = h.since;
+            (st.st_ctime, st.st_ctime_nsec) = h.since;
         }
     }
 }

@@ -136,6 +136,8 @@ pub struct Union {
     pub events: events::Events,
     /// Whether a read-only stack's branches hold any xattr (see `xattr.rs`).
     xattr_scan: xattr::Scan,
+    /// `O_TRUNC` truncations not yet made on the real file (see `file::HeldTruncations`).
+    held: file::HeldTruncations,
 }
 
 impl std::fmt::Debug for Union {
@@ -183,6 +185,7 @@ impl Union {
             )),
             events: Default::default(),
             xattr_scan: Default::default(),
+            held: Default::default(),
         };
         let stack = u.stack();
         let _ = stack.override_xattrs.set(u.find_override_xattrs(&stack)?);
@@ -285,10 +288,11 @@ impl Union {
 
     /// Dress a real stat as the node's: its inode number, the link count of a file shared
     /// through the index, and nlink 1 for a directory merged from several layers (its true
-    /// count is unknown, as on overlayfs).
+    /// count is unknown, as on overlayfs), and a held truncation's size and times.
     pub fn present(&self, node: &Node, st: &mut Stat) {
         self.indexed_links(node, st);
         st.st_ino = node.ino;
+        self.held_stat(node.id, st);
         // A metadata-only copy is sparse; its blocks are the lower file's (as on overlayfs).
         if let Some(d) = node.state().data()
             && let Ok(lower) = sys::fstatat(d.raw(), &d.name)
@@ -444,6 +448,7 @@ impl Union {
 
     /// Clean unmount: drop the work directory we made.
     pub fn shutdown(&self) {
+        self.truncations_done();
         self.stack().close();
     }
 }

@@ -98,6 +98,8 @@ impl Union {
     pub fn snapshot(&self, name: Option<&str>) -> Result<Snap> {
         let store = self.store("snapshot")?;
         let gate = self.gate.write();
+        // The files' data as the mount shows it.
+        self.truncations_done();
         store.ensure()?;
         let snaps = store.list()?;
         let seq = snaps.last().map_or(1, |s| s.seq + 1);
@@ -172,6 +174,8 @@ impl Union {
     pub fn rollback(&self, name: Option<&str>) -> Result<Snap> {
         let store = self.store("rollback")?;
         let gate = self.gate.write();
+        // The files' data as the mount shows it.
+        self.truncations_done();
         let snaps = store.list()?;
         let target = match name {
             Some(n) => named(&snaps, n, "rollback")?,
