@@ -1968,7 +1968,7 @@ fn a_rewrite_racing_readers_never_shows_zeros() {
     // Small and three-page contents in turn, each a line of its number first.
     let contents = |i: usize| {
         let mut c = format!("f {i}\n").into_bytes();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             c.resize(10_000 + i % 7, b'x');
         }
         c
@@ -2014,6 +2014,50 @@ fn a_rewrite_racing_readers_never_shows_zeros() {
     );
     assert_eq!(fs::read(&p).unwrap(), contents(3000));
     assert_eq!(fs::read(fx.u("f")).unwrap(), contents(3000));
+}
+
+/// Through the page cache an `O_TRUNC` open holds its truncation back from the upper file
+/// until the file's data next changes (see the test above): the mount shows the file empty
+/// at once, and the branch has it empty after an fsync, a write or the close.
+#[test]
+fn an_o_trunc_open_shows_the_file_empty_and_the_branch_follows() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fixture::new(1);
+    for name in ["a", "b", "c"] {
+        put(&fx.l(0, name), "lower data\n");
+    }
+    let _m = fx.mount(&["-o", "passthrough=0"]);
+    for name in ["a", "b", "c"] {
+        let mut f = OpenOptions::new().append(true).open(fx.m(name)).unwrap();
+        f.write_all(b"more\n").unwrap();
+    }
+    let trunc = |name: &str| {
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(fx.m(name))
+            .unwrap()
+    };
+    // Closed without a write.
+    let f = trunc("a");
+    let st = fs::metadata(fx.m("a")).unwrap();
+    assert_eq!((st.len(), st.blocks()), (0, 0));
+    assert_eq!(read(&fx.m("a")), "");
+    drop(f);
+    assert_eq!(fs::metadata(fx.u("a")).unwrap().len(), 0);
+    // Synced: the truncation is on the branch before the sync returns.
+    let f = trunc("b");
+    f.sync_all().unwrap();
+    assert_eq!(fs::metadata(fx.u("b")).unwrap().len(), 0);
+    drop(f);
+    // Written: the new data only, on the mount and on the branch.
+    let mut f = trunc("c");
+    assert_eq!(read(&fx.m("c")), "");
+    f.write_all(b"new\n").unwrap();
+    assert_eq!(read(&fx.m("c")), "new\n");
+    assert_eq!(read(&fx.u("c")), "new\n");
+    drop(f);
+    assert_eq!(read(&fx.m("c")), "new\n");
 }
 
 /// An ioctl the filesystem does not serve fails with ENOTTY, and a poll finds the file

@@ -37,10 +37,11 @@ pub(super) fn open(
     // A file resolved just before a copy-up can lose the race to the copy the kernel
     // already uses in passthrough: open the node again, which now finds the copy.
     let mut opened = None;
+    // Through the page cache an O_TRUNC truncation is held (see
+    // union::file::HeldTruncations); with passthrough the kernel reads the real file.
+    let hold = !fs.passthrough;
+    let held = hold && flags.0 & libc::O_TRUNC != 0;
     for _ in 0..3 {
-        // Through the page cache an O_TRUNC truncation is held (see
-        // union::file::HeldTruncations); with passthrough the kernel reads the real file.
-        let hold = !fs.passthrough;
         let (file, layer) = match fs.union.open_killing(&node, flags.0, kill_suidgid, hold) {
             Ok((f, layer, killed)) => {
                 if killed {
@@ -59,9 +60,9 @@ pub(super) fn open(
         let (fh, backing) = fs.insert_file(node, file, layer, flags.0, &mode);
         return match (&mode, backing) {
             (IoMode::Passthrough(_), Some(b)) => {
-                reply.opened_passthrough(fh, fopen_flags(&mode), &b)
+                reply.opened_passthrough(fh, fopen_flags(&mode, held), &b)
             }
-            _ => reply.opened(fh, fopen_flags(&mode)),
+            _ => reply.opened(fh, fopen_flags(&mode, held)),
         };
     }
     let path = node.path();
@@ -188,7 +189,14 @@ pub(super) fn ioctl(
     }
 }
 
-pub(super) fn flush(reply: ReplyEmpty) {
+/// Sent at a close only where the open held a truncation (see `fopen_flags`).
+pub(super) fn flush(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
+    if let Some(of) = fs.handles.get(fh.0)
+        && of.flags & libc::O_TRUNC != 0
+        && let Err(e) = fs.union.truncation_closed(of.node.id, &of.file.read().0)
+    {
+        return reply.error(fs.fail(&e));
+    }
     reply.ok();
 }
 
@@ -343,7 +351,7 @@ impl UnionFs {
             &self.attr(st),
             Generation(0),
             fh,
-            fopen_flags(&mode),
+            fopen_flags(&mode, false),
             backing.as_deref(),
         );
     }
@@ -403,10 +411,16 @@ impl UnionFs {
     }
 }
 
-fn fopen_flags(mode: &IoMode) -> FopenFlags {
-    // Our flush does nothing (data is written through to the real file), so the kernel
-    // need not send one at every close.
-    let flags = FopenFlags::FOPEN_NOFLUSH;
+/// `held`: the open holds a truncation, to be made when it is closed.
+fn fopen_flags(mode: &IoMode, held: bool) -> FopenFlags {
+    // Our flush does nothing else (data is written through to the real file), so the
+    // kernel need not send one at every close. With a truncation held it makes it before
+    // close returns (a RELEASE comes later, on its own).
+    let flags = if held {
+        FopenFlags::empty()
+    } else {
+        FopenFlags::FOPEN_NOFLUSH
+    };
     match mode {
         IoMode::Passthrough(_) => flags,
         // File data changes only through us (or by hand in a lower, which the attribute

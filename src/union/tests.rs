@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -818,4 +818,53 @@ fn an_immutable_lower_file_refuses_a_write_and_is_not_copied_up() {
         IMMUTABLE,
         "the lower is left"
     );
+}
+
+#[test]
+fn a_held_truncation_shows_an_empty_file_and_is_made_before_the_next_change() {
+    let s = Stack::new(1);
+    write(&s.upper.join("f"), "old data");
+    write(&s.lowers[0].join("g"), "lower data");
+    let u = s.union();
+    let f = walk(&u, "f").unwrap();
+    let trunc = libc::O_WRONLY | libc::O_TRUNC;
+    let (w, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
+    // Shown empty; the real file keeps the old data for reads sent before.
+    assert_eq!(u.getattr(&f).unwrap().st_size, 0);
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "old data");
+    assert!(u.read_held(f.id, |held| held));
+    // Another open's close makes nothing; a write makes it, then writes.
+    let (other, _, _) = u.open_killing(&f, libc::O_RDONLY, false, true).unwrap();
+    u.truncation_closed(f.id, &other).unwrap();
+    assert!(u.read_held(f.id, |held| held));
+    u.truncation_done(f.id, || w.write_all_at(b"new", 0))
+        .unwrap()
+        .unwrap();
+    assert!(!u.read_held(f.id, |held| held));
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "new");
+    assert_eq!(u.getattr(&f).unwrap().st_size, 3);
+
+    // A lower file: the copy is empty at once, and a descriptor open on the lower file
+    // keeps reading it until the truncation is made, here by the truncating open's close.
+    let g = walk(&u, "g").unwrap();
+    let (r, layer) = u.open(&g, libc::O_RDONLY).unwrap();
+    assert_eq!(layer, 1);
+    let (w, _, _) = u.open_killing(&g, trunc, false, true).unwrap();
+    assert_eq!(fs::read_to_string(s.upper.join("g")).unwrap(), "");
+    assert!(u.follow_copy_up(&g, layer, libc::O_RDONLY).is_none());
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        r.read_at(&mut buf, 0).unwrap(),
+        10,
+        "the lower file, unchanged"
+    );
+    u.truncation_closed(g.id, &w).unwrap();
+    let copy = u.follow_copy_up(&g, layer, libc::O_RDONLY).unwrap();
+    assert_eq!(copy.read_at(&mut buf, 0).unwrap(), 0, "now the empty copy");
+
+    // The unmount makes what is still held.
+    let (_w, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "new");
+    u.shutdown();
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "");
 }
