@@ -5,7 +5,11 @@
 //! Every open gets a handle, also where there is no passthrough: the kernel could open
 //! files without asking (`FUSE_NO_OPEN_SUPPORT`), but `O_TRUNC` would then reach us as a
 //! truncate of its own instead of with the open (`FUSE_ATOMIC_O_TRUNC`), and a read racing
-//! it reads zeros (see mount.rs).
+//! it reads zeros (see mount.rs). Through the page cache the union holds that truncation
+//! back from the real file until the file's data next changes (see
+//! union::file::HeldTruncations): a write, setattr, fallocate, lseek, fsync or
+//! copy_file_range makes it first (`with_file`), and so does the close of the open that
+//! truncated (`flush`).
 
 use std::fs::File;
 use std::io;

@@ -19,6 +19,8 @@ pub(super) fn init(fs: &mut UnionFs, config: &mut KernelConfig) -> io::Result<()
         // where there is no OPEN) it comes as a truncate of its own, and a read racing it
         // through the page cache reads zeros: between our truncate and the kernel taking
         // the new size, its short READ fills a page with zeros that the old size shows.
+        // Through the page cache the OPEN's truncation is held for the same reason (see
+        // union::file::HeldTruncations).
         | InitFlags::FUSE_ATOMIC_O_TRUNC
         | InitFlags::FUSE_CACHE_SYMLINKS
         | InitFlags::FUSE_AUTO_INVAL_DATA
