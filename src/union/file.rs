@@ -160,6 +160,14 @@ impl HeldTruncations {
             done: AtomicBool::new(false),
         });
         let mut list = self.list.lock();
+        // One truncation already held stands for this one too: made later, this one would
+        // undo what the other open wrote meanwhile.
+        if list
+            .iter()
+            .any(|h| h.node == node.id && !h.done.load(Ordering::Acquire))
+        {
+            return Ok(());
+        }
         list.push(held);
         self.count.store(list.len(), Ordering::Release);
         Ok(())

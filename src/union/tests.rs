@@ -862,9 +862,23 @@ fn a_held_truncation_shows_an_empty_file_and_is_made_before_the_next_change() {
     let copy = u.follow_copy_up(&g, layer, libc::O_RDONLY).unwrap();
     assert_eq!(copy.read_at(&mut buf, 0).unwrap(), 0, "now the empty copy");
 
+    // Two truncating opens, one truncation: the second writer's write keeps the first's
+    // data past its own, as where each open truncated at once.
+    let (a, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
+    let (b, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
+    u.truncation_done(f.id, || a.write_all_at(b"aaaa", 0))
+        .unwrap()
+        .unwrap();
+    u.truncation_done(f.id, || b.write_all_at(b"b", 0))
+        .unwrap()
+        .unwrap();
+    u.truncation_closed(f.id, &b).unwrap();
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "baaa");
+    assert_eq!(u.getattr(&f).unwrap().st_size, 4);
+
     // The unmount makes what is still held.
     let (_w, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
-    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "new");
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "baaa");
     u.shutdown();
     assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "");
 }
