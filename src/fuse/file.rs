@@ -8,8 +8,8 @@
 //! it reads zeros (see mount.rs). Through the page cache the union holds that truncation
 //! back from the real file until the file's data next changes (see
 //! union::file::HeldTruncations): a write, setattr, fallocate, lseek, fsync or
-//! copy_file_range makes it first (`with_file`), and so does the close of the open that
-//! truncated (`flush`).
+//! copy_file_range makes it first (`with_file`), and so does the release of the open that
+//! truncated.
 
 use std::fs::File;
 use std::io;
@@ -44,7 +44,6 @@ pub(super) fn open(
     // Through the page cache an O_TRUNC truncation is held (see
     // union::file::HeldTruncations); with passthrough the kernel reads the real file.
     let hold = !fs.passthrough;
-    let held = hold && flags.0 & libc::O_TRUNC != 0;
     for _ in 0..3 {
         let (file, layer) = match fs.union.open_killing(&node, flags.0, kill_suidgid, hold) {
             Ok((f, layer, killed)) => {
@@ -64,9 +63,9 @@ pub(super) fn open(
         let (fh, backing) = fs.insert_file(node, file, layer, flags.0, &mode);
         return match (&mode, backing) {
             (IoMode::Passthrough(_), Some(b)) => {
-                reply.opened_passthrough(fh, fopen_flags(&mode, held), &b)
+                reply.opened_passthrough(fh, fopen_flags(&mode), &b)
             }
-            _ => reply.opened(fh, fopen_flags(&mode, held)),
+            _ => reply.opened(fh, fopen_flags(&mode)),
         };
     }
     let path = node.path();
@@ -193,21 +192,15 @@ pub(super) fn ioctl(
     }
 }
 
-/// Sent at a close only where the open held a truncation (see `fopen_flags`).
-pub(super) fn flush(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
-    if let Some(of) = fs.handles.get(fh.0)
-        && of.flags & libc::O_TRUNC != 0
-        && let Err(e) = fs.union.truncation_closed(of.node.id, &of.file.read().0)
-    {
-        return reply.error(fs.fail(&e));
-    }
+pub(super) fn flush(reply: ReplyEmpty) {
     reply.ok();
 }
 
 pub(super) fn release(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
     if let Some(of) = fs.handles.remove(fh.0) {
         // The open that truncated is done with: the kernel knows the size since it
-        // returned (see union::file::HeldTruncations).
+        // returned (see union::file::HeldTruncations). Another open's RELEASE, late,
+        // must not make a truncation held since: it is tied to its open's descriptor.
         if of.flags & libc::O_TRUNC != 0
             && let Err(e) = fs.union.truncation_closed(of.node.id, &of.file.read().0)
         {
@@ -355,7 +348,7 @@ impl UnionFs {
             &self.attr(st),
             Generation(0),
             fh,
-            fopen_flags(&mode, false),
+            fopen_flags(&mode),
             backing.as_deref(),
         );
     }
@@ -415,16 +408,12 @@ impl UnionFs {
     }
 }
 
-/// `held`: the open holds a truncation, to be made when it is closed.
-fn fopen_flags(mode: &IoMode, held: bool) -> FopenFlags {
-    // Our flush does nothing else (data is written through to the real file), so the
-    // kernel need not send one at every close. With a truncation held it makes it before
-    // close returns (a RELEASE comes later, on its own).
-    let flags = if held {
-        FopenFlags::empty()
-    } else {
-        FopenFlags::FOPEN_NOFLUSH
-    };
+fn fopen_flags(mode: &IoMode) -> FopenFlags {
+    // Our flush does nothing (data is written through to the real file), so the kernel
+    // need not send one at every close. (A held truncation is made at the RELEASE, which
+    // comes a moment after close returns: a FLUSH would make it before, at two requests
+    // more per rewrite with a shell redirection.)
+    let flags = FopenFlags::FOPEN_NOFLUSH;
     match mode {
         IoMode::Passthrough(_) => flags,
         // File data changes only through us (or by hand in a lower, which the attribute

@@ -328,12 +328,12 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let _in = self.union.enter();
-        file::flush(self, fh, reply)
+        file::flush(reply)
     }
 
     fn ioctl(

@@ -132,7 +132,12 @@ fn serve_one(union: &Union, info: &Info, dev: Dev, stream: UnixStream) -> io::Re
     let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
     let mut out = io::BufWriter::new(stream.try_clone()?);
     let reply = match cmd {
-        "stack" => Ok(report::stack(union, info)),
+        "stack" => {
+            // diff, export and commit read the upper next: the files as the mount shows
+            // them (see union::file::HeldTruncations).
+            union.truncations_done();
+            Ok(report::stack(union, info))
+        }
         "layers" => Ok(report::layers(union, info)),
         "which" => {
             let _in = union.enter();
