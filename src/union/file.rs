@@ -207,7 +207,11 @@ impl Union {
         };
         let _alone = h.lock.write();
         if !h.done.load(Ordering::Acquire) {
-            sys::ftruncate(h.file.as_raw_fd(), 0).op("truncate")?;
+            let fd = h.file.as_raw_fd();
+            sys::ftruncate(fd, 0).op("truncate")?;
+            // The mtime shown meanwhile, the open's, as a local filesystem gives it (a
+            // write after sets its own).
+            sys::futimens(fd, None, Some(Some(h.since))).op("truncate")?;
             h.done.store(true, Ordering::Release);
         }
         let out = change();

@@ -876,9 +876,16 @@ fn a_held_truncation_shows_an_empty_file_and_is_made_before_the_next_change() {
     assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "baaa");
     assert_eq!(u.getattr(&f).unwrap().st_size, 4);
 
-    // The unmount makes what is still held.
+    // The unmount makes what is still held, with the mtime shown meanwhile.
     let (_w, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
     assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "baaa");
+    let shown = u.getattr(&f).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
     u.shutdown();
-    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "");
+    let real = fs::metadata(s.upper.join("f")).unwrap();
+    assert_eq!(real.len(), 0);
+    assert_eq!(
+        (real.mtime(), real.mtime_nsec()),
+        (shown.st_mtime, shown.st_mtime_nsec)
+    );
 }
