@@ -105,7 +105,7 @@ pub(super) fn read(
 ) {
     READ_BUFFER.with_borrow_mut(|buf| {
         let res = fs.with_node_file(fh, |node, f| {
-            fs.union.read_held(node.id, |held| {
+            fs.union.read_held(node, |held| {
                 if held && flags & libc::O_DIRECT != 0 {
                     // Past the end of the truncated file: only a read through the page
                     // cache may have been sent before the truncation.
@@ -145,7 +145,7 @@ pub(super) fn write(
             fs.attrs_changed(node);
         }
         fs.union
-            .truncation_done(node.id, || f.write_all_at(data, offset))
+            .truncation_done(node, || f.write_all_at(data, offset))
             .map_err(|e| fs.fail(&e))?
             .map_err(Errno::from)
     });
@@ -202,9 +202,9 @@ pub(super) fn release(fs: &UnionFs, fh: FileHandle, reply: ReplyEmpty) {
         // returned (see union::file::HeldTruncations). Another open's RELEASE, late,
         // must not make a truncation held since: it is tied to its open's descriptor.
         if of.flags & libc::O_TRUNC != 0
-            && let Err(e) = fs.union.truncation_closed(of.node.id, &of.file.read().0)
+            && let Err(e) = fs.union.truncation_closed(&of.node, &of.file.read().0)
         {
-            log::warn!("{}: {e}", of.node.path());
+            log::warn!("{e}");
         }
         let (id, cached) = (of.node.id, of.backing.is_none());
         drop(of);
@@ -279,7 +279,7 @@ impl UnionFs {
     ) -> Result<T, Errno> {
         self.with_node_file(fh, |node, file| {
             self.union
-                .truncation_done(node.id, || f(file))
+                .truncation_done(node, || f(file))
                 .map_err(|e| self.fail(&e))?
                 .map_err(Errno::from)
         })

@@ -75,7 +75,7 @@ pub(super) fn setattr(
     };
     // A held truncation is made first: a size, mode or time set now must not be undone
     // by it later.
-    let res = fs.union.truncation_done(node.id, || {
+    let res = fs.union.truncation_done(&node, || {
         fs.with_open(fh, |file| fs.union.setattr(&node, a, file))
     });
     match res.and_then(|r| r) {

@@ -108,8 +108,8 @@ impl Union {
 
 /// Truncations to zero by `O_TRUNC` opens, held back from the real file until its data next
 /// changes: a write, truncate or other setattr, fallocate, copy_file_range, lseek or fsync
-/// of the file, the close of the open that truncated, a snapshot or rollback, or the
-/// unmount. Meanwhile the file shows size 0 and the time of the open, and reads get the
+/// of the file, the close of the open that truncated, a snapshot or rollback, a tool that
+/// reads the upper (diff, export, commit), or the unmount. Meanwhile the file shows size 0 and the time of the open, and reads get the
 /// old data.
 ///
 /// Why: where the kernel reads a file through its page cache (FUSE without passthrough),
@@ -129,8 +129,8 @@ pub struct HeldTruncations {
     list: parking_lot::Mutex<Vec<Arc<Held>>>,
 }
 
-pub struct Held {
-    node: u64,
+struct Held {
+    node: Arc<Node>,
     /// The truncating open's descriptor: its close makes the truncation, not another's
     /// (the kernel sends a close late, when the same file may be truncated anew).
     opener: std::os::fd::RawFd,
@@ -145,30 +145,32 @@ pub struct Held {
 }
 
 impl HeldTruncations {
-    fn hold(&self, node: &Node, file: &File) -> Result<()> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or((0, 0), |d| {
-                (d.as_secs() as i64, i64::from(d.subsec_nanos()))
-            });
-        let held = Arc::new(Held {
-            node: node.id,
-            opener: file.as_raw_fd(),
-            file: file.try_clone().op("open").map_err(|e| e.at(node.path()))?,
-            since: now,
-            lock: Default::default(),
-            done: AtomicBool::new(false),
-        });
+    fn hold(&self, node: &Arc<Node>, file: &File) -> Result<()> {
         let mut list = self.list.lock();
         // One truncation already held stands for this one too: made later, this one would
         // undo what the other open wrote meanwhile.
         if list
             .iter()
-            .any(|h| h.node == node.id && !h.done.load(Ordering::Acquire))
+            .any(|h| h.node.id == node.id && !h.done.load(Ordering::Acquire))
         {
             return Ok(());
         }
-        list.push(held);
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or((0, 0), |d| {
+                (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+            });
+        list.push(Arc::new(Held {
+            node: node.clone(),
+            opener: file.as_raw_fd(),
+            file: file
+                .try_clone()
+                .op("open")
+                .map_err(|e| e.at(node.path()).in_layer(0))?,
+            since,
+            lock: Default::default(),
+            done: AtomicBool::new(false),
+        }));
         self.count.store(list.len(), Ordering::Release);
         Ok(())
     }
@@ -177,7 +179,7 @@ impl HeldTruncations {
         if self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
-        self.list.lock().iter().find(|h| h.node == node).cloned()
+        self.list.lock().iter().find(|h| h.node.id == node).cloned()
     }
 
     fn remove(&self, held: &Arc<Held>) {
@@ -191,8 +193,8 @@ impl Union {
     /// Run `read` on a node's file; `true` tells it a truncation is held (the file
     /// still has the old data, which only a read the kernel sent before the truncation
     /// should get: see `HeldTruncations`).
-    pub fn read_held<T>(&self, node: u64, read: impl FnOnce(bool) -> T) -> T {
-        let Some(h) = self.held.get(node) else {
+    pub fn read_held<T>(&self, node: &Node, read: impl FnOnce(bool) -> T) -> T {
+        let Some(h) = self.held.get(node.id) else {
             return read(false);
         };
         let _shared = h.lock.read();
@@ -201,17 +203,19 @@ impl Union {
 
     /// Make a node's held truncation (if any) on the real file, then run `change`, with
     /// no read in between.
-    pub fn truncation_done<T>(&self, node: u64, change: impl FnOnce() -> T) -> Result<T> {
-        let Some(h) = self.held.get(node) else {
+    pub fn truncation_done<T>(&self, node: &Node, change: impl FnOnce() -> T) -> Result<T> {
+        let Some(h) = self.held.get(node.id) else {
             return Ok(change());
         };
         let _alone = h.lock.write();
         if !h.done.load(Ordering::Acquire) {
             let fd = h.file.as_raw_fd();
-            sys::ftruncate(fd, 0).op("truncate")?;
             // The mtime shown meanwhile, the open's, as a local filesystem gives it (a
             // write after sets its own).
-            sys::futimens(fd, None, Some(Some(h.since))).op("truncate")?;
+            sys::ftruncate(fd, 0)
+                .and_then(|()| sys::futimens(fd, None, Some(Some(h.since))))
+                .op("truncate")
+                .map_err(|e| e.at(node.path()).in_layer(0))?;
             h.done.store(true, Ordering::Release);
         }
         let out = change();
@@ -221,27 +225,28 @@ impl Union {
 
     /// The open that truncated (`opener`, its descriptor) is closed: its truncation, if
     /// still held, is made.
-    pub fn truncation_closed(&self, node: u64, opener: &File) -> Result<()> {
-        match self.held.get(node) {
+    pub fn truncation_closed(&self, node: &Node, opener: &File) -> Result<()> {
+        match self.held.get(node.id) {
             Some(h) if h.opener == opener.as_raw_fd() => self.truncation_done(node, || ()),
             _ => Ok(()),
         }
     }
 
-    /// Every held truncation made (before a snapshot, a rollback or the unmount).
+    /// Every held truncation made (before a snapshot, a rollback, the unmount, or a tool
+    /// that reads the upper).
     pub fn truncations_done(&self) {
         let held: Vec<_> = self.held.list.lock().clone();
         for h in held {
-            if let Err(e) = self.truncation_done(h.node, || ()) {
-                log::warn!("node {}: a held truncation: {e}", h.node);
+            if let Err(e) = self.truncation_done(&h.node, || ()) {
+                log::warn!("{e}");
             }
         }
     }
 
     /// A stat as the mount shows it while the file's truncation is held: empty, changed
     /// at the open.
-    pub(super) fn held_stat(&self, node: u64, st: &mut Stat) {
-        if let Some(h) = self.held.get(node)
+    pub(super) fn held_stat(&self, node: &Node, st: &mut Stat) {
+        if let Some(h) = self.held.get(node.id)
             && !h.done.load(Ordering::Acquire)
         {
             st.st_size = 0;

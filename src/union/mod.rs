@@ -292,7 +292,7 @@ impl Union {
     pub fn present(&self, node: &Node, st: &mut Stat) {
         self.indexed_links(node, st);
         st.st_ino = node.ino;
-        self.held_stat(node.id, st);
+        self.held_stat(node, st);
         // A metadata-only copy is sparse; its blocks are the lower file's (as on overlayfs).
         if let Some(d) = node.state().data()
             && let Ok(lower) = sys::fstatat(d.raw(), &d.name)

@@ -832,15 +832,15 @@ fn a_held_truncation_shows_an_empty_file_and_is_made_before_the_next_change() {
     // Shown empty; the real file keeps the old data for reads sent before.
     assert_eq!(u.getattr(&f).unwrap().st_size, 0);
     assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "old data");
-    assert!(u.read_held(f.id, |held| held));
+    assert!(u.read_held(&f, |held| held));
     // Another open's close makes nothing; a write makes it, then writes.
     let (other, _, _) = u.open_killing(&f, libc::O_RDONLY, false, true).unwrap();
-    u.truncation_closed(f.id, &other).unwrap();
-    assert!(u.read_held(f.id, |held| held));
-    u.truncation_done(f.id, || w.write_all_at(b"new", 0))
+    u.truncation_closed(&f, &other).unwrap();
+    assert!(u.read_held(&f, |held| held));
+    u.truncation_done(&f, || w.write_all_at(b"new", 0))
         .unwrap()
         .unwrap();
-    assert!(!u.read_held(f.id, |held| held));
+    assert!(!u.read_held(&f, |held| held));
     assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "new");
     assert_eq!(u.getattr(&f).unwrap().st_size, 3);
 
@@ -858,7 +858,7 @@ fn a_held_truncation_shows_an_empty_file_and_is_made_before_the_next_change() {
         10,
         "the lower file, unchanged"
     );
-    u.truncation_closed(g.id, &w).unwrap();
+    u.truncation_closed(&g, &w).unwrap();
     let copy = u.follow_copy_up(&g, layer, libc::O_RDONLY).unwrap();
     assert_eq!(copy.read_at(&mut buf, 0).unwrap(), 0, "now the empty copy");
 
@@ -866,13 +866,13 @@ fn a_held_truncation_shows_an_empty_file_and_is_made_before_the_next_change() {
     // data past its own, as where each open truncated at once.
     let (a, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
     let (b, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
-    u.truncation_done(f.id, || a.write_all_at(b"aaaa", 0))
+    u.truncation_done(&f, || a.write_all_at(b"aaaa", 0))
         .unwrap()
         .unwrap();
-    u.truncation_done(f.id, || b.write_all_at(b"b", 0))
+    u.truncation_done(&f, || b.write_all_at(b"b", 0))
         .unwrap()
         .unwrap();
-    u.truncation_closed(f.id, &b).unwrap();
+    u.truncation_closed(&f, &b).unwrap();
     assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "baaa");
     assert_eq!(u.getattr(&f).unwrap().st_size, 4);
 
