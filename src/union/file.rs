@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use super::Union;
 use super::fileattr::Change;
@@ -109,7 +110,8 @@ impl Union {
 /// Truncations to zero by `O_TRUNC` opens, held back from the real file until its data next
 /// changes: a write, truncate or other setattr, fallocate, copy_file_range, lseek or fsync
 /// of the file, the close of the open that truncated, a snapshot or rollback, a tool that
-/// reads the upper (diff, export, commit), or the unmount. Meanwhile the file shows size 0 and the time of the open, and reads get the
+/// reads the upper (diff, export, commit), or the unmount; and a second after the open
+/// at the latest. Meanwhile the file shows size 0 and the time of the open, and reads get the
 /// old data.
 ///
 /// Why: where the kernel reads a file through its page cache (FUSE without passthrough),
@@ -127,7 +129,16 @@ pub struct HeldTruncations {
     /// Fast path: most requests find none held.
     count: AtomicUsize,
     list: parking_lot::Mutex<Vec<Arc<Held>>>,
+    /// Wakes the thread that makes a truncation held `HOLD_AT_MOST` (see `reap`).
+    wake: parking_lot::Condvar,
+    reaper: std::sync::OnceLock<()>,
+    closed: AtomicBool,
 }
+
+/// How long a truncation stays held at most, whatever the truncating process does: a read
+/// the kernel sent before it knew has long been answered, and the upper has it about as
+/// soon as a local filesystem's journal would (ext4 commits every 5 s).
+const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
 struct Held {
     node: Arc<Node>,
@@ -138,6 +149,7 @@ struct Held {
     file: File,
     /// When the open truncated: the mtime and ctime shown meanwhile.
     since: (i64, i64),
+    at: Instant,
     /// Shared by a read, exclusive while the truncation is made and the change that
     /// asked for it done, so no read sees the file between the two.
     lock: parking_lot::RwLock<()>,
@@ -145,7 +157,7 @@ struct Held {
 }
 
 impl HeldTruncations {
-    fn hold(&self, node: &Arc<Node>, file: &File) -> Result<()> {
+    fn hold(self: &Arc<Self>, node: &Arc<Node>, file: &File) -> Result<()> {
         let mut list = self.list.lock();
         // One truncation already held stands for this one too: made later, this one would
         // undo what the other open wrote meanwhile.
@@ -168,10 +180,25 @@ impl HeldTruncations {
                 .op("open")
                 .map_err(|e| e.at(node.path()).in_layer(0))?,
             since,
+            at: Instant::now(),
             lock: Default::default(),
             done: AtomicBool::new(false),
         }));
         self.count.store(list.len(), Ordering::Release);
+        if list.len() == 1 {
+            // The reaper waits for one without a deadline.
+            self.wake.notify_one();
+        }
+        drop(list);
+        self.reaper.get_or_init(|| {
+            let me = self.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("held-truncations".into())
+                .spawn(move || me.reap())
+            {
+                log::warn!("no thread to bound held truncations ({e}): each waits for its file's next change");
+            }
+        });
         Ok(())
     }
 
@@ -182,10 +209,56 @@ impl HeldTruncations {
         self.list.lock().iter().find(|h| h.node.id == node).cloned()
     }
 
-    fn remove(&self, held: &Arc<Held>) {
+    /// Make `h` on the real file, then run `change`, with no read in between.
+    fn make<T>(&self, h: &Arc<Held>, change: impl FnOnce() -> T) -> Result<T> {
+        let _alone = h.lock.write();
+        if !h.done.load(Ordering::Acquire) {
+            let fd = h.file.as_raw_fd();
+            // The mtime shown meanwhile, the open's, as a local filesystem gives it (a
+            // write after sets its own).
+            sys::ftruncate(fd, 0)
+                .and_then(|()| sys::futimens(fd, None, Some(Some(h.since))))
+                .op("truncate")
+                .map_err(|e| e.at(h.node.path()).in_layer(0))?;
+            h.done.store(true, Ordering::Release);
+        }
+        let out = change();
         let mut list = self.list.lock();
-        list.retain(|h| !Arc::ptr_eq(h, held));
+        list.retain(|other| !Arc::ptr_eq(other, h));
         self.count.store(list.len(), Ordering::Release);
+        Ok(out)
+    }
+
+    /// The reaper's loop: make each truncation once it has been held `HOLD_AT_MOST`.
+    fn reap(self: Arc<Self>) {
+        let mut list = self.list.lock();
+        while !self.closed.load(Ordering::Acquire) {
+            let Some(oldest) = list.iter().min_by_key(|h| h.at).cloned() else {
+                self.wake.wait(&mut list);
+                continue;
+            };
+            let due = oldest.at + HOLD_AT_MOST;
+            if Instant::now() < due {
+                self.wake.wait_until(&mut list, due);
+                continue;
+            }
+            parking_lot::MutexGuard::unlocked(&mut list, || {
+                if let Err(e) = self.make(&oldest, || ()) {
+                    // Not held on: the size shown would stay wrong for good.
+                    log::warn!("{e}");
+                    oldest.done.store(true, Ordering::Release);
+                    let mut list = self.list.lock();
+                    list.retain(|other| !Arc::ptr_eq(other, &oldest));
+                    self.count.store(list.len(), Ordering::Release);
+                }
+            });
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _list = self.list.lock();
+        self.wake.notify_all();
     }
 }
 
@@ -204,23 +277,10 @@ impl Union {
     /// Make a node's held truncation (if any) on the real file, then run `change`, with
     /// no read in between.
     pub fn truncation_done<T>(&self, node: &Node, change: impl FnOnce() -> T) -> Result<T> {
-        let Some(h) = self.held.get(node.id) else {
-            return Ok(change());
-        };
-        let _alone = h.lock.write();
-        if !h.done.load(Ordering::Acquire) {
-            let fd = h.file.as_raw_fd();
-            // The mtime shown meanwhile, the open's, as a local filesystem gives it (a
-            // write after sets its own).
-            sys::ftruncate(fd, 0)
-                .and_then(|()| sys::futimens(fd, None, Some(Some(h.since))))
-                .op("truncate")
-                .map_err(|e| e.at(node.path()).in_layer(0))?;
-            h.done.store(true, Ordering::Release);
+        match self.held.get(node.id) {
+            Some(h) => self.held.make(&h, change),
+            None => Ok(change()),
         }
-        let out = change();
-        self.held.remove(&h);
-        Ok(out)
     }
 
     /// The open that truncated (`opener`, its descriptor) is closed: its truncation, if
@@ -237,10 +297,16 @@ impl Union {
     pub fn truncations_done(&self) {
         let held: Vec<_> = self.held.list.lock().clone();
         for h in held {
-            if let Err(e) = self.truncation_done(&h.node, || ()) {
+            if let Err(e) = self.held.make(&h, || ()) {
                 log::warn!("{e}");
             }
         }
+    }
+
+    /// The unmount: every held truncation made, and none held from now on.
+    pub(super) fn truncations_closed(&self) {
+        self.truncations_done();
+        self.held.close();
     }
 
     /// A stat as the mount shows it while the file's truncation is held: empty, changed

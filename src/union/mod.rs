@@ -137,7 +137,7 @@ pub struct Union {
     /// Whether a read-only stack's branches hold any xattr (see `xattr.rs`).
     xattr_scan: xattr::Scan,
     /// `O_TRUNC` truncations not yet made on the real file (see `file::HeldTruncations`).
-    held: file::HeldTruncations,
+    held: Arc<file::HeldTruncations>,
 }
 
 impl std::fmt::Debug for Union {
@@ -448,7 +448,7 @@ impl Union {
 
     /// Clean unmount: drop the work directory we made.
     pub fn shutdown(&self) {
-        self.truncations_done();
+        self.truncations_closed();
         self.stack().close();
     }
 }

@@ -889,3 +889,34 @@ fn a_held_truncation_shows_an_empty_file_and_is_made_before_the_next_change() {
         (shown.st_mtime, shown.st_mtime_nsec)
     );
 }
+
+#[test]
+fn a_truncation_is_held_a_second_at_most() {
+    let s = Stack::new(1);
+    write(&s.upper.join("f"), "old data");
+    let u = s.union();
+    let f = walk(&u, "f").unwrap();
+    let opened = std::time::Instant::now();
+    let (_w, _, _) = u
+        .open_killing(&f, libc::O_WRONLY | libc::O_TRUNC, false, true)
+        .unwrap();
+    let shown = u.getattr(&f).unwrap();
+    assert_eq!(fs::metadata(s.upper.join("f")).unwrap().len(), 8);
+    // The open stays open, nothing is written: the upper has it anyway, soon.
+    while u.read_held(&f, |held| held) {
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "still held 5 s after the open"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "held for a while"
+    );
+    let real = fs::metadata(s.upper.join("f")).unwrap();
+    assert_eq!(
+        (real.len(), real.mtime(), real.mtime_nsec()),
+        (0, shown.st_mtime, shown.st_mtime_nsec)
+    );
+}
