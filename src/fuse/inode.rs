@@ -73,6 +73,19 @@ pub(super) fn setattr(
         mtime: time_spec(changes.mtime),
         kill_suidgid: changes.kill_suidgid || remove_privs,
     };
+    // Through the page cache a truncate to 0 is held as an O_TRUNC open's is (see
+    // union::file::HeldTruncations): a read racing it would otherwise read zeros.
+    let only_size = a.mode.is_none()
+        && a.uid.is_none()
+        && a.gid.is_none()
+        && a.atime.is_none()
+        && a.mtime.is_none();
+    if !fs.passthrough && a.size == Some(0) && only_size {
+        return match fs.union.truncate_holding(&node, a.kill_suidgid) {
+            Ok((st, _)) => reply.attr(&fs.ttl, &fs.attr(&st)),
+            Err(e) => reply.error(fs.fail(&e)),
+        };
+    }
     // A held truncation is made first: a size, mode or time set now must not be undone
     // by it later.
     let res = fs.union.truncation_done(&node, || {

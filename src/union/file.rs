@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Union;
@@ -143,8 +143,9 @@ const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 struct Held {
     node: Arc<Node>,
     /// The truncating open's descriptor: its close makes the truncation, not another's
-    /// (the kernel sends a close late, when the same file may be truncated anew).
-    opener: std::os::fd::RawFd,
+    /// (the kernel sends a close late, when the same file may be truncated anew). -1 for
+    /// a truncate, which no open stands for.
+    opener: AtomicI32,
     /// The truncating open's file (a second descriptor), writable.
     file: File,
     /// When the open truncated: the mtime and ctime shown meanwhile.
@@ -174,7 +175,7 @@ impl HeldTruncations {
             });
         list.push(Arc::new(Held {
             node: node.clone(),
-            opener: file.as_raw_fd(),
+            opener: AtomicI32::new(file.as_raw_fd()),
             file: file
                 .try_clone()
                 .op("open")
@@ -283,11 +284,28 @@ impl Union {
         }
     }
 
+    /// A truncate to size 0 (`truncate`, `ftruncate`) held as an `O_TRUNC` open's is, for
+    /// the same reason (see `HeldTruncations`), and with `kill_suidgid` the set-id bits
+    /// killed. The file's attributes, and whether the mode changed.
+    pub fn truncate_holding(&self, node: &Arc<Node>, kill_suidgid: bool) -> Result<(Stat, bool)> {
+        let (f, _, killed) =
+            self.open_killing(node, libc::O_WRONLY | libc::O_TRUNC, kill_suidgid, true)?;
+        // The descriptor closes now, and its number may come back for another open.
+        if let Some(h) = self.held.get(node.id) {
+            let _ =
+                h.opener
+                    .compare_exchange(f.as_raw_fd(), -1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        Ok((self.getattr(node)?, killed))
+    }
+
     /// The open that truncated (`opener`, its descriptor) is closed: its truncation, if
     /// still held, is made.
     pub fn truncation_closed(&self, node: &Node, opener: &File) -> Result<()> {
         match self.held.get(node.id) {
-            Some(h) if h.opener == opener.as_raw_fd() => self.truncation_done(node, || ()),
+            Some(h) if h.opener.load(Ordering::Relaxed) == opener.as_raw_fd() => {
+                self.held.make(&h, || ())
+            }
             _ => Ok(()),
         }
     }
