@@ -920,3 +920,31 @@ fn a_truncation_is_held_a_second_at_most() {
         (0, shown.st_mtime, shown.st_mtime_nsec)
     );
 }
+
+#[test]
+fn a_held_truncate_to_zero_is_not_made_by_an_unrelated_close() {
+    let s = Stack::new(1);
+    write(&s.upper.join("f"), "old data");
+    write(&s.lowers[0].join("g"), "lower data");
+    let u = s.union();
+    let f = walk(&u, "f").unwrap();
+    let (st, killed) = u.truncate_holding(&f, false).unwrap();
+    assert_eq!((st.st_size, killed), (0, false));
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "old data");
+    // The truncate's own descriptor is closed: an open that reuses its number is not
+    // the truncating one.
+    let (r, _, _) = u.open_killing(&f, libc::O_RDONLY, false, true).unwrap();
+    u.truncation_closed(&f, &r).unwrap();
+    assert!(u.read_held(&f, |held| held));
+    assert_eq!(u.getattr(&f).unwrap().st_size, 0);
+    u.truncation_done(&f, || ()).unwrap();
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "");
+    // A lower file is copied up empty.
+    let g = walk(&u, "g").unwrap();
+    assert_eq!(u.truncate_holding(&g, false).unwrap().0.st_size, 0);
+    assert_eq!(fs::read_to_string(s.upper.join("g")).unwrap(), "");
+    assert_eq!(
+        fs::read_to_string(s.lowers[0].join("g")).unwrap(),
+        "lower data"
+    );
+}
