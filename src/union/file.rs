@@ -43,7 +43,7 @@ impl Union {
             self.check_protection(node, change, "open")?;
         }
         let truncating = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let hold = hold && truncating;
+        let hold = hold && truncating && node.kind == libc::S_IFREG;
         let loc = if truncating {
             self.copy_up_truncated(node)?
         } else if writing {
