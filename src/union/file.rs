@@ -107,12 +107,12 @@ impl Union {
     }
 }
 
-/// Truncations to zero by `O_TRUNC` opens, held back from the real file until its data next
-/// changes: a write, truncate or other setattr, fallocate, copy_file_range, lseek or fsync
-/// of the file, the close of the open that truncated, a snapshot or rollback, a tool that
-/// reads the upper (diff, export, commit), or the unmount; and a second after the open
-/// at the latest. Meanwhile the file shows size 0 and the time of the open, and reads get the
-/// old data.
+/// Truncations to zero by `O_TRUNC` opens (and truncates to 0, `truncate_holding`), held back
+/// from the real file until its data next changes: a write, truncate or other setattr,
+/// fallocate, copy_file_range, lseek or fsync of the file, the close of the open that
+/// truncated, a snapshot or rollback, a tool that reads the upper (diff, export, commit),
+/// or the unmount; and a second after the open at the latest. Meanwhile the file shows
+/// size 0 and the time of the open, and reads get the old data.
 ///
 /// Why: where the kernel reads a file through its page cache (FUSE without passthrough),
 /// a read it sent before it learned of the truncation, answered after it, comes back
