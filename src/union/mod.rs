@@ -136,7 +136,7 @@ pub struct Union {
     pub events: events::Events,
     /// Whether a read-only stack's branches hold any xattr (see `xattr.rs`).
     xattr_scan: xattr::Scan,
-    /// `O_TRUNC` truncations not yet made on the real file (see `file::HeldTruncations`).
+    /// Truncations to 0 not yet made on the real file (see `file::HeldTruncations`).
     held: Arc<file::HeldTruncations>,
 }
 
