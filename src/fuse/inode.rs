@@ -88,8 +88,10 @@ pub(super) fn setattr(
     }
     // A held truncation is made first: a size, mode or time set now must not be undone
     // by it later.
-    let res = fs.union.truncation_done(&node, || {
-        fs.with_open(fh, |file| fs.union.setattr(&node, a, file))
+    // The handle first, the truncation's lock second, as a write takes them.
+    let res = fs.with_open(fh, |file| {
+        fs.union
+            .truncation_done(&node, || fs.union.setattr(&node, a, file))
     });
     match res.and_then(|r| r) {
         Ok(st) => reply.attr(&fs.ttl, &fs.attr(&st)),

@@ -135,8 +135,10 @@ fn serve_one(union: &Union, info: &Info, dev: Dev, stream: UnixStream) -> io::Re
         "stack" => {
             // diff, export and commit read the upper next: the files as the mount shows
             // them (see union::file::HeldTruncations).
-            union.truncations_done();
-            Ok(report::stack(union, info))
+            match union.truncations_done() {
+                Ok(()) => Ok(report::stack(union, info)),
+                Err(e) => Err(e.to_string()),
+            }
         }
         "layers" => Ok(report::layers(union, info)),
         "which" => {

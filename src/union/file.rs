@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Union;
@@ -33,6 +33,19 @@ impl Union {
         kill_suidgid: bool,
         hold: bool,
     ) -> Result<(File, usize, bool)> {
+        let opener = hold.then_some(Opener::Open);
+        self.open_holding(node, flags, kill_suidgid, opener)
+    }
+
+    /// `open_killing`, holding the truncation (`opener`: what makes it when closed).
+    fn open_holding(
+        &self,
+        node: &Arc<Node>,
+        flags: i32,
+        kill_suidgid: bool,
+        opener: Option<Opener>,
+    ) -> Result<(File, usize, bool)> {
+        let hold = opener.is_some();
         let _place = node.place.read();
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writing {
@@ -61,8 +74,13 @@ impl Union {
             .open_branch(loc.raw(), &loc.name, real_flags)
             .op("open")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
-        if hold {
-            self.held.hold(node, &f)?;
+        if let Some(opener) = opener.filter(|_| hold)
+            && !self.held.hold(node, &f, opener)?
+        {
+            // The unmount has begun: nothing is held any more.
+            sys::ftruncate(f.as_raw_fd(), 0)
+                .op("truncate")
+                .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
         }
         let killed = kill_suidgid
             && flags & libc::O_TRUNC != 0
@@ -76,7 +94,7 @@ impl Union {
     /// Not while a truncation is held: the copy is the truncated file, and what the
     /// kernel reads meanwhile is the old data.
     pub fn follow_copy_up(&self, node: &Arc<Node>, layer: usize, flags: i32) -> Option<File> {
-        if layer == 0 || !node.data_in_upper() || self.held.get(node.id).is_some() {
+        if layer == 0 || !node.data_in_upper() || self.held.get(node.ino).is_some() {
             return None;
         }
         self.reopen_copy(node, flags).ok()
@@ -141,11 +159,14 @@ pub struct HeldTruncations {
 const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
 struct Held {
+    /// The node's inode number, which finds it: a node forgotten by the kernel and
+    /// looked up again has a new id, not a new number.
+    ino: u64,
     node: Arc<Node>,
     /// The truncating open's descriptor: its close makes the truncation, not another's
     /// (the kernel sends a close late, when the same file may be truncated anew). -1 for
     /// a truncate, which no open stands for.
-    opener: AtomicI32,
+    opener: i32,
     /// The truncating open's file (a second descriptor), writable.
     file: File,
     /// When the open truncated: the mtime and ctime shown meanwhile.
@@ -157,16 +178,35 @@ struct Held {
     done: AtomicBool,
 }
 
+/// What makes a held truncation at its close.
+#[derive(Clone, Copy)]
+enum Opener {
+    /// The open that truncated (`O_TRUNC`): its RELEASE.
+    Open,
+    /// A truncate: no open.
+    None,
+}
+
 impl HeldTruncations {
-    fn hold(self: &Arc<Self>, node: &Arc<Node>, file: &File) -> Result<()> {
+    /// Hold the truncation of `node`'s file `file` (opened without `O_TRUNC`); false once
+    /// the unmount has begun, when the caller truncates at once.
+    fn hold(self: &Arc<Self>, node: &Arc<Node>, file: &File, opener: Opener) -> Result<bool> {
         let mut list = self.list.lock();
-        // One truncation already held stands for this one too: made later, this one would
-        // undo what the other open wrote meanwhile.
-        if list
-            .iter()
-            .any(|h| h.node.id == node.id && !h.done.load(Ordering::Acquire))
-        {
-            return Ok(());
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            let Some(h) = list.iter().find(|h| h.ino == node.ino).cloned() else {
+                break;
+            };
+            if !h.done.load(Ordering::Acquire) {
+                // One truncation already held stands for this one too: made later, this
+                // one would undo what the other open wrote meanwhile.
+                return Ok(true);
+            }
+            // Made, and the change that made it still under way: a truncation held beside
+            // it would be found after it, and the next change would skip it.
+            parking_lot::MutexGuard::unlocked(&mut list, || drop(h.lock.read()));
         }
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -174,8 +214,12 @@ impl HeldTruncations {
                 (d.as_secs() as i64, i64::from(d.subsec_nanos()))
             });
         list.push(Arc::new(Held {
+            ino: node.ino,
             node: node.clone(),
-            opener: AtomicI32::new(file.as_raw_fd()),
+            opener: match opener {
+                Opener::Open => file.as_raw_fd(),
+                Opener::None => -1,
+            },
             file: file
                 .try_clone()
                 .op("open")
@@ -200,14 +244,16 @@ impl HeldTruncations {
                 log::warn!("no thread to bound held truncations ({e}): each waits for its file's next change");
             }
         });
-        Ok(())
+        Ok(true)
     }
 
-    fn get(&self, node: u64) -> Option<Arc<Held>> {
+    /// The truncation held for inode number `ino`, made or not (made, the change that made
+    /// it may be under way: see `make`).
+    fn get(&self, ino: u64) -> Option<Arc<Held>> {
         if self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
-        self.list.lock().iter().find(|h| h.node.id == node).cloned()
+        self.list.lock().iter().find(|h| h.ino == ino).cloned()
     }
 
     /// Make `h` on the real file, then run `change`, with no read in between.
@@ -268,7 +314,7 @@ impl Union {
     /// still has the old data, which only a read the kernel sent before the truncation
     /// should get: see `HeldTruncations`).
     pub fn read_held<T>(&self, node: &Node, read: impl FnOnce(bool) -> T) -> T {
-        let Some(h) = self.held.get(node.id) else {
+        let Some(h) = self.held.get(node.ino) else {
             return read(false);
         };
         let _shared = h.lock.read();
@@ -278,7 +324,7 @@ impl Union {
     /// Make a node's held truncation (if any) on the real file, then run `change`, with
     /// no read in between.
     pub fn truncation_done<T>(&self, node: &Node, change: impl FnOnce() -> T) -> Result<T> {
-        match self.held.get(node.id) {
+        match self.held.get(node.ino) {
             Some(h) => self.held.make(&h, change),
             None => Ok(change()),
         }
@@ -288,49 +334,44 @@ impl Union {
     /// the same reason (see `HeldTruncations`), and with `kill_suidgid` the set-id bits
     /// killed. The file's attributes, and whether the mode changed.
     pub fn truncate_holding(&self, node: &Arc<Node>, kill_suidgid: bool) -> Result<(Stat, bool)> {
-        let (f, _, killed) =
-            self.open_killing(node, libc::O_WRONLY | libc::O_TRUNC, kill_suidgid, true)?;
-        // The descriptor closes now, and its number may come back for another open.
-        if let Some(h) = self.held.get(node.id) {
-            let _ =
-                h.opener
-                    .compare_exchange(f.as_raw_fd(), -1, Ordering::Relaxed, Ordering::Relaxed);
-        }
+        let flags = libc::O_WRONLY | libc::O_TRUNC;
+        let (_, _, killed) = self.open_holding(node, flags, kill_suidgid, Some(Opener::None))?;
         Ok((self.getattr(node)?, killed))
     }
 
     /// The open that truncated (`opener`, its descriptor) is closed: its truncation, if
     /// still held, is made.
     pub fn truncation_closed(&self, node: &Node, opener: &File) -> Result<()> {
-        match self.held.get(node.id) {
-            Some(h) if h.opener.load(Ordering::Relaxed) == opener.as_raw_fd() => {
-                self.held.make(&h, || ())
-            }
+        match self.held.get(node.ino) {
+            Some(h) if h.opener == opener.as_raw_fd() => self.held.make(&h, || ()),
             _ => Ok(()),
         }
     }
 
     /// Every held truncation made (before a snapshot, a rollback, the unmount, or a tool
-    /// that reads the upper).
-    pub fn truncations_done(&self) {
+    /// that reads the upper): the first error, after trying them all.
+    pub fn truncations_done(&self) -> Result<()> {
         let held: Vec<_> = self.held.list.lock().clone();
+        let mut first = Ok(());
         for h in held {
             if let Err(e) = self.held.make(&h, || ()) {
                 log::warn!("{e}");
+                first = first.and(Err(e));
             }
         }
+        first
     }
 
-    /// The unmount: every held truncation made, and none held from now on.
+    /// The unmount: none held from now on, and every held truncation made.
     pub(super) fn truncations_closed(&self) {
-        self.truncations_done();
         self.held.close();
+        let _ = self.truncations_done();
     }
 
     /// A stat as the mount shows it while the file's truncation is held: empty, changed
     /// at the open.
     pub(super) fn held_stat(&self, node: &Node, st: &mut Stat) {
-        if let Some(h) = self.held.get(node.id)
+        if let Some(h) = self.held.get(node.ino)
             && !h.done.load(Ordering::Acquire)
         {
             st.st_size = 0;

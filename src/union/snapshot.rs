@@ -99,7 +99,7 @@ impl Union {
         let store = self.store("snapshot")?;
         let gate = self.gate.write();
         // The files' data as the mount shows it.
-        self.truncations_done();
+        self.truncations_done()?;
         store.ensure()?;
         let snaps = store.list()?;
         let seq = snaps.last().map_or(1, |s| s.seq + 1);
@@ -175,7 +175,7 @@ impl Union {
         let store = self.store("rollback")?;
         let gate = self.gate.write();
         // The files' data as the mount shows it.
-        self.truncations_done();
+        self.truncations_done()?;
         let snaps = store.list()?;
         let target = match name {
             Some(n) => named(&snaps, n, "rollback")?,

@@ -948,3 +948,53 @@ fn a_held_truncate_to_zero_is_not_made_by_an_unrelated_close() {
         "lower data"
     );
 }
+
+#[test]
+fn a_truncation_held_while_another_is_being_made_is_not_skipped() {
+    let s = Stack::new(1);
+    write(&s.upper.join("f"), "old data");
+    let u = Arc::new(s.union());
+    let f = walk(&u, "f").unwrap();
+    let trunc = libc::O_WRONLY | libc::O_TRUNC;
+    let (a, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
+    // A's write makes A's truncation and is still under way when B truncates anew.
+    let (started, writing) = std::sync::mpsc::channel();
+    let t = {
+        let (u, f) = (u.clone(), f.clone());
+        std::thread::spawn(move || {
+            u.truncation_done(&f, || {
+                started.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                a.write_all_at(b"AAAA", 0).unwrap();
+            })
+            .unwrap();
+        })
+    };
+    writing.recv().unwrap();
+    let (b, _, _) = u.open_killing(&f, trunc, false, true).unwrap();
+    assert_eq!(u.getattr(&f).unwrap().st_size, 0, "B's truncation shows");
+    u.truncation_done(&f, || b.write_all_at(b"BB", 0).unwrap())
+        .unwrap();
+    t.join().unwrap();
+    u.truncation_closed(&f, &b).unwrap();
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "BB");
+}
+
+#[test]
+fn a_held_truncation_outlives_its_node_being_forgotten() {
+    let s = Stack::new(1);
+    write(&s.upper.join("f"), "old data");
+    let u = s.union();
+    let f = walk(&u, "f").unwrap();
+    u.truncate_holding(&f, false).unwrap();
+    // The kernel forgets the inode; the name is looked up again, to a new node.
+    u.nodes.forget(f.id, 1000);
+    let g = walk(&u, "f").unwrap();
+    assert_ne!(f.id, g.id);
+    assert_eq!(u.getattr(&g).unwrap().st_size, 0);
+    let (w, _) = u.open(&g, libc::O_WRONLY).unwrap();
+    u.truncation_done(&g, || w.write_all_at(b"new", 0).unwrap())
+        .unwrap();
+    u.truncations_done().unwrap();
+    assert_eq!(fs::read_to_string(s.upper.join("f")).unwrap(), "new");
+}
