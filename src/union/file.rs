@@ -94,7 +94,7 @@ impl Union {
     /// Not while a truncation is held: the copy is the truncated file, and what the
     /// kernel reads meanwhile is the old data.
     pub fn follow_copy_up(&self, node: &Arc<Node>, layer: usize, flags: i32) -> Option<File> {
-        if layer == 0 || !node.data_in_upper() || self.held.get(node.ino).is_some() {
+        if layer == 0 || !node.data_in_upper() || !self.held.get(node.ino).is_empty() {
             return None;
         }
         self.reopen_copy(node, flags).ok()
@@ -192,21 +192,17 @@ impl HeldTruncations {
     /// the unmount has begun, when the caller truncates at once.
     fn hold(self: &Arc<Self>, node: &Arc<Node>, file: &File, opener: Opener) -> Result<bool> {
         let mut list = self.list.lock();
-        loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Ok(false);
-            }
-            let Some(h) = list.iter().find(|h| h.ino == node.ino).cloned() else {
-                break;
-            };
-            if !h.done.load(Ordering::Acquire) {
-                // One truncation already held stands for this one too: made later, this
-                // one would undo what the other open wrote meanwhile.
-                return Ok(true);
-            }
-            // Made, and the change that made it still under way: a truncation held beside
-            // it would be found after it, and the next change would skip it.
-            parking_lot::MutexGuard::unlocked(&mut list, || drop(h.lock.read()));
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        // One truncation already held stands for this one too: made later, this one would
+        // undo what the other open wrote meanwhile. (One made, whose change is still under
+        // way, does not: this one goes after it, see `get`.)
+        if list
+            .iter()
+            .any(|h| h.ino == node.ino && !h.done.load(Ordering::Acquire))
+        {
+            return Ok(true);
         }
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -247,13 +243,26 @@ impl HeldTruncations {
         Ok(true)
     }
 
-    /// The truncation held for inode number `ino`, made or not (made, the change that made
-    /// it may be under way: see `make`).
-    fn get(&self, ino: u64) -> Option<Arc<Held>> {
+    /// The truncations listed for inode number `ino`, oldest first: at most one not made,
+    /// and before it any made whose change is still under way (see `make`).
+    fn get(&self, ino: u64) -> Vec<Arc<Held>> {
         if self.count.load(Ordering::Acquire) == 0 {
-            return None;
+            return Vec::new();
         }
-        self.list.lock().iter().find(|h| h.ino == ino).cloned()
+        let list = self.list.lock();
+        list.iter().filter(|h| h.ino == ino).cloned().collect()
+    }
+
+    /// Make the last of `held` (one inode's, from `get`) after the changes of those before
+    /// it, then run `change`.
+    fn make_last<T>(&self, held: &[Arc<Held>], change: impl FnOnce() -> T) -> Result<T> {
+        let Some((last, before)) = held.split_last() else {
+            return Ok(change());
+        };
+        for h in before {
+            drop(h.lock.read());
+        }
+        self.make(last, change)
     }
 
     /// Make `h` on the real file, then run `change`, with no read in between.
@@ -314,20 +323,16 @@ impl Union {
     /// still has the old data, which only a read the kernel sent before the truncation
     /// should get: see `HeldTruncations`).
     pub fn read_held<T>(&self, node: &Node, read: impl FnOnce(bool) -> T) -> T {
-        let Some(h) = self.held.get(node.ino) else {
-            return read(false);
-        };
-        let _shared = h.lock.read();
-        read(!h.done.load(Ordering::Acquire))
+        let held = self.held.get(node.ino);
+        // Every one listed: a made one's change may still be under way.
+        let _shared: Vec<_> = held.iter().map(|h| h.lock.read()).collect();
+        read(held.iter().any(|h| !h.done.load(Ordering::Acquire)))
     }
 
     /// Make a node's held truncation (if any) on the real file, then run `change`, with
     /// no read in between.
     pub fn truncation_done<T>(&self, node: &Node, change: impl FnOnce() -> T) -> Result<T> {
-        match self.held.get(node.ino) {
-            Some(h) => self.held.make(&h, change),
-            None => Ok(change()),
-        }
+        self.held.make_last(&self.held.get(node.ino), change)
     }
 
     /// A truncate to size 0 (`truncate`, `ftruncate`) held as an `O_TRUNC` open's is, for
@@ -342,9 +347,10 @@ impl Union {
     /// The open that truncated (`opener`, its descriptor) is closed: its truncation, if
     /// still held, is made.
     pub fn truncation_closed(&self, node: &Node, opener: &File) -> Result<()> {
-        match self.held.get(node.ino) {
-            Some(h) if h.opener == opener.as_raw_fd() => self.held.make(&h, || ()),
-            _ => Ok(()),
+        let held = self.held.get(node.ino);
+        match held.iter().position(|h| h.opener == opener.as_raw_fd()) {
+            Some(i) => self.held.make_last(&held[..=i], || ()),
+            None => Ok(()),
         }
     }
 
@@ -371,8 +377,11 @@ impl Union {
     /// A stat as the mount shows it while the file's truncation is held: empty, changed
     /// at the open.
     pub(super) fn held_stat(&self, node: &Node, st: &mut Stat) {
-        if let Some(h) = self.held.get(node.ino)
-            && !h.done.load(Ordering::Acquire)
+        if let Some(h) = self
+            .held
+            .get(node.ino)
+            .iter()
+            .find(|h| !h.done.load(Ordering::Acquire))
         {
             st.st_size = 0;
             st.st_blocks = 0;
