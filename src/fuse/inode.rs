@@ -57,12 +57,12 @@ pub(super) fn setattr(
     // them at open go through the daemon), which never reaches us. The same SETATTR comes
     // after the kernel removed a file capability (REMOVEXATTR) for a caller who may keep
     // set-id bits: kill only for a caller without CAP_FSETID, as the kernel decides.
-    let empty = changes.mode.is_none()
+    let only_size = changes.mode.is_none()
         && changes.uid.is_none()
         && changes.gid.is_none()
-        && changes.size.is_none()
         && changes.atime.is_none()
         && changes.mtime.is_none();
+    let empty = only_size && changes.size.is_none();
     let remove_privs = empty && !sys::has_cap_fsetid(pid).unwrap_or(false);
     let a = SetAttr {
         mode: changes.mode,
@@ -75,11 +75,6 @@ pub(super) fn setattr(
     };
     // Through the page cache a truncate to 0 is held as an O_TRUNC open's is (see
     // union::file::HeldTruncations): a read racing it would otherwise read zeros.
-    let only_size = a.mode.is_none()
-        && a.uid.is_none()
-        && a.gid.is_none()
-        && a.atime.is_none()
-        && a.mtime.is_none();
     if !fs.passthrough && a.size == Some(0) && only_size {
         return match fs.union.truncate_holding(&node, a.kill_suidgid) {
             Ok((st, _)) => reply.attr(&fs.ttl, &fs.attr(&st)),
@@ -87,8 +82,7 @@ pub(super) fn setattr(
         };
     }
     // A held truncation is made first: a size, mode or time set now must not be undone
-    // by it later.
-    // The handle first, the truncation's lock second, as a write takes them.
+    // by it later. The handle is taken before the truncation's lock, as a write takes them.
     let res = fs.with_open(fh, |file| {
         fs.union
             .truncation_done(&node, || fs.union.setattr(&node, a, file))

@@ -45,7 +45,6 @@ impl Union {
         kill_suidgid: bool,
         opener: Option<Opener>,
     ) -> Result<(File, usize, bool)> {
-        let hold = opener.is_some();
         let _place = node.place.read();
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writing {
@@ -56,7 +55,7 @@ impl Union {
             self.check_protection(node, change, "open")?;
         }
         let truncating = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let hold = hold && truncating && node.kind == libc::S_IFREG;
+        let opener = opener.filter(|_| truncating && node.kind == libc::S_IFREG);
         let loc = if truncating {
             self.copy_up_truncated(node)?
         } else if writing {
@@ -69,12 +68,15 @@ impl Union {
                 None => self.locate(node)?,
             }
         };
-        let real_flags = if hold { flags & !libc::O_TRUNC } else { flags };
+        let real_flags = match opener {
+            Some(_) => flags & !libc::O_TRUNC,
+            None => flags,
+        };
         let f = self
             .open_branch(loc.raw(), &loc.name, real_flags)
             .op("open")
             .map_err(|e| e.at(node.path()).in_layer(loc.layer))?;
-        if let Some(opener) = opener.filter(|_| hold)
+        if let Some(opener) = opener
             && !self.held.hold(node, &f, opener)?
         {
             // The unmount has begun: nothing is held any more.
@@ -183,8 +185,8 @@ struct Held {
 enum Opener {
     /// The open that truncated (`O_TRUNC`): its RELEASE.
     Open,
-    /// A truncate: no open.
-    None,
+    /// A truncate: no open makes it.
+    Truncate,
 }
 
 impl HeldTruncations {
@@ -214,7 +216,7 @@ impl HeldTruncations {
             node: node.clone(),
             opener: match opener {
                 Opener::Open => file.as_raw_fd(),
-                Opener::None => -1,
+                Opener::Truncate => -1,
             },
             file: file
                 .try_clone()
@@ -340,7 +342,8 @@ impl Union {
     /// killed. The file's attributes, and whether the mode changed.
     pub fn truncate_holding(&self, node: &Arc<Node>, kill_suidgid: bool) -> Result<(Stat, bool)> {
         let flags = libc::O_WRONLY | libc::O_TRUNC;
-        let (_, _, killed) = self.open_holding(node, flags, kill_suidgid, Some(Opener::None))?;
+        let (_, _, killed) =
+            self.open_holding(node, flags, kill_suidgid, Some(Opener::Truncate))?;
         Ok((self.getattr(node)?, killed))
     }
 
