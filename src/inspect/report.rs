@@ -11,7 +11,6 @@ use std::time::Duration;
 use crate::config::{Config, MountFlags};
 use crate::sys;
 use crate::union::events::{Event, human_bytes};
-use crate::union::layer::{DEFAULT_WORKDIR, INDEX_DIR};
 use crate::union::whiteout;
 use crate::union::{Union, WhiteoutFormat};
 
@@ -108,29 +107,6 @@ pub fn stack(u: &Union, info: &Info) -> Vec<String> {
     out
 }
 
-/// Files (non-directories) and bytes of a branch, skipping our work and index directories.
-fn count_tree(dir: &Path, top: bool) -> (u64, u64) {
-    let (mut files, mut bytes) = (0, 0);
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return (0, 0);
-    };
-    for e in rd.flatten() {
-        if top && (e.file_name() == DEFAULT_WORKDIR || e.file_name() == INDEX_DIR) {
-            continue;
-        }
-        let Ok(m) = e.metadata() else { continue };
-        if m.is_dir() {
-            let (f, b) = count_tree(&e.path(), false);
-            files += f;
-            bytes += b;
-        } else {
-            files += 1;
-            bytes += m.len();
-        }
-    }
-    (files, bytes)
-}
-
 /// Reply to `layers`: the human-readable report.
 pub fn layers(u: &Union, info: &Info) -> Vec<String> {
     let mut out = vec![format!(
@@ -138,7 +114,7 @@ pub fn layers(u: &Union, info: &Info) -> Vec<String> {
         "#", "branch", "mode", "files", "bytes"
     )];
     for l in &u.stack().layers {
-        let (files, bytes) = count_tree(&l.path, l.writable);
+        let super::Usage { files, bytes, .. } = super::usage(&l.path);
         out.push(format!(
             "{:<3} {:<14} {:<4} {:>8} {:>10}  {}",
             l.index,

@@ -6,12 +6,10 @@
 //! snapshot, oldest first, then `upper<TAB>ENTRIES<TAB>BYTES<TAB>DIR` for the changes
 //! since the last one.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::union::Union;
 use crate::union::snapstore::Snap;
-use crate::union::whiteout;
 
 fn snap_line(s: &Snap) -> String {
     format!("snap {}\t{}\t{}", s.seq, s.name, s.dir.display())
@@ -31,7 +29,8 @@ pub fn serve(u: &Union, cmd: &str, arg: &str) -> Result<Vec<String>, String> {
         "snapshots" => {
             let mut out = Vec::new();
             for s in u.snapshots().map_err(err)? {
-                let (entries, bytes) = count(&s.dir);
+                let u = super::usage(&s.dir);
+                let (entries, bytes) = (u.files + u.dirs, u.bytes);
                 out.push(format!(
                     "snap {}\t{}\t{}\t{entries}\t{bytes}\t{}",
                     s.seq,
@@ -41,39 +40,14 @@ pub fn serve(u: &Union, cmd: &str, arg: &str) -> Result<Vec<String>, String> {
                 ));
             }
             if let Some(up) = u.settings.upper() {
-                let (entries, bytes) = count(&up.path);
+                let u = super::usage(&up.path);
+                let (entries, bytes) = (u.files + u.dirs, u.bytes);
                 out.push(format!("upper\t{entries}\t{bytes}\t{}", up.path.display()));
             }
             Ok(out)
         }
         _ => Err(format!("unknown request {cmd:?}")),
     }
-}
-
-/// Entries (whiteouts count: each is a change) and bytes of regular files in a layer
-/// directory, our hidden directories left out.
-fn count(dir: &Path) -> (u64, u64) {
-    let (mut entries, mut bytes) = (0, 0);
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            if whiteout::is_reserved(&name) && whiteout::whited_out(&name).is_none() {
-                continue; // .wh..wh..opq, the work and index dirs
-            }
-            let Ok(m) = e.metadata() else { continue };
-            entries += 1;
-            if m.is_dir() {
-                todo.push(e.path());
-            } else if m.is_file() {
-                bytes += m.size();
-            }
-        }
-    }
-    (entries, bytes)
 }
 
 /// `2026-12-07 08:31:59 UTC` for seconds since the epoch.
