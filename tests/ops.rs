@@ -2141,30 +2141,6 @@ fn an_unserved_ioctl_or_poll_answers_as_a_local_file_and_logs_no_warning() {
     );
 }
 
-/// FS_IOC_GETFLAGS of `p` (`lsattr`), opened read-only.
-fn inode_flags(p: &Path) -> std::io::Result<u32> {
-    let f = File::open(p)?;
-    let mut flags: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one int into `flags`, which outlives the call.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(flags as u32)
-}
-
-/// FS_IOC_SETFLAGS of `p` (`chattr`), opened read-only as chattr does.
-fn set_inode_flags(p: &Path, flags: u32) -> std::io::Result<()> {
-    let f = File::open(p)?;
-    let flags = flags as libc::c_int;
-    // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`, which outlives the call.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Flags cleared from the given files however a test ends: the fixture could not remove
 /// an immutable or append-only file.
 struct Unflag(Vec<std::path::PathBuf>);

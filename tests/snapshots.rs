@@ -448,6 +448,40 @@ fn a_snapshot_keeps_the_view_and_its_layer_never_changes() {
 // Open descriptors
 // ---------------------------------------------------------------------------------------------
 
+/// A file open for writing at a snapshot: the copy the snapshot keeps has the `sync` and
+/// `noatime` inode flags the live file has (`lsattr`), as a copy-up's copy has them.
+#[test]
+fn a_snapshot_copy_of_an_open_file_keeps_its_inode_flags() {
+    const SYNC: u32 = 0x8;
+    const NOATIME: u32 = 0x80;
+    let fx = Fixture::new(1);
+    let _m = fx.mount(&[]);
+    let mut w = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(fx.m("f"))
+        .unwrap();
+    w.write_all(b"data\n").unwrap();
+    if let Err(e) = set_inode_flags(&fx.m("f"), SYNC | NOATIME) {
+        eprintln!("skipped: no inode flags here ({e})");
+        return;
+    }
+    let dir = take(&fx, Some("s1"), 1);
+    w.write_all(b"more\n").unwrap();
+    assert_eq!(read(&dir.join("f")), "data\n", "the snapshot's copy");
+    assert_eq!(
+        inode_flags(&dir.join("f")).unwrap() & (SYNC | NOATIME),
+        SYNC | NOATIME,
+        "the snapshot's copy keeps sync and noatime"
+    );
+    assert_eq!(
+        inode_flags(&fx.m("f")).unwrap() & (SYNC | NOATIME),
+        SYNC | NOATIME,
+        "the live file keeps them"
+    );
+    assert_eq!(read(&fx.m("f")), "data\nmore\n");
+}
+
 /// A file open for writing at a snapshot goes on being written through its descriptor, and
 /// the merged view shows the writes; the snapshot holds its content as of the snapshot, under
 /// each of its names; readers keep reading.

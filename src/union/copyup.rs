@@ -630,7 +630,7 @@ pub(crate) fn copy_private_xattrs(sdir: RawFd, sname: &OsStr, ddir: RawFd, dname
 }
 
 /// A copy of the regular file `sname` in `sdir` (stat `st`) as `dname` in `ddir`: data,
-/// every xattr, owner, mode and times.
+/// every xattr, owner, mode, times and the inode flags a copy-up carries.
 pub(crate) fn copy_file_whole(
     sdir: RawFd,
     sname: &OsStr,
@@ -644,6 +644,7 @@ pub(crate) fn copy_file_whole(
     copy_data(&from, &to, st.st_size as u64).op("copy data")?;
     copy_metadata(sdir, sname, ddir, dname, st, false)?;
     copy_private_xattrs(sdir, sname, ddir, dname);
+    super::fileattr::carry_inode_flags(&from, &to);
     if sync {
         sys::fsync(to.as_raw_fd(), false).op("fsync")?;
     }

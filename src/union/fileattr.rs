@@ -379,10 +379,7 @@ impl Union {
                     &opened
                 }
             };
-            let now = sys::inode_flags(to.as_raw_fd()).unwrap_or(0);
-            if let Err(e) = sys::set_inode_flags(to.as_raw_fd(), now | (flags & CARRIED)) {
-                log::debug!("copy-up: inode flags {flags:#x} not carried: {e}");
-            }
+            put_carried(flags, to);
         }
         // A snapshot layer's entry may hold a record of its own.
         let mut prot = Protect::from_flags(flags);
@@ -406,6 +403,24 @@ impl Union {
             }
         }
         Ok(())
+    }
+}
+
+/// Add the inode flags of `flags` that a copy keeps (`sync`, `noatime`) to the copy `to`.
+fn put_carried(flags: u32, to: &File) {
+    let now = sys::inode_flags(to.as_raw_fd()).unwrap_or(0);
+    if let Err(e) = sys::set_inode_flags(to.as_raw_fd(), now | (flags & CARRIED)) {
+        log::debug!("copy: inode flags {flags:#x} not carried: {e}");
+    }
+}
+
+/// Carry `from`'s `sync` and `noatime` to `to`, a copy of its data (a snapshot's copy of a
+/// file open for writing; immutable and append-only go by the copy's private xattrs). A
+/// filesystem without inode flags has nothing to carry.
+pub(crate) fn carry_inode_flags(from: &File, to: &File) {
+    let flags = sys::inode_flags(from.as_raw_fd()).unwrap_or(0);
+    if flags & CARRIED != 0 {
+        put_carried(flags, to);
     }
 }
 

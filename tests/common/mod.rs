@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -48,6 +49,30 @@ const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------------
 // Small helpers for populating branches and asserting
 // ---------------------------------------------------------------------------------------------
+
+/// FS_IOC_GETFLAGS of `p` (`lsattr`), opened read-only.
+pub fn inode_flags(p: &Path) -> io::Result<u32> {
+    let f = fs::File::open(p)?;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int into `flags`, which outlives the call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags as u32)
+}
+
+/// FS_IOC_SETFLAGS of `p` (`chattr`), opened read-only as chattr does.
+pub fn set_inode_flags(p: &Path, flags: u32) -> io::Result<()> {
+    let f = fs::File::open(p)?;
+    let flags = flags as libc::c_int;
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`, which outlives the call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 pub fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
