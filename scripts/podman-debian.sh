@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# bench-compare row 19: a rootful `podman build --no-cache` of a five-step image on a Debian
-# (debootstrap minbase) base, in a scratch storage root of its own (scripts/podman-lib.sh).
+# bench-compare row 19: a `podman build --no-cache` of a five-step image on a Debian
+# (debootstrap minbase) base, in a scratch storage root of its own (scripts/podman-lib.sh);
+# rootful as root, rootless podman as any other user (who needs subordinate ids).
 #
 #   scripts/podman-debian.sh setup DIR [MOUNT_PROGRAM]   storage in DIR, the base imported
 #   scripts/podman-debian.sh build DIR                   the build (the part to time)
@@ -10,7 +11,7 @@
 # setup needs ROOTFS_TAR (the rootfs as a tar, the image's base: `podman import`, no registry)
 # and DEBS (a directory of .debs: the packages below and the dependencies the rootfs lacks,
 # COPYed in through the build context; no network anywhere). Overlay storage, through
-# MOUNT_PROGRAM if given (podman's overlay driver, i.e. the kernel's, if not). Needs root.
+# MOUNT_PROGRAM if given (podman's overlay driver, i.e. the kernel's, if not).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,6 +69,11 @@ teardown)
     if [ -x "$P" ]; then
         "$P" rm -af -t 0 >/dev/null 2>&1 || true
         "$P" system reset -f >/dev/null 2>&1 || true
+        if [ "$(id -u)" -ne 0 ]; then
+            # What the user's namespace owns, and its pause process (rootless podman).
+            "$P" unshare rm -rf "$D/graph" "$D/run" >/dev/null 2>&1 || true
+            [ ! -f "$D/tmp/pause.pid" ] || kill "$(cat "$D/tmp/pause.pid")" 2>/dev/null || true
+        fi
     fi
     unmount_below "$D"
     rm -rf --one-file-system "$D"

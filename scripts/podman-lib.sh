@@ -22,10 +22,16 @@ podman_prepare() {
 }
 
 # scratch_podman DIR [MOUNT_PROGRAM]: storage, containers and registries configs in DIR and a
-# DIR/podman wrapper using only them; overlay storage, through MOUNT_PROGRAM if given.
+# DIR/podman wrapper using only them; overlay storage, through MOUNT_PROGRAM if given. Run by
+# a user other than root, rootless podman (the user needs subordinate ids), whose runtime
+# directory is DIR/xdg.
 scratch_podman() {
-    local d=$1 program=${2:-} opt=""
+    local d=$1 program=${2:-} opt="" xdg=""
     mkdir -p "$d"/{graph,run,tmp,volumes}
+    if [ "$(id -u)" -ne 0 ]; then
+        mkdir -p -m 700 "$d/xdg"
+        xdg="export XDG_RUNTIME_DIR=\"$d/xdg\""
+    fi
     {
         printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/graph"\nrunroot = "%s/run"\n' "$d" "$d"
         printf '\n[storage.options.overlay]\nmountopt = "nodev"\n'
@@ -57,6 +63,7 @@ export CONTAINERS_STORAGE_CONF="$d/storage.conf"
 export CONTAINERS_CONF="$d/containers.conf"
 export CONTAINERS_REGISTRIES_CONF="$d/registries.conf"
 export TMPDIR="$d/tmp"
+$xdg
 exec podman --root "$d/graph" --runroot "$d/run" --storage-driver overlay $opt "\$@"
 EOF
     chmod 755 "$d/podman"

@@ -298,12 +298,14 @@ def markdown(info, wl, tnames, rows, memory):
                         + (f" (NOT AVAILABLE: {r['debs_error']})" if r.get("debs_error")
                            else "")) + ".")
         if r.get("rootfs_tar"):
-            parts.append("- Workload 19: rootful `podman build --no-cache` (scripts/podman-"
+            parts.append("- Workload 19: `podman build --no-cache` (scripts/podman-"
                          "debian.sh) FROM that rootfs `podman import`ed, with the .debs COPYed "
                          "in; each target a fresh storage root of its own, podman's overlay "
                          "driver with the target as `mount_program` (`overlay`: none, the "
-                         "kernel); only the build is timed, then `podman run` of the image "
-                         "checks the installed packages.")
+                         "kernel), rootful; `*-rootless`: rootless podman as the unprivileged "
+                         "user, the ratio to the rootful kernel driver; only the build is "
+                         "timed, then `podman run` of the image checks the installed "
+                         "packages.")
     parts += [
         "",
         "### Seconds",

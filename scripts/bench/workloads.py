@@ -124,7 +124,8 @@ PODMAN_SETUP = '"$PODMAN_DEBIAN" setup "$PODMAN_DIR" $MOUNT_PROGRAM'
 PODMAN_BUILD = '"$PODMAN_DEBIAN" build "$PODMAN_DIR"'
 PODMAN_CHECK = '"$PODMAN_DEBIAN" check "$PODMAN_DIR"'
 PODMAN_TEARDOWN = '"$PODMAN_DEBIAN" teardown "$PODMAN_DIR"'
-# the targets row 19 runs on (as podman's storage); n/a elsewhere, rootless and uring included
+# the targets row 19 runs on (as podman's storage; the rootless ones by rootless podman, as
+# their user); n/a elsewhere, uring included
 PODMAN_TARGETS = ("overlay", "unionmount", "fuse-overlayfs", "fuse-overlayfs-2")
 # snapshot / rollback (issue 19), timed around the one command
 TIMED = ('t0=$(date +%s.%N) && {cmd} && t1=$(date +%s.%N) && '
