@@ -168,6 +168,12 @@ fn spawn_daemon(args: &[String], log: &Path, level: &str) -> Child {
     spawn_daemon_env(args, log, level, &[])
 }
 
+/// Whether the suite mounts without passthrough (`UNIONMOUNT_TEST_OPTS=passthrough=0`):
+/// every file's data then goes through the daemon and the page cache.
+pub fn suite_without_passthrough() -> bool {
+    std::env::var("UNIONMOUNT_TEST_OPTS").is_ok_and(|o| o.split(',').any(|x| x == "passthrough=0"))
+}
+
 /// `spawn_daemon` with `env` added to the daemon's environment.
 fn spawn_daemon_env(args: &[String], log: &Path, level: &str, env: &[(&str, &str)]) -> Child {
     let mut logf = OpenOptions::new()
