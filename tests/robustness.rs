@@ -1843,6 +1843,66 @@ fn lower_edited_by_hand_short_timeout() {
     report("lower_edited_by_hand_short_timeout", n, 7);
 }
 
+/// A name made by hand in a branch while the kernel still caches its absence (within
+/// `negative_timeout`): an `open` with `O_CREAT` (no `O_EXCL`) opens the file that is there,
+/// as on a local filesystem, instead of failing with "File exists"; `O_TRUNC` truncates it,
+/// a lower one is copied up; `O_EXCL` still fails, and a directory gives EISDIR.
+#[test]
+fn o_creat_opens_a_file_made_by_hand_while_its_absence_is_cached() {
+    let fx = Fixture::new(1);
+    // The lower changes on purpose: the harness must not check it unchanged.
+    let m = fx.mount_args(vec![fx.spec(), fx.mnt.display().to_string()], vec![]);
+    let names = ["u", "l", "t", "e", "d"];
+    for n in names {
+        assert_gone(&m.path(n));
+    }
+    put(&fx.u("u"), "hand\n");
+    put(&fx.l(0, "l"), "hand\n");
+    put(&fx.u("t"), "hand\n");
+    put(&fx.u("e"), "hand\n");
+    fs::create_dir(fx.u("d")).unwrap();
+    for n in names {
+        // Still cached as absent: what follows reaches the daemon as a CREATE.
+        assert_gone(&m.path(n));
+    }
+    let append = || OpenOptions::new().append(true).create(true).clone();
+    append()
+        .open(m.path("u"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    assert_eq!(read(&m.path("u")), "hand\nmore\n");
+    assert_eq!(read(&fx.u("u")), "hand\nmore\n");
+    append()
+        .open(m.path("l"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    assert_eq!(read(&m.path("l")), "hand\nmore\n");
+    assert_eq!(read(&fx.u("l")), "hand\nmore\n", "copied up");
+    assert_eq!(read(&fx.l(0, "l")), "hand\n");
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("t"))
+        .unwrap()
+        .write_all(b"new\n")
+        .unwrap();
+    assert_eq!(read(&m.path("t")), "new\n");
+    let e = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.path("e"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "O_EXCL: {e}");
+    assert_eq!(read(&m.path("e")), "hand\n");
+    let e = append().open(m.path("d")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EISDIR), "a directory: {e}");
+    drop(m);
+    assert_eq!(read(&fx.u("t")), "new\n");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Churn: names created and removed fast (the filesystem reuses inode numbers at once)
 // ---------------------------------------------------------------------------------------------

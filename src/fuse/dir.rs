@@ -83,12 +83,12 @@ fn make(
     }
 }
 
+/// `kill_suidgid`: for `O_TRUNC`, should the file be there (see `file::create_existing`).
 pub(super) fn create(
     fs: &UnionFs,
-    parent: INodeNo,
-    name: &OsStr,
-    mode: u32,
-    flags: i32,
+    (parent, name): (INodeNo, &OsStr),
+    (mode, flags): (u32, i32),
+    kill_suidgid: bool,
     caller: Caller,
     reply: ReplyCreate,
 ) {
@@ -97,6 +97,9 @@ pub(super) fn create(
         Ok((node, _, None)) => {
             fs.union.nodes.forget(node.id, 1);
             reply.error(Errno::EIO)
+        }
+        Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
+            super::file::create_existing(fs, parent, name, flags, kill_suidgid, reply)
         }
         Err(e) => reply.error(e),
     }
