@@ -1846,13 +1846,14 @@ fn lower_edited_by_hand_short_timeout() {
 /// A name made by hand in a branch while the kernel still caches its absence (within
 /// `negative_timeout`): an `open` with `O_CREAT` (no `O_EXCL`) opens the file that is there,
 /// as on a local filesystem, instead of failing with "File exists"; `O_TRUNC` truncates it,
-/// a lower one is copied up; `O_EXCL` still fails, and a directory gives EISDIR.
+/// a lower one is copied up, a symlink is followed; `O_EXCL` still fails, and a directory
+/// gives EISDIR.
 #[test]
 fn o_creat_opens_a_file_made_by_hand_while_its_absence_is_cached() {
     let fx = Fixture::new(1);
     // The lower changes on purpose: the harness must not check it unchanged.
     let m = fx.mount_args(vec![fx.spec(), fx.mnt.display().to_string()], vec![]);
-    let names = ["u", "l", "t", "e", "d"];
+    let names = ["u", "l", "t", "e", "d", "s"];
     for n in names {
         assert_gone(&m.path(n));
     }
@@ -1861,6 +1862,7 @@ fn o_creat_opens_a_file_made_by_hand_while_its_absence_is_cached() {
     put(&fx.u("t"), "hand\n");
     put(&fx.u("e"), "hand\n");
     fs::create_dir(fx.u("d")).unwrap();
+    std::os::unix::fs::symlink("u", fx.u("s")).unwrap();
     for n in names {
         // Still cached as absent: what follows reaches the daemon as a CREATE.
         assert_gone(&m.path(n));
@@ -1899,8 +1901,41 @@ fn o_creat_opens_a_file_made_by_hand_while_its_absence_is_cached() {
     assert_eq!(read(&m.path("e")), "hand\n");
     let e = append().open(m.path("d")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EISDIR), "a directory: {e}");
+    append()
+        .open(m.path("s"))
+        .unwrap()
+        .write_all(b"via s\n")
+        .unwrap();
+    assert_eq!(
+        read(&m.path("u")),
+        "hand\nmore\nvia s\n",
+        "the link followed"
+    );
     drop(m);
     assert_eq!(read(&fx.u("t")), "new\n");
+}
+
+/// The same for another user, on a file made by hand that they may not write: the open is
+/// refused, as on a local filesystem (the kernel checks the file it finds, not a new one).
+#[test]
+fn o_creat_of_a_file_made_by_hand_checks_its_permissions() {
+    let Some(fx) = Fixture::as_root(1, "skipped: needs root") else {
+        return;
+    };
+    set_mode(&fx.root, 0o755);
+    mkdir_p(&fx.u("w"));
+    set_mode(&fx.u("w"), 0o777);
+    let m = fx.mount(&["-o", "allow_other"]);
+    assert_gone(&fx.m("w/p"));
+    put_mode(&fx.u("w/p"), "secret\n", 0o600);
+    assert_gone(&fx.m("w/p"));
+    let (rc, err) = sh_as(1000, &fx.mnt, "echo x >> w/p");
+    assert!(
+        rc != 0 && err.contains("Permission denied"),
+        "append to a 0600 file of root's: {rc} {err}"
+    );
+    assert_eq!(read(&fx.u("w/p")), "secret\n");
+    drop(m);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -83,12 +83,12 @@ fn make(
     }
 }
 
-/// `kill_suidgid`: for `O_TRUNC`, should the file be there (see `file::create_existing`).
 pub(super) fn create(
     fs: &UnionFs,
-    (parent, name): (INodeNo, &OsStr),
-    (mode, flags): (u32, i32),
-    kill_suidgid: bool,
+    parent: INodeNo,
+    name: &OsStr,
+    mode: u32,
+    flags: i32,
     caller: Caller,
     reply: ReplyCreate,
 ) {
@@ -98,9 +98,11 @@ pub(super) fn create(
             fs.union.nodes.forget(node.id, 1);
             reply.error(Errno::EIO)
         }
-        Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
-            super::file::create_existing(fs, parent, name, flags, kill_suidgid, reply)
-        }
+        // The name is there after all: made in a branch by hand while the kernel cached its
+        // absence (`negative_timeout`). Without O_EXCL, open(2) must open it: ESTALE has the
+        // kernel look the name up again and open what it finds, with every check an open
+        // makes (the file's permissions, O_TRUNC, a symlink followed, EISDIR).
+        Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => reply.error(Errno::ESTALE),
         Err(e) => reply.error(e),
     }
 }

@@ -38,82 +38,6 @@ pub(super) fn open(
         Ok(n) => n,
         Err(e) => return reply.error(e),
     };
-    let register = |f: &File| reply.open_backing(f);
-    match open_node(fs, &node, flags.0, kill_suidgid, register) {
-        Ok((fh, flags, Some(b))) => reply.opened_passthrough(fh, flags, &b),
-        Ok((fh, flags, None)) => reply.opened(fh, flags),
-        Err(e) => reply.error(e),
-    }
-}
-
-/// A CREATE of a name that is there after all (made in a branch by hand while the kernel
-/// kept its absence, `-o negative_timeout`), without `O_EXCL`: open it, as open(2) with
-/// `O_CREAT` does on a local filesystem, and answer with its entry.
-pub(super) fn create_existing(
-    fs: &UnionFs,
-    parent: INodeNo,
-    name: &std::ffi::OsStr,
-    flags: i32,
-    kill_suidgid: bool,
-    reply: ReplyCreate,
-) {
-    let found = fs
-        .node(parent)
-        .and_then(|p| fs.union.lookup(&p, name).map_err(|e| fs.fail(&e)));
-    let (node, looked_up) = match found {
-        Ok(Some(found)) => found,
-        // Gone again: the kernel's view was right after all.
-        Ok(None) => return reply.error(Errno::ENOENT),
-        Err(e) => return reply.error(e),
-    };
-    // Counted by the lookup; the kernel takes it only with the reply below.
-    let fail = |e: Errno, reply: ReplyCreate| {
-        fs.union.nodes.forget(node.id, 1);
-        reply.error(e)
-    };
-    match node.kind {
-        libc::S_IFREG => {}
-        libc::S_IFDIR => return fail(Errno::EISDIR, reply),
-        // A symlink the kernel would follow, a device: not ours to open from here.
-        _ => return fail(Errno::EEXIST, reply),
-    }
-    let opened = open_node(fs, &node, flags, kill_suidgid, |f: &File| {
-        reply.open_backing(f)
-    });
-    let (fh, fopen, backing) = match opened {
-        Ok(o) => o,
-        Err(e) => return fail(e, reply),
-    };
-    // Its attributes as opened (an O_TRUNC shows it empty); the lookup's should that fail.
-    let st = fs
-        .with_open(Some(fh), |f| {
-            fs.union.getattr_open(&node, f.map(|(f, _)| f))
-        })
-        .unwrap_or(looked_up);
-    log::debug!("create {}: there already, opened", node.path());
-    reply.created_node(
-        INodeNo(node.id),
-        &fs.ttl,
-        &fs.attr(&st),
-        Generation(0),
-        fh,
-        fopen,
-        backing.as_deref(),
-    );
-}
-
-/// An open file for the kernel: its handle, the open's flags, and its passthrough backing.
-type Opened = (FileHandle, FopenFlags, Option<Arc<fuser::BackingId>>);
-
-/// Open `node` for an OPEN (or a CREATE that found it); `register` makes a passthrough
-/// backing of the real file.
-fn open_node(
-    fs: &UnionFs,
-    node: &Arc<Node>,
-    flags: i32,
-    kill_suidgid: bool,
-    register: impl Fn(&File) -> io::Result<fuser::BackingId>,
-) -> Result<Opened, Errno> {
     // A file resolved just before a copy-up can lose the race to the copy the kernel
     // already uses in passthrough: open the node again, which now finds the copy.
     let mut opened = None;
@@ -121,27 +45,28 @@ fn open_node(
     // union::file::HeldTruncations); with passthrough the kernel reads the real file.
     let hold = !fs.passthrough;
     for _ in 0..3 {
-        let (file, layer) = match fs.union.open_killing(node, flags, kill_suidgid, hold) {
+        let (file, layer) = match fs.union.open_killing(&node, flags.0, kill_suidgid, hold) {
             Ok((f, layer, killed)) => {
                 if killed {
-                    fs.attrs_changed(node);
+                    fs.attrs_changed(&node);
                 }
                 (f, layer)
             }
-            Err(e) => return Err(fs.fail(&e)),
+            Err(e) => return reply.error(fs.fail(&e)),
         };
-        let Some(mode) = fs.io_mode(node, &file, layer, || register(&file)) else {
+        let Some(mode) = fs.io_mode(&node, &file, layer, || reply.open_backing(&file)) else {
             opened = sys::fstat(file.as_raw_fd())
                 .ok()
                 .map(|st| (layer, st.st_dev, st.st_ino));
             continue;
         };
-        let (fh, backing) = fs.insert_file(node.clone(), file, layer, flags, &mode);
-        let backing = match mode {
-            IoMode::Passthrough(_) => backing,
-            _ => None,
+        let (fh, backing) = fs.insert_file(node, file, layer, flags.0, &mode);
+        return match (&mode, backing) {
+            (IoMode::Passthrough(_), Some(b)) => {
+                reply.opened_passthrough(fh, fopen_flags(&mode), &b)
+            }
+            _ => reply.opened(fh, fopen_flags(&mode)),
         };
-        return Ok((fh, fopen_flags(&mode), backing));
     }
     let path = node.path();
     let (layer, real, unlinked) = {
@@ -155,7 +80,7 @@ fn open_node(
         node.id,
         fs.backings.live(node.id),
     );
-    Err(Errno::EIO)
+    reply.error(Errno::EIO);
 }
 
 /// Largest read buffer a worker thread keeps between READs: the kernel's readahead asks for

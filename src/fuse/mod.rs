@@ -481,15 +481,15 @@ impl Filesystem for UnionFs {
         mode: u32,
         umask: u32,
         flags: i32,
-        kill_suidgid: bool,
         reply: ReplyCreate,
     ) {
         let _in = self.union.enter();
         dir::create(
             self,
-            (parent, name),
-            (mode, flags),
-            kill_suidgid,
+            parent,
+            name,
+            mode,
+            flags,
             self.caller(req, umask),
             reply,
         )

@@ -854,8 +854,6 @@ pub trait Filesystem: Send + Sync + 'static {
     /// opened. See `fuse_file_info` structure in <`fuse_common.h`> for more details. If
     /// this method is not implemented or under Linux kernel versions earlier than
     /// 2.6.15, the `mknod()` and `open()` methods will be called instead.
-    /// `kill_suidgid`: with `O_TRUNC`, should the file exist, killing its set-id bits is the
-    /// filesystem's (`FUSE_HANDLE_KILLPRIV_V2`).
     fn create(
         &self,
         _req: &Request,
@@ -864,7 +862,6 @@ pub trait Filesystem: Send + Sync + 'static {
         mode: u32,
         umask: u32,
         flags: i32,
-        _kill_suidgid: bool,
         reply: ReplyCreate,
     ) {
         warn!(

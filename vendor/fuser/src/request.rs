@@ -409,7 +409,6 @@ impl<'a> RequestWithSender<'a> {
                     x.mode(),
                     x.umask(),
                     x.flags(),
-                    x.kill_suidgid(),
                     self.reply(),
                 );
             }

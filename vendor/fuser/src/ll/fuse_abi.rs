@@ -369,8 +369,7 @@ pub(crate) struct fuse_create_in {
     pub(crate) flags: i32,
     pub(crate) mode: u32,
     pub(crate) umask: u32,
-    /// FUSE_OPEN_KILL_SUIDGID (ABI 7.33; padding before).
-    pub(crate) open_flags: u32,
+    pub(crate) padding: u32,
 }
 
 #[repr(C)]

@@ -1265,11 +1265,6 @@ mod op {
         pub(crate) fn umask(&self) -> u32 {
             self.arg.umask
         }
-        /// The kernel leaves killing suid/sgid to the filesystem should this `O_TRUNC`
-        /// create find the file there (FUSE_HANDLE_KILLPRIV_V2, caller without CAP_FSETID).
-        pub(crate) fn kill_suidgid(&self) -> bool {
-            self.arg.open_flags & crate::ll::fuse_abi::FUSE_OPEN_KILL_SUIDGID != 0
-        }
     }
 
     /// If a process issuing a FUSE filesystem request is interrupted, the
