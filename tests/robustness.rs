@@ -1868,18 +1868,13 @@ fn o_creat_opens_a_file_made_by_hand_while_its_absence_is_cached() {
         assert_gone(&m.path(n));
     }
     let append = || OpenOptions::new().append(true).create(true).clone();
-    append()
-        .open(m.path("u"))
-        .unwrap()
-        .write_all(b"more\n")
-        .unwrap();
+    let append_to = |n: &str, data: &[u8]| {
+        append().open(m.path(n)).unwrap().write_all(data).unwrap();
+    };
+    append_to("u", b"more\n");
     assert_eq!(read(&m.path("u")), "hand\nmore\n");
     assert_eq!(read(&fx.u("u")), "hand\nmore\n");
-    append()
-        .open(m.path("l"))
-        .unwrap()
-        .write_all(b"more\n")
-        .unwrap();
+    append_to("l", b"more\n");
     assert_eq!(read(&m.path("l")), "hand\nmore\n");
     assert_eq!(read(&fx.u("l")), "hand\nmore\n", "copied up");
     assert_eq!(read(&fx.l(0, "l")), "hand\n");
@@ -1901,11 +1896,7 @@ fn o_creat_opens_a_file_made_by_hand_while_its_absence_is_cached() {
     assert_eq!(read(&m.path("e")), "hand\n");
     let e = append().open(m.path("d")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EISDIR), "a directory: {e}");
-    append()
-        .open(m.path("s"))
-        .unwrap()
-        .write_all(b"via s\n")
-        .unwrap();
+    append_to("s", b"via s\n");
     assert_eq!(
         read(&m.path("u")),
         "hand\nmore\nvia s\n",
