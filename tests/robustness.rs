@@ -1906,6 +1906,60 @@ fn o_creat_opens_a_file_made_by_hand_while_its_absence_is_cached() {
     assert_eq!(read(&fx.u("t")), "new\n");
 }
 
+/// A file removed from a branch by hand while the kernel still caches its name (within
+/// `timeout`): an `open` with `O_CREAT` creates it anew, as on a local filesystem, instead
+/// of failing with "No such file or directory"; an open without `O_CREAT` fails with that.
+#[test]
+fn o_creat_makes_a_file_removed_by_hand_while_its_name_is_cached() {
+    let fx = Fixture::new(1);
+    put(&fx.l(0, "g"), "lower\n");
+    // The lower changes on purpose: the harness must not check it unchanged.
+    let m = fx.mount_args(vec![fx.spec(), fx.mnt.display().to_string()], vec![]);
+    put(&m.path("f"), "upper\n");
+    assert_eq!(read(&m.path("f")), "upper\n");
+    assert_eq!(read(&m.path("g")), "lower\n");
+    fs::remove_file(fx.u("f")).unwrap();
+    fs::remove_file(fx.l(0, "g")).unwrap();
+    let e = fs::File::open(m.path("f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "no O_CREAT: {e}");
+    for n in ["f", "g"] {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(m.path(n))
+            .unwrap_or_else(|e| panic!("O_CREAT of {n}: {e}"))
+            .write_all(b"new\n")
+            .unwrap();
+        assert_eq!(read(&m.path(n)), "new\n", "{n}");
+        assert_eq!(read(&fx.u(n)), "new\n", "{n}");
+    }
+    drop(m);
+}
+
+/// A lower file removed by hand while the kernel holds it: files created through the mount
+/// afterwards (the branch's filesystem may give one the freed inode number at once) are
+/// files of their own, not a further name of the removed one's node, which left them
+/// unreadable ("No such file or directory": the node still looked for the removed file).
+#[test]
+fn a_file_removed_by_hand_lends_its_node_to_no_new_file() {
+    let fx = Fixture::new(1);
+    for i in 0..20 {
+        put(&fx.l(0, &format!("g{i}")), "lower\n");
+    }
+    // The lower changes on purpose: the harness must not check it unchanged.
+    let m = fx.mount_args(vec![fx.spec(), fx.mnt.display().to_string()], vec![]);
+    for i in 0..20 {
+        assert_eq!(read(&m.path(&format!("g{i}"))), "lower\n");
+        fs::remove_file(fx.l(0, &format!("g{i}"))).unwrap();
+    }
+    for i in 0..20 {
+        let p = m.path(&format!("new{i}"));
+        put(&p, &format!("new {i}\n"));
+        assert_eq!(read(&p), format!("new {i}\n"));
+    }
+    drop(m);
+}
+
 /// The same for another user, on a file made by hand that they may not write: the open is
 /// refused, as on a local filesystem (the kernel checks the file it finds, not a new one).
 #[test]

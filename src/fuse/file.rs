@@ -52,6 +52,13 @@ pub(super) fn open(
                 }
                 (f, layer)
             }
+            Err(e) if e.errno == libc::ENOENT && !node.is_unlinked() => {
+                // Its file left the branch by hand while the kernel kept the name: ESTALE
+                // has the kernel look the name up again and redo the open (which, with
+                // O_CREAT, creates the file), as on a local filesystem.
+                log::debug!("open {}: gone from the branch, stale", node.path());
+                return reply.error(Errno::ESTALE);
+            }
             Err(e) => return reply.error(fs.fail(&e)),
         };
         let Some(mode) = fs.io_mode(&node, &file, layer, || reply.open_backing(&file)) else {
