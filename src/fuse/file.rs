@@ -54,8 +54,9 @@ pub(super) fn open(
             }
             Err(e) if e.errno == libc::ENOENT && !node.is_unlinked() => {
                 // Its file left the branch by hand while the kernel kept the name: ESTALE
-                // has the kernel look the name up again and redo the open (which, with
-                // O_CREAT, creates the file), as on a local filesystem.
+                // has the kernel look the name up again and redo the open, as after the
+                // name's timeout (with O_CREAT, which the OPEN does not carry, it creates
+                // the file, as on a local filesystem; without, it fails with ENOENT).
                 log::debug!("open {}: gone from the branch, stale", node.path());
                 return reply.error(Errno::ESTALE);
             }

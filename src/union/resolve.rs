@@ -108,16 +108,14 @@ impl Union {
                         node.set_real(&mut s, real);
                         s.set_data(data.clone());
                     }
-                } else {
-                    let same_file = s.real == real;
+                } else if s.real == real {
                     drop(s);
-                    if same_file && self.holds_its_file(&node, real) {
-                        node.add_name(parent, name);
-                    } else if tag < 3 {
-                        self.nodes.forget(node.id, 1);
-                        ino ^= tag << 61;
-                        continue;
-                    }
+                    node.add_name(parent, name);
+                } else if tag < 3 {
+                    drop(s);
+                    self.nodes.forget(node.id, 1);
+                    ino ^= tag << 61;
+                    continue;
                 }
             }
             if let Some(now) = stale.then(|| self.getattr(&node).ok()).flatten() {
@@ -127,15 +125,6 @@ impl Union {
             return (node, st);
         }
         unreachable!("the last attempt always returns")
-    }
-
-    /// Whether `node`'s own name still holds its real file `real`: a further name of that
-    /// file is a hard link, unless the file left that name by hand and its inode number was
-    /// given to a new file since (which is then not this node's).
-    fn holds_its_file(&self, node: &Node, real: (u64, u64)) -> bool {
-        self.try_locate(node)
-            .and_then(|loc| sys::fstatat(loc.raw(), &loc.name).ok())
-            .is_some_and(|st| (st.st_dev, st.st_ino) == real)
     }
 
     /// The live node of a probed entry, if the kernel holds one: the node its number names,
