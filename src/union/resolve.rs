@@ -66,7 +66,8 @@ impl Union {
         // A number taken by another real file (a copied-up hard link's lower sibling shows
         // the copy's origin number) gets a number of its own, tagged in the top bits: the
         // number, then it ^ 1 << 61, then ^ 3 << 61 (`live_node` looks there too).
-        for tag in 1..=3u64 {
+        let (mut tag, mut taken_over) = (1u64, false);
+        loop {
             let (node, fresh) = self.nodes.get_or_insert(ino, kind, real, || {
                 Node::new(
                     ino,
@@ -110,11 +111,24 @@ impl Union {
                     }
                 } else if s.real == real {
                     drop(s);
+                    // No rename or removal through the mount moves the node's names meanwhile
+                    // (they hold it for writing), so what is read now stays true.
+                    let place = node.place.read();
+                    if !taken_over && self.lost_its_file(&node, real) {
+                        // Its file left every name it had by hand, and the branch gave the
+                        // freed number to this new file: the number is this one's now.
+                        drop(place);
+                        self.nodes.unbind(&node);
+                        self.nodes.forget(node.id, 1);
+                        taken_over = true;
+                        continue;
+                    }
                     node.add_name(parent, name);
                 } else if tag < 3 {
                     drop(s);
                     self.nodes.forget(node.id, 1);
                     ino ^= tag << 61;
+                    tag += 1;
                     continue;
                 }
             }
@@ -124,7 +138,35 @@ impl Union {
             self.present(&node, &mut st);
             return (node, st);
         }
-        unreachable!("the last attempt always returns")
+    }
+
+    /// Whether none of `node`'s names holds its real file `real` any more (each is gone or
+    /// another file): it was removed by hand, and a further name with its number is a new
+    /// file, not a hard link. An error tells nothing: then it is not lost.
+    fn lost_its_file(&self, node: &Node, real: (u64, u64)) -> bool {
+        // Removed through the mount (a name may still bring it back), or open: a file the
+        // daemon holds keeps its number, so it is this very file.
+        if node.is_unlinked() || node.is_open() || node.state().real != real {
+            return false;
+        }
+        let (names, layer) = {
+            let st = node.state();
+            let mut names = st.links().to_vec();
+            if let Some(p) = st.parent.clone() {
+                names.push((p, st.name.to_os_string()));
+            }
+            (names, st.layer)
+        };
+        !names.is_empty()
+            && names.iter().all(|(p, n)| {
+                let Some(dir) = self.dir_in(p, layer) else {
+                    return false;
+                };
+                match sys::fstatat(std::os::fd::AsRawFd::as_raw_fd(&*dir), n) {
+                    Ok(st) => (st.st_dev, st.st_ino) != real,
+                    Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+                }
+            })
     }
 
     /// The live node of a probed entry, if the kernel holds one: the node its number names,
