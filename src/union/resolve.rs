@@ -3,6 +3,7 @@
 //! several layers merge.
 
 use std::ffi::{OsStr, OsString};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use super::index;
@@ -146,11 +147,14 @@ impl Union {
     fn lost_its_file(&self, node: &Node, real: (u64, u64)) -> bool {
         // Removed through the mount (a name may still bring it back), or open: a file the
         // daemon holds keeps its number, so it is this very file.
-        if node.is_unlinked() || node.is_open() || node.state().real != real {
+        if node.is_unlinked() || node.is_open() {
             return false;
         }
         let (names, layer) = {
             let st = node.state();
+            if st.real != real {
+                return false;
+            }
             let mut names = st.links().to_vec();
             if let Some(p) = st.parent.clone() {
                 names.push((p, st.name.to_os_string()));
@@ -162,7 +166,7 @@ impl Union {
                 let Some(dir) = self.dir_in(p, layer) else {
                     return false;
                 };
-                match sys::fstatat(std::os::fd::AsRawFd::as_raw_fd(&*dir), n) {
+                match sys::fstatat(dir.as_raw_fd(), n) {
                     Ok(st) => (st.st_dev, st.st_ino) != real,
                     Err(e) => e.raw_os_error() == Some(libc::ENOENT),
                 }
